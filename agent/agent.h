@@ -1,0 +1,60 @@
+/*
+ * agent.h - tidings-agent: configuration and lifetime.
+ *
+ * The agent takes notifications from the local broker, commits them to the
+ * outbox, and syncs them to the hub over the uplink broker. Everything runs
+ * on one event loop.
+ */
+#ifndef TIDINGS_AGENT_H
+#define TIDINGS_AGENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "loop.h"
+#include "proto.h"
+
+struct agent_config {
+    char id[PROTO_AGENT_MAX + 1];
+    char state_dir[256];
+    int log_level;
+    /* local broker (IoT devices publish here) */
+    char local_host[256];
+    int64_t local_port;
+    char local_topic[256];
+    char local_username[128];
+    char local_password[256];
+    /* uplink broker (the hub listens there) */
+    char uplink_host[256];
+    int64_t uplink_port;
+    char uplink_username[128];
+    char uplink_password[256];
+    char uplink_cafile[256];
+    char uplink_certfile[256];
+    char uplink_keyfile[256];
+    uint64_t uplink_keepalive_ms;
+    uint64_t reconnect_min_ms, reconnect_max_ms;
+    int64_t batch_max;
+    uint64_t batch_bytes;
+    int64_t window;
+    uint64_t ack_timeout_ms;
+    /* outbox */
+    int synchronous; /* index into {"normal", "full"} */
+    int64_t outbox_max_rows;
+    uint64_t outbox_max_bytes;
+};
+
+extern const struct config_entry agent_config_table[];
+extern const size_t agent_config_table_len;
+
+typedef struct agent agent_t;
+
+/* Create the agent on loop: opens the outbox and starts both MQTT clients.
+ * 0 or negative error with err set (e.g. an unreadable database). */
+int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, char *err,
+                 size_t errlen);
+/* Commit what is pending, disconnect and close. */
+void agent_destroy(agent_t *a);
+
+#endif

@@ -1,0 +1,322 @@
+/* uplink.c - outbox -> hub batches with application acks (see uplink.h). */
+#include "uplink.h"
+
+#include "error.h"
+#include "log.h"
+#include "mqtt.h"
+#include "proto.h"
+
+#include <errno.h>
+#include <mosquitto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define UPLINK_MAX_WINDOW 64
+#define UPLINK_MAX_BATCH 1024
+
+struct uplink;
+
+struct batch {
+    struct uplink *owner;
+    bool used;
+    uint64_t timer;
+    char first_id[PROTO_ID_MAX + 1];
+    unsigned n;
+    int64_t *seqs; /* UPLINK_MAX_BATCH entries, allocated once */
+};
+
+struct uplink {
+    loop_t *loop;
+    outbox_t *ob;
+    mqtt_t *mqtt;
+    char agent[PROTO_AGENT_MAX + 1];
+    char topic_up[160], topic_ack[160], topic_status[160];
+    unsigned batch_max, window;
+    size_t batch_bytes;
+    uint64_t ack_timeout_ms;
+    struct batch batches[UPLINK_MAX_WINDOW];
+    unsigned nbatches;
+    struct proto_batch pb;  /* reused envelope buffer */
+    struct batch *filling;  /* batch being built by take_cb */
+    struct uplink_stats st;
+    bool timeout_logged;
+};
+
+static void release(uplink_t *u, struct batch *b)
+{
+    if (b->timer) {
+        loop_timer_cancel(u->loop, b->timer);
+    }
+    b->used = false;
+    b->timer = 0;
+    b->n = 0;
+    u->nbatches--;
+}
+
+static void release_all(uplink_t *u)
+{
+    for (unsigned i = 0; i < u->window; i++) {
+        if (u->batches[i].used) {
+            release(u, &u->batches[i]);
+        }
+    }
+}
+
+static void on_batch_timeout(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    struct batch *b = arg;
+    uplink_t *u = b->owner;
+    b->timer = 0;
+    u->st.timeouts++;
+    if (!u->timeout_logged) {
+        LOG_WARN("uplink", "no ack from the hub within %llums for a batch of %u; will resend",
+                 (unsigned long long)u->ack_timeout_ms, b->n);
+        u->timeout_logged = true;
+    }
+    int rc = outbox_untake(u->ob, b->seqs, b->n);
+    if (rc < 0) {
+        LOG_ERROR("uplink", "cannot requeue timed-out batch: %s", tdg_strerror(rc));
+    }
+    release(u, b);
+    uplink_pump(u);
+}
+
+static int take_cb(void *arg, int64_t seq, const char *id, const char *json, size_t len)
+{
+    uplink_t *u = arg;
+    struct batch *b = u->filling;
+    if (b->n >= u->batch_max) {
+        return 1;
+    }
+    if (proto_batch_add(&u->pb, json, len) < 0) {
+        return 1; /* full in bytes: the row waits for the next batch */
+    }
+    if (b->n == 0) {
+        snprintf(b->first_id, sizeof(b->first_id), "%s", id);
+    }
+    b->seqs[b->n++] = seq;
+    return 0;
+}
+
+void uplink_pump(uplink_t *u)
+{
+    while (mqtt_connected(u->mqtt) && u->nbatches < u->window) {
+        struct batch *b = NULL;
+        for (unsigned i = 0; i < u->window; i++) {
+            if (!u->batches[i].used) {
+                b = &u->batches[i];
+                break;
+            }
+        }
+        if (!b) {
+            return;
+        }
+        u->pb.len = 0;
+        u->pb.count = 0;
+        if (proto_batch_init(&u->pb, u->batch_bytes, u->agent) < 0) {
+            return;
+        }
+        b->n = 0;
+        u->filling = b;
+        int taken = outbox_take(u->ob, u->batch_max, take_cb, u);
+        if (taken < 0) {
+            LOG_ERROR("uplink", "cannot read the outbox: %s", tdg_strerror(taken));
+            return;
+        }
+        if (taken == 0) {
+            return;
+        }
+        if (proto_batch_finish(&u->pb) < 0) {
+            outbox_untake(u->ob, b->seqs, b->n);
+            return;
+        }
+        int rc = mqtt_publish(u->mqtt, u->topic_up, u->pb.buf, u->pb.len, 1, false, 0, NULL, NULL);
+        if (rc < 0) {
+            /* Not connected after all: rows are requeued on reconnect. */
+            outbox_untake(u->ob, b->seqs, b->n);
+            return;
+        }
+        b->used = true;
+        u->nbatches++;
+        b->timer = loop_timer_add(u->loop, u->ack_timeout_ms, on_batch_timeout, b);
+        u->st.batches_sent++;
+        u->st.rows_sent += b->n;
+        LOG_DEBUG("uplink", "sent batch of %u (first %s, %zu bytes)", b->n, b->first_id,
+                  u->pb.len);
+    }
+}
+
+static void handle_ack(uplink_t *u, const char *payload, size_t len)
+{
+    struct proto_ack *acks = NULL;
+    size_t n = 0;
+    struct proto_error perr;
+    if (proto_acks_parse(payload, len, &acks, &n, &perr) < 0) {
+        LOG_WARN("uplink", "bad ack from hub: %s field=%s %s", proto_reason_code(perr.reason),
+                 perr.field, perr.detail);
+        return;
+    }
+    const char **ids = calloc(n ? n : 1, sizeof(*ids));
+    if (!ids) {
+        free(acks);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ids[i] = acks[i].id;
+        if (!acks[i].ok) {
+            u->st.rejected++;
+            LOG_WARN("uplink", "hub rejected id=%s: %s field=%s", acks[i].id,
+                     proto_reason_code(acks[i].reason), acks[i].field[0] ? acks[i].field : "-");
+        } else {
+            u->st.acked++;
+        }
+    }
+    size_t deleted = 0;
+    int rc = outbox_ack(u->ob, ids, n, &deleted);
+    LOG_DEBUG("uplink", "hub acked %zu (first %s); %zu removed from the outbox", n,
+              n ? acks[0].id : "-", deleted);
+    if (rc < 0) {
+        LOG_ERROR("uplink", "cannot delete acked rows: %s", tdg_strerror(rc));
+    }
+    if (n > 0) {
+        for (unsigned i = 0; i < u->window; i++) {
+            struct batch *b = &u->batches[i];
+            if (b->used && strcmp(b->first_id, acks[0].id) == 0) {
+                release(u, b);
+                break;
+            }
+        }
+    }
+    if (u->timeout_logged && rc == 0) {
+        u->timeout_logged = false;
+    }
+    free(ids);
+    free(acks);
+    uplink_pump(u);
+}
+
+static void on_message(void *arg, const struct mosquitto_message *msg,
+                       const mosquitto_property *props)
+{
+    (void)props;
+    uplink_t *u = arg;
+    if (strcmp(msg->topic, u->topic_ack) == 0 && msg->payloadlen > 0) {
+        handle_ack(u, msg->payload, (size_t)msg->payloadlen);
+    }
+}
+
+static void on_connect(void *arg)
+{
+    uplink_t *u = arg;
+    mqtt_subscribe(u->mqtt, u->topic_ack, 1);
+    mqtt_publish(u->mqtt, u->topic_status, "online", 6, 1, true, 0, NULL, NULL);
+    /* A clean session: whatever was in flight before will never be acked. */
+    release_all(u);
+    int rc = outbox_untake_all(u->ob);
+    if (rc < 0) {
+        LOG_ERROR("uplink", "cannot requeue in-flight rows: %s", tdg_strerror(rc));
+    }
+    u->st.connected = true;
+    uplink_pump(u);
+}
+
+static void on_disconnect(void *arg, int rc)
+{
+    (void)rc;
+    uplink_t *u = arg;
+    u->st.connected = false;
+    release_all(u);
+}
+
+uplink_t *uplink_create(loop_t *loop, const struct agent_config *cfg, outbox_t *ob)
+{
+    uplink_t *u = calloc(1, sizeof(*u));
+    if (!u) {
+        return NULL;
+    }
+    u->loop = loop;
+    u->ob = ob;
+    snprintf(u->agent, sizeof(u->agent), "%s", cfg->id);
+    u->batch_max = (unsigned)cfg->batch_max;
+    u->window = (unsigned)cfg->window;
+    u->batch_bytes = (size_t)cfg->batch_bytes;
+    u->ack_timeout_ms = cfg->ack_timeout_ms;
+    if (proto_topic(u->topic_up, sizeof(u->topic_up), PROTO_TOPIC_UP, cfg->id) < 0 ||
+        proto_topic(u->topic_ack, sizeof(u->topic_ack), PROTO_TOPIC_ACK, cfg->id) < 0 ||
+        proto_topic(u->topic_status, sizeof(u->topic_status), PROTO_TOPIC_STATUS, cfg->id) < 0) {
+        LOG_ERROR("uplink", "agent id '%s' cannot be used in a topic", cfg->id);
+        free(u);
+        return NULL;
+    }
+    for (unsigned i = 0; i < u->window; i++) {
+        u->batches[i].owner = u;
+        u->batches[i].seqs = malloc(UPLINK_MAX_BATCH * sizeof(int64_t));
+        if (!u->batches[i].seqs) {
+            uplink_destroy(u);
+            return NULL;
+        }
+    }
+    if (proto_batch_init(&u->pb, u->batch_bytes, u->agent) < 0) {
+        uplink_destroy(u);
+        return NULL;
+    }
+    char client_id[PROTO_AGENT_MAX + 16];
+    snprintf(client_id, sizeof(client_id), "tidings-agent-%s", cfg->id);
+    struct mqtt_opts o = {
+        .name = "uplink",
+        .host = cfg->uplink_host,
+        .port = (int)cfg->uplink_port,
+        .client_id = client_id,
+        .username = cfg->uplink_username,
+        .password = cfg->uplink_password,
+        .cafile = cfg->uplink_cafile,
+        .certfile = cfg->uplink_certfile,
+        .keyfile = cfg->uplink_keyfile,
+        .keepalive_s = (int)(cfg->uplink_keepalive_ms / 1000),
+        .will_topic = u->topic_status,
+        .will_payload = "offline",
+        .will_retain = true,
+        .backoff_base_ms = cfg->reconnect_min_ms,
+        .backoff_cap_ms = cfg->reconnect_max_ms,
+    };
+    struct mqtt_handlers h = {
+        .on_connect = on_connect,
+        .on_disconnect = on_disconnect,
+        .on_message = on_message,
+        .arg = u,
+    };
+    u->mqtt = mqtt_create(loop, &o, &h);
+    if (!u->mqtt) {
+        uplink_destroy(u);
+        return NULL;
+    }
+    return u;
+}
+
+void uplink_destroy(uplink_t *u)
+{
+    if (!u) {
+        return;
+    }
+    if (u->mqtt && mqtt_connected(u->mqtt)) {
+        /* A clean stop is not a failure: say offline ourselves. */
+        mqtt_publish(u->mqtt, u->topic_status, "offline", 7, 1, true, 0, NULL, NULL);
+    }
+    mqtt_destroy(u->mqtt);
+    for (unsigned i = 0; i < UPLINK_MAX_WINDOW; i++) {
+        if (u->batches[i].timer) {
+            loop_timer_cancel(u->loop, u->batches[i].timer);
+        }
+        free(u->batches[i].seqs);
+    }
+    proto_batch_free(&u->pb);
+    free(u);
+}
+
+void uplink_get_stats(const uplink_t *u, struct uplink_stats *st)
+{
+    *st = u->st;
+}

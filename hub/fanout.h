@@ -1,0 +1,51 @@
+/*
+ * fanout.h - from a stored notification to provider requests.
+ *
+ * The fanout engine pulls queued notifications from the store (bounded by
+ * max_jobs in memory), resolves the recipient's devices, records one attempt
+ * per device *before* sending (DESIGN "at least once, duplicates bounded"),
+ * and sends through the device's channel once that record is committed.
+ * Outcomes end each notification in a terminal state with a reason:
+ * delivered, failed (provider reason), expired. Retries use capped
+ * full-jitter backoff, or the provider's Retry-After when it is longer.
+ *
+ * Call order per loop iteration (hub.c does this in its before-sleep hook):
+ * fanout_pull() -> store_commit() -> fanout_flush().
+ */
+#ifndef TIDINGS_FANOUT_H
+#define TIDINGS_FANOUT_H
+
+#include <stdint.h>
+
+#include "channel.h"
+#include "loop.h"
+#include "store.h"
+
+typedef struct fanout fanout_t;
+
+struct fanout_opts {
+    unsigned max_jobs;      /* notifications in memory at once */
+    unsigned max_attempts;  /* per device delivery */
+    uint64_t retry_base_ms, retry_cap_ms;
+};
+
+struct fanout_stats {
+    uint64_t delivered, failed, expired, attempts, retries, inflight;
+};
+
+/* push_ops/push_state: the channel used for "ios" devices. */
+fanout_t *fanout_create(loop_t *loop, store_t *store, const struct fanout_opts *o,
+                        const struct channel_ops *push_ops, void *push_state);
+/* Abandon in-flight work (it is recovered from the store at next start). */
+void fanout_destroy(fanout_t *f);
+
+/* Take queued notifications while there is room; record their attempts in
+ * the store's open transaction. */
+void fanout_pull(fanout_t *f);
+/* Start the sends whose attempts are now committed. */
+void fanout_flush(fanout_t *f);
+
+unsigned fanout_jobs(const fanout_t *f);
+void fanout_get_stats(const fanout_t *f, struct fanout_stats *st);
+
+#endif

@@ -1,0 +1,251 @@
+/* intake.c - validate, dedupe, store, ack after commit (see intake.h). */
+#include "intake.h"
+
+#include "error.h"
+#include "log.h"
+#include "loop.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INTAKE_MAX_GROUPS 256     /* distinct agents acked per iteration */
+#define INTAKE_MAX_ACKS 65536     /* acks held per iteration */
+
+struct ack_group {
+    char agent[PROTO_AGENT_MAX + 1];
+    struct proto_ack *acks;
+    size_t n, cap;
+};
+
+struct intake {
+    store_t *store;
+    struct ack_group groups[INTAKE_MAX_GROUPS];
+    size_t ngroups, total;
+    struct intake_stats st;
+    bool overflow_logged;
+};
+
+struct item_ctx {
+    intake_t *in;
+    struct ack_group *g;
+    const char *agent;
+    bool agent_mismatch;
+    int64_t now;
+};
+
+static struct ack_group *group_for(intake_t *in, const char *agent)
+{
+    for (size_t i = 0; i < in->ngroups; i++) {
+        if (strcmp(in->groups[i].agent, agent) == 0) {
+            return &in->groups[i];
+        }
+    }
+    if (in->ngroups >= INTAKE_MAX_GROUPS) {
+        return NULL;
+    }
+    struct ack_group *g = &in->groups[in->ngroups++];
+    snprintf(g->agent, sizeof(g->agent), "%s", agent);
+    g->n = 0;
+    return g;
+}
+
+static void add_ack(intake_t *in, struct ack_group *g, const char *id, bool ok,
+                    enum proto_reason r, const char *field)
+{
+    if (in->total >= INTAKE_MAX_ACKS) {
+        return; /* the agent's ack timeout resends it */
+    }
+    if (g->n == g->cap) {
+        size_t cap = g->cap ? g->cap * 2 : 64;
+        struct proto_ack *a = realloc(g->acks, cap * sizeof(*a));
+        if (!a) {
+            return;
+        }
+        g->acks = a;
+        g->cap = cap;
+    }
+    struct proto_ack *a = &g->acks[g->n++];
+    memset(a, 0, sizeof(*a));
+    snprintf(a->id, sizeof(a->id), "%s", id);
+    a->ok = ok;
+    a->reason = ok ? PROTO_OK : r;
+    snprintf(a->field, sizeof(a->field), "%s", field ? field : "");
+    in->total++;
+}
+
+static void on_item(cJSON *item, void *arg)
+{
+    struct item_ctx *c = arg;
+    intake_t *in = c->in;
+    in->st.items++;
+    const cJSON *idj = cJSON_GetObjectItemCaseSensitive(item, "id");
+    if (!cJSON_IsString(idj) || !proto_id_valid(idj->valuestring)) {
+        /* Without an id there is nothing to ack: the agent always assigns
+         * one, so this is a foreign or broken publisher. */
+        in->st.rejected++;
+        LOG_WARN("intake", "agent %s: item without a valid id dropped", c->agent);
+        return;
+    }
+    char id[PROTO_ID_MAX + 1];
+    snprintf(id, sizeof(id), "%s", idj->valuestring);
+    if (c->agent_mismatch) {
+        in->st.rejected++;
+        add_ack(in, c->g, id, false, PROTO_R_BAD_VALUE, "agent");
+        return;
+    }
+    /* Validate the item as it will be stored and forwarded: printed back
+     * to JSON, so the 4096-byte limit applies to exactly those bytes. */
+    char *json = cJSON_PrintUnformatted(item);
+    if (!json) {
+        return; /* ENOMEM: no ack, the agent resends */
+    }
+    size_t len = strlen(json);
+    struct notification n;
+    struct proto_error perr;
+    if (proto_parse(json, len, &n, &perr) < 0) {
+        in->st.rejected++;
+        LOG_WARN("intake", "agent %s: rejected id=%s: %s field=%s %s", c->agent, id,
+                 proto_reason_code(perr.reason), perr.field[0] ? perr.field : "-", perr.detail);
+        add_ack(in, c->g, id, false, perr.reason, perr.field);
+        free(json);
+        return;
+    }
+    if (n.to_kind == PROTO_TO_USER) {
+        int known = store_user_exists(in->store, n.to_id);
+        if (known == 0) {
+            in->st.rejected++;
+            LOG_WARN("intake", "agent %s: rejected id=%s: unknown recipient %s", c->agent, id,
+                     n.to);
+            add_ack(in, c->g, id, false, PROTO_R_UNKNOWN_RECIPIENT, "to");
+            notification_free(&n);
+            free(json);
+            return;
+        }
+        if (known < 0) {
+            notification_free(&n);
+            free(json);
+            return; /* store trouble: no ack, the agent resends */
+        }
+    }
+    bool inserted = false;
+    int rc = store_add_notification(in->store, &n, c->agent, json, len, c->now, &inserted);
+    notification_free(&n);
+    free(json);
+    if (rc < 0) {
+        LOG_ERROR("intake", "agent %s: cannot store id=%s: %s", c->agent, id, tdg_strerror(rc));
+        return;
+    }
+    if (inserted) {
+        in->st.accepted++;
+        LOG_DEBUG("intake", "agent %s: stored id=%s", c->agent, id);
+    } else {
+        in->st.duplicates++;
+    }
+    add_ack(in, c->g, id, true, PROTO_OK, NULL);
+}
+
+/* proto_batch_parse has copied the envelope's agent before the first item;
+ * compare it once, then handle the item. */
+struct item_pre {
+    struct item_ctx *c;
+    const char *env_agent;
+    bool checked;
+};
+
+static void on_item_pre(cJSON *item, void *arg)
+{
+    struct item_pre *p = arg;
+    if (!p->checked) {
+        p->checked = true;
+        if (strcmp(p->env_agent, p->c->agent) != 0) {
+            p->c->agent_mismatch = true;
+            LOG_WARN("intake", "batch on agent %s's topic names agent '%s': refused",
+                     p->c->agent, p->env_agent);
+        }
+    }
+    on_item(item, p->c);
+}
+
+void intake_handle_up(intake_t *in, const char *topic_agent, const char *payload, size_t len)
+{
+    in->st.batches++;
+    char env_agent[PROTO_AGENT_MAX + 1] = "";
+    struct ack_group *g = group_for(in, topic_agent);
+    if (!g) {
+        if (!in->overflow_logged) {
+            LOG_WARN("intake", "more than %d agents in one iteration; later batches wait for "
+                     "their resend", INTAKE_MAX_GROUPS);
+            in->overflow_logged = true;
+        }
+        return;
+    }
+    struct item_ctx c = {.in = in, .g = g, .agent = topic_agent, .now = clock_wall_ms()};
+    /* The broker's ACL lets an agent publish only under its own topic; an
+     * envelope naming another agent is refused item by item. */
+    struct proto_error perr;
+    struct item_pre pre = {.c = &c, .env_agent = env_agent};
+    int rc = proto_batch_parse(payload, len, env_agent, sizeof(env_agent), on_item_pre, &pre,
+                               &perr);
+    if (rc < 0) {
+        in->st.bad_envelopes++;
+        LOG_WARN("intake", "agent %s: bad batch (%zu bytes): %s field=%s %s", topic_agent, len,
+                 proto_reason_code(perr.reason), perr.field[0] ? perr.field : "-", perr.detail);
+    }
+}
+
+void intake_flush(intake_t *in, mqtt_t *mqtt, bool committed)
+{
+    for (size_t i = 0; i < in->ngroups; i++) {
+        struct ack_group *g = &in->groups[i];
+        if (committed && g->n > 0) {
+            char topic[160];
+            size_t plen = 0;
+            char *payload = proto_acks_serialize(g->acks, g->n, &plen);
+            if (payload && proto_topic(topic, sizeof(topic), PROTO_TOPIC_ACK, g->agent) == 0) {
+                int rc = mqtt_publish(mqtt, topic, payload, plen, 1, false, 0, NULL, NULL);
+                if (rc < 0) {
+                    LOG_WARN("intake", "agent %s: ack of %zu not sent (%s); the agent resends",
+                             g->agent, g->n, tdg_strerror(rc));
+                }
+            }
+            free(payload);
+        }
+        g->n = 0;
+    }
+    in->ngroups = 0;
+    in->total = 0;
+    in->overflow_logged = false;
+}
+
+size_t intake_pending(const intake_t *in)
+{
+    return in->total;
+}
+
+intake_t *intake_create(store_t *store)
+{
+    intake_t *in = calloc(1, sizeof(*in));
+    if (in) {
+        in->store = store;
+    }
+    return in;
+}
+
+void intake_destroy(intake_t *in)
+{
+    if (!in) {
+        return;
+    }
+    for (size_t i = 0; i < INTAKE_MAX_GROUPS; i++) {
+        free(in->groups[i].acks);
+    }
+    free(in);
+}
+
+void intake_get_stats(const intake_t *in, struct intake_stats *st)
+{
+    *st = in->st;
+}

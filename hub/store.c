@@ -1,0 +1,467 @@
+/* store.c - SQLite backend of the hub store (see store.h). */
+#include "store.h"
+
+#include "error.h"
+#include "log.h"
+
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const struct db_migration migrations[] = {
+    {1, "CREATE TABLE notifications ("
+        "  id TEXT PRIMARY KEY,"
+        "  agent TEXT NOT NULL,"
+        "  recipient TEXT NOT NULL,"
+        "  category TEXT,"
+        "  priority INTEGER NOT NULL,"
+        "  received_ms INTEGER NOT NULL,"
+        "  expires_ms INTEGER NOT NULL DEFAULT 0,"
+        "  body TEXT NOT NULL,"
+        "  state TEXT NOT NULL,"
+        "  reason TEXT NOT NULL DEFAULT '',"
+        "  attempts INTEGER NOT NULL DEFAULT 0,"
+        "  updated_ms INTEGER NOT NULL"
+        ");"
+        "CREATE INDEX notifications_work ON notifications(state, priority DESC, received_ms)"
+        "  WHERE state IN ('queued', 'sending');"
+        "CREATE TABLE attempts ("
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  notification_id TEXT NOT NULL,"
+        "  channel TEXT NOT NULL,"
+        "  device_id INTEGER,"
+        "  state TEXT NOT NULL,"
+        "  status INTEGER NOT NULL DEFAULT 0,"
+        "  reason TEXT NOT NULL DEFAULT '',"
+        "  provider_id TEXT NOT NULL DEFAULT '',"
+        "  started_ms INTEGER NOT NULL,"
+        "  finished_ms INTEGER"
+        ");"
+        "CREATE INDEX attempts_by_notification ON attempts(notification_id);"
+        "CREATE TABLE users ("
+        "  id TEXT PRIMARY KEY,"
+        "  tz TEXT NOT NULL DEFAULT 'UTC',"
+        "  created_ms INTEGER NOT NULL"
+        ");"
+        "CREATE TABLE devices ("
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        "  platform TEXT NOT NULL,"
+        "  token TEXT NOT NULL,"
+        "  app TEXT NOT NULL DEFAULT '',"
+        "  environment TEXT NOT NULL DEFAULT 'production',"
+        "  state TEXT NOT NULL DEFAULT 'active',"
+        "  state_reason TEXT NOT NULL DEFAULT '',"
+        "  state_ms INTEGER,"
+        "  registered_ms INTEGER NOT NULL,"
+        "  UNIQUE(platform, token)"
+        ");"
+        "CREATE INDEX devices_by_user ON devices(user_id);"},
+};
+
+enum {
+    Q_INSERT,
+    Q_TAKE,
+    Q_MARK_SENDING,
+    Q_SET_STATE,
+    Q_ATT_BEGIN,
+    Q_ATT_END,
+    Q_DEVICES,
+    Q_USER_EXISTS,
+    Q_USER_UPSERT,
+    Q_DEVICE_UPSERT,
+    Q_DEVICE_STATE,
+    Q_COUNT_STATE,
+    Q_N
+};
+
+static const char *const sql[Q_N] = {
+    [Q_INSERT] = "INSERT OR IGNORE INTO notifications(id, agent, recipient, category, priority,"
+                 " received_ms, expires_ms, body, state, updated_ms)"
+                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?6)",
+    [Q_TAKE] = "SELECT id, body, expires_ms FROM notifications WHERE state = 'queued'"
+               " ORDER BY priority DESC, received_ms LIMIT ?",
+    [Q_MARK_SENDING] = "UPDATE notifications SET state = 'sending', attempts = attempts + 1,"
+                       " updated_ms = ?2 WHERE id = ?1",
+    [Q_SET_STATE] = "UPDATE notifications SET state = ?2, reason = ?3, updated_ms = ?4"
+                    " WHERE id = ?1",
+    [Q_ATT_BEGIN] = "INSERT INTO attempts(notification_id, channel, device_id, state, started_ms)"
+                    " VALUES (?1, ?2, ?3, 'sending', ?4)",
+    [Q_ATT_END] = "UPDATE attempts SET state = ?2, status = ?3, reason = ?4, provider_id = ?5,"
+                  " finished_ms = ?6 WHERE id = ?1",
+    [Q_DEVICES] = "SELECT id, user_id, platform, token, app, environment FROM devices"
+                  " WHERE user_id = ? AND state = 'active' ORDER BY id",
+    [Q_USER_EXISTS] = "SELECT 1 FROM users WHERE id = ?",
+    [Q_USER_UPSERT] = "INSERT INTO users(id, tz, created_ms) VALUES (?1, ?2, ?3)"
+                      " ON CONFLICT(id) DO UPDATE SET tz = excluded.tz",
+    [Q_DEVICE_UPSERT] = "INSERT INTO devices(user_id, platform, token, app, environment,"
+                        " registered_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                        " ON CONFLICT(platform, token) DO UPDATE SET user_id = excluded.user_id,"
+                        " app = excluded.app, environment = excluded.environment,"
+                        " registered_ms = excluded.registered_ms, state = 'active',"
+                        " state_reason = ''",
+    [Q_DEVICE_STATE] = "UPDATE devices SET state = ?2, state_reason = ?3, state_ms = ?4"
+                       " WHERE id = ?1",
+    [Q_COUNT_STATE] = "SELECT count(*) FROM notifications WHERE state = ?",
+};
+
+struct store {
+    sqlite3 *db;
+    sqlite3_stmt *q[Q_N];
+    bool in_tx;
+};
+
+static int fail(store_t *s, int rc, const char *what)
+{
+    LOG_ERROR("store", "%s: %s", what, sqlite3_errmsg(s->db));
+    int e = db_err(rc);
+    return e ? e : TDG_EDB;
+}
+
+/* Open the iteration's transaction on first write. */
+static int tx(store_t *s)
+{
+    if (s->in_tx) {
+        return 0;
+    }
+    int rc = db_begin(s->db);
+    if (rc == 0) {
+        s->in_tx = true;
+    }
+    return rc;
+}
+
+/* Step a write statement to completion and reset it. */
+static int run(store_t *s, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        return fail(s, rc, what);
+    }
+    return 0;
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *v)
+{
+    if (v) {
+        sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT);
+    } else {
+        sqlite3_bind_null(st, i);
+    }
+}
+
+int store_open(const char *path, enum db_sync sync, store_t **out, char *err, size_t errlen)
+{
+    store_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        return -ENOMEM;
+    }
+    int rc = db_open(path, sync, migrations, sizeof(migrations) / sizeof(migrations[0]), &s->db,
+                     err, errlen);
+    if (rc < 0) {
+        free(s);
+        return rc;
+    }
+    for (int i = 0; i < Q_N; i++) {
+        if ((rc = db_prepare(s->db, sql[i], &s->q[i])) < 0) {
+            snprintf(err, errlen, "%s: cannot prepare statements", path);
+            store_close(s);
+            return rc;
+        }
+    }
+    *out = s;
+    return 0;
+}
+
+void store_close(store_t *s)
+{
+    if (!s) {
+        return;
+    }
+    store_commit(s);
+    for (int i = 0; i < Q_N; i++) {
+        sqlite3_finalize(s->q[i]);
+    }
+    db_close(s->db);
+    free(s);
+}
+
+int store_commit(store_t *s)
+{
+    if (!s->in_tx) {
+        return 0;
+    }
+    s->in_tx = false;
+    int rc = db_commit(s->db);
+    if (rc < 0) {
+        db_rollback(s->db);
+    }
+    return rc;
+}
+
+int store_add_notification(store_t *s, const struct notification *n, const char *agent,
+                           const char *json, size_t len, int64_t now_ms, bool *inserted)
+{
+    int rc = tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = s->q[Q_INSERT];
+    sqlite3_bind_text(st, 1, n->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, agent, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, n->to, -1, SQLITE_STATIC);
+    bind_text(st, 4, n->category);
+    sqlite3_bind_int(st, 5, (int)n->priority);
+    sqlite3_bind_int64(st, 6, now_ms);
+    sqlite3_bind_int64(st, 7, n->ttl_s > 0 ? now_ms + n->ttl_s * 1000 : 0);
+    sqlite3_bind_text(st, 8, json, (int)len, SQLITE_STATIC);
+    if ((rc = run(s, st, "insert notification")) < 0) {
+        return rc;
+    }
+    *inserted = sqlite3_changes(s->db) > 0;
+    return 0;
+}
+
+int store_take_queued(store_t *s, unsigned max, store_notification_cb cb, void *arg)
+{
+    int rc = tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    /* Collect first, then mark: updating rows under an open SELECT on the
+     * same index is legal in SQLite but makes the walk order fragile. */
+    struct row {
+        char id[PROTO_ID_MAX + 1];
+        char *body;
+        size_t len;
+        int64_t expires_ms;
+    };
+    struct row *rows = calloc(max ? max : 1, sizeof(*rows));
+    if (!rows) {
+        return -ENOMEM;
+    }
+    sqlite3_stmt *t = s->q[Q_TAKE];
+    sqlite3_bind_int(t, 1, (int)max);
+    unsigned n = 0;
+    int step;
+    while (n < max && (step = sqlite3_step(t)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(t, 0);
+        const char *body = (const char *)sqlite3_column_text(t, 1);
+        int blen = sqlite3_column_bytes(t, 1);
+        if (!id || !body) {
+            continue;
+        }
+        rows[n].body = malloc((size_t)blen + 1);
+        if (!rows[n].body) {
+            break;
+        }
+        memcpy(rows[n].body, body, (size_t)blen + 1);
+        rows[n].len = (size_t)blen;
+        snprintf(rows[n].id, sizeof(rows[n].id), "%s", id);
+        rows[n].expires_ms = sqlite3_column_int64(t, 2);
+        n++;
+    }
+    sqlite3_reset(t);
+    int64_t now = 0;
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        sqlite3_stmt *m = s->q[Q_MARK_SENDING];
+        sqlite3_bind_text(m, 1, rows[i].id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(m, 2, now);
+        if (rc == 0) {
+            rc = run(s, m, "mark sending");
+        } else {
+            sqlite3_clear_bindings(m);
+        }
+        if (rc == 0) {
+            cb(arg, rows[i].id, rows[i].body, rows[i].len, rows[i].expires_ms);
+        }
+        free(rows[i].body);
+    }
+    free(rows);
+    return rc < 0 ? rc : (int)n;
+}
+
+int store_set_state(store_t *s, const char *id, const char *state, const char *reason,
+                    int64_t now_ms)
+{
+    int rc = tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = s->q[Q_SET_STATE];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, reason ? reason : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, now_ms);
+    return run(s, st, "set state");
+}
+
+int store_attempt_begin(store_t *s, const char *id, const char *channel, int64_t device_id,
+                        int64_t now_ms, int64_t *attempt_id)
+{
+    int rc = tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = s->q[Q_ATT_BEGIN];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, device_id);
+    sqlite3_bind_int64(st, 4, now_ms);
+    if ((rc = run(s, st, "attempt begin")) < 0) {
+        return rc;
+    }
+    *attempt_id = sqlite3_last_insert_rowid(s->db);
+    return 0;
+}
+
+int store_attempt_end(store_t *s, int64_t attempt_id, const char *state, int status,
+                      const char *reason, const char *provider_id, int64_t now_ms)
+{
+    int rc = tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = s->q[Q_ATT_END];
+    sqlite3_bind_int64(st, 1, attempt_id);
+    sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, status);
+    sqlite3_bind_text(st, 4, reason ? reason : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, provider_id ? provider_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, now_ms);
+    return run(s, st, "attempt end");
+}
+
+int store_user_devices(store_t *s, const char *user_id, store_device_cb cb, void *arg)
+{
+    sqlite3_stmt *st = s->q[Q_DEVICES];
+    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
+    int n = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct store_device d = {
+            .id = sqlite3_column_int64(st, 0),
+            .user_id = (const char *)sqlite3_column_text(st, 1),
+            .platform = (const char *)sqlite3_column_text(st, 2),
+            .token = (const char *)sqlite3_column_text(st, 3),
+            .app = (const char *)sqlite3_column_text(st, 4),
+            .environment = (const char *)sqlite3_column_text(st, 5),
+        };
+        cb(arg, &d);
+        n++;
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_DONE) {
+        return fail(s, rc, "devices");
+    }
+    return n;
+}
+
+int store_user_exists(store_t *s, const char *user_id)
+{
+    sqlite3_stmt *st = s->q[Q_USER_EXISTS];
+    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc == SQLITE_ROW) {
+        return 1;
+    }
+    return rc == SQLITE_DONE ? 0 : fail(s, rc, "user exists");
+}
+
+int store_user_upsert(store_t *s, const char *user_id, const char *tz, int64_t now_ms)
+{
+    int rc = tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = s->q[Q_USER_UPSERT];
+    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, tz && *tz ? tz : "UTC", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now_ms);
+    return run(s, st, "user upsert");
+}
+
+int store_device_upsert(store_t *s, const char *user_id, const char *platform, const char *token,
+                        const char *app, const char *environment, int64_t now_ms)
+{
+    int rc = tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = s->q[Q_DEVICE_UPSERT];
+    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, platform, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, token, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, app ? app : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, environment && *environment ? environment : "production", -1,
+                      SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, now_ms);
+    return run(s, st, "device upsert");
+}
+
+int store_device_set_state(store_t *s, int64_t device_id, const char *state, const char *reason,
+                           int64_t now_ms)
+{
+    int rc = tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = s->q[Q_DEVICE_STATE];
+    sqlite3_bind_int64(st, 1, device_id);
+    sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, reason ? reason : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, now_ms);
+    return run(s, st, "device state");
+}
+
+int store_recover(store_t *s, int64_t now_ms)
+{
+    int rc = tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    char sql_att[160];
+    snprintf(sql_att, sizeof(sql_att),
+             "UPDATE attempts SET state = 'interrupted', finished_ms = %lld"
+             " WHERE state = 'sending'",
+             (long long)now_ms);
+    if ((rc = db_exec(s->db, sql_att)) < 0) {
+        return rc;
+    }
+    char sql_n[160];
+    snprintf(sql_n, sizeof(sql_n),
+             "UPDATE notifications SET state = 'queued', updated_ms = %lld"
+             " WHERE state = 'sending'",
+             (long long)now_ms);
+    if ((rc = db_exec(s->db, sql_n)) < 0) {
+        return rc;
+    }
+    int n = sqlite3_changes(s->db);
+    if ((rc = store_commit(s)) < 0) {
+        return rc;
+    }
+    return n;
+}
+
+int store_count_state(store_t *s, const char *state, int64_t *out)
+{
+    sqlite3_stmt *st = s->q[Q_COUNT_STATE];
+    sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    *out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_ROW ? 0 : fail(s, rc, "count");
+}

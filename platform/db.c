@@ -1,0 +1,203 @@
+/* db.c - SQLite open/migrate/close with WAL (see db.h). */
+#include "db.h"
+
+#include "error.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int db_err(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW:
+        return 0;
+    case SQLITE_FULL:
+        return TDG_EDB_FULL;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+        return TDG_EDB_CORRUPT;
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+        return -EACCES;
+    case SQLITE_READONLY:
+        return -EROFS;
+    case SQLITE_IOERR:
+        return -EIO;
+    case SQLITE_CANTOPEN:
+        return -ENOENT;
+    case SQLITE_CONSTRAINT:
+        return TDG_EDUPLICATE;
+    case SQLITE_TOOBIG:
+        return TDG_ETOOBIG;
+    default:
+        return TDG_EDB;
+    }
+}
+
+int db_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out)
+{
+    int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, out, NULL);
+    if (rc != SQLITE_OK) {
+        LOG_ERROR("db", "prepare failed: %s: %s", sqlite3_errmsg(db), sql);
+        return TDG_EDB;
+    }
+    return 0;
+}
+
+int db_exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        LOG_ERROR("db", "%s (%s)", msg ? msg : sqlite3_errstr(rc), sql);
+        sqlite3_free(msg);
+        return db_err(rc) ? db_err(rc) : TDG_EDB;
+    }
+    return 0;
+}
+
+int db_begin(sqlite3 *db)
+{
+    return db_exec(db, "BEGIN IMMEDIATE");
+}
+
+int db_commit(sqlite3 *db)
+{
+    return db_exec(db, "COMMIT");
+}
+
+void db_rollback(sqlite3 *db)
+{
+    if (!sqlite3_get_autocommit(db)) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
+}
+
+static int query_int(sqlite3 *db, const char *sql, int *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            *out = sqlite3_column_int(st, 0);
+            rc = SQLITE_OK;
+        }
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int db_open(const char *path, enum db_sync sync, const struct db_migration *migrations, size_t n,
+            sqlite3 **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    /* Create the file ourselves so its mode is 0600 whatever the umask. */
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
+        return -e;
+    }
+    close(fd);
+
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close_v2(db);
+        return db_err(rc) ? db_err(rc) : TDG_EDB;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, 5000);
+
+    /* The first statement that reads the header finds out whether this is a
+     * database at all; report it with the path instead of starting over. */
+    char *msg = NULL;
+    rc = sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        int e = db_err(rc);
+        snprintf(err, errlen, "%s: %s%s", path, msg ? msg : sqlite3_errstr(rc),
+                 e == TDG_EDB_CORRUPT ? " (not a database or corrupt; move it aside to start fresh)"
+                                      : "");
+        sqlite3_free(msg);
+        sqlite3_close_v2(db);
+        return e ? e : TDG_EDB;
+    }
+    static const char *const sync_sql[] = {"PRAGMA synchronous=OFF", "PRAGMA synchronous=NORMAL",
+                                           "PRAGMA synchronous=FULL"};
+    if (db_exec(db, sync_sql[sync]) < 0 || db_exec(db, "PRAGMA foreign_keys=ON") < 0) {
+        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
+        sqlite3_close_v2(db);
+        return TDG_EDB;
+    }
+
+    int version = 0;
+    rc = query_int(db, "PRAGMA user_version", &version);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
+        sqlite3_close_v2(db);
+        return db_err(rc) ? db_err(rc) : TDG_EDB;
+    }
+    int newest = n ? migrations[n - 1].version : 0;
+    if (version > newest) {
+        snprintf(err, errlen, "%s: schema version %d is newer than this program (%d)", path,
+                 version, newest);
+        sqlite3_close_v2(db);
+        return TDG_ESCHEMA;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (migrations[i].version <= version) {
+            continue;
+        }
+        char set[64];
+        snprintf(set, sizeof(set), "PRAGMA user_version=%d", migrations[i].version);
+        int e = db_begin(db);
+        if (e == 0) {
+            e = db_exec(db, migrations[i].sql);
+        }
+        if (e == 0) {
+            e = db_exec(db, set);
+        }
+        if (e == 0) {
+            e = db_commit(db);
+        }
+        if (e < 0) {
+            snprintf(err, errlen, "%s: migration %d failed: %s", path, migrations[i].version,
+                     sqlite3_errmsg(db));
+            db_rollback(db);
+            sqlite3_close_v2(db);
+            return e;
+        }
+        LOG_INFO("db", "%s: schema migrated to version %d", path, migrations[i].version);
+    }
+    *out = db;
+    return 0;
+}
+
+void db_close(sqlite3 *db)
+{
+    if (!db) {
+        return;
+    }
+    int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+        LOG_WARN("db", "checkpoint on close: %s", sqlite3_errmsg(db));
+    }
+    /* close_v2 defers until every prepared statement is finalized; owners
+     * finalize theirs before calling db_close. */
+    rc = sqlite3_close_v2(db);
+    if (rc != SQLITE_OK) {
+        LOG_WARN("db", "close: %s", sqlite3_errstr(rc));
+    }
+}

@@ -1,0 +1,48 @@
+/*
+ * db.h - SQLite setup shared by the agent's outbox and the hub's store.
+ *
+ * db_open() creates the file with mode 0600 (SQLite gives the -wal and -shm
+ * files the same mode), turns on WAL, sets `synchronous`, and brings the
+ * schema to the newest version with numbered migrations, each in its own
+ * transaction and recorded in PRAGMA user_version. A file that is not a
+ * database or is corrupt is reported with its path, never reset.
+ */
+#ifndef TIDINGS_DB_H
+#define TIDINGS_DB_H
+
+#include <stddef.h>
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+enum db_sync { DB_SYNC_OFF = 0, DB_SYNC_NORMAL, DB_SYNC_FULL };
+
+struct db_migration {
+    int version; /* 1, 2, 3 ... in order */
+    const char *sql;
+};
+
+/* Open (creating if needed) path. 0 and *out, or a negative error
+ * (TDG_EDB_CORRUPT, TDG_ESCHEMA, TDG_EDB, -errno) with err set to a sentence
+ * naming the file. */
+int db_open(const char *path, enum db_sync sync, const struct db_migration *migrations, size_t n,
+            struct sqlite3 **out, char *err, size_t errlen);
+
+/* Checkpoint the WAL into the main file and close. Safe with NULL. */
+void db_close(struct sqlite3 *db);
+
+/* Map a SQLite result code to a Tidings error (0 for OK/DONE/ROW). */
+int db_err(int sqlite_rc);
+
+/* Prepare a statement that lives as long as the connection. 0 or TDG_EDB. */
+int db_prepare(struct sqlite3 *db, const char *sql, struct sqlite3_stmt **out);
+
+/* Run SQL without results. 0 or a mapped error (message logged). */
+int db_exec(struct sqlite3 *db, const char *sql);
+
+/* BEGIN IMMEDIATE / COMMIT / ROLLBACK. */
+int db_begin(struct sqlite3 *db);
+int db_commit(struct sqlite3 *db);
+void db_rollback(struct sqlite3 *db);
+
+#endif

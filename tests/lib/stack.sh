@@ -1,0 +1,214 @@
+# shellcheck shell=bash
+# stack.sh - start and stop a whole local Tidings stack for tests and the demo:
+# a mosquitto broker on a free loopback port, the fake APNs, the hub and an
+# agent, each from a generated config inside one private directory.
+#
+# Source it, then: stack_init; stack_broker; stack_fake_apns; stack_hub;
+# stack_agent. Everything started is stopped, and the directory removed, by
+# stack_cleanup (installed as an EXIT trap by stack_init).
+#
+# Needs: BUILD (the CMake build directory) and SRC (the source tree).
+
+STACK_PIDS=()
+STACK_DIR=""
+STACK_KEEP=${STACK_KEEP:-0}
+
+stack_log() { printf '%s\n' "$*" >&2; }
+stack_die() { stack_log "error: $*"; exit 1; }
+
+# wait_until TIMEOUT_S DESCRIPTION CMD...: poll CMD (every 50 ms) until it
+# succeeds; fail with DESCRIPTION after TIMEOUT_S. Waiting for a condition,
+# not sleeping for a guess.
+wait_until() {
+    local timeout=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + timeout))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            stack_log "timed out after ${timeout}s waiting for: $what"
+            stack_dump_logs
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+stack_dump_logs() {
+    [ -n "$STACK_DIR" ] || return 0
+    local f
+    for f in "$STACK_DIR"/*.log; do
+        [ -f "$f" ] || continue
+        stack_log "----- $(basename "$f") (last 30 lines)"
+        tail -n 30 "$f" >&2
+    done
+}
+
+stack_cleanup() {
+    local rc=$?
+    local pid
+    for pid in "${STACK_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STACK_PIDS[@]}"; do
+        # bounded wait for a clean exit, then force
+        local i=0
+        while kill -0 "$pid" 2>/dev/null && ((i < 100)); do
+            sleep 0.05
+            i=$((i + 1))
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    STACK_PIDS=()
+    if [ -n "$STACK_DIR" ] && [ "$STACK_KEEP" != 1 ]; then
+        rm -rf "$STACK_DIR"
+    fi
+    return $rc
+}
+
+stack_init() {
+    [ -n "${BUILD:-}" ] && [ -n "${SRC:-}" ] || stack_die "BUILD and SRC must be set"
+    STACK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tidings-stack.XXXXXX")
+    chmod 700 "$STACK_DIR"
+    trap stack_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+# A free TCP port on 127.0.0.1: bind-test candidates with bash's /dev/tcp
+# (a refused connect means nothing listens there).
+stack_free_port() {
+    local p i
+    for i in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# stack_start NAME CMD...: run CMD in the background, logging to NAME.log.
+stack_start() {
+    local name=$1
+    shift
+    "$@" >"$STACK_DIR/$name.log" 2>&1 &
+    STACK_PIDS+=($!)
+    eval "STACK_PID_${name//-/_}=$!"
+}
+
+stack_pid() { local v="STACK_PID_${1//-/_}"; echo "${!v}"; }
+
+# stack_stop NAME [SIGNAL]: stop one process (default TERM) and wait for it.
+stack_stop() {
+    local pid
+    pid=$(stack_pid "$1")
+    kill "-${2:-TERM}" "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+stack_broker() {
+    local tries
+    for tries in 1 2 3 4 5; do
+        BROKER_PORT=$(stack_free_port) || stack_die "no free port"
+        cat >"$STACK_DIR/mosquitto.conf" <<CONF
+listener $BROKER_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+user $(id -un)
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+max_queued_messages 100000
+CONF
+        stack_start broker mosquitto -c "$STACK_DIR/mosquitto.conf"
+        if wait_until 10 "mosquitto on port $BROKER_PORT" port_open "$BROKER_PORT"; then
+            export BROKER_PORT
+            return 0
+        fi
+        stack_stop broker KILL
+    done
+    stack_die "mosquitto did not start"
+}
+
+# The fake APNs with freshly generated TLS certificates and an APNs auth key.
+APNS_KEY_ID=KEYID12345
+APNS_TEAM_ID=TEAMID6789
+APNS_TOPIC=com.example.tidings
+APNS_TOKEN=${APNS_TOKEN:-$(printf 'a1%.0s' $(seq 1 32))}
+
+stack_fake_apns() {
+    "$SRC/tests/fakes/gen-certs.sh" "$STACK_DIR/certs" "$APNS_KEY_ID" >"$STACK_DIR/certs.log" 2>&1 ||
+        { cat "$STACK_DIR/certs.log" >&2; stack_die "certificate generation failed"; }
+    local script_args=()
+    [ -n "${APNS_SCRIPT:-}" ] && script_args=(--script "$APNS_SCRIPT")
+    stack_start fake-apns "$BUILD/tests/fakes/fake-apns" --listen 127.0.0.1:0 \
+        --cert "$STACK_DIR/certs/server.crt" --key "$STACK_DIR/certs/server.key" \
+        --auth-key "$STACK_DIR/certs/authkey_pub.pem" --key-id "$APNS_KEY_ID" \
+        --team-id "$APNS_TEAM_ID" --topic "$APNS_TOPIC" \
+        --record "$STACK_DIR/apns-record.jsonl" --port-file "$STACK_DIR/apns.port" \
+        "${script_args[@]}"
+    wait_until 10 "fake APNs port file" test -s "$STACK_DIR/apns.port"
+    APNS_PORT=$(cat "$STACK_DIR/apns.port")
+    export APNS_PORT
+}
+
+stack_hub() {
+    mkdir -p "$STACK_DIR/hub"
+    cat >"$STACK_DIR/hub.conf" <<CONF
+state_dir = $STACK_DIR/hub
+log_level = ${HUB_LOG_LEVEL:-info}
+broker.host = 127.0.0.1
+broker.port = $BROKER_PORT
+bootstrap.user = alice
+bootstrap.tz = Europe/Berlin
+bootstrap.ios_token = $APNS_TOKEN
+bootstrap.ios_app = $APNS_TOPIC
+apns.url = https://127.0.0.1:$APNS_PORT
+apns.key_file = $STACK_DIR/certs/AuthKey_$APNS_KEY_ID.p8
+apns.key_id = $APNS_KEY_ID
+apns.team_id = $APNS_TEAM_ID
+apns.topic = $APNS_TOPIC
+apns.ca_file = $STACK_DIR/certs/ca.crt
+fanout.retry_base = 100ms
+fanout.retry_cap = 2s
+CONF
+    stack_start hub "$BUILD/hub/tidings-hub" -c "$STACK_DIR/hub.conf"
+    wait_until 15 "hub subscribed" grep -q "subscribed to" "$STACK_DIR/hub.log"
+}
+
+stack_agent() {
+    mkdir -p "$STACK_DIR/agent"
+    cat >"$STACK_DIR/agent.conf" <<CONF
+agent.id = ${AGENT_ID:-gw1}
+state_dir = $STACK_DIR/agent
+log_level = ${AGENT_LOG_LEVEL:-info}
+local.host = 127.0.0.1
+local.port = $BROKER_PORT
+uplink.host = 127.0.0.1
+uplink.port = $BROKER_PORT
+uplink.ack_timeout = ${AGENT_ACK_TIMEOUT:-5s}
+CONF
+    stack_start agent "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent.conf"
+    wait_until 15 "agent connected (local and uplink)" \
+        bash -c "[ \$(grep -c 'connected to' '$STACK_DIR/agent.log') -ge 2 ]"
+}
+
+# publish JSON as an IoT device does: MQTT 5, QoS 1, on the local topic.
+stack_publish() {
+    mosquitto_pub -V mqttv5 -q 1 -h 127.0.0.1 -p "$BROKER_PORT" -t tidings/v1/local/notify -m "$1"
+}
+
+# Lines of the fake's record naming this notification id.
+apns_count_id() {
+    [ -f "$STACK_DIR/apns-record.jsonl" ] || { echo 0; return; }
+    grep -c "tidings_id[^,]*$1" "$STACK_DIR/apns-record.jsonl" || true
+}
+
+hub_state() {
+    sqlite3 -readonly "$STACK_DIR/hub/hub.db" \
+        "SELECT state || '|' || reason FROM notifications WHERE id = '$1'" 2>/dev/null
+}

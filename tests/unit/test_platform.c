@@ -1,0 +1,281 @@
+/* test_platform.c - config tables, the error table, the loop, backoff. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "backoff.h"
+#include "config.h"
+#include "error.h"
+#include "loop.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct cfg {
+    char name[8];
+    int64_t count;
+    bool on;
+    uint64_t size;
+    uint64_t wait_ms;
+    int mode;
+};
+
+static const char *const modes[] = {"normal", "full", NULL};
+
+#define O(f) offsetof(struct cfg, f), sizeof(((struct cfg *)0)->f)
+static const struct config_entry table[] = {
+    {"name", CONFIG_STRING, "abc", O(name), "a name", NULL, 0, 0},
+    {"count", CONFIG_INT, "5", O(count), "a count", NULL, 1, 100},
+    {"on", CONFIG_BOOL, "yes", O(on), "a switch", NULL, 0, 0},
+    {"size", CONFIG_SIZE, "64K", O(size), "a size", NULL, 0, 0},
+    {"wait", CONFIG_DURATION, "30s", O(wait_ms), "a time", NULL, 0, 0},
+    {"mode", CONFIG_ENUM, "full", O(mode), "a mode", modes, 0, 0},
+};
+#define N (sizeof(table) / sizeof(table[0]))
+
+static char *write_tmp(const char *text)
+{
+    static char path[64];
+    snprintf(path, sizeof(path), "/tmp/tidings-cfg-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+static void test_config_defaults(void **state)
+{
+    (void)state;
+    struct cfg c;
+    char err[256];
+    assert_int_equal(config_defaults(table, N, &c, err, sizeof(err)), 0);
+    assert_string_equal(c.name, "abc");
+    assert_int_equal(c.count, 5);
+    assert_true(c.on);
+    assert_int_equal(c.size, 65536);
+    assert_int_equal(c.wait_ms, 30000);
+    assert_int_equal(c.mode, 1);
+}
+
+static void test_config_file(void **state)
+{
+    (void)state;
+    struct cfg c;
+    char err[256];
+    config_defaults(table, N, &c, err, sizeof(err));
+    char *p = write_tmp("# comment\n\n name = \"xy z\" \ncount=7\non = off\nsize = 2M\n"
+                        "wait = 250ms\nmode = normal\n");
+    assert_int_equal(config_load(table, N, &c, p, err, sizeof(err)), 0);
+    unlink(p);
+    assert_string_equal(c.name, "xy z");
+    assert_int_equal(c.count, 7);
+    assert_false(c.on);
+    assert_int_equal(c.size, 2 * 1024 * 1024);
+    assert_int_equal(c.wait_ms, 250);
+    assert_int_equal(c.mode, 0);
+}
+
+/* Each bad line is reported as file:line: key: reason. */
+static void expect_error(const char *text, int line, const char *needle)
+{
+    struct cfg c;
+    char err[256], want[64];
+    config_defaults(table, N, &c, err, sizeof(err));
+    char *p = write_tmp(text);
+    assert_int_equal(config_load(table, N, &c, p, err, sizeof(err)), TDG_ECONFIG);
+    snprintf(want, sizeof(want), "%s:%d: ", p, line);
+    unlink(p);
+    if (strstr(err, want) != err || !strstr(err, needle)) {
+        fail_msg("error '%s' lacks '%s' or '%s'", err, want, needle);
+    }
+}
+
+static void test_config_errors(void **state)
+{
+    (void)state;
+    expect_error("count = 3\nbogus = 1\n", 2, "bogus: unknown key");
+    expect_error("count = abc\n", 1, "not an integer");
+    expect_error("count = 101\n", 1, "out of range");
+    expect_error("\n\ncount = 0\n", 3, "out of range");
+    expect_error("on = maybe\n", 1, "not a boolean");
+    expect_error("size = 12Q\n", 1, "not a size");
+    expect_error("wait = soon\n", 1, "not a duration");
+    expect_error("mode = fast\n", 1, "not one of: normal full");
+    expect_error("name = toolongvalue\n", 1, "too long");
+    expect_error("count = 1\ncount = 2\n", 2, "given twice");
+    expect_error("just words\n", 1, "expected 'key = value'");
+}
+
+static void test_config_missing_file(void **state)
+{
+    (void)state;
+    struct cfg c;
+    char err[256];
+    config_defaults(table, N, &c, err, sizeof(err));
+    assert_int_equal(config_load(table, N, &c, "/nonexistent/x.conf", err, sizeof(err)), -ENOENT);
+    assert_non_null(strstr(err, "/nonexistent/x.conf"));
+}
+
+static void test_config_set_and_units(void **state)
+{
+    (void)state;
+    struct cfg c;
+    char err[256];
+    config_defaults(table, N, &c, err, sizeof(err));
+    assert_int_equal(config_set(table, N, &c, "wait", "2h", err, sizeof(err)), 0);
+    assert_int_equal(c.wait_ms, 7200000);
+    assert_int_equal(config_set(table, N, &c, "nope", "1", err, sizeof(err)), TDG_ECONFIG);
+    uint64_t v;
+    assert_int_equal(config_parse_duration("5", &v), 0);
+    assert_int_equal(v, 5000);
+    assert_int_equal(config_parse_duration("1d", &v), 0);
+    assert_int_equal(v, 86400000);
+    assert_int_equal(config_parse_size("1G", &v), 0);
+    assert_int_equal(v, 1073741824);
+    assert_int_equal(config_parse_size("99999999999999999999", &v), -ERANGE);
+    assert_int_equal(config_parse_size("-1", &v), -EINVAL);
+    assert_int_equal(config_parse_size("", &v), -EINVAL);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    assert_string_equal(tdg_errname(TDG_EDB_FULL), "TDG_EDB_FULL");
+    assert_string_equal(tdg_strerror(TDG_EDB_FULL), "database or disk is full");
+    assert_string_equal(tdg_errname(-ENOMEM), "ENOMEM");
+    assert_non_null(strstr(tdg_strerror(-ENOENT), "No such file"));
+    assert_string_equal(tdg_strerror(0), "success");
+    assert_string_equal(tdg_strerror(TDG_ERR_BASE - 5), "unknown error");
+    assert_true(TDG_EINVAL_INPUT < -4095); /* never an errno */
+}
+
+struct order {
+    int seen[8];
+    int n;
+};
+
+static void tick(loop_t *l, uint64_t id, void *arg)
+{
+    (void)id;
+    struct order *o = arg;
+    o->seen[o->n++] = (int)loop_now_ms(l) >= 0 ? o->n : -1;
+    if (o->n == 3) {
+        loop_stop(l);
+    }
+}
+
+static void never(loop_t *l, uint64_t id, void *arg)
+{
+    (void)l;
+    (void)id;
+    (void)arg;
+    fail_msg("cancelled timer fired");
+}
+
+static void test_loop_timers(void **state)
+{
+    (void)state;
+    loop_t *l = loop_create();
+    assert_non_null(l);
+    struct order o = {.n = 0};
+    uint64_t t0 = clock_mono_ms();
+    assert_true(loop_timer_add(l, 30, tick, &o) > 0);
+    assert_true(loop_timer_add(l, 10, tick, &o) > 0);
+    uint64_t c = loop_timer_add(l, 5, never, NULL);
+    assert_int_equal(loop_timer_cancel(l, c), 0);
+    assert_int_equal(loop_timer_cancel(l, c), -ENOENT);
+    assert_true(loop_timer_add(l, 20, tick, &o) > 0);
+    assert_int_equal(loop_run(l), 0);
+    assert_int_equal(o.n, 3);
+    assert_true(clock_mono_ms() - t0 >= 30);
+    loop_destroy(l);
+}
+
+struct pipe_ctx {
+    int hits;
+    char buf[16];
+    int hooks;
+};
+
+static void on_read(loop_t *l, int fd, unsigned ev, void *arg)
+{
+    struct pipe_ctx *p = arg;
+    assert_true(ev & LOOP_READ);
+    ssize_t n = read(fd, p->buf, sizeof(p->buf) - 1);
+    assert_true(n > 0);
+    p->buf[n] = '\0';
+    p->hits++;
+    loop_fd_del(l, fd); /* removing itself from inside the callback is allowed */
+    loop_stop(l);
+}
+
+static void hook(loop_t *l, void *arg)
+{
+    (void)l;
+    ((struct pipe_ctx *)arg)->hooks++;
+}
+
+static void test_loop_fds(void **state)
+{
+    (void)state;
+    loop_t *l = loop_create();
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    struct pipe_ctx p = {0};
+    assert_int_equal(loop_fd_add(l, fds[0], LOOP_READ, on_read, &p), 0);
+    assert_int_equal(loop_fd_add(l, fds[0], LOOP_READ, on_read, &p), -EEXIST);
+    assert_int_equal(loop_before_sleep(l, hook, &p), 0);
+    assert_int_equal(write(fds[1], "hi", 2), 2);
+    assert_int_equal(loop_run(l), 0);
+    assert_int_equal(p.hits, 1);
+    assert_string_equal(p.buf, "hi");
+    assert_true(p.hooks >= 1);
+    assert_int_equal(loop_fd_del(l, fds[0]), -ENOENT);
+    assert_int_equal(loop_fd_mod(l, fds[0], LOOP_READ), -ENOENT);
+    close(fds[0]);
+    close(fds[1]);
+    loop_destroy(l);
+}
+
+static void test_backoff(void **state)
+{
+    (void)state;
+    for (unsigned attempt = 0; attempt < 70; attempt++) {
+        for (int i = 0; i < 200; i++) {
+            uint64_t d = backoff_delay(attempt, 100, 30000);
+            assert_true(d >= 1);
+            assert_true(d <= 30000);
+            uint64_t ceiling = attempt < 20 ? (100ull << attempt) : 30000;
+            assert_true(d <= (ceiling < 30000 ? ceiling : 30000));
+        }
+    }
+    /* full jitter spreads: over many draws at the cap both halves appear */
+    int low = 0, high = 0;
+    for (int i = 0; i < 1000; i++) {
+        uint64_t d = backoff_delay(30, 100, 30000);
+        low += d < 15000;
+        high += d >= 15000;
+    }
+    assert_true(low > 100 && high > 100);
+    assert_int_equal(backoff_delay(3, 0, 100), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_defaults),  cmocka_unit_test(test_config_file),
+        cmocka_unit_test(test_config_errors),    cmocka_unit_test(test_config_missing_file),
+        cmocka_unit_test(test_config_set_and_units), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_loop_timers),      cmocka_unit_test(test_loop_fds),
+        cmocka_unit_test(test_backoff),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
