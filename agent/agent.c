@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #define OFF(f) offsetof(struct agent_config, f), sizeof(((struct agent_config *)0)->f)
 
@@ -79,7 +80,19 @@ struct agent {
     mqtt_t *local;
     struct ingest_stats ist;
     bool commit_failed_logged;
+    /* The MQTT QoS 1 loss window: libmosquitto has already sent PUBACK
+     * when on_message runs, and the commit comes at the end of the loop
+     * iteration. Measured from the first uncommitted message to its commit. */
+    uint64_t window_start_us;
+    uint64_t window_max_us, window_sum_us, window_commits;
 };
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 /* Once per loop iteration: make what was ingested durable, then sync. */
 static void before_sleep(loop_t *loop, void *arg)
@@ -96,6 +109,13 @@ static void before_sleep(loop_t *loop, void *arg)
         } else {
             LOG_DEBUG("agent", "committed %u", n);
         }
+        if (a->window_start_us) {
+            uint64_t w = now_us() - a->window_start_us;
+            a->window_max_us = w > a->window_max_us ? w : a->window_max_us;
+            a->window_sum_us += w;
+            a->window_commits++;
+            a->window_start_us = 0;
+        }
     }
     if (a->up) {
         uplink_pump(a->up);
@@ -109,6 +129,9 @@ static void on_local_message(void *arg, const struct mosquitto_message *msg,
     agent_t *a = arg;
     struct ingest_result res;
     size_t len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+    if (!a->window_start_us && msg->qos > 0) {
+        a->window_start_us = now_us();
+    }
     ingest_submit(a->ob, "mqtt", msg->payload ? msg->payload : "", len, &res, &a->ist);
 }
 
@@ -213,6 +236,13 @@ void agent_destroy(agent_t *a)
              (unsigned long long)a->ist.received, (unsigned long long)a->ist.accepted,
              (unsigned long long)a->ist.duplicates, (unsigned long long)a->ist.invalid,
              (unsigned long long)os.rows);
+    if (a->window_commits) {
+        LOG_INFO("agent", "MQTT QoS 1 window (PUBACK sent -> committed): max=%lluus avg=%lluus "
+                 "over %llu commits",
+                 (unsigned long long)a->window_max_us,
+                 (unsigned long long)(a->window_sum_us / a->window_commits),
+                 (unsigned long long)a->window_commits);
+    }
     outbox_close(a->ob);
     free(a);
 }
