@@ -136,7 +136,9 @@ struct notification {
 int proto_parse(const char *buf, size_t len, struct notification *n, struct proto_error *err);
 
 /* Validate an already-parsed cJSON object; takes ownership of obj on success
- * AND on failure (it is freed on failure). Same results as proto_parse. */
+ * AND on failure (it is freed on failure). Same results as proto_parse.
+ * obj must be a root (no siblings): an element still linked into another
+ * tree is refused with not_object and NOT freed. */
 int proto_from_json(struct cJSON *obj, struct notification *n, struct proto_error *err);
 
 /* Give n the id `id` (replacing any; a new "id" member goes first). 0,

@@ -1,0 +1,463 @@
+/*
+ * envelope.c - MQTT topic names, the "up" batch envelope and the ack
+ * envelope.
+ *
+ *   up   {"v":1,"agent":"<agent>","items":[<notification>,...]}
+ *   ack  {"v":1,"acks":[{"id":"..","ok":true},
+ *                       {"id":"..","ok":false,"reason":"..","field":".."}]}
+ *
+ * The batch builder copies already-serialized notifications verbatim into
+ * one buffer allocated up front at the caller's cap: the agent never
+ * re-parses what its outbox holds, and a batch can never outgrow the MQTT
+ * payload budget it was sized for.
+ */
+#include "proto.h"
+#include "proto_internal.h"
+
+#include "error.h"
+
+#include <cjson/cJSON.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- topics ----------------------------------------------------------- */
+
+#define TOPIC_AGENTS "tidings/v1/agents/"
+
+static const char *const topic_suffix[] = {
+    [PROTO_TOPIC_LOCAL_NOTIFY] = NULL, [PROTO_TOPIC_UP] = "up",
+    [PROTO_TOPIC_ACK] = "ack",         [PROTO_TOPIC_DOWN] = "down",
+    [PROTO_TOPIC_POLICY] = "policy",   [PROTO_TOPIC_RECEIPTS] = "receipts",
+    [PROTO_TOPIC_STATUS] = "status",
+};
+#define N_TOPICS (sizeof(topic_suffix) / sizeof(topic_suffix[0]))
+
+bool proto_agent_id_valid(const char *agent)
+{
+    size_t len;
+
+    if (!agent) {
+        return false;
+    }
+    len = strnlen(agent, PROTO_AGENT_MAX + 1);
+    if (len < 1 || len > PROTO_AGENT_MAX) {
+        return false;
+    }
+    /* One topic level: no '/', and none of the wildcards '+' '#'. */
+    for (size_t i = 0; i < len; i++) {
+        char c = agent[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int proto_topic(char *buf, size_t len, enum proto_topic_kind kind, const char *agent)
+{
+    int n;
+
+    if (!buf || (unsigned)kind >= N_TOPICS) {
+        return -EINVAL;
+    }
+    if (kind == PROTO_TOPIC_LOCAL_NOTIFY) {
+        n = snprintf(buf, len, "tidings/v1/local/notify");
+    } else {
+        if (!proto_agent_id_valid(agent)) {
+            if (len > 0) {
+                buf[0] = '\0';
+            }
+            return -EINVAL;
+        }
+        n = snprintf(buf, len, TOPIC_AGENTS "%s/%s", agent, topic_suffix[kind]);
+    }
+    if (n < 0 || (size_t)n >= len) {
+        /* Never hand out a truncated topic: it would name another one. */
+        if (len > 0) {
+            buf[0] = '\0';
+        }
+        return -ENOSPC;
+    }
+    return 0;
+}
+
+int proto_topic_agent(const char *topic, const char *suffix, char *agent, size_t len)
+{
+    const char *a, *slash;
+    size_t alen;
+    char tmp[PROTO_AGENT_MAX + 1];
+
+    if (!topic || !suffix || !suffix[0] || strchr(suffix, '/')) {
+        return -EINVAL;
+    }
+    if (strncmp(topic, TOPIC_AGENTS, sizeof(TOPIC_AGENTS) - 1) != 0) {
+        return -EINVAL;
+    }
+    a = topic + sizeof(TOPIC_AGENTS) - 1;
+    slash = strchr(a, '/');
+    if (!slash || strcmp(slash + 1, suffix) != 0) {
+        return -EINVAL;
+    }
+    alen = (size_t)(slash - a);
+    if (alen < 1 || alen > PROTO_AGENT_MAX) {
+        return -EINVAL;
+    }
+    memcpy(tmp, a, alen);
+    tmp[alen] = '\0';
+    if (!proto_agent_id_valid(tmp)) {
+        return -EINVAL;
+    }
+    if (agent) {
+        if (len <= alen) {
+            return -ENOSPC;
+        }
+        memcpy(agent, tmp, alen + 1);
+    }
+    return 0;
+}
+
+/* --- up batch builder ------------------------------------------------- */
+
+static const char batch_tail[] = "]}";
+#define TAIL_LEN (sizeof(batch_tail) - 1)
+
+int proto_batch_init(struct proto_batch *b, size_t cap, const char *agent)
+{
+    int n;
+
+    if (!b) {
+        return -EINVAL;
+    }
+    memset(b, 0, sizeof(*b));
+    /* The agent id goes into the JSON unescaped: only a valid id is safe. */
+    if (!proto_agent_id_valid(agent) || cap < PROTO_BATCH_MIN_CAP || cap == SIZE_MAX) {
+        return -EINVAL;
+    }
+    b->buf = malloc(cap + 1); /* + 1: the NUL after finish */
+    if (!b->buf) {
+        return -ENOMEM;
+    }
+    n = snprintf(b->buf, cap + 1, "{\"v\":%d,\"agent\":\"%s\",\"items\":[", PROTO_VERSION, agent);
+    /* Cannot fail: the header is at most PROTO_BATCH_OVERHEAD - TAIL_LEN. */
+    b->len = (size_t)n;
+    b->cap = cap;
+    b->count = 0;
+    return 0;
+}
+
+int proto_batch_add(struct proto_batch *b, const char *item, size_t len)
+{
+    size_t need;
+
+    if (!b || !b->buf || !item || len < 2 || item[0] != '{' || item[len - 1] != '}') {
+        return -EINVAL;
+    }
+    need = len + (b->count > 0 ? 1 : 0);
+    /* Keep room for the tail so finish can never fail; checked without any
+     * addition that could overflow. */
+    if (b->len + TAIL_LEN > b->cap || need > b->cap - b->len - TAIL_LEN) {
+        return -ENOSPC;
+    }
+    if (b->count > 0) {
+        b->buf[b->len++] = ',';
+    }
+    memcpy(b->buf + b->len, item, len);
+    b->len += len;
+    b->count++;
+    return 0;
+}
+
+int proto_batch_finish(struct proto_batch *b)
+{
+    if (!b || !b->buf) {
+        return -EINVAL;
+    }
+    if (b->len + TAIL_LEN > b->cap) {
+        return -ENOSPC;
+    }
+    memcpy(b->buf + b->len, batch_tail, TAIL_LEN + 1); /* with the NUL */
+    b->len += TAIL_LEN;
+    return 0;
+}
+
+int proto_batch_reset(struct proto_batch *b)
+{
+    const char *open;
+
+    if (!b || !b->buf) {
+        return -EINVAL;
+    }
+    /* The agent id holds no '[', so the first one closes the header. */
+    open = memchr(b->buf, '[', b->len);
+    if (!open) {
+        return -EINVAL;
+    }
+    b->len = (size_t)(open - b->buf) + 1;
+    b->count = 0;
+    return 0;
+}
+
+void proto_batch_free(struct proto_batch *b)
+{
+    if (!b) {
+        return;
+    }
+    free(b->buf);
+    memset(b, 0, sizeof(*b));
+}
+
+/* --- envelope parsing ------------------------------------------------- */
+
+/* Parse an envelope's outer object and check "v". Nesting: the envelope,
+ * its array and then a full notification. */
+static int parse_envelope(const char *buf, size_t len, cJSON **out, struct proto_error *err)
+{
+    cJSON *root = NULL, *v;
+    int rc;
+
+    *out = NULL;
+    rc = proto_json_parse(buf, len, PROTO_MAX_DEPTH + 2, &root, err);
+    if (rc) {
+        return rc;
+    }
+    if (!cJSON_IsObject(root)) {
+        proto_err_set(err, PROTO_R_NOT_OBJECT, NULL, "envelope must be a JSON object");
+        rc = TDG_EINVAL_INPUT;
+        goto fail;
+    }
+    rc = proto_check_dup_keys(root, "", err);
+    if (rc) {
+        goto fail;
+    }
+    /* Anything but the number 1 (absent, "1", 2) is another version. */
+    v = cJSON_GetObjectItemCaseSensitive(root, "v");
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)PROTO_VERSION) {
+        proto_err_set(err, PROTO_R_BAD_VERSION, "v", "expected \"v\":%d", PROTO_VERSION);
+        rc = TDG_EINVAL_INPUT;
+        goto fail;
+    }
+    *out = root;
+    return 0;
+fail:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* Fetch a required member of the given cJSON type check. */
+static int need_member(const cJSON *obj, const char *key, cJSON_bool (*is)(const cJSON *),
+                       const char *want, cJSON **out, struct proto_error *err)
+{
+    cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+    *out = NULL;
+    if (!j) {
+        proto_err_set(err, PROTO_R_MISSING_FIELD, key, "required");
+        return TDG_EINVAL_INPUT;
+    }
+    if (!is(j)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, key, "expected %s", want);
+        return TDG_EINVAL_INPUT;
+    }
+    *out = j;
+    return 0;
+}
+
+int proto_batch_parse(const char *buf, size_t len, char *agent_out, size_t agent_len,
+                      proto_item_cb cb, void *arg, struct proto_error *err)
+{
+    cJSON *root, *agent, *items, *it, *next;
+    int rc;
+
+    rc = parse_envelope(buf, len, &root, err);
+    if (rc) {
+        return rc;
+    }
+    rc = need_member(root, "agent", cJSON_IsString, "a string", &agent, err);
+    if (rc == 0 && !proto_agent_id_valid(agent->valuestring)) {
+        proto_err_set(err, PROTO_R_BAD_VALUE, "agent", "1..%d of A-Z a-z 0-9 . _ -",
+                      PROTO_AGENT_MAX);
+        rc = TDG_EINVAL_INPUT;
+    }
+    if (rc == 0) {
+        rc = need_member(root, "items", cJSON_IsArray, "an array", &items, err);
+    }
+    if (rc == 0 && agent_out) {
+        if (agent_len <= strlen(agent->valuestring)) {
+            rc = -ENOSPC;
+        } else {
+            memcpy(agent_out, agent->valuestring, strlen(agent->valuestring) + 1);
+        }
+    }
+    if (rc) {
+        cJSON_Delete(root);
+        return rc;
+    }
+    /* Take next first: the callback may detach the item it is given. */
+    for (it = items->child; it; it = next) {
+        next = it->next;
+        if (cb) {
+            cb(it, arg);
+        }
+    }
+    cJSON_Delete(root);
+    return 0;
+}
+
+/* --- acks ------------------------------------------------------------- */
+
+char *proto_acks_serialize(const struct proto_ack *acks, size_t n, size_t *len)
+{
+    cJSON *root, *arr;
+    char *s = NULL;
+
+    if (!acks && n > 0) {
+        return NULL;
+    }
+    root = cJSON_CreateObject();
+    if (!root || !cJSON_AddNumberToObject(root, "v", PROTO_VERSION)) {
+        goto out;
+    }
+    arr = cJSON_AddArrayToObject(root, "acks");
+    if (!arr) {
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct proto_ack *a = &acks[i];
+        char id[sizeof(a->id)], field[sizeof(a->field)];
+        cJSON *o = cJSON_CreateObject();
+
+        if (!o) {
+            goto out;
+        }
+        cJSON_AddItemToArray(arr, o);
+        /* Bounded copies: the arrays need not be NUL-terminated. */
+        memcpy(id, a->id, sizeof(id));
+        id[sizeof(id) - 1] = '\0';
+        memcpy(field, a->field, sizeof(field));
+        field[sizeof(field) - 1] = '\0';
+        if (!cJSON_AddStringToObject(o, "id", id) || !cJSON_AddBoolToObject(o, "ok", a->ok)) {
+            goto out;
+        }
+        if (a->ok) {
+            continue;
+        }
+        if (!cJSON_AddStringToObject(o, "reason", proto_reason_code(a->reason))) {
+            goto out;
+        }
+        if (field[0] && !cJSON_AddStringToObject(o, "field", field)) {
+            goto out;
+        }
+    }
+    s = cJSON_PrintUnformatted(root);
+    if (s && len) {
+        *len = strlen(s);
+    }
+out:
+    cJSON_Delete(root);
+    return s;
+}
+
+static int parse_one_ack(const cJSON *o, int i, struct proto_ack *a, struct proto_error *err)
+{
+    char field[sizeof(err->field)];
+    const cJSON *id, *ok, *reason, *fld;
+
+    memset(a, 0, sizeof(*a));
+    snprintf(field, sizeof(field), "acks[%d]", i);
+    if (!cJSON_IsObject(o)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, field, "expected an object");
+        return TDG_EINVAL_INPUT;
+    }
+    id = cJSON_GetObjectItemCaseSensitive(o, "id");
+    ok = cJSON_GetObjectItemCaseSensitive(o, "ok");
+    snprintf(field, sizeof(field), "acks[%d].id", i);
+    if (!id) {
+        proto_err_set(err, PROTO_R_MISSING_FIELD, field, "required");
+        return TDG_EINVAL_INPUT;
+    }
+    if (!cJSON_IsString(id)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, field, "expected a string");
+        return TDG_EINVAL_INPUT;
+    }
+    if (!proto_id_valid(id->valuestring)) {
+        proto_err_set(err, PROTO_R_BAD_VALUE, field, "not a valid notification id");
+        return TDG_EINVAL_INPUT;
+    }
+    snprintf(field, sizeof(field), "acks[%d].ok", i);
+    if (!ok) {
+        proto_err_set(err, PROTO_R_MISSING_FIELD, field, "required");
+        return TDG_EINVAL_INPUT;
+    }
+    if (!cJSON_IsBool(ok)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, field, "expected a boolean");
+        return TDG_EINVAL_INPUT;
+    }
+    memcpy(a->id, id->valuestring, strlen(id->valuestring) + 1);
+    a->ok = cJSON_IsTrue(ok);
+    a->reason = PROTO_OK;
+    if (a->ok) {
+        return 0;
+    }
+    /* A hub newer than this agent may send codes we do not know yet: the
+     * item is still rejected, just less specifically. */
+    reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
+    if (!cJSON_IsString(reason) || !proto_reason_from_code(reason->valuestring, &a->reason) ||
+        a->reason == PROTO_OK) {
+        a->reason = PROTO_R_BAD_VALUE;
+    }
+    fld = cJSON_GetObjectItemCaseSensitive(o, "field");
+    /* Only text that can be logged as is ("\u0000" would arrive as 0xFF). */
+    if (cJSON_IsString(fld) &&
+        proto_utf8_valid((const unsigned char *)fld->valuestring, strlen(fld->valuestring), NULL)) {
+        proto_copy_trunc(a->field, sizeof(a->field), fld->valuestring);
+    }
+    return 0;
+}
+
+int proto_acks_parse(const char *buf, size_t len, struct proto_ack **out, size_t *n,
+                     struct proto_error *err)
+{
+    cJSON *root, *arr;
+    const cJSON *o;
+    struct proto_ack *v = NULL;
+    size_t count = 0, i = 0;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    rc = parse_envelope(buf, len, &root, err);
+    if (rc) {
+        return rc;
+    }
+    rc = need_member(root, "acks", cJSON_IsArray, "an array", &arr, err);
+    if (rc) {
+        cJSON_Delete(root);
+        return rc;
+    }
+    for (o = arr->child; o; o = o->next) {
+        count++;
+    }
+    if (count > 0) {
+        v = calloc(count, sizeof(*v));
+        if (!v) {
+            cJSON_Delete(root);
+            return -ENOMEM;
+        }
+    }
+    for (o = arr->child; o; o = o->next, i++) {
+        rc = parse_one_ack(o, (int)i, &v[i], err);
+        if (rc) {
+            free(v);
+            cJSON_Delete(root);
+            return rc;
+        }
+    }
+    cJSON_Delete(root);
+    *out = v;
+    *n = count;
+    return 0;
+}
