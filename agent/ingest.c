@@ -31,6 +31,19 @@ int ingest_submit(outbox_t *ob, const char *source, const char *buf, size_t len,
         if (rc == 0) {
             rc = proto_set_id(&n, id);
         }
+        if (rc == TDG_ETOOBIG) {
+            /* The generated id pushed it over the wire limit: the sender's
+             * notification is too large, say so as proto_parse would. */
+            st->invalid++;
+            res->perr.reason = PROTO_R_TOO_LARGE;
+            snprintf(res->perr.field, sizeof(res->perr.field), "id");
+            snprintf(res->perr.detail, sizeof(res->perr.detail),
+                     "no room for a generated id within %d bytes", PROTO_MAX_WIRE);
+            LOG_WARN("ingest", "%s: rejected notification (%zu bytes): too_large field=id %s",
+                     source, len, res->perr.detail);
+            notification_free(&n);
+            return res->rc = rc;
+        }
         if (rc < 0) {
             st->errors++;
             notification_free(&n);

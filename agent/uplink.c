@@ -114,11 +114,7 @@ void uplink_pump(uplink_t *u)
         if (!b) {
             return;
         }
-        u->pb.len = 0;
-        u->pb.count = 0;
-        if (proto_batch_init(&u->pb, u->batch_bytes, u->agent) < 0) {
-            return;
-        }
+        proto_batch_reset(&u->pb);
         b->n = 0;
         u->filling = b;
         int taken = outbox_take(u->ob, u->batch_max, take_cb, u);

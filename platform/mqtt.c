@@ -270,6 +270,8 @@ mqtt_t *mqtt_create(loop_t *loop, const struct mqtt_opts *o, const struct mqtt_h
         goto fail;
     }
     mosquitto_int_option(m->mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+    /* Acks and small batches must not wait for Nagle + delayed ACK (40 ms). */
+    mosquitto_int_option(m->mosq, MOSQ_OPT_TCP_NODELAY, 1);
     if (o->max_inflight) {
         mosquitto_int_option(m->mosq, MOSQ_OPT_SEND_MAXIMUM, (int)o->max_inflight);
     }

@@ -21,8 +21,8 @@ stack_agent
 stack_publish '{"id":"e2e-1","to":"user:alice","category":"security","priority":"high",
   "title":"Door open","body":"Front door opened at 22:49","data":{"door":"front"},"ttl":3600,
   "x_vendor":{"kept":true}}'
-wait_until 20 "e2e-1 at the fake APNs" test "$(apns_count_id e2e-1)" -ge 1
-wait_until 10 "e2e-1 delivered in the hub" bash -c "[[ \"\$(sqlite3 -readonly '$STACK_DIR/hub/hub.db' \"SELECT state FROM notifications WHERE id='e2e-1'\")\" == delivered ]]"
+wait_until 20 "e2e-1 at the fake APNs" apns_has_id e2e-1
+wait_until 10 "e2e-1 delivered in the hub" hub_state_is e2e-1 delivered
 line=$(grep 'e2e-1' "$STACK_DIR/apns-record.jsonl")
 for want in '"path":"/3/device/'"$APNS_TOKEN"'"' '"apns-topic":"com.example.tidings"' \
     '"apns-push-type":"alert"' '"apns-priority":"10"' '"jwt":"ok"' '"status":200' \
@@ -33,7 +33,8 @@ done
 sqlite3 -readonly "$STACK_DIR/hub/hub.db" "SELECT body FROM notifications WHERE id='e2e-1'" |
     grep -q x_vendor || fail "unknown field x_vendor was not kept"
 # the agent's outbox is empty once the hub acked
-wait_until 10 "agent outbox drained" bash -c "[[ \$(sqlite3 -readonly '$STACK_DIR/agent/outbox.db' 'SELECT count(*) FROM outbox') == 0 ]]"
+outbox_empty() { [ "$(sqlite3 -readonly "$STACK_DIR/agent/outbox.db" 'SELECT count(*) FROM outbox')" = 0 ]; }
+wait_until 10 "agent outbox drained" outbox_empty
 
 # 2. Bad input: each is rejected with a logged reason; the agent keeps going.
 stack_publish '{"to":"user:alice","title":'                 # malformed JSON
@@ -43,7 +44,7 @@ stack_publish "$(printf '{"to":"user:alice","title":"\xc3\x28"}')"   # invalid U
 big=$(head -c 5000 /dev/zero | tr '\0' 'a')
 stack_publish "{\"to\":\"user:alice\",\"title\":\"$big\"}"  # over 4096 bytes
 stack_publish '{"id":"e2e-2","to":"user:alice","title":"still flowing"}'
-wait_until 20 "e2e-2 behind the bad ones" test "$(apns_count_id e2e-2)" -ge 1
+wait_until 20 "e2e-2 behind the bad ones" apns_has_id e2e-2
 for reason in malformed_json no_content bad_recipient bad_utf8 too_large; do
     grep -q "rejected notification.*$reason" "$STACK_DIR/agent.log" ||
         fail "agent did not log reason $reason"
@@ -54,10 +55,11 @@ kill -0 "$(stack_pid agent)" || fail "agent died on bad input"
 stack_publish '{"id":"e2e-3","to":"user:alice","title":"once"}'
 stack_publish '{"id":"e2e-3","to":"user:alice","title":"once"}'
 stack_publish '{"id":"e2e-4","to":"user:alice","title":"marker"}'
-wait_until 20 "e2e-4 marker" test "$(apns_count_id e2e-4)" -ge 1
+wait_until 20 "e2e-4 marker" apns_has_id e2e-4
 # e2e-4 was published after both copies of e2e-3; once it has arrived and the
 # hub has nothing queued or sending, any second e2e-3 would have been sent.
-wait_until 20 "hub idle" bash -c "[[ \$(sqlite3 -readonly '$STACK_DIR/hub/hub.db' \"SELECT count(*) FROM notifications WHERE state IN ('queued','sending')\") == 0 ]]"
+hub_idle() { [ "$(hub_sql "SELECT count(*) FROM notifications WHERE state IN ('queued','sending')")" = 0 ]; }
+wait_until 20 "hub idle" hub_idle
 n_att=$(sqlite3 -readonly "$STACK_DIR/hub/hub.db" "SELECT count(*) FROM attempts WHERE notification_id='e2e-3'")
 [ "$n_att" = 1 ] || fail "e2e-3 has $n_att attempts in the hub"
 [ "$(apns_count_id e2e-3)" = 1 ] || fail "e2e-3 reached APNs $(apns_count_id e2e-3) times"

@@ -208,6 +208,16 @@ apns_count_id() {
     grep -c "tidings_id[^,]*$1" "$STACK_DIR/apns-record.jsonl" || true
 }
 
+# apns_has_id ID [N]: the fake has recorded ID at least N (default 1) times.
+# A function, so wait_until re-evaluates it on every poll.
+apns_has_id() { [ "$(apns_count_id "$1")" -ge "${2:-1}" ]; }
+
+# hub_sql SQL: a read-only query on the hub's database.
+hub_sql() { sqlite3 -readonly "$STACK_DIR/hub/hub.db" "$1"; }
+
+# hub_state_is ID STATE
+hub_state_is() { [ "$(hub_sql "SELECT state FROM notifications WHERE id = '$1'")" = "$2" ]; }
+
 hub_state() {
     sqlite3 -readonly "$STACK_DIR/hub/hub.db" \
         "SELECT state || '|' || reason FROM notifications WHERE id = '$1'" 2>/dev/null
