@@ -35,6 +35,10 @@ const struct config_entry agent_config_table[] = {
     {"local.username", CONFIG_STRING, "", OFF(local_username), "Local broker user", NULL, 0, 0},
     {"local.password", CONFIG_STRING, "", OFF(local_password), "Local broker password", NULL, 0,
      0},
+    {"local.session_expiry", CONFIG_DURATION, "7d", OFF(local_session_expiry_ms),
+     "How long the local broker keeps queueing for a stopped agent (0: clean sessions; the "
+     "local broker's max_queued_messages bounds the queue)",
+     NULL, 0, 0},
     {"uplink.host", CONFIG_STRING, "127.0.0.1", OFF(uplink_host),
      "Central broker the hub listens on", NULL, 0, 0},
     {"uplink.port", CONFIG_INT, "1883", OFF(uplink_port), "Central broker port", NULL, 1, 65535},
@@ -201,6 +205,9 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
         .keepalive_s = 60,
         .backoff_base_ms = 200,
         .backoff_cap_ms = 10000,
+        /* The local broker keeps our subscription and queues QoS 1
+         * notifications while the agent restarts. */
+        .session_expiry_s = (uint32_t)(cfg->local_session_expiry_ms / 1000),
     };
     struct mqtt_handlers lh = {
         .on_connect = on_local_connect, .on_message = on_local_message, .arg = a};

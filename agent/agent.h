@@ -25,6 +25,7 @@ struct agent_config {
     char local_topic[256];
     char local_username[128];
     char local_password[256];
+    uint64_t local_session_expiry_ms;
     /* uplink broker (the hub listens there) */
     char uplink_host[256];
     int64_t uplink_port;

@@ -18,6 +18,7 @@ struct mqtt {
     const char *name;
     const char *host;
     int port, keepalive;
+    uint32_t session_expiry;
     uint64_t backoff_base, backoff_cap;
     unsigned attempt;   /* consecutive failed connects, for backoff */
     int fd;             /* watched socket or -1 */
@@ -139,13 +140,31 @@ static void before_sleep(loop_t *loop, void *arg)
     }
 }
 
+/* Start a connection: non-blocking, or blocking with a session expiry
+ * property for a persistent session on a local broker (see mqtt.h). */
+static int start_connect(mqtt_t *m, bool first)
+{
+    if (m->session_expiry == 0) {
+        return first ? mosquitto_connect_async(m->mosq, m->host, m->port, m->keepalive)
+                     : mosquitto_reconnect_async(m->mosq);
+    }
+    mosquitto_property *props = NULL;
+    int rc = mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
+                                          m->session_expiry);
+    if (rc == MOSQ_ERR_SUCCESS) {
+        rc = mosquitto_connect_bind_v5(m->mosq, m->host, m->port, m->keepalive, NULL, props);
+    }
+    mosquitto_property_free_all(&props);
+    return rc;
+}
+
 static void try_connect(loop_t *loop, uint64_t id, void *arg)
 {
     (void)loop;
     (void)id;
     mqtt_t *m = arg;
     m->retry_timer = 0;
-    int rc = mosquitto_reconnect_async(m->mosq);
+    int rc = start_connect(m, false);
     if (rc != MOSQ_ERR_SUCCESS) {
         if (!m->logged_down) {
             LOG_WARN("mqtt", "%s: cannot connect to %s:%d: %s", m->name, m->host, m->port,
@@ -264,7 +283,12 @@ mqtt_t *mqtt_create(loop_t *loop, const struct mqtt_opts *o, const struct mqtt_h
     m->backoff_base = o->backoff_base_ms ? o->backoff_base_ms : 500;
     m->backoff_cap = o->backoff_cap_ms ? o->backoff_cap_ms : 60000;
     m->fd = -1;
-    m->mosq = mosquitto_new(o->client_id && *o->client_id ? o->client_id : NULL, true, m);
+    m->session_expiry = o->session_expiry_s;
+    bool persistent = m->session_expiry > 0 && o->client_id && *o->client_id;
+    if (!persistent) {
+        m->session_expiry = 0;
+    }
+    m->mosq = mosquitto_new(o->client_id && *o->client_id ? o->client_id : NULL, !persistent, m);
     if (!m->mosq) {
         LOG_ERROR("mqtt", "%s: mosquitto_new: %s", m->name, strerror(errno));
         goto fail;
@@ -304,7 +328,7 @@ mqtt_t *mqtt_create(loop_t *loop, const struct mqtt_opts *o, const struct mqtt_h
     if (loop_before_sleep(loop, before_sleep, m) < 0) {
         goto fail;
     }
-    int rc = mosquitto_connect_async(m->mosq, m->host, m->port, m->keepalive);
+    int rc = start_connect(m, true);
     if (rc != MOSQ_ERR_SUCCESS) {
         LOG_WARN("mqtt", "%s: cannot connect to %s:%d: %s (will retry)", m->name, m->host,
                  m->port, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));

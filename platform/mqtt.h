@@ -8,8 +8,10 @@
  * loop; lost connections are retried with capped full-jitter backoff.
  *
  * Because libmosquitto 2.0 only sends MQTT 5 CONNECT properties on its
- * blocking connect, sessions are clean-start: delivery guarantees come from
- * Tidings' own application acks and resends, not from broker session state.
+ * blocking connect, remote sessions are clean-start: delivery guarantees
+ * come from Tidings' own application acks and resends, not from broker
+ * session state. A local broker may use a persistent session
+ * (session_expiry_s), connected with a blocking connect.
  *
  * Callbacks run on the loop thread. Messages received inside a callback may
  * be published from it; writes are flushed before the loop sleeps.
@@ -45,6 +47,12 @@ struct mqtt_opts {
     uint64_t backoff_base_ms; /* reconnect backoff */
     uint64_t backoff_cap_ms;
     unsigned max_inflight; /* outgoing QoS 1 window (MOSQ_OPT_SEND_MAXIMUM); 0 = default */
+    /* > 0: a persistent session (clean start off, this session expiry), so
+     * the broker queues QoS 1 messages while we are away. libmosquitto only
+     * sends CONNECT properties on its blocking connect, so this makes every
+     * connect blocking: use it only for a broker on this box (loopback),
+     * where connect() answers at once. Needs a fixed client_id. */
+    uint32_t session_expiry_s;
 };
 
 struct mqtt_handlers {

@@ -60,10 +60,19 @@ stack_cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     STACK_PIDS=()
+    # A sanitizer report in any daemon's log fails the test, whatever else
+    # passed: ASan/UBSan/LSan write there, not to the test's output.
+    if [ -n "$STACK_DIR" ] &&
+        grep -l -E 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:' "$STACK_DIR"/*.log \
+            >/dev/null 2>&1; then
+        stack_log "FAIL: sanitizer report in a daemon log:"
+        grep -h -A20 -E 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:' "$STACK_DIR"/*.log >&2
+        rc=1
+    fi
     if [ -n "$STACK_DIR" ] && [ "$STACK_KEEP" != 1 ]; then
         rm -rf "$STACK_DIR"
     fi
-    return $rc
+    exit $rc
 }
 
 stack_init() {
@@ -96,7 +105,7 @@ stack_start() {
     shift
     "$@" >"$STACK_DIR/$name.log" 2>&1 &
     STACK_PIDS+=($!)
-    eval "STACK_PID_${name//-/_}=$!"
+    printf -v "STACK_PID_${name//-/_}" %s "$!"
 }
 
 stack_pid() { local v="STACK_PID_${1//-/_}"; echo "${!v}"; }
@@ -156,9 +165,12 @@ stack_fake_apns() {
     export APNS_PORT
 }
 
+# stack_hub [NAME]: start the hub (again, after a crash: same config and
+# store, a new log NAME.log).
 stack_hub() {
+    local name=${1:-hub}
     mkdir -p "$STACK_DIR/hub"
-    cat >"$STACK_DIR/hub.conf" <<CONF
+    [ -f "$STACK_DIR/hub.conf" ] || cat >"$STACK_DIR/hub.conf" <<CONF
 state_dir = $STACK_DIR/hub
 log_level = ${HUB_LOG_LEVEL:-info}
 broker.host = 127.0.0.1
@@ -176,13 +188,15 @@ apns.ca_file = $STACK_DIR/certs/ca.crt
 fanout.retry_base = 100ms
 fanout.retry_cap = 2s
 CONF
-    stack_start hub "$BUILD/hub/tidings-hub" -c "$STACK_DIR/hub.conf"
-    wait_until 15 "hub subscribed" grep -q "subscribed to" "$STACK_DIR/hub.log"
+    stack_start "$name" "$BUILD/hub/tidings-hub" -c "$STACK_DIR/hub.conf"
+    wait_until 15 "hub subscribed" grep -q "subscribed to" "$STACK_DIR/$name.log"
 }
 
+# stack_agent [NAME]: start the agent (again: same config and outbox).
 stack_agent() {
+    local name=${1:-agent}
     mkdir -p "$STACK_DIR/agent"
-    cat >"$STACK_DIR/agent.conf" <<CONF
+    [ -f "$STACK_DIR/agent.conf" ] || cat >"$STACK_DIR/agent.conf" <<CONF
 agent.id = ${AGENT_ID:-gw1}
 state_dir = $STACK_DIR/agent
 log_level = ${AGENT_LOG_LEVEL:-info}
@@ -192,9 +206,9 @@ uplink.host = 127.0.0.1
 uplink.port = $BROKER_PORT
 uplink.ack_timeout = ${AGENT_ACK_TIMEOUT:-5s}
 CONF
-    stack_start agent "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent.conf"
+    stack_start "$name" "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent.conf"
     wait_until 15 "agent connected (local and uplink)" \
-        bash -c "[ \$(grep -c 'connected to' '$STACK_DIR/agent.log') -ge 2 ]"
+        bash -c "[ \$(grep -c 'connected to' '$STACK_DIR/$name.log') -ge 2 ]"
 }
 
 # publish JSON as an IoT device does: MQTT 5, QoS 1, on the local topic.
