@@ -50,6 +50,24 @@ int ingest_submit(outbox_t *ob, const char *source, const char *buf, size_t len,
             return res->rc = rc;
         }
     }
+    int64_t now = clock_wall_ms();
+    rc = proto_set_accepted(&n, now);
+    if (rc == TDG_ETOOBIG) {
+        st->invalid++;
+        res->perr.reason = PROTO_R_TOO_LARGE;
+        snprintf(res->perr.field, sizeof(res->perr.field), "accepted_at");
+        snprintf(res->perr.detail, sizeof(res->perr.detail),
+                 "no room for the acceptance time within %d bytes", PROTO_MAX_WIRE);
+        LOG_WARN("ingest", "%s: rejected notification (%zu bytes): too_large field=accepted_at",
+                 source, len);
+        notification_free(&n);
+        return res->rc = rc;
+    }
+    if (rc < 0) {
+        st->errors++;
+        notification_free(&n);
+        return res->rc = rc;
+    }
     snprintf(res->id, sizeof(res->id), "%s", n.id);
     size_t out_len = 0;
     char *json = proto_serialize(&n, &out_len);
@@ -58,8 +76,7 @@ int ingest_submit(outbox_t *ob, const char *source, const char *buf, size_t len,
         notification_free(&n);
         return res->rc = -ENOMEM;
     }
-    int64_t now = clock_wall_ms();
-    int64_t expires = n.ttl_s > 0 ? now + n.ttl_s * 1000 : 0;
+    int64_t expires = proto_expires_ms(&n, now);
     rc = outbox_add(ob, n.id, (int)n.priority, now, expires, json, out_len);
     free(json);
     notification_free(&n);

@@ -80,8 +80,8 @@ enum {
 
 static const char *const sql[Q_N] = {
     [Q_INSERT] = "INSERT OR IGNORE INTO notifications(id, agent, recipient, category, priority,"
-                 " received_ms, expires_ms, body, state, updated_ms)"
-                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?6)",
+                 " received_ms, expires_ms, body, state, reason, updated_ms)"
+                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?6)",
     [Q_TAKE] = "SELECT id, body, expires_ms FROM notifications WHERE state = 'queued'"
                " ORDER BY priority DESC, received_ms LIMIT ?",
     [Q_MARK_SENDING] = "UPDATE notifications SET state = 'sending', attempts = attempts + 1,"
@@ -218,8 +218,16 @@ int store_add_notification(store_t *s, const struct notification *n, const char 
     bind_text(st, 4, n->category);
     sqlite3_bind_int(st, 5, (int)n->priority);
     sqlite3_bind_int64(st, 6, now_ms);
-    sqlite3_bind_int64(st, 7, n->ttl_s > 0 ? now_ms + n->ttl_s * 1000 : 0);
+    /* The ttl counts from when the agent accepted it: after a long outage
+     * it may have passed before the hub ever saw it. Such a notification is
+     * still recorded (never silently dropped), as expired. */
+    int64_t expires = proto_expires_ms(n, now_ms);
+    bool expired = expires > 0 && expires <= now_ms;
+    sqlite3_bind_int64(st, 7, expires);
     sqlite3_bind_text(st, 8, json, (int)len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 9, expired ? "expired" : "queued", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 10, expired ? "ttl passed before the hub received it" : "", -1,
+                      SQLITE_STATIC);
     if ((rc = run(s, st, "insert notification")) < 0) {
         return rc;
     }

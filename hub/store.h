@@ -31,8 +31,9 @@ void store_close(store_t *s);
 /* Commit the open transaction, if any. 0 or negative error (rolled back). */
 int store_commit(store_t *s);
 
-/* Record an accepted notification as queued. *inserted is false when the id
- * was already known (dedupe: the agent resent it). */
+/* Record an accepted notification as queued (or expired, when its ttl,
+ * counted from accepted_at, has already passed). *inserted is false when the
+ * id was already known (dedupe: the agent resent it). */
 int store_add_notification(store_t *s, const struct notification *n, const char *agent,
                            const char *json, size_t len, int64_t now_ms, bool *inserted);
 

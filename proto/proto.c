@@ -1157,6 +1157,24 @@ static int check_deliver_at(const cJSON *obj, struct notification *n, struct pro
     return 0;
 }
 
+/* "accepted_at" is written by Tidings itself; a malformed one (from an old
+ * or foreign sender) is an error like any other time field. */
+static int check_accepted_at(const cJSON *obj, struct notification *n, struct proto_error *err)
+{
+    const char *at;
+    int rc = get_str(obj, "accepted_at", 0, &at, err);
+
+    n->accepted_at_ms = 0;
+    if (rc || !at) {
+        return rc;
+    }
+    if (proto_parse_rfc3339(at, &n->accepted_at_ms) != 0) {
+        proto_err_set(err, PROTO_R_BAD_TIME, "accepted_at", "expected RFC 3339");
+        return TDG_EINVAL_INPUT;
+    }
+    return 0;
+}
+
 static int check_vars(const cJSON *obj, struct notification *n, struct proto_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "vars");
@@ -1266,6 +1284,9 @@ static int validate(cJSON *obj, size_t raw_len, struct notification *n, struct p
     }
     if (rc == 0) {
         rc = get_str(obj, "collapse_key", PROTO_COLLAPSE_MAX, &n->collapse_key, err);
+    }
+    if (rc == 0) {
+        rc = check_accepted_at(obj, n, err);
     }
     if (rc == 0) {
         rc = get_token(obj, "template", PROTO_TEMPLATE_MAX, CS_LOWER | CS_UPPER | CS_DIGIT, "._-",
@@ -1390,6 +1411,56 @@ int proto_set_id(struct notification *n, const char *id)
     cJSON_InsertItemInArray(n->json, 0, item);
     n->id = item->valuestring;
     return 0;
+}
+
+int proto_set_accepted(struct notification *n, int64_t ms)
+{
+    char buf[32];
+    cJSON *old, *item;
+    size_t cur, next, blen;
+
+    if (!n || !n->json) {
+        return TDG_EINVAL_INPUT;
+    }
+    proto_format_rfc3339(ms, buf, sizeof(buf));
+    blen = strlen(buf);
+    old = cJSON_GetObjectItemCaseSensitive(n->json, "accepted_at");
+    cur = serialized_len(n->json, PROTO_MAX_WIRE);
+    if (old && cJSON_IsString(old)) {
+        next = cur - strlen(old->valuestring) + blen;
+    } else {
+        next = cur + blen + sizeof("\"accepted_at\":\"\",") - 1;
+    }
+    if (cur > PROTO_MAX_WIRE || next > PROTO_MAX_WIRE) {
+        return TDG_ETOOBIG;
+    }
+    if (old && cJSON_IsString(old)) {
+        if (!cJSON_SetValuestring(old, buf)) {
+            return -ENOMEM;
+        }
+    } else {
+        item = cJSON_CreateString(buf);
+        if (!item) {
+            return -ENOMEM;
+        }
+        if (old) {
+            cJSON_ReplaceItemViaPointer(n->json, old, item);
+        } else if (!cJSON_AddItemToObject(n->json, "accepted_at", item)) {
+            cJSON_Delete(item);
+            return -ENOMEM;
+        }
+    }
+    n->accepted_at_ms = ms;
+    return 0;
+}
+
+int64_t proto_expires_ms(const struct notification *n, int64_t now_ms)
+{
+    if (n->ttl_s <= 0) {
+        return 0;
+    }
+    int64_t base = n->accepted_at_ms > 0 ? n->accepted_at_ms : now_ms;
+    return base + n->ttl_s * 1000;
 }
 
 char *proto_serialize(const struct notification *n, size_t *len)

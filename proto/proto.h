@@ -122,6 +122,7 @@ struct notification {
     bool deliver_at_user_tz;   /* "tz":"user": deliver_at_local is wall time */
     const char *deliver_at_local; /* "2026-11-22T08:00:00" (no offset) when user tz */
     const char *collapse_key;
+    int64_t accepted_at_ms;    /* "accepted_at": when Tidings accepted it; 0 = not yet */
     const char *template_name, *locale;
     const struct cJSON *vars;
 };
@@ -146,6 +147,16 @@ int proto_from_json(struct cJSON *obj, struct notification *n, struct proto_erro
  * notification would then exceed PROTO_MAX_WIRE, or -ENOMEM; on failure n is
  * unchanged. Only n->id moves; the other pointers of n stay valid. */
 int proto_set_id(struct notification *n, const char *id);
+
+/* Stamp "accepted_at" (RFC 3339, ms) with the time Tidings accepted n,
+ * replacing any value the sender gave: device clocks are often wrong, and
+ * the ttl counts from acceptance. 0, TDG_ETOOBIG (no room within 4096
+ * bytes; n unchanged) or -ENOMEM. */
+int proto_set_accepted(struct notification *n, int64_t ms);
+
+/* When n expires (accepted_at + ttl) in Unix ms, or 0 for never. A
+ * notification not yet accepted counts from now_ms. */
+int64_t proto_expires_ms(const struct notification *n, int64_t now_ms);
 
 /* Serialize compactly. Returns a malloc'd NUL-terminated string (free with
  * free()) and its length in *len, or NULL on ENOMEM. */

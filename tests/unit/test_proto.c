@@ -1711,6 +1711,58 @@ static void test_error_text(void **state)
     assert_int_equal(proto_parse("{}", 2, &n, NULL), TDG_EINVAL_INPUT);
 }
 
+/* accepted_at: stamped by Tidings, replaces the sender's, and the ttl counts
+ * from it. */
+static void test_accepted_at(void **state)
+{
+    (void)state;
+    struct notification n;
+    struct proto_error err;
+    const char *in = "{\"to\":\"local\",\"title\":\"t\",\"ttl\":60,"
+                     "\"accepted_at\":\"2000-01-01T00:00:00Z\"}";
+    assert_int_equal(proto_parse(in, strlen(in), &n, &err), 0);
+    assert_int_equal(n.accepted_at_ms, 946684800000LL);
+    assert_int_equal(proto_set_accepted(&n, 1795302000123LL), 0);
+    assert_int_equal(n.accepted_at_ms, 1795302000123LL);
+    assert_int_equal(proto_expires_ms(&n, 5), 1795302000123LL + 60000);
+    size_t len;
+    char *out = proto_serialize(&n, &len);
+    assert_non_null(strstr(out, "\"accepted_at\":\"2026-11-21T"));
+    assert_null(strstr(out, "2000-01-01"));
+    notification_free(&n);
+    struct notification m;
+    assert_int_equal(proto_parse(out, len, &m, &err), 0);
+    assert_int_equal(m.accepted_at_ms, 1795302000123LL);
+    notification_free(&m);
+    free(out);
+
+    const char *bad = "{\"to\":\"local\",\"title\":\"t\",\"accepted_at\":\"yesterday\"}";
+    assert_int_equal(proto_parse(bad, strlen(bad), &n, &err), TDG_EINVAL_INPUT);
+    assert_int_equal(err.reason, PROTO_R_BAD_TIME);
+    assert_string_equal(err.field, "accepted_at");
+
+    /* no ttl: never expires; not yet accepted: counts from now */
+    const char *plain = "{\"to\":\"local\",\"title\":\"t\"}";
+    assert_int_equal(proto_parse(plain, strlen(plain), &n, &err), 0);
+    assert_int_equal(proto_expires_ms(&n, 1000), 0);
+    notification_free(&n);
+    const char *ttl = "{\"to\":\"local\",\"title\":\"t\",\"ttl\":2}";
+    assert_int_equal(proto_parse(ttl, strlen(ttl), &n, &err), 0);
+    assert_int_equal(proto_expires_ms(&n, 1000), 3000);
+    notification_free(&n);
+
+    /* no room within 4096 bytes: refused, n unchanged */
+    char big[PROTO_MAX_WIRE + 1];
+    int head = snprintf(big, sizeof(big), "{\"to\":\"local\",\"title\":\"");
+    size_t fill = PROTO_MAX_WIRE - (size_t)head - 2 - 10;
+    memset(big + head, 'a', fill);
+    snprintf(big + head + fill, sizeof(big) - (size_t)head - fill, "\"}");
+    assert_int_equal(proto_parse(big, strlen(big), &n, &err), 0);
+    assert_int_equal(proto_set_accepted(&n, 1795302000123LL), TDG_ETOOBIG);
+    assert_int_equal(n.accepted_at_ms, 0);
+    notification_free(&n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1747,6 +1799,7 @@ int main(void)
         cmocka_unit_test(test_batch_parse),
         cmocka_unit_test(test_acks),
         cmocka_unit_test(test_error_text),
+        cmocka_unit_test(test_accepted_at),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
