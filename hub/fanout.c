@@ -17,6 +17,7 @@ struct job;
 /* One notification to one device. */
 struct delivery {
     struct job *job;
+    const struct fanout_route *route;
     int64_t device_id;
     char token[256], app[256], platform[16], environment[16];
     struct channel_device dev;
@@ -42,8 +43,8 @@ struct fanout {
     loop_t *loop;
     store_t *store;
     struct fanout_opts o;
-    const struct channel_ops *push;
-    void *push_state;
+    struct fanout_route routes[FANOUT_MAX_ROUTES];
+    size_t nroutes;
     unsigned jobs;
     struct job *live;
     struct delivery *ready_head, *ready_tail;
@@ -124,7 +125,7 @@ static void attempt(struct delivery *d)
         job_finish_if_done(j);
         return;
     }
-    int rc = store_attempt_begin(f->store, j->id, f->push->name, d->device_id, now,
+    int rc = store_attempt_begin(f->store, j->id, d->route->channel, d->device_id, now,
                                  &d->attempt_id);
     if (rc < 0) {
         d->done = true;
@@ -158,15 +159,15 @@ static void on_outcome(void *ctx, const struct channel_outcome *o)
     store_attempt_end(f->store, d->attempt_id, att_state[o->result], o->status, o->reason,
                       o->provider_id, now);
     if (o->result == CHANNEL_OK) {
-        LOG_INFO("fanout", "id=%s %s accepted by provider: status=%d %s=%s", j->id, f->push->name,
-                 o->status, "provider_id", o->provider_id);
+        LOG_INFO("fanout", "id=%s %s accepted by provider: status=%d provider_id=%s", j->id,
+                 d->route->channel, o->status, o->provider_id);
         d->done = true;
         j->delivered++;
         j->open--;
         job_finish_if_done(j);
         return;
     }
-    snprintf(j->last_reason, sizeof(j->last_reason), "%s: %d %s", f->push->name, o->status,
+    snprintf(j->last_reason, sizeof(j->last_reason), "%s: %d %s", d->route->channel, o->status,
              o->reason);
     if (o->device_action != CHANNEL_DEVICE_NONE) {
         const char *st = o->device_action == CHANNEL_DEVICE_DISABLE ? "disabled" : "flagged";
@@ -200,17 +201,39 @@ struct dev_ctx {
     struct job *j;
 };
 
+static const struct fanout_route *route_for(const fanout_t *f, const char *platform)
+{
+    for (size_t i = 0; i < f->nroutes; i++) {
+        if (strcmp(f->routes[i].platform, platform) == 0) {
+            return &f->routes[i];
+        }
+    }
+    return NULL;
+}
+
 static void add_device(void *arg, const struct store_device *sd)
 {
     struct job *j = ((struct dev_ctx *)arg)->j;
-    if (j->ndev >= FANOUT_MAX_DEVICES || strcmp(sd->platform, "ios") != 0) {
-        /* Only the APNs channel exists so far: other platforms are skipped
-         * and the notification fails with a reason if nothing is left. */
+    const struct fanout_route *r = route_for(j->f, sd->platform ? sd->platform : "");
+    if (!r) {
+        /* e.g. "desktop": delivered by agents, not by the hub */
+        return;
+    }
+    if (!(j->n.channels & r->proto_class)) {
+        return; /* the notification's "channels" leaves this one out */
+    }
+    if (!r->ops) {
+        snprintf(j->last_reason, sizeof(j->last_reason), "channel %s is not enabled in this hub",
+                 r->channel);
+        return;
+    }
+    if (j->ndev >= FANOUT_MAX_DEVICES) {
         return;
     }
     struct delivery *d = &j->dv[j->ndev++];
     memset(d, 0, sizeof(*d));
     d->job = j;
+    d->route = r;
     d->device_id = sd->id;
     snprintf(d->token, sizeof(d->token), "%s", sd->token ? sd->token : "");
     snprintf(d->app, sizeof(d->app), "%s", sd->app ? sd->app : "");
@@ -258,7 +281,10 @@ static void on_queued(void *arg, const char *id, const char *json, size_t len,
     int n = store_user_devices(f->store, j->n.to_id, add_device, &dc);
     if (n < 0 || j->ndev == 0) {
         store_set_state(f->store, id, "failed",
-                        n < 0 ? "store error" : "no active device with a supported channel", now);
+                        n < 0             ? "store error"
+                        : j->last_reason[0] ? j->last_reason
+                                            : "no active device on an allowed channel",
+                        now);
         f->st.failed++;
         job_free(j);
         return;
@@ -303,7 +329,7 @@ void fanout_flush(fanout_t *f)
             .dev = &d->dev,
             .now_ms = clock_wall_ms(),
         };
-        int rc = f->push->send(f->push_state, &cd, on_outcome, d);
+        int rc = d->route->ops->send(d->route->state, &cd, on_outcome, d);
         if (rc < 0) {
             /* Could not even start (e.g. too many in flight): treat as a
              * retryable outcome so backoff and accounting stay in one place. */
@@ -319,8 +345,11 @@ void fanout_flush(fanout_t *f)
 }
 
 fanout_t *fanout_create(loop_t *loop, store_t *store, const struct fanout_opts *o,
-                        const struct channel_ops *push_ops, void *push_state)
+                        const struct fanout_route *routes, size_t nroutes)
 {
+    if (nroutes > FANOUT_MAX_ROUTES) {
+        return NULL;
+    }
     fanout_t *f = calloc(1, sizeof(*f));
     if (!f) {
         return NULL;
@@ -328,8 +357,8 @@ fanout_t *fanout_create(loop_t *loop, store_t *store, const struct fanout_opts *
     f->loop = loop;
     f->store = store;
     f->o = *o;
-    f->push = push_ops;
-    f->push_state = push_state;
+    memcpy(f->routes, routes, nroutes * sizeof(*routes));
+    f->nroutes = nroutes;
     return f;
 }
 

@@ -33,9 +33,22 @@ struct fanout_stats {
     uint64_t delivered, failed, expired, attempts, retries, inflight;
 };
 
-/* push_ops/push_state: the channel used for "ios" devices. */
+/* One route: devices of this platform go through this channel. ops == NULL
+ * means the channel exists but is not enabled in this hub (deliveries to
+ * such devices fail with a reason saying so). */
+struct fanout_route {
+    const char *platform;  /* "ios", "android", "sms", "email" */
+    unsigned proto_class;  /* PROTO_CH_PUSH / _SMS / _EMAIL: the notification's
+                              "channels" restriction is matched against it */
+    const char *channel;   /* channel name, for records and reasons */
+    const struct channel_ops *ops;
+    void *state;
+};
+#define FANOUT_MAX_ROUTES 8
+
+/* routes are copied. */
 fanout_t *fanout_create(loop_t *loop, store_t *store, const struct fanout_opts *o,
-                        const struct channel_ops *push_ops, void *push_state);
+                        const struct fanout_route *routes, size_t nroutes);
 /* Abandon in-flight work (it is recovered from the store at next start). */
 void fanout_destroy(fanout_t *f);
 

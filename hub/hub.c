@@ -41,6 +41,8 @@ static const struct config_entry hub_table[] = {
      "Shared-subscription group: hubs in one group split the agents' uplinks", NULL, 0, 0},
     {"broker.client_id", CONFIG_STRING, "", OFF(client_id),
      "MQTT client id (empty: tidings-hub-<pid>)", NULL, 0, 0},
+    {"channels", CONFIG_STRING, "apns", OFF(channels),
+     "Enabled channels, comma-separated (apns); each needs its <name>.* settings", NULL, 0, 0},
     {"store.synchronous", CONFIG_ENUM, "normal", OFF(synchronous),
      "normal survives a killed process; full also survives power loss", sync_modes, 0, 0},
     {"fanout.max_jobs", CONFIG_INT, "20000", OFF(max_jobs),
@@ -63,9 +65,17 @@ static const struct config_entry hub_table[] = {
 };
 #define HUB_TABLE_N (sizeof(hub_table) / sizeof(hub_table[0]))
 
-/* The channels of this hub; hand-written registration (STYLE rule 4). */
-static const struct channel_ops *const channels[] = {&apns_channel};
-#define N_CHANNELS (sizeof(channels) / sizeof(channels[0]))
+/* The channels of this hub; hand-written registration (STYLE rule 4). Each
+ * serves the devices of one platform. */
+struct channel_def {
+    const struct channel_ops *ops;
+    const char *platform;
+    unsigned proto_class;
+};
+static const struct channel_def channel_defs[] = {
+    {&apns_channel, "ios", PROTO_CH_PUSH},
+};
+#define N_CHANNELS (sizeof(channel_defs) / sizeof(channel_defs[0]))
 
 struct hub_settings {
     struct config_entry *table; /* hub_table + every channel's, offsets rebased */
@@ -89,8 +99,8 @@ hub_settings_t *hub_settings_create(char *err, size_t errlen)
     size_t n = HUB_TABLE_N, size = align_up(sizeof(struct hub_config));
     for (size_t c = 0; c < N_CHANNELS; c++) {
         s->chan_off[c] = size;
-        size = align_up(size + channels[c]->config_size);
-        n += channels[c]->config_n;
+        size = align_up(size + channel_defs[c].ops->config_size);
+        n += channel_defs[c].ops->config_n;
     }
     s->table = calloc(n, sizeof(*s->table));
     s->blob = calloc(1, size);
@@ -101,8 +111,8 @@ hub_settings_t *hub_settings_create(char *err, size_t errlen)
     memcpy(s->table, hub_table, sizeof(hub_table));
     s->n = HUB_TABLE_N;
     for (size_t c = 0; c < N_CHANNELS; c++) {
-        for (size_t i = 0; i < channels[c]->config_n; i++) {
-            s->table[s->n] = channels[c]->config[i];
+        for (size_t i = 0; i < channel_defs[c].ops->config_n; i++) {
+            s->table[s->n] = channel_defs[c].ops->config[i];
             s->table[s->n].offset += s->chan_off[c];
             s->n++;
         }
@@ -217,6 +227,34 @@ static int bootstrap(hub_t *h, const struct apns_config *apns, char *err, size_t
     return rc;
 }
 
+/* "apns,fcm" -> enabled[] by channel_defs index. */
+static int parse_enabled(const char *list, bool *enabled, char *err, size_t errlen)
+{
+    memset(enabled, 0, N_CHANNELS * sizeof(*enabled));
+    const char *p = list;
+    while (*p) {
+        while (*p == ',' || *p == ' ') {
+            p++;
+        }
+        size_t len = strcspn(p, ", ");
+        if (len == 0) {
+            break;
+        }
+        size_t c = 0;
+        while (c < N_CHANNELS && (strlen(channel_defs[c].ops->name) != len ||
+                                  strncmp(channel_defs[c].ops->name, p, len) != 0)) {
+            c++;
+        }
+        if (c == N_CHANNELS) {
+            snprintf(err, errlen, "channels: unknown channel '%.*s'", (int)len, p);
+            return TDG_ECONFIG;
+        }
+        enabled[c] = true;
+        p += len;
+    }
+    return 0;
+}
+
 int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, size_t errlen)
 {
     hub_t *h = calloc(1, sizeof(*h));
@@ -256,23 +294,37 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         hub_destroy(h);
         return rc;
     }
+    bool enabled[N_CHANNELS];
+    if ((rc = parse_enabled(h->cfg.channels, enabled, err, errlen)) < 0) {
+        hub_destroy(h);
+        return rc;
+    }
     struct channel_env env = {.loop = loop, .http = NULL};
+    struct fanout_route routes[N_CHANNELS];
     for (size_t c = 0; c < N_CHANNELS; c++) {
+        routes[c] = (struct fanout_route){.platform = channel_defs[c].platform,
+                                          .proto_class = channel_defs[c].proto_class,
+                                          .channel = channel_defs[c].ops->name};
+        if (!enabled[c]) {
+            continue;
+        }
         char cerr[256] = "";
-        rc = channels[c]->init(&env, s->blob + s->chan_off[c], &h->chan_state[c], cerr,
+        rc = channel_defs[c].ops->init(&env, s->blob + s->chan_off[c], &h->chan_state[c], cerr,
                                sizeof(cerr));
         if (rc < 0) {
-            snprintf(err, errlen, "channel %s: %s", channels[c]->name, cerr);
+            snprintf(err, errlen, "channel %s: %s", channel_defs[c].ops->name, cerr);
             hub_destroy(h);
             return rc;
         }
+        routes[c].ops = channel_defs[c].ops;
+        routes[c].state = h->chan_state[c];
     }
     struct fanout_opts fo = {.max_jobs = (unsigned)h->cfg.max_jobs,
                              .max_attempts = (unsigned)h->cfg.max_attempts,
                              .retry_base_ms = h->cfg.retry_base_ms,
                              .retry_cap_ms = h->cfg.retry_cap_ms};
     h->intake = intake_create(h->store);
-    h->fanout = fanout_create(loop, h->store, &fo, channels[0], h->chan_state[0]);
+    h->fanout = fanout_create(loop, h->store, &fo, routes, N_CHANNELS);
     if (!h->intake || !h->fanout) {
         snprintf(err, errlen, "out of memory");
         hub_destroy(h);
@@ -325,7 +377,7 @@ void hub_destroy(hub_t *h)
     mqtt_destroy(h->mqtt);
     for (size_t c = 0; c < N_CHANNELS; c++) {
         if (h->chan_state[c]) {
-            channels[c]->destroy(h->chan_state[c]);
+            channel_defs[c].ops->destroy(h->chan_state[c]);
         }
     }
     fanout_destroy(h->fanout);

@@ -25,6 +25,7 @@ struct hub_config {
     char broker_certfile[256];
     char broker_keyfile[256];
     char share_group[64];
+    char channels[128];
     char client_id[64];
     int synchronous;
     int64_t max_jobs;
