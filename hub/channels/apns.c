@@ -1,0 +1,755 @@
+/*
+ * apns.c - the APNs channel: format (pure), send over hub/http, map answers.
+ *
+ * Per request: format builds POST <url>/3/device/<token> with the shared
+ * provider token, then http_request sends it; on_answer maps the status and
+ * the {"reason":..,"timestamp":..} body to ok / retry / drop and a device
+ * action. Nothing here blocks; everything runs on the hub's loop.
+ */
+#include "apns.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "error.h"
+#include "http.h"
+#include "jwt.h"
+#include "log.h"
+
+#define MOD "apns"
+
+#define OFF(f) offsetof(struct apns_config, f), sizeof(((struct apns_config *)0)->f)
+
+static const struct config_entry apns_config_table[] = {
+    {"apns.url", CONFIG_STRING, "https://api.push.apple.com", OFF(url),
+     "APNs base URL (https://api.sandbox.push.apple.com for development)", NULL, 0, 0},
+    {"apns.sandbox_url", CONFIG_STRING, "", OFF(sandbox_url),
+     "Base URL for devices registered as environment \"sandbox\" (empty: apns.url)", NULL, 0, 0},
+    {"apns.key_file", CONFIG_STRING, "", OFF(key_file),
+     "Token signing key from Apple (AuthKey_<KEYID>.p8, PKCS#8 EC P-256)", NULL, 0, 0},
+    {"apns.key_id", CONFIG_STRING, "", OFF(key_id), "Key id of apns.key_file (kid)", NULL, 0, 0},
+    {"apns.team_id", CONFIG_STRING, "", OFF(team_id), "Apple developer team id (iss)", NULL, 0, 0},
+    {"apns.topic", CONFIG_STRING, "", OFF(topic),
+     "Default apns-topic (bundle id) for devices registered without one", NULL, 0, 0},
+    {"apns.ca_file", CONFIG_STRING, "", OFF(ca_file),
+     "CA bundle to verify the APNs server (empty: system CAs)", NULL, 0, 0},
+    {"apns.token_refresh", CONFIG_DURATION, "50m", OFF(token_refresh_ms),
+     "Re-sign the provider token this often (Apple: 20 to 60 minutes)", NULL, APNS_REFRESH_MIN_MS,
+     APNS_REFRESH_MAX_MS},
+    {"apns.timeout", CONFIG_DURATION, "10s", OFF(timeout_ms),
+     "Whole-request timeout; a timed-out request is retried", NULL, 100, 600000},
+    {"apns.connections", CONFIG_INT, "2", OFF(connections), "HTTP/2 connections per APNs host",
+     NULL, 1, 64},
+    {"apns.max_streams", CONFIG_INT, "1000", OFF(max_streams),
+     "Concurrent streams per connection (APNs allows up to 1000)", NULL, 1, 1000},
+};
+
+#define TOKEN_LOG_LEN 8               /* never log more of a device token */
+#define CLOCK_BACK_TOLERANCE_MS 60000 /* token "from the future": clock went back */
+#define RETRY_AFTER_CAP_S 86400
+#define HDR_AUTH_PREFIX "authorization: bearer "
+
+static const char *const capture_headers[] = {"apns-id", "retry-after", NULL};
+
+struct apns;
+
+/* One send in flight: waiting for HTTP, or for a deferred format drop. */
+struct apns_call {
+    struct apns_call *prev, *next;
+    struct apns *a;
+    channel_done_cb done;
+    void *ctx;
+    uint64_t timer_id;    /* != 0: deferred outcome pending */
+    int64_t token_iat_ms; /* provider token this request carried */
+    char tok[TOKEN_LOG_LEN + 1];
+    struct channel_outcome deferred;
+};
+
+struct apns {
+    struct apns_config cfg;
+    loop_t *loop;
+    http_t *http;
+    jwt_signer *signer;
+    apns_clock_fn clock;
+    void *clock_arg;
+
+    char jwt[256 - sizeof(HDR_AUTH_PREFIX) + 1];
+    int64_t token_iat_ms;
+    uint64_t token_signs;
+
+    struct apns_call *calls;
+    struct channel_request req; /* scratch for send; single-threaded */
+    uint64_t sent, ok, retry, drop;
+
+    /* state transitions logged once, not per message */
+    bool logged_invalid_token, logged_young_expired, logged_sign_fail, logged_proto;
+};
+
+static int64_t system_clock_ms(void *arg)
+{
+    (void)arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* --- provider token -------------------------------------------------- */
+
+/* Sign a new provider token with iat = now. On failure the old token stays
+ * (APNs will answer ExpiredProviderToken and we retry later). */
+static int token_sign(struct apns *a, int64_t now_ms)
+{
+    char buf[JWT_TOKEN_MAX];
+    int n = jwt_es256_provider_token(a->signer, a->cfg.key_id, a->cfg.team_id, now_ms / 1000, buf,
+                                     sizeof(buf));
+    if (n < 0) {
+        return n;
+    }
+    if ((size_t)n >= sizeof(a->jwt)) {
+        return -ENOSPC; /* the authorization header would not fit its slot */
+    }
+    memcpy(a->jwt, buf, (size_t)n + 1);
+    a->token_iat_ms = now_ms;
+    a->token_signs++;
+    return 0;
+}
+
+/* Keep the shared token fresh: re-sign when older than token_refresh, or
+ * when the clock moved back so far that iat lies in the future. */
+static void token_refresh_if_due(struct apns *a, int64_t now_ms)
+{
+    int64_t age = now_ms - a->token_iat_ms;
+    if (age < (int64_t)a->cfg.token_refresh_ms && age > -CLOCK_BACK_TOLERANCE_MS) {
+        return;
+    }
+    int rc = token_sign(a, now_ms);
+    if (rc < 0) {
+        if (!a->logged_sign_fail) {
+            LOG_ERROR(MOD, "cannot re-sign provider token: %s", tdg_strerror(rc));
+            a->logged_sign_fail = true;
+        }
+        return;
+    }
+    a->logged_sign_fail = false;
+    LOG_INFO(MOD, "provider token re-signed age_s=%" PRId64, age / 1000);
+}
+
+/* --- format ------------------------------------------------------------ */
+
+static bool device_token_ok(const char *t)
+{
+    size_t n = 0;
+    if (!t) {
+        return false;
+    }
+    for (; t[n]; n++) {
+        char c = t[n];
+        bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+        if (!hex || n >= APNS_TOKEN_HEX_MAX) {
+            return false;
+        }
+    }
+    return n > 0;
+}
+
+/* A header value must not be able to end its line or start another one. */
+static bool header_value_ok(const char *v, size_t max)
+{
+    size_t n = 0;
+    for (; v[n]; n++) {
+        unsigned char c = (unsigned char)v[n];
+        if (c < 0x20 || c == 0x7f || n >= max) {
+            return false;
+        }
+    }
+    return n > 0;
+}
+
+static int drop(struct channel_outcome *out, const char *reason, int device_action, int err)
+{
+    out->result = CHANNEL_DROP;
+    snprintf(out->reason, sizeof(out->reason), "%s", reason);
+    out->device_action = device_action;
+    return err;
+}
+
+static int add_header(struct channel_request *req, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int add_header(struct channel_request *req, const char *fmt, ...)
+{
+    if (req->nheaders >= CHANNEL_MAX_HEADERS) {
+        return -ENOSPC;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(req->headers[req->nheaders], sizeof(req->headers[0]), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(req->headers[0])) {
+        return -ENOSPC;
+    }
+    req->nheaders++;
+    return 0;
+}
+
+/* Build the JSON payload into req->body. 0, TDG_ETOOBIG or -ENOMEM. */
+static int build_payload(const struct notification *n, bool alert, struct channel_request *req)
+{
+    int rc = -ENOMEM;
+    cJSON *root = cJSON_CreateObject();
+    cJSON *aps = root ? cJSON_AddObjectToObject(root, "aps") : NULL;
+    if (!aps) {
+        goto out;
+    }
+    if (alert) {
+        cJSON *al = cJSON_AddObjectToObject(aps, "alert");
+        if (!al || (n->title && !cJSON_AddStringToObject(al, "title", n->title)) ||
+            (n->body && !cJSON_AddStringToObject(al, "body", n->body))) {
+            goto out;
+        }
+        if (n->priority >= PROTO_PRIO_HIGH && !cJSON_AddStringToObject(aps, "sound", "default")) {
+            goto out;
+        }
+        if (n->priority == PROTO_PRIO_CRITICAL &&
+            !cJSON_AddStringToObject(aps, "interruption-level", "time-sensitive")) {
+            goto out;
+        }
+        if (n->category && !cJSON_AddStringToObject(aps, "thread-id", n->category)) {
+            goto out;
+        }
+    } else if (!cJSON_AddNumberToObject(aps, "content-available", 1)) {
+        goto out;
+    }
+    /* Custom data goes at the top level, beside "aps", where the app reads
+     * it. Our own keys win: a data key named "aps" or "tidings_id" is not
+     * copied (it would make the payload ambiguous or unreadable). */
+    const cJSON *item = NULL;
+    if (cJSON_IsObject(n->data)) {
+        cJSON_ArrayForEach(item, n->data)
+        {
+            if (!item->string || strcmp(item->string, "aps") == 0 ||
+                strcmp(item->string, "tidings_id") == 0) {
+                continue;
+            }
+            cJSON *dup = cJSON_Duplicate(item, 1);
+            if (!dup) {
+                goto out;
+            }
+            if (!cJSON_AddItemToObject(root, item->string, dup)) {
+                cJSON_Delete(dup);
+                goto out;
+            }
+        }
+    }
+    if (n->id && !cJSON_AddStringToObject(root, "tidings_id", n->id)) {
+        goto out;
+    }
+    /* Printed straight into the request: no intermediate allocation, and a
+     * payload that does not even fit the buffer is simply too large. */
+    if (!cJSON_PrintPreallocated(root, req->body, (int)sizeof(req->body), 0)) {
+        rc = TDG_ETOOBIG;
+        goto out;
+    }
+    req->body_len = strlen(req->body);
+    rc = req->body_len > APNS_PAYLOAD_MAX ? TDG_ETOOBIG : 0;
+out:
+    cJSON_Delete(root);
+    return rc;
+}
+
+static int apns_format(void *state, const struct channel_delivery *d, struct channel_request *req,
+                       struct channel_outcome *out)
+{
+    struct apns *a = state;
+    const struct notification *n = d->n;
+    const struct channel_device *dev = d->dev;
+    memset(out, 0, sizeof(*out));
+    req->nheaders = 0;
+    req->body_len = 0;
+    req->body[0] = '\0';
+    req->url[0] = '\0';
+
+    if (!device_token_ok(dev->token)) {
+        /* Not hex: it can never be valid. Flag, like APNs' BadDeviceToken. */
+        return drop(out, "BadDeviceToken", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
+    }
+    const char *topic = dev->app && *dev->app ? dev->app : a->cfg.topic;
+    if (!*topic) {
+        return drop(out, "MissingTopic", CHANNEL_DEVICE_NONE, TDG_ECONFIG);
+    }
+    if (!header_value_ok(topic, 200)) {
+        return drop(out, "BadTopic", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
+    }
+    if (n->collapse_key && !header_value_ok(n->collapse_key, PROTO_COLLAPSE_MAX)) {
+        return drop(out, "BadCollapseId", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+    }
+    const char *base = a->cfg.url;
+    if (dev->environment && strcmp(dev->environment, "sandbox") == 0 && a->cfg.sandbox_url[0]) {
+        base = a->cfg.sandbox_url;
+    }
+    int ul = snprintf(req->url, sizeof(req->url), "%s/3/device/%s", base, dev->token);
+    if (ul < 0 || (size_t)ul >= sizeof(req->url)) {
+        return drop(out, "BadDeviceToken", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
+    }
+    snprintf(req->method, sizeof(req->method), "POST");
+
+    token_refresh_if_due(a, a->clock(a->clock_arg));
+
+    bool alert = n->title || n->body;
+    /* Apple: background pushes must use priority 5; 10 wakes the device
+     * at once, which low-priority alerts should not do. */
+    int prio = alert && n->priority != PROTO_PRIO_LOW ? 10 : 5;
+    int rc = 0;
+    rc |= add_header(req, HDR_AUTH_PREFIX "%s", a->jwt);
+    rc |= add_header(req, "apns-topic: %s", topic);
+    rc |= add_header(req, "apns-push-type: %s", alert ? "alert" : "background");
+    rc |= add_header(req, "apns-priority: %d", prio);
+    if (n->ttl_s > 0) {
+        rc |= add_header(req, "apns-expiration: %" PRId64, d->now_ms / 1000 + n->ttl_s);
+    }
+    if (n->collapse_key) {
+        rc |= add_header(req, "apns-collapse-id: %s", n->collapse_key);
+    }
+    if (rc != 0) {
+        return drop(out, "HeaderTooLong", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+    }
+
+    rc = build_payload(n, alert, req);
+    if (rc == TDG_ETOOBIG) {
+        req->body_len = 0;
+        return drop(out, "PayloadTooLarge", CHANNEL_DEVICE_NONE, rc);
+    }
+    if (rc < 0) {
+        /* Out of memory is not the notification's fault: retry later. */
+        out->result = CHANNEL_RETRY;
+        snprintf(out->reason, sizeof(out->reason), "out of memory");
+        return rc;
+    }
+    return 0;
+}
+
+/* --- answers ----------------------------------------------------------- */
+
+static uint64_t parse_retry_after(const char *v)
+{
+    if (!v) {
+        return 0;
+    }
+    uint64_t s = 0;
+    const char *p = v;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        s = s * 10 + (uint64_t)(*p - '0');
+        if (s > RETRY_AFTER_CAP_S) {
+            s = RETRY_AFTER_CAP_S;
+        }
+    }
+    /* An HTTP-date or garbage: let the engine's backoff decide. */
+    if (p == v || *p != '\0') {
+        return 0;
+    }
+    return s * 1000;
+}
+
+void apns_map_answer(int status, const char *body, size_t body_len, const char *apns_id,
+                     const char *retry_after, struct channel_outcome *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->status = status;
+    if (status == 200) {
+        out->result = CHANNEL_OK;
+        snprintf(out->provider_id, sizeof(out->provider_id), "%s", apns_id ? apns_id : "");
+        return;
+    }
+
+    snprintf(out->reason, sizeof(out->reason), "HTTP %d", status);
+    cJSON *j = body && body_len > 0 ? cJSON_ParseWithLength(body, body_len) : NULL;
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "reason");
+    if (cJSON_IsString(r) && r->valuestring[0]) {
+        snprintf(out->reason, sizeof(out->reason), "%s", r->valuestring);
+    }
+    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "timestamp");
+    int64_t ts_ms = 0;
+    /* Milliseconds since the epoch; bounded so the double converts safely. */
+    if (cJSON_IsNumber(ts) && ts->valuedouble > 0 && ts->valuedouble < 9.0e15) {
+        ts_ms = (int64_t)ts->valuedouble;
+    }
+    cJSON_Delete(j);
+    const char *reason = out->reason;
+
+    if (status == 410) {
+        /* Unregistered / ExpiredToken: the hub disables the token unless it
+         * was re-registered after ts_ms. */
+        out->result = CHANNEL_DROP;
+        out->device_action = CHANNEL_DEVICE_DISABLE;
+        out->token_invalid_since_ms = ts_ms;
+        return;
+    }
+    if (status == 400) {
+        out->result = CHANNEL_DROP;
+        if (strcmp(reason, "BadDeviceToken") == 0 ||
+            strcmp(reason, "DeviceTokenNotForTopic") == 0) {
+            /* Usually a sandbox token sent to production or the wrong app:
+             * flagged for a human, not deleted. */
+            out->device_action = CHANNEL_DEVICE_FLAG;
+        }
+        return;
+    }
+    if (status == 403) {
+        out->result = strcmp(reason, "ExpiredProviderToken") == 0 ? CHANNEL_RETRY : CHANNEL_DROP;
+        return;
+    }
+    if (status == 429 || status >= 500) {
+        /* 429 is about this device (too many pushes to it); the engine backs
+         * off that device only. The channel itself is not paused. */
+        out->result = CHANNEL_RETRY;
+        out->retry_after_ms = parse_retry_after(retry_after);
+        return;
+    }
+    if (status >= 400) {
+        out->result = CHANNEL_DROP; /* 404 BadPath, 405 BadMethod, 413 PayloadTooLarge ... */
+        return;
+    }
+    out->result = CHANNEL_RETRY; /* 1xx/2xx/3xx other than 200: not an APNs answer */
+}
+
+/* --- send -------------------------------------------------------------- */
+
+static void call_link(struct apns *a, struct apns_call *c)
+{
+    c->next = a->calls;
+    c->prev = NULL;
+    if (a->calls) {
+        a->calls->prev = c;
+    }
+    a->calls = c;
+}
+
+static void call_unlink(struct apns *a, struct apns_call *c)
+{
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        a->calls = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+}
+
+static const char *result_name(enum channel_result r)
+{
+    switch (r) {
+    case CHANNEL_OK:
+        return "ok";
+    case CHANNEL_RETRY:
+        return "retry";
+    case CHANNEL_DROP:
+        return "drop";
+    }
+    return "?";
+}
+
+static void count(struct apns *a, const struct channel_outcome *o)
+{
+    switch (o->result) {
+    case CHANNEL_OK:
+        a->ok++;
+        break;
+    case CHANNEL_RETRY:
+        a->retry++;
+        break;
+    case CHANNEL_DROP:
+        a->drop++;
+        break;
+    }
+}
+
+static void finish(struct apns_call *c, const struct channel_outcome *o)
+{
+    struct apns *a = c->a;
+    call_unlink(a, c);
+    count(a, o);
+    channel_done_cb done = c->done;
+    void *ctx = c->ctx;
+    free(c);
+    done(ctx, o);
+}
+
+static void on_deferred(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    struct apns_call *c = arg;
+    c->timer_id = 0;
+    struct channel_outcome o = c->deferred;
+    finish(c, &o);
+}
+
+static void on_answer(void *ctx, const struct http_response *resp)
+{
+    struct apns_call *c = ctx;
+    struct apns *a = c->a;
+    struct channel_outcome o;
+
+    /* A 200 whose header block arrived is Apple's acceptance even when the
+     * connection failed right after (seen under load: GOAWAY while curl was
+     * still writing). APNs sends no body with 200, so nothing is missing,
+     * and a RETRY here would push the same notification twice. */
+    bool accepted = resp->status == 200 && resp->version == 20 && resp->error != -EPROTO;
+    if (resp->error < 0 && !accepted) {
+        /* No (complete) answer: connection refused or dropped, GOAWAY before
+         * this stream was processed, timeout. The request may or may not
+         * have reached Apple; retry (at least once, duplicates bounded). */
+        memset(&o, 0, sizeof(o));
+        o.result = CHANNEL_RETRY;
+        o.status = resp->status;
+        snprintf(o.reason, sizeof(o.reason), "%s",
+                 resp->error_text[0] ? resp->error_text : tdg_strerror(resp->error));
+        if (resp->error == -EPROTO && !a->logged_proto) {
+            LOG_ERROR(MOD, "%s (is apns.url an APNs endpoint?)", o.reason);
+            a->logged_proto = true;
+        }
+        LOG_DEBUG(MOD, "token=%s transport error: %s", c->tok, o.reason);
+        finish(c, &o);
+        return;
+    }
+
+    apns_map_answer(resp->status, resp->body, resp->body_len, http_response_header(resp, "apns-id"),
+                    http_response_header(resp, "retry-after"), &o);
+
+    if (resp->status == 403 && strcmp(o.reason, "ExpiredProviderToken") == 0) {
+        int64_t now = a->clock(a->clock_arg);
+        int64_t age = now - a->token_iat_ms;
+        if (c->token_iat_ms != a->token_iat_ms) {
+            /* Already re-signed since this request left: nothing to do. */
+        } else if (age >= (int64_t)APNS_REFRESH_MIN_MS || age <= -CLOCK_BACK_TOLERANCE_MS) {
+            if (token_sign(a, now) == 0) {
+                LOG_INFO(MOD,
+                         "provider token re-signed early on ExpiredProviderToken age_s=%" PRId64,
+                         age / 1000);
+            }
+        } else if (!a->logged_young_expired) {
+            /* Re-signing more often than every 20 min gets the key
+             * throttled (TooManyProviderTokenUpdates); a young token
+             * called expired points at this host's clock. */
+            LOG_WARN(MOD,
+                     "ExpiredProviderToken for a token %" PRId64 "s old; not re-signing "
+                     "before 20 min (check the clock)",
+                     age / 1000);
+            a->logged_young_expired = true;
+        }
+    } else if (resp->status == 403 && !a->logged_invalid_token) {
+        LOG_ERROR(MOD,
+                  "APNs refused the provider token: %s (check apns.key_file, apns.key_id, "
+                  "apns.team_id)",
+                  o.reason);
+        a->logged_invalid_token = true;
+    } else if (resp->status == 200) {
+        a->logged_invalid_token = false;
+        a->logged_young_expired = false;
+    }
+    LOG_DEBUG(MOD, "token=%s status=%d result=%s reason=%s", c->tok, o.status,
+              result_name(o.result), o.reason);
+    finish(c, &o);
+}
+
+static int apns_send(void *state, const struct channel_delivery *d, channel_done_cb done, void *ctx)
+{
+    struct apns *a = state;
+    if (!a->http) {
+        return -ENOTCONN; /* created without a loop: format only */
+    }
+    struct apns_call *c = calloc(1, sizeof(*c));
+    if (!c) {
+        return -ENOMEM;
+    }
+    c->a = a;
+    c->done = done;
+    c->ctx = ctx;
+    snprintf(c->tok, sizeof(c->tok), "%.*s", TOKEN_LOG_LEN, d->dev->token ? d->dev->token : "");
+
+    int rc = apns_format(a, d, &a->req, &c->deferred);
+    if (rc < 0) {
+        /* The outcome is known now, but done must not run inside send. */
+        c->timer_id = loop_timer_add(a->loop, 0, on_deferred, c);
+        if (!c->timer_id) {
+            free(c);
+            return -ENOMEM;
+        }
+        call_link(a, c);
+        a->sent++;
+        return 0;
+    }
+    c->token_iat_ms = a->token_iat_ms;
+    struct http_req_opts ro = {.require_h2 = true, .capture = capture_headers};
+    rc = http_request(a->http, &a->req, &ro, on_answer, c);
+    if (rc < 0) {
+        free(c);
+        return rc;
+    }
+    call_link(a, c);
+    a->sent++;
+    return 0;
+}
+
+/* --- lifecycle ------------------------------------------------------------ */
+
+static void trim_slash(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && s[n - 1] == '/') {
+        s[--n] = '\0';
+    }
+}
+
+static bool url_ok(const char *u)
+{
+    return strncmp(u, "https://", 8) == 0 && u[8] != '\0' && header_value_ok(u, 255);
+}
+
+static void apns_destroy(void *state)
+{
+    struct apns *a = state;
+    if (!a) {
+        return;
+    }
+    http_destroy(a->http); /* aborts requests; their on_answer never runs */
+    while (a->calls) {
+        struct apns_call *c = a->calls;
+        a->calls = c->next;
+        if (c->timer_id) {
+            loop_timer_cancel(a->loop, c->timer_id);
+        }
+        free(c);
+    }
+    jwt_signer_destroy(a->signer);
+    free(a);
+}
+
+static int apns_init(const struct channel_env *env, const void *config, void **state, char *err,
+                     size_t errlen)
+{
+    const struct apns_config *cfg = config;
+    *state = NULL;
+    struct apns *a = calloc(1, sizeof(*a));
+    if (!a) {
+        snprintf(err, errlen, "apns: out of memory");
+        return -ENOMEM;
+    }
+    a->cfg = *cfg;
+    trim_slash(a->cfg.url);
+    trim_slash(a->cfg.sandbox_url);
+    a->clock = system_clock_ms;
+    a->loop = env ? env->loop : NULL;
+
+    int rc = TDG_ECONFIG;
+    if (!url_ok(a->cfg.url)) {
+        snprintf(err, errlen, "apns.url: must be an https:// URL (APNs is HTTP/2 over TLS)");
+        goto fail;
+    }
+    if (a->cfg.sandbox_url[0] && !url_ok(a->cfg.sandbox_url)) {
+        snprintf(err, errlen, "apns.sandbox_url: must be an https:// URL or empty");
+        goto fail;
+    }
+    if (!a->cfg.key_file[0] || !a->cfg.key_id[0] || !a->cfg.team_id[0]) {
+        snprintf(err, errlen, "apns.key_file, apns.key_id and apns.team_id are required");
+        goto fail;
+    }
+    if (a->cfg.token_refresh_ms < APNS_REFRESH_MIN_MS ||
+        a->cfg.token_refresh_ms > APNS_REFRESH_MAX_MS) {
+        snprintf(err, errlen, "apns.token_refresh: must be 20m..60m");
+        goto fail;
+    }
+    if (a->cfg.topic[0] && !header_value_ok(a->cfg.topic, 200)) {
+        snprintf(err, errlen, "apns.topic: not a valid topic");
+        goto fail;
+    }
+    if (a->cfg.connections < 1 || a->cfg.max_streams < 1) {
+        snprintf(err, errlen, "apns.connections and apns.max_streams must be >= 1");
+        goto fail;
+    }
+    char why[CONFIG_ERR_MAX];
+    rc = jwt_signer_create_file(a->cfg.key_file, &a->signer, why, sizeof(why));
+    if (rc < 0) {
+        snprintf(err, errlen, "apns.key_file: %s", why);
+        goto fail;
+    }
+    if (jwt_signer_alg(a->signer) != JWT_ES256) {
+        rc = TDG_ECONFIG;
+        snprintf(err, errlen, "apns.key_file: APNs needs an EC P-256 key (ES256), not RSA");
+        goto fail;
+    }
+    rc = token_sign(a, a->clock(a->clock_arg));
+    if (rc < 0) {
+        snprintf(err, errlen,
+                 "apns: cannot sign a provider token (%s); key_id and team_id "
+                 "must be [A-Za-z0-9._-]",
+                 tdg_strerror(rc));
+        rc = TDG_ECONFIG;
+        goto fail;
+    }
+    if (a->loop) {
+        /* Enough in flight to fill every stream of every connection; curl
+         * queues what the server's SETTINGS do not allow yet. */
+        int64_t inflight = a->cfg.connections * a->cfg.max_streams;
+        struct http_opts ho = {
+            .max_inflight = (unsigned)(inflight > 65536 ? 65536 : inflight),
+            .max_host_connections = (long)a->cfg.connections,
+            .max_concurrent_streams = (long)a->cfg.max_streams,
+            .ca_file = a->cfg.ca_file,
+            .timeout_ms = a->cfg.timeout_ms,
+            .free_max = 256,
+            .user_agent = "tidings-hub",
+        };
+        rc = http_create(a->loop, &ho, &a->http);
+        if (rc < 0) {
+            snprintf(err, errlen, "apns: cannot create HTTP/2 client: %s", tdg_strerror(rc));
+            goto fail;
+        }
+    }
+    LOG_INFO(MOD, "ready url=%s key_id=%s team_id=%s connections=%" PRId64 " streams=%" PRId64,
+             a->cfg.url, a->cfg.key_id, a->cfg.team_id, a->cfg.connections, a->cfg.max_streams);
+    *state = a;
+    return 0;
+fail:
+    apns_destroy(a);
+    return rc;
+}
+
+void apns_set_clock(void *state, apns_clock_fn fn, void *arg)
+{
+    struct apns *a = state;
+    a->clock = fn ? fn : system_clock_ms;
+    a->clock_arg = fn ? arg : NULL;
+    token_sign(a, a->clock(a->clock_arg));
+}
+
+void apns_get_stats(void *state, struct apns_stats *out)
+{
+    const struct apns *a = state;
+    out->token_signs = a->token_signs;
+    out->token_iat_ms = a->token_iat_ms;
+    out->sent = a->sent;
+    out->ok = a->ok;
+    out->retry = a->retry;
+    out->drop = a->drop;
+}
+
+const struct channel_ops apns_channel = {
+    .name = "apns",
+    .config = apns_config_table,
+    .config_n = sizeof(apns_config_table) / sizeof(apns_config_table[0]),
+    .config_size = sizeof(struct apns_config),
+    .init = apns_init,
+    .format = apns_format,
+    .send = apns_send,
+    .destroy = apns_destroy,
+};

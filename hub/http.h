@@ -1,0 +1,110 @@
+/*
+ * http.h - an HTTP/2 client on the Tidings event loop (libcurl multi, socket
+ * API).
+ *
+ * curl's sockets are watched by the loop and its timeouts are loop timers;
+ * nothing here blocks, loops on curl_multi_perform or starts threads (curl
+ * may still use its own resolver thread for host names). Requests to the same
+ * host are multiplexed as HTTP/2 streams over at most max_host_connections
+ * connections; a request waits for a stream on an existing connection rather
+ * than opening a new one (PIPEWAIT).
+ *
+ * Contract of http_request: when it returns 0, done(ctx, response) is called
+ * exactly once, later, from the loop (never from inside http_request). When
+ * it returns an error, done is never called. http_destroy aborts every
+ * in-flight request without calling its done.
+ *
+ * Single-threaded: every function must be called on the loop's thread. A done
+ * callback may start new requests, but must not call http_destroy.
+ */
+#ifndef TIDINGS_HTTP_H
+#define TIDINGS_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "channel.h"
+#include "loop.h"
+
+typedef struct http http_t;
+
+#define HTTP_BODY_MAX (64 * 1024)  /* response bodies beyond this are an error */
+#define HTTP_CAPTURE_MAX 8         /* headers captured per request */
+#define HTTP_CAPTURE_VALUE_MAX 255 /* longer captured values are truncated */
+#define HTTP_ERROR_TEXT_MAX 256    /* == CURL_ERROR_SIZE */
+
+struct http_opts {
+    unsigned max_inflight;       /* requests in flight at once; beyond: -EBUSY. 0 = 1024 */
+    long max_host_connections;   /* connections per host; 0 = 2 */
+    long max_concurrent_streams; /* streams per HTTP/2 connection we ask for; 0 = 100 */
+    const char *ca_file;         /* PEM bundle to verify servers; NULL/"" = system CAs. Copied. */
+    uint64_t timeout_ms;         /* default whole-request timeout; 0 = 30 s */
+    uint64_t connect_timeout_ms; /* TCP + TLS handshake; 0 = 10 s */
+    unsigned free_max;           /* idle easy handles kept for reuse; 0 = 64 */
+    const char *user_agent;      /* NULL = "tidings/<version>". Copied. */
+};
+
+struct http_req_opts {
+    bool require_h2;     /* a response over anything but HTTP/2 fails with -EPROTO */
+    uint64_t timeout_ms; /* 0 = the client's default */
+    /* Response headers to capture, case-insensitive, NULL-terminated (at most
+     * HTTP_CAPTURE_MAX names; the array must stay valid until done). */
+    const char *const *capture;
+};
+
+struct http_header {
+    const char *name;  /* as named in http_req_opts.capture */
+    const char *value; /* trimmed; truncated at HTTP_CAPTURE_VALUE_MAX */
+};
+
+/*
+ * What came back. All pointers are valid only during the done callback.
+ * A transport failure (no complete answer) has error < 0 and error_text set;
+ * status may still be set if the failure came after the status line (e.g.
+ * an oversized body).
+ */
+struct http_response {
+    int error;              /* 0, or -ETIMEDOUT, -ECONNREFUSED, -EHOSTUNREACH, -ECONNRESET
+                               (connection or stream lost), -EPROTO (only: not HTTP/2
+                               when required), TDG_ETOOBIG (body over HTTP_BODY_MAX),
+                               -ENOMEM, TDG_EHTTP (anything else: TLS, HTTP/2 framing,
+                               GOAWAY before this stream) */
+    const char *error_text; /* curl's message ("" when error == 0) */
+    int status;             /* HTTP status; 0 when none was received */
+    int version;            /* 10, 11, 20, 30; 0 when unknown */
+    const char *body;       /* NUL-terminated for convenience; body_len bytes */
+    size_t body_len;
+    const struct http_header *headers; /* captured headers that were present */
+    unsigned nheaders;
+    uint64_t elapsed_ms; /* from http_request to completion */
+};
+
+typedef void (*http_done_cb)(void *ctx, const struct http_response *resp);
+
+/* Create a client on loop. opts may be NULL (all defaults). Returns 0 and
+ * *out, -ENOMEM, or TDG_EHTTP if curl cannot be set up (e.g. no HTTP/2 in
+ * this libcurl). */
+int http_create(loop_t *loop, const struct http_opts *opts, http_t **out);
+
+/* Abort everything in flight (no callbacks) and free. NULL is fine. Must not
+ * be called from inside a done callback. */
+void http_destroy(http_t *h);
+
+/*
+ * Start req (method, url, "name: value" headers, body). Everything in req is
+ * copied: it may be reused as soon as this returns. ropts may be NULL.
+ * Returns 0 (done will be called once), -EBUSY when max_inflight requests
+ * are already in flight, -EINVAL for a malformed request (a header without
+ * ':' or with CR/LF, an unsupported method), -ENOMEM, or TDG_EHTTP.
+ */
+int http_request(http_t *h, const struct channel_request *req, const struct http_req_opts *ropts,
+                 http_done_cb done, void *ctx);
+
+/* Value of captured header name (case-insensitive), or NULL. */
+const char *http_response_header(const struct http_response *r, const char *name);
+
+/* Requests in flight now. */
+unsigned http_inflight(const http_t *h);
+
+#endif
