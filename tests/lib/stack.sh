@@ -132,6 +132,7 @@ log_type error
 log_type warning
 log_type notice
 max_queued_messages 100000
+set_tcp_nodelay true
 CONF
         stack_start broker mosquitto -c "$STACK_DIR/mosquitto.conf"
         if wait_until 10 "mosquitto on port $BROKER_PORT" port_open "$BROKER_PORT"; then
