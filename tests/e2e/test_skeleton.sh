@@ -69,4 +69,20 @@ n_att=$(sqlite3 -readonly "$STACK_DIR/hub/hub.db" "SELECT count(*) FROM attempts
 stack_publish '{"id":"e2e-5","to":"user:mallory","title":"who?"}'
 wait_until 20 "hub rejects e2e-5" grep -q "rejected id=e2e-5.*unknown_recipient" "$STACK_DIR/agent.log"
 
+# 5. A bad config value stops start-up with file:line and the reason.
+printf 'agent.id = gw9\nuplink.port = 99999\n' >"$STACK_DIR/bad-agent.conf"
+if out=$("$BUILD/agent/tidings-agent" -c "$STACK_DIR/bad-agent.conf" 2>&1); then
+    fail "agent started with a bad config"
+fi
+grep -qF "$STACK_DIR/bad-agent.conf:2: uplink.port:" <<<"$out" || fail "agent: no file:line in: $out"
+printf 'broker.port = 1883\nfanout.retry_base = soon\n' >"$STACK_DIR/bad-hub.conf"
+if out=$("$BUILD/hub/tidings-hub" -c "$STACK_DIR/bad-hub.conf" 2>&1); then
+    fail "hub started with a bad config"
+fi
+grep -qF "$STACK_DIR/bad-hub.conf:2: fanout.retry_base: 'soon' is not a duration" <<<"$out" ||
+    fail "hub: no file:line in: $out"
+printf 'apns.bogus = 1\n' >"$STACK_DIR/bad-hub2.conf"
+out=$("$BUILD/hub/tidings-hub" -c "$STACK_DIR/bad-hub2.conf" 2>&1) && fail "hub accepted an unknown key"
+grep -qF "bad-hub2.conf:1: apns.bogus: unknown key" <<<"$out" || fail "hub: unknown key not named: $out"
+
 echo "PASS: skeleton end to end"
