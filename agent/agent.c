@@ -6,14 +6,18 @@
 #include "log.h"
 #include "mqtt.h"
 #include "outbox.h"
+#include "socket.h"
 #include "uplink.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <mosquitto.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 
 #define OFF(f) offsetof(struct agent_config, f), sizeof(((struct agent_config *)0)->f)
@@ -73,22 +77,47 @@ const struct config_entry agent_config_table[] = {
      INT64_MAX},
     {"outbox.max_bytes", CONFIG_SIZE, "1G", OFF(outbox_max_bytes),
      "Outbox budget in bytes (0: none)", NULL, 0, 0},
+    {"socket.path", CONFIG_STRING, "", OFF(socket_path),
+     "Unix socket for local programs and the CLI, created 0600 (empty: <state_dir>/agent.sock)",
+     NULL, 0, 0},
+    {"socket.max_clients", CONFIG_INT, "64", OFF(socket_max_clients),
+     "Socket connections at once; one more is answered busy and closed", NULL, 1, 4096},
+    {"socket.write_timeout", CONFIG_DURATION, "10s", OFF(socket_write_timeout_ms),
+     "Disconnect a socket client that reads none of its replies for this long", NULL, 100,
+     3600000},
 };
 const size_t agent_config_table_len = sizeof(agent_config_table) / sizeof(agent_config_table[0]);
+
+/* How long a counted queue breakdown is reused: counting walks an index of
+ * the whole outbox (about 90 ms per million rows here), and a client asking
+ * for status in a tight loop must not stall the loop with it. */
+#define STATUS_COUNT_TTL_MS 1000
 
 struct agent {
     loop_t *loop;
     struct agent_config cfg;
+    char db_path[512];
+    char sock_path[108];
+    int64_t started_ms;
     outbox_t *ob;
     uplink_t *up;
     mqtt_t *local;
-    struct ingest_stats ist;
+    socket_server_t *sock;
+    struct ingest_stats ist; /* the MQTT way in; the socket counts its own */
+    unsigned mqtt_pending;   /* MQTT adds not yet carried by an explicit commit */
     bool commit_failed_logged;
     /* The MQTT QoS 1 loss window: libmosquitto has already sent PUBACK
      * when on_message runs, and the commit comes at the end of the loop
      * iteration. Measured from the first uncommitted message to its commit. */
     uint64_t window_start_us;
     uint64_t window_max_us, window_sum_us, window_commits;
+    /* status: a read-only connection of its own to the outbox (WAL lets it
+     * read the last commit while the outbox writes), opened on first use */
+    sqlite3 *ro;
+    sqlite3_stmt *st_count, *st_oldest;
+    uint64_t counted_at_ms;
+    bool counted;
+    uint64_t by_prio[4];
 };
 
 static uint64_t now_us(void)
@@ -98,28 +127,51 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-/* Once per loop iteration: make what was ingested durable, then sync. */
+int agent_socket_path(const struct agent_config *cfg, char *buf, size_t len)
+{
+    size_t max = sizeof(((struct sockaddr_un *)0)->sun_path);
+    int n = cfg->socket_path[0] ? snprintf(buf, len, "%s", cfg->socket_path)
+                                : snprintf(buf, len, "%s/agent.sock", cfg->state_dir);
+    if (n < 0 || (size_t)n >= len || (size_t)n >= max) {
+        return -ENAMETOOLONG;
+    }
+    return 0;
+}
+
+/*
+ * Once per loop iteration: make what was read durable with one commit, answer
+ * the socket clients, then sync. Socket sends are added here, right before
+ * the commit, so their replies state exactly this commit's outcome; MQTT
+ * messages were added as they arrived (an ack or a take in between may
+ * already have committed some of them).
+ */
 static void before_sleep(loop_t *loop, void *arg)
 {
     (void)loop;
     agent_t *a = arg;
+    unsigned from_socket = a->sock ? socket_server_store(a->sock) : 0;
     unsigned n = outbox_pending(a->ob);
-    if (n > 0) {
-        int rc = outbox_commit(a->ob);
-        if (rc < 0) {
-            a->ist.errors += n;
-            a->ist.accepted -= n <= a->ist.accepted ? n : a->ist.accepted;
-            LOG_ERROR("agent", "commit of %u notifications failed: %s", n, tdg_strerror(rc));
-        } else {
-            LOG_DEBUG("agent", "committed %u", n);
-        }
-        if (a->window_start_us) {
-            uint64_t w = now_us() - a->window_start_us;
-            a->window_max_us = w > a->window_max_us ? w : a->window_max_us;
-            a->window_sum_us += w;
-            a->window_commits++;
-            a->window_start_us = 0;
-        }
+    /* Also closes a transaction that only saw duplicates (nothing pending). */
+    int rc = outbox_commit(a->ob);
+    if (rc < 0) {
+        unsigned lost = n > from_socket ? n - from_socket : 0;
+        lost = lost < a->mqtt_pending ? lost : a->mqtt_pending;
+        a->ist.errors += lost;
+        a->ist.accepted -= lost <= a->ist.accepted ? lost : a->ist.accepted;
+        LOG_ERROR("agent", "commit of %u notifications failed: %s", n, tdg_strerror(rc));
+    } else if (n > 0) {
+        LOG_DEBUG("agent", "committed %u (socket %u)", n, from_socket);
+    }
+    a->mqtt_pending = 0;
+    if (a->window_start_us) {
+        uint64_t w = now_us() - a->window_start_us;
+        a->window_max_us = w > a->window_max_us ? w : a->window_max_us;
+        a->window_sum_us += w;
+        a->window_commits++;
+        a->window_start_us = 0;
+    }
+    if (a->sock) {
+        socket_server_committed(a->sock, rc);
     }
     if (a->up) {
         uplink_pump(a->up);
@@ -136,13 +188,192 @@ static void on_local_message(void *arg, const struct mosquitto_message *msg,
     if (!a->window_start_us && msg->qos > 0) {
         a->window_start_us = now_us();
     }
-    ingest_submit(a->ob, "mqtt", msg->payload ? msg->payload : "", len, &res, &a->ist);
+    if (ingest_submit(a->ob, "mqtt", msg->payload ? msg->payload : "", len, &res, &a->ist) ==
+        0) {
+        a->mqtt_pending++;
+    }
 }
 
 static void on_local_connect(void *arg)
 {
     agent_t *a = arg;
     mqtt_subscribe(a->local, a->cfg.local_topic, 1);
+}
+
+/* --- status ---------------------------------------------------------------- */
+
+static void status_close_db(agent_t *a)
+{
+    sqlite3_finalize(a->st_count);
+    sqlite3_finalize(a->st_oldest);
+    sqlite3_close(a->ro);
+    a->st_count = a->st_oldest = NULL;
+    a->ro = NULL;
+}
+
+static int status_open_db(agent_t *a)
+{
+    if (a->ro) {
+        return 0;
+    }
+    int rc = sqlite3_open_v2(a->db_path, &a->ro, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK) {
+        /* A small cache: this connection only counts. */
+        rc = sqlite3_exec(a->ro, "PRAGMA cache_size = -256", NULL, NULL, NULL);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_prepare_v2(a->ro,
+                                "SELECT priority, count(*) FROM outbox GROUP BY inflight, priority",
+                                -1, &a->st_count, NULL);
+    }
+    if (rc == SQLITE_OK) {
+        /* seq grows with every insert: the smallest is the oldest row. */
+        rc = sqlite3_prepare_v2(a->ro, "SELECT created_ms FROM outbox ORDER BY seq LIMIT 1", -1,
+                                &a->st_oldest, NULL);
+    }
+    if (rc != SQLITE_OK) {
+        LOG_WARN("agent", "status: cannot read %s: %s", a->db_path,
+                 a->ro ? sqlite3_errmsg(a->ro) : sqlite3_errstr(rc));
+        status_close_db(a);
+        return db_err(rc) ? db_err(rc) : TDG_EDB;
+    }
+    return 0;
+}
+
+/* Rows per priority (cached up to STATUS_COUNT_TTL_MS) and the oldest row's
+ * acceptance time (0 when empty). 0 or a negative error. */
+static int status_query(agent_t *a, int64_t *oldest_ms)
+{
+    *oldest_ms = 0;
+    int rc = status_open_db(a);
+    if (rc < 0) {
+        return rc;
+    }
+    uint64_t now = loop_now_ms(a->loop);
+    if (!a->counted || now - a->counted_at_ms >= STATUS_COUNT_TTL_MS) {
+        uint64_t by[4] = {0};
+        int step;
+        while ((step = sqlite3_step(a->st_count)) == SQLITE_ROW) {
+            int p = sqlite3_column_int(a->st_count, 0);
+            if (p >= 0 && p < 4) {
+                by[p] += (uint64_t)sqlite3_column_int64(a->st_count, 1);
+            }
+        }
+        sqlite3_reset(a->st_count);
+        if (step != SQLITE_DONE) {
+            return db_err(step) ? db_err(step) : TDG_EDB;
+        }
+        memcpy(a->by_prio, by, sizeof(by));
+        a->counted = true;
+        a->counted_at_ms = now;
+    }
+    int step = sqlite3_step(a->st_oldest);
+    if (step == SQLITE_ROW) {
+        *oldest_ms = sqlite3_column_int64(a->st_oldest, 0);
+    }
+    sqlite3_reset(a->st_oldest);
+    return step == SQLITE_ROW || step == SQLITE_DONE ? 0 : (db_err(step) ? db_err(step) : TDG_EDB);
+}
+
+static bool add_time(cJSON *o, const char *key, int64_t ms)
+{
+    char key_ms[48];
+    snprintf(key_ms, sizeof(key_ms), "%s_ms", key);
+    if (ms <= 0) {
+        return cJSON_AddNullToObject(o, key) && cJSON_AddNullToObject(o, key_ms);
+    }
+    char buf[32];
+    proto_format_rfc3339(ms, buf, sizeof(buf));
+    return cJSON_AddStringToObject(o, key, buf) && cJSON_AddNumberToObject(o, key_ms, (double)ms);
+}
+
+static bool add_num(cJSON *o, const char *key, uint64_t v)
+{
+    return cJSON_AddNumberToObject(o, key, (double)v) != NULL;
+}
+
+static bool add_ingest(cJSON *parent, const char *key, const struct ingest_stats *st)
+{
+    cJSON *o = cJSON_AddObjectToObject(parent, key);
+    return o && add_num(o, "received", st->received) && add_num(o, "accepted", st->accepted) &&
+           add_num(o, "duplicates", st->duplicates) && add_num(o, "invalid", st->invalid) &&
+           add_num(o, "full", st->full) && add_num(o, "errors", st->errors);
+}
+
+/* The status object (docs/agent.md, "Status"). Built after the round's
+ * commit, so a client's own earlier sends are counted. NULL on ENOMEM. */
+static cJSON *agent_status(void *arg)
+{
+    agent_t *a = arg;
+    struct outbox_stats os = {0};
+    struct uplink_stats us = {0};
+    struct socket_stats ss = {0};
+    outbox_get_stats(a->ob, &os);
+    if (a->up) {
+        uplink_get_stats(a->up, &us);
+    }
+    if (a->sock) {
+        socket_server_get_stats(a->sock, &ss);
+    }
+    int64_t now = clock_wall_ms();
+    int64_t oldest = 0;
+    int qrc = status_query(a, &oldest);
+
+    /* Children are attached as they are made: one delete frees everything. */
+    cJSON *root = cJSON_CreateObject();
+    bool ok = root && cJSON_AddStringToObject(root, "agent", a->cfg.id) &&
+              cJSON_AddStringToObject(root, "version", TIDINGS_VERSION) &&
+              add_time(root, "now", now) && add_time(root, "started", a->started_ms);
+
+    cJSON *up = ok ? cJSON_AddObjectToObject(root, "uplink") : NULL;
+    ok = up && cJSON_AddBoolToObject(up, "connected", us.connected) &&
+         add_time(up, "since", us.since_ms) && add_time(up, "last_sync", us.last_ack_ms) &&
+         add_num(up, "batches_sent", us.batches_sent) && add_num(up, "rows_sent", us.rows_sent) &&
+         add_num(up, "acked", us.acked) && add_num(up, "hub_rejected", us.rejected) &&
+         add_num(up, "ack_timeouts", us.timeouts);
+
+    cJSON *q = ok ? cJSON_AddObjectToObject(root, "queue") : NULL;
+    ok = q && add_num(q, "total", os.rows) &&
+         add_num(q, "queued", os.rows >= os.inflight ? os.rows - os.inflight : 0) &&
+         add_num(q, "in_flight", os.inflight) && add_num(q, "bytes", os.bytes) &&
+         add_num(q, "rejected_full", os.rejected_full);
+    if (ok && qrc == 0) {
+        static const char *const names[4] = {"low", "normal", "high", "critical"};
+        cJSON *byp = cJSON_AddObjectToObject(q, "by_priority");
+        ok = byp != NULL;
+        for (int p = 3; p >= 0 && ok; p--) {
+            ok = add_num(byp, names[p], a->by_prio[p]);
+        }
+        ok = ok && (oldest > 0 ? cJSON_AddNumberToObject(q, "oldest_age_ms",
+                                                         (double)(now > oldest ? now - oldest : 0))
+                               : cJSON_AddNullToObject(q, "oldest_age_ms"));
+    } else if (ok) {
+        /* The counters above still hold; say why the breakdown is missing. */
+        ok = cJSON_AddNullToObject(q, "by_priority") &&
+             cJSON_AddNullToObject(q, "oldest_age_ms") &&
+             cJSON_AddStringToObject(q, "error", tdg_strerror(qrc));
+    }
+
+    cJSON *ing = ok ? cJSON_AddObjectToObject(root, "ingest") : NULL;
+    ok = ing && add_ingest(ing, "mqtt", &a->ist) && add_ingest(ing, "socket", &ss.in);
+
+    cJSON *so = ok ? cJSON_AddObjectToObject(root, "socket") : NULL;
+    ok = so && cJSON_AddStringToObject(so, "path", a->sock_path) &&
+         add_num(so, "clients", ss.clients) && add_num(so, "max_clients", ss.max_clients) &&
+         add_num(so, "connections", ss.connections) &&
+         add_num(so, "refused_busy", ss.refused_busy) &&
+         add_num(so, "slow_disconnects", ss.slow_disconnects);
+    if (!ok) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
+static int agent_queue(void *arg, const struct ingest_item *it)
+{
+    agent_t *a = arg;
+    return ingest_queue(a->ob, "socket", it, NULL);
 }
 
 int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, char *err,
@@ -166,17 +397,38 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
         free(a);
         return -e;
     }
-    char path[512];
-    if ((size_t)snprintf(path, sizeof(path), "%s/outbox.db", cfg->state_dir) >= sizeof(path)) {
+    a->started_ms = clock_wall_ms();
+    if ((size_t)snprintf(a->db_path, sizeof(a->db_path), "%s/outbox.db", cfg->state_dir) >=
+        sizeof(a->db_path)) {
         snprintf(err, errlen, "state_dir too long");
         free(a);
         return -ENAMETOOLONG;
     }
+    if (agent_socket_path(cfg, a->sock_path, sizeof(a->sock_path)) < 0) {
+        snprintf(err, errlen, "socket.path: '%s/agent.sock' is longer than a unix socket path "
+                 "may be (%zu bytes); set socket.path",
+                 cfg->state_dir, sizeof(a->sock_path) - 1);
+        free(a);
+        return -ENAMETOOLONG;
+    }
+    /* The socket first: its lock tells a second agent on the same socket to
+     * stop before it opens (and un-marks in-flight rows of) the outbox. The
+     * loop does not run yet, so no request is read before the outbox is open. */
+    struct socket_opts so = {.path = a->sock_path,
+                             .max_clients = (unsigned)cfg->socket_max_clients,
+                             .write_timeout_ms = cfg->socket_write_timeout_ms};
+    struct socket_ops sops = {.queue = agent_queue, .status = agent_status, .arg = a};
+    int rc = socket_server_create(loop, &so, &sops, &a->sock, err, errlen);
+    if (rc < 0) {
+        free(a);
+        return rc;
+    }
     struct outbox_limits lim = {.max_rows = (uint64_t)cfg->outbox_max_rows,
                                 .max_bytes = cfg->outbox_max_bytes};
-    int rc = outbox_open(path, cfg->synchronous == 1 ? DB_SYNC_FULL : DB_SYNC_NORMAL, &lim,
-                         &a->ob, err, errlen);
+    rc = outbox_open(a->db_path, cfg->synchronous == 1 ? DB_SYNC_FULL : DB_SYNC_NORMAL, &lim,
+                     &a->ob, err, errlen);
     if (rc < 0) {
+        socket_server_destroy(a->sock);
         free(a);
         return rc;
     }
@@ -230,19 +482,36 @@ void agent_destroy(agent_t *a)
         return;
     }
     mqtt_destroy(a->local);
-    if (a->ob && outbox_pending(a->ob) > 0) {
+    if (a->sock && a->ob) {
+        /* Requests read in the last iteration: store, commit, and answer
+         * them (best effort) before closing. */
+        socket_server_store(a->sock);
+        socket_server_committed(a->sock, outbox_commit(a->ob));
+    } else if (a->ob && outbox_pending(a->ob) > 0) {
         outbox_commit(a->ob);
     }
+    struct socket_stats ss = {0};
+    if (a->sock) {
+        socket_server_get_stats(a->sock, &ss);
+    }
+    socket_server_destroy(a->sock);
+    status_close_db(a);
     uplink_destroy(a->up);
     struct outbox_stats os = {0};
     if (a->ob) {
         outbox_get_stats(a->ob, &os);
     }
-    LOG_INFO("agent", "stopping: received=%llu accepted=%llu duplicates=%llu invalid=%llu "
+    LOG_INFO("agent", "stopping: mqtt received=%llu accepted=%llu duplicates=%llu invalid=%llu; "
              "queued=%llu",
              (unsigned long long)a->ist.received, (unsigned long long)a->ist.accepted,
              (unsigned long long)a->ist.duplicates, (unsigned long long)a->ist.invalid,
              (unsigned long long)os.rows);
+    LOG_INFO("agent", "stopping: socket received=%llu accepted=%llu duplicates=%llu invalid=%llu "
+             "full=%llu errors=%llu connections=%llu",
+             (unsigned long long)ss.in.received, (unsigned long long)ss.in.accepted,
+             (unsigned long long)ss.in.duplicates, (unsigned long long)ss.in.invalid,
+             (unsigned long long)ss.in.full, (unsigned long long)ss.in.errors,
+             (unsigned long long)ss.connections);
     if (a->window_commits) {
         LOG_INFO("agent", "MQTT QoS 1 window (PUBACK sent -> committed): max=%lluus avg=%lluus "
                  "over %llu commits",

@@ -44,6 +44,10 @@ struct agent_config {
     int synchronous; /* index into {"normal", "full"} */
     int64_t outbox_max_rows;
     uint64_t outbox_max_bytes;
+    /* unix socket for local programs (agent/socket.h) */
+    char socket_path[108]; /* sizeof(sun_path); "" = <state_dir>/agent.sock */
+    int64_t socket_max_clients;
+    uint64_t socket_write_timeout_ms;
 };
 
 extern const struct config_entry agent_config_table[];
@@ -51,11 +55,18 @@ extern const size_t agent_config_table_len;
 
 typedef struct agent agent_t;
 
-/* Create the agent on loop: opens the outbox and starts both MQTT clients.
- * 0 or negative error with err set (e.g. an unreadable database). */
+/* The socket path cfg means: socket.path, or <state_dir>/agent.sock when it
+ * is empty. 0, or -ENAMETOOLONG if it does not fit buf or a sockaddr_un. */
+int agent_socket_path(const struct agent_config *cfg, char *buf, size_t len);
+
+/* Create the agent on loop: listens on the unix socket (first, so a second
+ * agent on the same socket stops before touching the outbox), opens the
+ * outbox and starts both MQTT clients. 0 or negative error with err set
+ * (e.g. an unreadable database, a socket another agent is running on). */
 int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, char *err,
                  size_t errlen);
-/* Commit what is pending, disconnect and close. */
+/* Store and commit what is pending (answering socket clients), disconnect
+ * and close. */
 void agent_destroy(agent_t *a);
 
 #endif

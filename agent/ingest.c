@@ -10,15 +10,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-int ingest_submit(outbox_t *ob, const char *source, const char *buf, size_t len,
-                  struct ingest_result *res, struct ingest_stats *st)
+int ingest_prepare(const char *source, const char *buf, size_t len, struct ingest_item *it,
+                   struct ingest_result *res, struct ingest_stats *st)
 {
     memset(res, 0, sizeof(*res));
-    st->received++;
+    memset(it, 0, sizeof(*it));
+    if (st) {
+        st->received++;
+    }
     struct notification n;
     int rc = proto_parse(buf, len, &n, &res->perr);
     if (rc < 0) {
-        st->invalid++;
+        if (st) {
+            if (rc == TDG_EINVAL_INPUT || rc == TDG_ETOOBIG) {
+                st->invalid++;
+            } else {
+                st->errors++;
+            }
+        }
         res->rc = rc;
         LOG_WARN("ingest", "%s: rejected notification (%zu bytes): %s field=%s %s", source, len,
                  proto_reason_code(res->perr.reason), res->perr.field[0] ? res->perr.field : "-",
@@ -34,7 +43,9 @@ int ingest_submit(outbox_t *ob, const char *source, const char *buf, size_t len,
         if (rc == TDG_ETOOBIG) {
             /* The generated id pushed it over the wire limit: the sender's
              * notification is too large, say so as proto_parse would. */
-            st->invalid++;
+            if (st) {
+                st->invalid++;
+            }
             res->perr.reason = PROTO_R_TOO_LARGE;
             snprintf(res->perr.field, sizeof(res->perr.field), "id");
             snprintf(res->perr.detail, sizeof(res->perr.detail),
@@ -45,15 +56,21 @@ int ingest_submit(outbox_t *ob, const char *source, const char *buf, size_t len,
             return res->rc = rc;
         }
         if (rc < 0) {
-            st->errors++;
+            if (st) {
+                st->errors++;
+            }
             notification_free(&n);
             return res->rc = rc;
         }
     }
+    /* Accepted at preparation: the way in commits within the same loop
+     * iteration, so this is the acceptance time to the millisecond. */
     int64_t now = clock_wall_ms();
     rc = proto_set_accepted(&n, now);
     if (rc == TDG_ETOOBIG) {
-        st->invalid++;
+        if (st) {
+            st->invalid++;
+        }
         res->perr.reason = PROTO_R_TOO_LARGE;
         snprintf(res->perr.field, sizeof(res->perr.field), "accepted_at");
         snprintf(res->perr.detail, sizeof(res->perr.detail),
@@ -64,38 +81,78 @@ int ingest_submit(outbox_t *ob, const char *source, const char *buf, size_t len,
         return res->rc = rc;
     }
     if (rc < 0) {
-        st->errors++;
+        if (st) {
+            st->errors++;
+        }
         notification_free(&n);
         return res->rc = rc;
     }
     snprintf(res->id, sizeof(res->id), "%s", n.id);
-    size_t out_len = 0;
-    char *json = proto_serialize(&n, &out_len);
-    if (!json) {
-        st->errors++;
+    snprintf(it->id, sizeof(it->id), "%s", n.id);
+    it->json = proto_serialize(&n, &it->len);
+    if (!it->json) {
+        if (st) {
+            st->errors++;
+        }
         notification_free(&n);
         return res->rc = -ENOMEM;
     }
-    int64_t expires = proto_expires_ms(&n, now);
-    rc = outbox_add(ob, n.id, (int)n.priority, now, expires, json, out_len);
-    free(json);
+    it->priority = (int)n.priority;
+    it->created_ms = now;
+    it->expires_ms = proto_expires_ms(&n, now);
     notification_free(&n);
+    return 0;
+}
+
+int ingest_queue(outbox_t *ob, const char *source, const struct ingest_item *it,
+                 struct ingest_stats *st)
+{
+    int rc =
+        outbox_add(ob, it->id, it->priority, it->created_ms, it->expires_ms, it->json, it->len);
     switch (rc) {
     case 0:
-        st->accepted++;
-        LOG_DEBUG("ingest", "%s: queued id=%s", source, res->id);
+        if (st) {
+            st->accepted++;
+        }
+        LOG_DEBUG("ingest", "%s: queued id=%s", source, it->id);
         break;
     case TDG_EDUPLICATE:
-        st->duplicates++;
-        LOG_DEBUG("ingest", "%s: duplicate id=%s accepted once", source, res->id);
+        if (st) {
+            st->duplicates++;
+        }
+        LOG_DEBUG("ingest", "%s: duplicate id=%s accepted once", source, it->id);
         break;
     case TDG_EFULL:
-        st->full++;
+        if (st) {
+            st->full++;
+        }
         break;
     default:
-        st->errors++;
-        LOG_ERROR("ingest", "%s: cannot queue id=%s: %s", source, res->id, tdg_strerror(rc));
+        if (st) {
+            st->errors++;
+        }
+        LOG_ERROR("ingest", "%s: cannot queue id=%s: %s", source, it->id, tdg_strerror(rc));
         break;
     }
-    return res->rc = rc;
+    return rc;
+}
+
+void ingest_item_free(struct ingest_item *it)
+{
+    free(it->json);
+    it->json = NULL;
+    it->len = 0;
+}
+
+int ingest_submit(outbox_t *ob, const char *source, const char *buf, size_t len,
+                  struct ingest_result *res, struct ingest_stats *st)
+{
+    struct ingest_item it;
+    int rc = ingest_prepare(source, buf, len, &it, res, st);
+    if (rc < 0) {
+        return rc;
+    }
+    res->rc = ingest_queue(ob, source, &it, st);
+    ingest_item_free(&it);
+    return res->rc;
 }

@@ -1,5 +1,6 @@
 /* main.c - tidings-agent: arguments, signals, loop. */
 #include "agent.h"
+#include "cli.h"
 #include "error.h"
 #include "log.h"
 
@@ -10,10 +11,14 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: tidings-agent [-c FILE] [-o key=value]... [--help-config] [--version]\n"
-                 "  -c FILE          configuration file (key = value)\n"
-                 "  -o key=value     override one setting (after the file)\n"
-                 "  --help-config    print every setting with its default and exit\n");
+    fprintf(out,
+            "usage: tidings-agent [-c FILE] [-o key=value]... [--help-config] [--version]\n"
+            "       tidings-agent send --title T --body B [--to ..] [...]   (see send --help)\n"
+            "       tidings-agent status [--json]                          (see status --help)\n"
+            "  -c FILE          configuration file (key = value)\n"
+            "  -o key=value     override one setting (after the file)\n"
+            "  --help-config    print every setting with its default and exit\n"
+            "  send, status     talk to the running agent over its unix socket\n");
 }
 
 static void on_signal(loop_t *loop, int signo, void *arg)
@@ -25,6 +30,9 @@ static void on_signal(loop_t *loop, int signo, void *arg)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && cli_is_command(argv[1])) {
+        return cli_run(argc - 1, argv + 1);
+    }
     static struct agent_config cfg;
     char err[CONFIG_ERR_MAX + 256];
     const struct config_entry *t = agent_config_table;
@@ -41,7 +49,7 @@ int main(int argc, char **argv)
             config_print(t, n, stdout);
             return 0;
         } else if (strcmp(argv[i], "--version") == 0) {
-            printf("tidings-agent 0.1.0 (proto v%d)\n", PROTO_VERSION);
+            printf("tidings-agent %s (proto v%d)\n", TIDINGS_VERSION, PROTO_VERSION);
             return 0;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);

@@ -240,7 +240,12 @@ int outbox_take(outbox_t *ob, unsigned max, outbox_row_cb cb, void *arg)
 
 int outbox_untake(outbox_t *ob, const int64_t *seqs, size_t n)
 {
-    int rc = db_begin(ob->db);
+    /* Like take and ack: never open a transaction over pending adds. */
+    int rc = outbox_commit(ob);
+    if (rc < 0) {
+        return rc;
+    }
+    rc = db_begin(ob->db);
     if (rc < 0) {
         return rc;
     }
@@ -260,7 +265,11 @@ int outbox_untake(outbox_t *ob, const int64_t *seqs, size_t n)
 
 int outbox_untake_all(outbox_t *ob)
 {
-    int rc = step_done(ob, ob->st[ST_UNTAKE_ALL]);
+    int rc = outbox_commit(ob);
+    if (rc < 0) {
+        return rc;
+    }
+    rc = step_done(ob, ob->st[ST_UNTAKE_ALL]);
     if (rc == 0) {
         ob->inflight = 0;
     }

@@ -186,6 +186,9 @@ static void handle_ack(uplink_t *u, const char *payload, size_t len)
             }
         }
     }
+    if (rc == 0) {
+        u->st.last_ack_ms = clock_wall_ms();
+    }
     if (u->timeout_logged && rc == 0) {
         u->timeout_logged = false;
     }
@@ -216,6 +219,7 @@ static void on_connect(void *arg)
         LOG_ERROR("uplink", "cannot requeue in-flight rows: %s", tdg_strerror(rc));
     }
     u->st.connected = true;
+    u->st.since_ms = clock_wall_ms();
     uplink_pump(u);
 }
 
@@ -223,6 +227,9 @@ static void on_disconnect(void *arg, int rc)
 {
     (void)rc;
     uplink_t *u = arg;
+    if (u->st.connected) {
+        u->st.since_ms = clock_wall_ms();
+    }
     u->st.connected = false;
     release_all(u);
 }

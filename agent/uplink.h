@@ -24,6 +24,8 @@ typedef struct uplink uplink_t;
 struct uplink_stats {
     uint64_t batches_sent, rows_sent, acked, rejected, timeouts;
     bool connected;
+    int64_t since_ms;    /* wall ms of the last connect or connection loss; 0 = never */
+    int64_t last_ack_ms; /* wall ms of the last ack from the hub applied; 0 = none yet */
 };
 
 /* Start the uplink (connects in the background). NULL on error (logged). */
