@@ -41,7 +41,7 @@ struct channel_delivery {
 };
 
 #define CHANNEL_REASON_MAX 96
-#define CHANNEL_PROVIDER_ID_MAX 64
+#define CHANNEL_PROVIDER_ID_MAX 128 /* FCM message names reach 84 bytes */
 
 struct channel_outcome {
     enum channel_result result;

@@ -2,6 +2,7 @@
 #include "hub.h"
 
 #include "channels/apns.h"
+#include "channels/fcm.h"
 #include "error.h"
 #include "fanout.h"
 #include "intake.h"
@@ -42,7 +43,7 @@ static const struct config_entry hub_table[] = {
     {"broker.client_id", CONFIG_STRING, "", OFF(client_id),
      "MQTT client id (empty: tidings-hub-<pid>)", NULL, 0, 0},
     {"channels", CONFIG_STRING, "apns", OFF(channels),
-     "Enabled channels, comma-separated (apns); each needs its <name>.* settings", NULL, 0, 0},
+     "Enabled channels, comma-separated (apns, fcm); each needs its <name>.* settings", NULL, 0, 0},
     {"store.synchronous", CONFIG_ENUM, "normal", OFF(synchronous),
      "normal survives a killed process; full also survives power loss", sync_modes, 0, 0},
     {"fanout.max_jobs", CONFIG_INT, "20000", OFF(max_jobs),
@@ -62,6 +63,8 @@ static const struct config_entry hub_table[] = {
      "Its bundle id (APNs topic; empty: apns.topic)", NULL, 0, 0},
     {"bootstrap.ios_env", CONFIG_STRING, "production", OFF(bootstrap_ios_env),
      "production or sandbox", NULL, 0, 0},
+    {"bootstrap.android_token", CONFIG_STRING, "", OFF(bootstrap_android_token),
+     "Register this FCM registration token for bootstrap.user", NULL, 0, 0},
 };
 #define HUB_TABLE_N (sizeof(hub_table) / sizeof(hub_table[0]))
 
@@ -74,6 +77,7 @@ struct channel_def {
 };
 static const struct channel_def channel_defs[] = {
     {&apns_channel, "ios", PROTO_CH_PUSH},
+    {&fcm_channel, "android", PROTO_CH_PUSH},
 };
 #define N_CHANNELS (sizeof(channel_defs) / sizeof(channel_defs[0]))
 
@@ -217,6 +221,11 @@ static int bootstrap(hub_t *h, const struct apns_config *apns, char *err, size_t
         const char *app = c->bootstrap_ios_app[0] ? c->bootstrap_ios_app : apns->topic;
         rc = store_device_upsert(h->store, c->bootstrap_user, "ios", c->bootstrap_ios_token, app,
                                  c->bootstrap_ios_env, now);
+    }
+    if (rc == 0 && c->bootstrap_android_token[0]) {
+        /* app empty: the FCM channel's own project (channel.h) */
+        rc = store_device_upsert(h->store, c->bootstrap_user, "android",
+                                 c->bootstrap_android_token, "", "production", now);
     }
     if (rc == 0) {
         rc = store_commit(h->store);
