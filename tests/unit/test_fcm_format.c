@@ -501,11 +501,19 @@ static void test_map_answers(void **state)
     struct channel_outcome o;
     fcm_map_answer(200, v[0].body, strlen(v[0].body), NULL, T0_MS, &o);
     assert_string_equal(o.provider_id, "projects/p/messages/0:1500415314455276%31bd1c9631bd1c96");
-    /* A name too long for provider_id keeps its message id (the project is
-     * the channel's). */
+    /* The longest real name (a 30-character project id, Google's maximum)
+     * is kept whole. */
     const char *lng = "{\"name\":\"projects/a-rather-long-project-id-30/messages/"
                       "0:1500415314455276%31bd1c9631bd1c96\"}";
     fcm_map_answer(200, lng, strlen(lng), NULL, T0_MS, &o);
+    assert_string_equal(o.provider_id, "projects/a-rather-long-project-id-30/messages/"
+                                       "0:1500415314455276%31bd1c9631bd1c96");
+    /* A name too long for provider_id keeps its message id (the project is
+     * the channel's). */
+    const char *huge = "{\"name\":\"projects/an-impossibly-long-project-id-that-google-would-"
+                       "never-issue-but-a-fake-or-a-future-api-might-send-us/messages/"
+                       "0:1500415314455276%31bd1c9631bd1c96\"}";
+    fcm_map_answer(200, huge, strlen(huge), NULL, T0_MS, &o);
     assert_string_equal(o.provider_id, "0:1500415314455276%31bd1c9631bd1c96");
     fcm_map_answer(200, "", 0, NULL, T0_MS, &o);
     assert_int_equal(o.result, CHANNEL_OK);
