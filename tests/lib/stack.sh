@@ -11,6 +11,10 @@
 
 STACK_PIDS=()
 STACK_DIR=""
+# STACK_WRAP: a command the agent and hub run under, e.g.
+#   STACK_WRAP="valgrind --leak-check=full --errors-for-leak-kinds=definite"
+# (split on spaces; a valgrind error summary in a log fails the test).
+read -r -a STACK_WRAP_ARGS <<<"${STACK_WRAP:-}"
 STACK_KEEP=${STACK_KEEP:-0}
 
 stack_log() { printf '%s\n' "$*" >&2; }
@@ -51,8 +55,10 @@ stack_cleanup() {
     done
     for pid in "${STACK_PIDS[@]}"; do
         # bounded wait for a clean exit, then force
-        local i=0
-        while kill -0 "$pid" 2>/dev/null && ((i < 100)); do
+        # valgrind needs time for its leak check and summary at exit
+        local i=0 limit=100
+        [ -n "${STACK_WRAP:-}" ] && limit=600
+        while kill -0 "$pid" 2>/dev/null && ((i < limit)); do
             sleep 0.05
             i=$((i + 1))
         done
@@ -63,10 +69,11 @@ stack_cleanup() {
     # A sanitizer report in any daemon's log fails the test, whatever else
     # passed: ASan/UBSan/LSan write there, not to the test's output.
     if [ -n "$STACK_DIR" ] &&
-        grep -l -E 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:' "$STACK_DIR"/*.log \
-            >/dev/null 2>&1; then
+        grep -l -E 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|ERROR SUMMARY: [1-9]' \
+            "$STACK_DIR"/*.log >/dev/null 2>&1; then
         stack_log "FAIL: sanitizer report in a daemon log:"
-        grep -h -A20 -E 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:' "$STACK_DIR"/*.log >&2
+        grep -h -B30 -A20 -E 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|ERROR SUMMARY: [1-9]' \
+            "$STACK_DIR"/*.log >&2
         rc=1
     fi
     if [ -n "$STACK_DIR" ] && [ "$STACK_KEEP" != 1 ]; then
@@ -189,7 +196,7 @@ apns.ca_file = $STACK_DIR/certs/ca.crt
 fanout.retry_base = 100ms
 fanout.retry_cap = 2s
 CONF
-    stack_start "$name" "$BUILD/hub/tidings-hub" -c "$STACK_DIR/hub.conf"
+    stack_start "$name" "${STACK_WRAP_ARGS[@]}" "$BUILD/hub/tidings-hub" -c "$STACK_DIR/hub.conf"
     wait_until 15 "hub subscribed" grep -q "subscribed to" "$STACK_DIR/$name.log"
 }
 
@@ -207,7 +214,7 @@ uplink.host = 127.0.0.1
 uplink.port = $BROKER_PORT
 uplink.ack_timeout = ${AGENT_ACK_TIMEOUT:-5s}
 CONF
-    stack_start "$name" "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent.conf"
+    stack_start "$name" "${STACK_WRAP_ARGS[@]}" "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent.conf"
     wait_until 15 "agent connected (local and uplink)" \
         bash -c "[ \$(grep -c 'connected to' '$STACK_DIR/$name.log') -ge 2 ]"
 }
