@@ -1,12 +1,17 @@
-/* agent.c - wiring of ingest, outbox and uplink on one loop (see agent.h). */
+/* agent.c - wiring of ingest, outbox, uplink, policy and local delivery on
+ * one loop (see agent.h). */
 #include "agent.h"
 
+#include "deliver.h"
 #include "error.h"
 #include "ingest.h"
+#include "localq.h"
 #include "log.h"
 #include "mqtt.h"
 #include "outbox.h"
+#include "policy.h"
 #include "socket.h"
+#include "tz.h"
 #include "uplink.h"
 
 #include <cjson/cJSON.h>
@@ -85,6 +90,28 @@ const struct config_entry agent_config_table[] = {
     {"socket.write_timeout", CONFIG_DURATION, "10s", OFF(socket_write_timeout_ms),
      "Disconnect a socket client that reads none of its replies for this long", NULL, 100,
      3600000},
+    DELIVER_CONFIG_ENTRIES(struct agent_config, deliver),
+    {"deliver.max_rows", CONFIG_INT, "10000", OFF(local_max_rows),
+     "Local delivery queue budget in rows (one per notification and backend, every state); "
+     "at the budget the oldest finished rows go first, then new local notifications are "
+     "rejected",
+     NULL, 1, 100000000},
+    {"deliver.retention", CONFIG_DURATION, "7d", OFF(local_retention_ms),
+     "How long the outcome of a finished local delivery stays queryable (status --id)", NULL,
+     60000, 31536000000},
+    {"deliver.retry_min", CONFIG_DURATION, "1s", OFF(local_retry_min_ms),
+     "First backoff when a backend answers retry or unavailable (capped full jitter)", NULL,
+     10, 3600000},
+    {"deliver.retry_max", CONFIG_DURATION, "5m", OFF(local_retry_max_ms),
+     "Backoff cap for local delivery retries", NULL, 10, 86400000},
+    {"deliver.retry_for", CONFIG_DURATION, "1d", OFF(local_retry_for_ms),
+     "A local delivery still answered retry/unavailable this long after acceptance fails "
+     "(0: until its ttl)",
+     NULL, 0, 31536000000},
+    {"policy.local_user", CONFIG_STRING, "", OFF(policy_local_user),
+     "The user whose preferences (the hub's snapshot) apply to \"to\":\"local\" "
+     "notifications (empty: none, delivered without preferences)",
+     NULL, 0, 0},
 };
 const size_t agent_config_table_len = sizeof(agent_config_table) / sizeof(agent_config_table[0]);
 
@@ -105,6 +132,20 @@ struct agent {
     socket_server_t *sock;
     struct ingest_stats ist; /* the MQTT way in; the socket counts its own */
     unsigned mqtt_pending;   /* MQTT adds not yet carried by an explicit commit */
+    /* local delivery and the offline preferences */
+    char policy_path[512];
+    policy_store_t *ps;
+    policy_snapshot_t *snap; /* in force; NULL: none received yet */
+    int64_t policy_applied_ms;
+    uint64_t policy_refused;
+    deliver_t *dl;
+    localq_t *lq;
+    struct ingest_stats down; /* notifications the hub sent down */
+    unsigned down_pending;
+    uint64_t lcounted_at_ms;
+    bool lcounted;
+    int lcount_rc;
+    struct localq_counts lcounts;
     bool commit_failed_logged;
     /* The MQTT QoS 1 loss window: libmosquitto has already sent PUBACK
      * when on_message runs, and the commit comes at the end of the loop
@@ -150,19 +191,25 @@ static void before_sleep(loop_t *loop, void *arg)
     (void)loop;
     agent_t *a = arg;
     unsigned from_socket = a->sock ? socket_server_store(a->sock) : 0;
-    unsigned n = outbox_pending(a->ob);
-    /* Also closes a transaction that only saw duplicates (nothing pending). */
+    unsigned n = outbox_pending(a->ob) + localq_pending(a->lq);
+    /* Also closes a transaction that only saw duplicates (nothing pending),
+     * and carries the local queue's state changes. */
     int rc = outbox_commit(a->ob);
     if (rc < 0) {
-        unsigned lost = n > from_socket ? n - from_socket : 0;
-        lost = lost < a->mqtt_pending ? lost : a->mqtt_pending;
+        unsigned rest = n > from_socket ? n - from_socket : 0;
+        unsigned lost_down = rest < a->down_pending ? rest : a->down_pending;
+        rest -= lost_down;
+        unsigned lost = rest < a->mqtt_pending ? rest : a->mqtt_pending;
         a->ist.errors += lost;
         a->ist.accepted -= lost <= a->ist.accepted ? lost : a->ist.accepted;
+        a->down.errors += lost_down;
+        a->down.accepted -= lost_down <= a->down.accepted ? lost_down : a->down.accepted;
         LOG_ERROR("agent", "commit of %u notifications failed: %s", n, tdg_strerror(rc));
     } else if (n > 0) {
         LOG_DEBUG("agent", "committed %u (socket %u)", n, from_socket);
     }
     a->mqtt_pending = 0;
+    a->down_pending = 0;
     if (a->window_start_us) {
         uint64_t w = now_us() - a->window_start_us;
         a->window_max_us = w > a->window_max_us ? w : a->window_max_us;
@@ -178,19 +225,137 @@ static void before_sleep(loop_t *loop, void *arg)
     }
 }
 
+/* Store a prepared notification in the open transaction: "to":"local" in
+ * the local delivery queue (it never goes to the hub), everything else in
+ * the outbox. ingest_queue's results, counted in st (may be NULL). */
+static int agent_store(agent_t *a, const char *source, const struct ingest_item *it,
+                       struct ingest_stats *st)
+{
+    if (!it->local) {
+        return ingest_queue(a->ob, source, it, st);
+    }
+    int rc = localq_add(a->lq, "local", it);
+    ingest_count(source, it->id, rc, st);
+    return rc;
+}
+
 static void on_local_message(void *arg, const struct mosquitto_message *msg,
                              const mosquitto_property *props)
 {
     (void)props;
     agent_t *a = arg;
     struct ingest_result res;
+    struct ingest_item it;
     size_t len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
     if (!a->window_start_us && msg->qos > 0) {
         a->window_start_us = now_us();
     }
-    if (ingest_submit(a->ob, "mqtt", msg->payload ? msg->payload : "", len, &res, &a->ist) ==
-        0) {
-        a->mqtt_pending++;
+    if (ingest_prepare("mqtt", msg->payload ? msg->payload : "", len, &it, &res, &a->ist) == 0) {
+        if (agent_store(a, "mqtt", &it, &a->ist) == 0) {
+            a->mqtt_pending++;
+        }
+        ingest_item_free(&it);
+    }
+}
+
+/* --- from the hub: preferences and notifications for this box ----------- */
+
+static void on_policy(void *arg, const char *payload, size_t len)
+{
+    agent_t *a = arg;
+    policy_snapshot_t *s = NULL;
+    bool changed = false;
+    struct policy_error e;
+    memset(&e, 0, sizeof(e));
+    long long cur = a->snap ? (long long)policy_snapshot_version(a->snap) : -1;
+    int rc = policy_store_accept(a->ps, payload, len, clock_wall_ms(), &s, &changed, &e);
+    if (rc == TDG_EINVAL_INPUT || rc == TDG_ETOOBIG) {
+        a->policy_refused++;
+        if (rc == TDG_ETOOBIG) {
+            snprintf(e.detail, sizeof(e.detail), "over %d bytes", POLICY_SNAPSHOT_MAX);
+        }
+        LOG_WARN("policy", "snapshot refused (%zu bytes): field=%s: %s; keeping version=%lld",
+                 len, e.field[0] ? e.field : "\"\"", e.detail, cur);
+        return;
+    }
+    if (rc < 0) {
+        LOG_ERROR("policy", "cannot store the snapshot: %s; keeping version=%lld",
+                  tdg_strerror(rc), cur);
+        return;
+    }
+    if (!changed && a->snap) {
+        /* The retained message again after a reconnect: nothing new. */
+        LOG_DEBUG("policy", "snapshot version=%lld unchanged", cur);
+        policy_snapshot_free(s);
+        return;
+    }
+    policy_snapshot_t *old = a->snap;
+    a->snap = s;
+    a->policy_applied_ms = clock_wall_ms();
+    localq_set_policy(a->lq, s);
+    policy_snapshot_free(old);
+    LOG_INFO("policy", "snapshot version=%lld users=%zu applied (was %lld, %zu bytes)",
+             (long long)policy_snapshot_version(s), policy_snapshot_user_count(s), cur, len);
+}
+
+/* One notification sent down: into the local queue like a "to":"local"
+ * one, whatever its "to" (the hub chose this box), deduplicated by id. */
+static void down_one(agent_t *a, const char *buf, size_t len)
+{
+    struct ingest_item it;
+    struct ingest_result res;
+    if (ingest_prepare_ex("down", buf, len, INGEST_KEEP_ACCEPTED, &it, &res, &a->down) < 0) {
+        return;
+    }
+    int rc = localq_add(a->lq, "down", &it);
+    ingest_count("down", it.id, rc, &a->down);
+    if (rc == 0) {
+        a->down_pending++;
+    }
+    ingest_item_free(&it);
+}
+
+static void down_item(struct cJSON *item, void *arg)
+{
+    agent_t *a = arg;
+    char *txt = cJSON_PrintUnformatted(item);
+    if (!txt) {
+        a->down.received++;
+        a->down.errors++;
+        return;
+    }
+    down_one(a, txt, strlen(txt));
+    free(txt);
+}
+
+/* A message on .../down: one notification, or a batch envelope shaped like
+ * "up" ({"v":1,"agent":..,"items":[..]}, an object with "items"); each item
+ * is checked on its own. */
+static void on_down(void *arg, const char *payload, size_t len)
+{
+    agent_t *a = arg;
+    cJSON *probe = cJSON_ParseWithLength(payload, len);
+    bool batch = cJSON_IsObject(probe) && cJSON_GetObjectItemCaseSensitive(probe, "items");
+    cJSON_Delete(probe);
+    if (!batch) {
+        down_one(a, payload, len);
+        return;
+    }
+    struct proto_error e;
+    int rc = proto_batch_parse(payload, len, NULL, 0, down_item, a, &e);
+    if (rc < 0) {
+        a->down.received++;
+        a->down.invalid++;
+        LOG_WARN("ingest", "down: rejected batch (%zu bytes): %s field=%s %s", len,
+                 proto_reason_code(e.reason), e.field[0] ? e.field : "-", e.detail);
+    }
+}
+
+static void on_receipt(void *arg, const struct deliver_receipt *r)
+{
+    agent_t *a = arg;
+    if (a->lq) {
+        localq_receipt(a->lq, r);
     }
 }
 
@@ -300,6 +465,52 @@ static bool add_ingest(cJSON *parent, const char *key, const struct ingest_stats
            add_num(o, "full", st->full) && add_num(o, "errors", st->errors);
 }
 
+/* "local": the local delivery queue; "policy": the snapshot in force. */
+static bool add_local(agent_t *a, cJSON *root)
+{
+    uint64_t now = loop_now_ms(a->loop);
+    if (!a->lcounted || now - a->lcounted_at_ms >= STATUS_COUNT_TTL_MS) {
+        a->lcount_rc = localq_count(a->lq, &a->lcounts);
+        a->lcounted = true;
+        a->lcounted_at_ms = now;
+    }
+    struct localq_stats ls;
+    localq_get_stats(a->lq, &ls);
+    cJSON *l = cJSON_AddObjectToObject(root, "local");
+    bool ok = l && add_num(l, "rows", ls.rows) && add_num(l, "max_rows", ls.max_rows);
+    if (ok && a->lcount_rc == 0) {
+        for (int i = 0; i < LOCALQ_STATE_COUNT && ok; i++) {
+            ok = add_num(l, localq_state_name((enum localq_state)i), a->lcounts.by_state[i]);
+        }
+        ok = ok && add_num(l, "held", a->lcounts.held);
+    } else if (ok) {
+        ok = cJSON_AddStringToObject(l, "error", tdg_strerror(a->lcount_rc)) != NULL;
+    }
+    ok = ok && add_num(l, "in_flight", ls.in_flight) &&
+         add_num(l, "rejected_full", ls.rejected_full) && add_num(l, "pruned", ls.pruned) &&
+         add_num(l, "pruned_early", ls.pruned_early) && add_time(l, "next_due", ls.next_due_ms);
+    cJSON *be = ok ? cJSON_AddArrayToObject(l, "backends") : NULL;
+    ok = be != NULL;
+    for (size_t i = 0; ok && i < deliver_count(a->dl); i++) {
+        cJSON *n = cJSON_CreateString(deliver_name(a->dl, i));
+        ok = n && cJSON_AddItemToArray(be, n);
+        if (!ok) {
+            cJSON_Delete(n);
+        }
+    }
+    cJSON *p = ok ? cJSON_AddObjectToObject(root, "policy") : NULL;
+    ok = p != NULL;
+    if (ok && a->snap) {
+        ok = add_num(p, "version", (uint64_t)policy_snapshot_version(a->snap)) &&
+             add_num(p, "users", policy_snapshot_user_count(a->snap));
+    } else if (ok) {
+        ok = cJSON_AddNullToObject(p, "version") && cJSON_AddNullToObject(p, "users");
+    }
+    return ok && add_time(p, "applied", a->policy_applied_ms) &&
+           cJSON_AddStringToObject(p, "local_user", a->cfg.policy_local_user) &&
+           add_num(p, "refused", a->policy_refused);
+}
+
 /* The status object (docs/agent.md, "Status"). Built after the round's
  * commit, so a client's own earlier sends are counted. NULL on ENOMEM. */
 static cJSON *agent_status(void *arg)
@@ -355,7 +566,9 @@ static cJSON *agent_status(void *arg)
     }
 
     cJSON *ing = ok ? cJSON_AddObjectToObject(root, "ingest") : NULL;
-    ok = ing && add_ingest(ing, "mqtt", &a->ist) && add_ingest(ing, "socket", &ss.in);
+    ok = ing && add_ingest(ing, "mqtt", &a->ist) && add_ingest(ing, "socket", &ss.in) &&
+         add_ingest(ing, "down", &a->down);
+    ok = ok && add_local(a, root);
 
     cJSON *so = ok ? cJSON_AddObjectToObject(root, "socket") : NULL;
     ok = so && cJSON_AddStringToObject(so, "path", a->sock_path) &&
@@ -373,7 +586,84 @@ static cJSON *agent_status(void *arg)
 static int agent_queue(void *arg, const struct ingest_item *it)
 {
     agent_t *a = arg;
-    return ingest_queue(a->ob, "socket", it, NULL);
+    return agent_store(a, "socket", it, NULL);
+}
+
+static int agent_lookup(void *arg, const char *id, cJSON **out)
+{
+    agent_t *a = arg;
+    return localq_find(a->lq, id, out);
+}
+
+/* policy.local_user: a user id as in "user:<id>" (docs/proto.md). */
+static bool user_id_valid(const char *u)
+{
+    size_t n = strlen(u);
+    if (n > POLICY_USER_ID_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = u[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '@' || c == '+' || c == '-')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The preference store and the local delivery backends and queue. 0 or a
+ * negative error with err set. */
+static int open_local(agent_t *a, char *err, size_t errlen)
+{
+    const struct agent_config *cfg = &a->cfg;
+    if (!user_id_valid(cfg->policy_local_user)) {
+        snprintf(err, errlen, "policy.local_user '%s': must be a user id (1-%d of "
+                 "[A-Za-z0-9._@+-]) or empty",
+                 cfg->policy_local_user, POLICY_USER_ID_MAX);
+        return TDG_ECONFIG;
+    }
+    if ((size_t)snprintf(a->policy_path, sizeof(a->policy_path), "%s/policy.db",
+                         cfg->state_dir) >= sizeof(a->policy_path)) {
+        snprintf(err, errlen, "state_dir too long");
+        return -ENAMETOOLONG;
+    }
+    int rc = policy_store_open(a->policy_path,
+                               cfg->synchronous == 1 ? DB_SYNC_FULL : DB_SYNC_NORMAL, &a->ps, err,
+                               errlen);
+    if (rc < 0) {
+        return rc;
+    }
+    rc = policy_store_load(a->ps, &a->snap);
+    if (rc == TDG_EINVAL_INPUT) {
+        /* Logged by the store (e.g. written by a newer agent): the hub's
+         * retained snapshot replaces it on the next connect. */
+        LOG_WARN("policy", "%s: the stored snapshot is not usable; none in force until the hub "
+                 "sends one",
+                 a->policy_path);
+        a->snap = NULL;
+    } else if (rc < 0) {
+        snprintf(err, errlen, "%s: cannot read the stored snapshot: %s", a->policy_path,
+                 tdg_strerror(rc));
+        return rc;
+    } else if (a->snap) {
+        a->policy_applied_ms = clock_wall_ms();
+        LOG_INFO("policy", "stored snapshot version=%lld users=%zu in force",
+                 (long long)policy_snapshot_version(a->snap),
+                 policy_snapshot_user_count(a->snap));
+    }
+    rc = deliver_create(a->loop, &cfg->deliver, on_receipt, a, &a->dl, err, errlen);
+    if (rc < 0) {
+        return rc;
+    }
+    struct localq_opts lo = {.max_rows = (uint64_t)cfg->local_max_rows,
+                             .retention_ms = cfg->local_retention_ms,
+                             .retry_min_ms = cfg->local_retry_min_ms,
+                             .retry_max_ms = cfg->local_retry_max_ms,
+                             .retry_for_ms = cfg->local_retry_for_ms,
+                             .local_user = cfg->policy_local_user,
+                             .policy = a->snap};
+    return localq_create(a->loop, a->ob, a->dl, &lo, &a->lq, err, errlen);
 }
 
 int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, char *err,
@@ -417,7 +707,8 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
     struct socket_opts so = {.path = a->sock_path,
                              .max_clients = (unsigned)cfg->socket_max_clients,
                              .write_timeout_ms = cfg->socket_write_timeout_ms};
-    struct socket_ops sops = {.queue = agent_queue, .status = agent_status, .arg = a};
+    struct socket_ops sops = {
+        .queue = agent_queue, .status = agent_status, .lookup = agent_lookup, .arg = a};
     int rc = socket_server_create(loop, &so, &sops, &a->sock, err, errlen);
     if (rc < 0) {
         free(a);
@@ -432,6 +723,10 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
         free(a);
         return rc;
     }
+    if ((rc = open_local(a, err, errlen)) < 0) {
+        agent_destroy(a);
+        return rc;
+    }
     /* Registered before the MQTT clients' hooks: commit and queue publishes
      * first, then the clients flush their sockets. */
     if ((rc = loop_before_sleep(loop, before_sleep, a)) < 0) {
@@ -439,7 +734,8 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
         agent_destroy(a);
         return rc;
     }
-    a->up = uplink_create(loop, &a->cfg, a->ob);
+    struct uplink_hooks hooks = {.on_policy = on_policy, .on_down = on_down, .arg = a};
+    a->up = uplink_create(loop, &a->cfg, a->ob, &hooks);
     if (!a->up) {
         snprintf(err, errlen, "cannot start the uplink");
         agent_destroy(a);
@@ -469,9 +765,10 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
         agent_destroy(a);
         return TDG_EMQTT;
     }
-    LOG_INFO("agent", "agent %s started: local %s:%lld topic %s, uplink %s:%lld", cfg->id,
-             cfg->local_host, (long long)cfg->local_port, cfg->local_topic, cfg->uplink_host,
-             (long long)cfg->uplink_port);
+    LOG_INFO("agent", "agent %s started: local %s:%lld topic %s, uplink %s:%lld, deliver %s",
+             cfg->id, cfg->local_host, (long long)cfg->local_port, cfg->local_topic,
+             cfg->uplink_host, (long long)cfg->uplink_port,
+             cfg->deliver.backends[0] ? cfg->deliver.backends : "(none)");
     *out = a;
     return 0;
 }
@@ -497,6 +794,22 @@ void agent_destroy(agent_t *a)
     socket_server_destroy(a->sock);
     status_close_db(a);
     uplink_destroy(a->up);
+    /* Backends first: deliveries in flight are abandoned without callbacks
+     * (their rows stay pending and run again at the next start), then the
+     * queue, whose statements live on the outbox's connection. */
+    deliver_destroy(a->dl);
+    struct localq_stats ls = {0};
+    if (a->lq) {
+        localq_get_stats(a->lq, &ls);
+        LOG_INFO("agent", "stopping: local added=%llu duplicates=%llu full=%llu delivered=%llu "
+                 "suppressed=%llu dropped=%llu failed=%llu expired=%llu rows=%llu",
+                 (unsigned long long)ls.added, (unsigned long long)ls.duplicates,
+                 (unsigned long long)ls.rejected_full, (unsigned long long)ls.delivered,
+                 (unsigned long long)ls.suppressed, (unsigned long long)ls.dropped,
+                 (unsigned long long)ls.failed, (unsigned long long)ls.expired,
+                 (unsigned long long)ls.rows);
+    }
+    localq_destroy(a->lq);
     struct outbox_stats os = {0};
     if (a->ob) {
         outbox_get_stats(a->ob, &os);
@@ -520,5 +833,8 @@ void agent_destroy(agent_t *a)
                  (unsigned long long)a->window_commits);
     }
     outbox_close(a->ob);
+    policy_snapshot_free(a->snap);
+    policy_store_close(a->ps);
+    tz_cache_flush();
     free(a);
 }

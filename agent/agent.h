@@ -12,7 +12,9 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "deliver.h"
 #include "loop.h"
+#include "policy.h"
 #include "proto.h"
 
 struct agent_config {
@@ -48,6 +50,15 @@ struct agent_config {
     char socket_path[108]; /* sizeof(sun_path); "" = <state_dir>/agent.sock */
     int64_t socket_max_clients;
     uint64_t socket_write_timeout_ms;
+    /* local delivery (docs/delivery.md): the backends' settings ... */
+    struct deliver_config deliver;
+    /* ... and the durable local queue (agent/localq.h) */
+    int64_t local_max_rows;
+    uint64_t local_retention_ms;
+    uint64_t local_retry_min_ms, local_retry_max_ms;
+    uint64_t local_retry_for_ms;
+    /* the offline preferences (docs/policy.md): whose apply to "to":"local" */
+    char policy_local_user[POLICY_USER_ID_MAX + 1];
 };
 
 extern const struct config_entry agent_config_table[];
@@ -61,12 +72,15 @@ int agent_socket_path(const struct agent_config *cfg, char *buf, size_t len);
 
 /* Create the agent on loop: listens on the unix socket (first, so a second
  * agent on the same socket stops before touching the outbox), opens the
- * outbox and starts both MQTT clients. 0 or negative error with err set
- * (e.g. an unreadable database, a socket another agent is running on). */
+ * outbox, the preference store (<state_dir>/policy.db) and the local
+ * delivery backends and queue, and starts both MQTT clients. 0 or negative
+ * error with err set (e.g. an unreadable database, a socket another agent
+ * is running on, a bad deliver.* setting). */
 int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, char *err,
                  size_t errlen);
-/* Store and commit what is pending (answering socket clients), disconnect
- * and close. */
+/* Store and commit what is pending (answering socket clients), abandon
+ * local deliveries in flight (their rows stay pending and run again at the
+ * next start), disconnect and close. */
 void agent_destroy(agent_t *a);
 
 #endif

@@ -671,16 +671,21 @@ static int cmd_send(int argc, char **argv)
 
 static void status_usage(FILE *out)
 {
-    fprintf(out, "usage: tidings-agent status [--json] [-c FILE | --socket PATH]\n"
-                 "Show the running agent's uplink, queue and counters.\n"
+    fprintf(out, "usage: tidings-agent status [--json] [--id ID] [-c FILE | --socket PATH]\n"
+                 "Show the running agent's uplink, queues, local delivery, preferences and\n"
+                 "counters; with --id, what became of one local notification.\n"
                  "\n"
                  "  --json                the status object as JSON (for scripts)\n"
+                 "  --id ID               a notification for this box (to:local, or sent down\n"
+                 "                        by the hub): its state on each delivery backend,\n"
+                 "                        the preference rule or failure reason\n"
                  "  -c, --config FILE     the agent's config file (to find its socket)\n"
                  "  --socket PATH         the agent's socket (default: socket.path, or\n"
                  "                        <state_dir>/agent.sock)\n"
                  "  --timeout DURATION    give up waiting for the agent (default 30s)\n"
                  "\n"
-                 "Exit: 0 shown, 2 bad option, 4 agent not reachable.\n");
+                 "Exit: 0 shown, 2 bad option, 3 --id not found (never a local notification\n"
+                 "here, or pruned after deliver.retention), 4 agent not reachable.\n");
 }
 
 static double jnum(const cJSON *o, const char *key)
@@ -766,13 +771,63 @@ static void print_status(const cJSON *st)
         printf("            by priority: unavailable (%s)\n",
                jstr(q, "error") ? jstr(q, "error") : "?");
     }
+    const cJSON *lo = jobj(st, "local");
+    if (cJSON_IsObject(lo)) {
+        char be[96] = "";
+        size_t off = 0;
+        const cJSON *bk;
+        cJSON_ArrayForEach(bk, jobj(lo, "backends"))
+        {
+            if (cJSON_IsString(bk) && off < sizeof(be)) {
+                int w =
+                    snprintf(be + off, sizeof(be) - off, "%s%s", off ? "," : "", bk->valuestring);
+                off += w > 0 ? (size_t)w : 0;
+            }
+        }
+        if (jstr(lo, "error")) {
+            printf("local       %.0f rows (max %.0f); by state: unavailable (%s)\n",
+                   jnum(lo, "rows"), jnum(lo, "max_rows"), jstr(lo, "error"));
+        } else {
+            printf("local       %.0f pending (%.0f held for quiet hours), %.0f delivered, "
+                   "%.0f suppressed, %.0f dropped, %.0f failed, %.0f expired\n",
+                   jnum(lo, "pending"), jnum(lo, "held"), jnum(lo, "delivered"),
+                   jnum(lo, "suppressed"), jnum(lo, "dropped"), jnum(lo, "failed"),
+                   jnum(lo, "expired"));
+        }
+        /* A time to come: "at .. (in ..)". */
+        if (jstr(lo, "next_due") && jnum(lo, "next_due_ms") > now) {
+            char in[32];
+            fmt_age(jnum(lo, "next_due_ms") - now, in, sizeof(in));
+            snprintf(a, sizeof(a), "%s (in %s)", jstr(lo, "next_due"), in);
+        } else {
+            fmt_when(lo, "next_due", now, "-", a, sizeof(a));
+        }
+        printf("            %.0f rows (max %.0f), %.0f in flight, rejected full %.0f; "
+               "backends %s; next due %s\n",
+               jnum(lo, "rows"), jnum(lo, "max_rows"), jnum(lo, "in_flight"),
+               jnum(lo, "rejected_full"), be[0] ? be : "(none)", a);
+    }
+    const cJSON *po = jobj(st, "policy");
+    if (cJSON_IsObject(po)) {
+        const char *lu = jstr(po, "local_user");
+        if (cJSON_IsNumber(jobj(po, "version"))) {
+            fmt_when(po, "applied", now, "-", a, sizeof(a));
+            printf("policy      snapshot version %.0f, %.0f users, applied %s; local user %s\n",
+                   jnum(po, "version"), jnum(po, "users"), a, lu && lu[0] ? lu : "(none)");
+        } else {
+            printf("policy      no snapshot yet (everything allowed); local user %s\n",
+                   lu && lu[0] ? lu : "(none)");
+        }
+    }
     const cJSON *m = jobj(ing, "mqtt");
     const cJSON *s = jobj(ing, "socket");
+    const cJSON *dn = jobj(ing, "down");
     static const char *const rows[] = {"received", "accepted", "duplicates",
                                        "invalid",  "full",     "errors"};
-    printf("\n%-12s %12s %12s\n", "ingest", "mqtt", "socket");
+    printf("\n%-12s %12s %12s %12s\n", "ingest", "mqtt", "socket", "down (hub)");
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
-        printf("%-12s %12.0f %12.0f\n", rows[i], jnum(m, rows[i]), jnum(s, rows[i]));
+        printf("%-12s %12.0f %12.0f %12.0f\n", rows[i], jnum(m, rows[i]), jnum(s, rows[i]),
+               jnum(dn, rows[i]));
     }
     printf("\nhub         acked %.0f, rejected %.0f\n", jnum(up, "acked"),
            jnum(up, "hub_rejected"));
@@ -785,11 +840,91 @@ static void print_status(const cJSON *st)
            jnum(so, "connections"), jnum(so, "refused_busy"), jnum(so, "slow_disconnects"));
 }
 
+/* The rows of one local notification, as a table. */
+static void print_local(const char *id, const cJSON *rows, double now_ms)
+{
+    printf("id %s\n", id);
+    printf("%-9s %-11s %-28s %-8s %s\n", "backend", "state", "rule", "attempts", "detail");
+    const cJSON *r;
+    cJSON_ArrayForEach(r, rows)
+    {
+        const char *state = jstr(r, "state");
+        const char *rule = jstr(r, "rule");
+        const char *reason = jstr(r, "reason");
+        const char *receipt = jstr(r, "receipt");
+        char detail[256] = "";
+        if (state && strcmp(state, "pending") == 0 && jnum(r, "due_ms") > now_ms) {
+            char age[32];
+            fmt_age(jnum(r, "due_ms") - now_ms, age, sizeof(age));
+            snprintf(detail, sizeof(detail), "due %s (in %s)%s%s", jstr(r, "due"), age,
+                     reason ? "; last: " : "", reason ? reason : "");
+        } else {
+            snprintf(detail, sizeof(detail), "%s%s%s%s", jstr(r, "updated") ? "at " : "",
+                     jstr(r, "updated") ? jstr(r, "updated") : "", reason ? "; " : "",
+                     reason ? reason : "");
+        }
+        if (receipt) {
+            size_t l = strlen(detail);
+            snprintf(detail + l, sizeof(detail) - l, "; receipt %s", receipt);
+        }
+        printf("%-9s %-11s %-28s %-8.0f %s\n", jstr(r, "backend") ? jstr(r, "backend") : "?",
+               state ? state : "?", rule ? rule : "-", jnum(r, "attempts"), detail);
+    }
+}
+
+/* status --id ID: {"op":"local","id":ID}. */
+static int status_local(const char *path, const char *id, bool json, uint64_t timeout_ms)
+{
+    cJSON *req = cJSON_CreateObject();
+    if (!req || !cJSON_AddStringToObject(req, "op", "local") ||
+        !cJSON_AddStringToObject(req, "id", id)) {
+        cJSON_Delete(req);
+        fprintf(stderr, "tidings-agent status: out of memory\n");
+        return CLI_FAIL;
+    }
+    cJSON *reply = NULL;
+    int rc = request("status", path, req, timeout_ms, &reply);
+    cJSON_Delete(req);
+    if (rc != 0) {
+        return rc;
+    }
+    const cJSON *rows = jobj(reply, "local");
+    if (!cJSON_IsTrue(jobj(reply, "ok")) || !cJSON_IsArray(rows)) {
+        const char *e = jstr(reply, "error");
+        if (e && strcmp(e, "not_found") == 0) {
+            fprintf(stderr, "tidings-agent status: no local delivery of id %s (%s)\n", id,
+                    jstr(reply, "detail") ? jstr(reply, "detail") : "not found");
+            cJSON_Delete(reply);
+            return CLI_REFUSED;
+        }
+        rc = refused("status", reply);
+        cJSON_Delete(reply);
+        return rc;
+    }
+    if (json) {
+        char *txt = cJSON_Print(rows);
+        if (!txt) {
+            cJSON_Delete(reply);
+            fprintf(stderr, "tidings-agent status: out of memory\n");
+            return CLI_FAIL;
+        }
+        printf("%s\n", txt);
+        free(txt);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        print_local(id, rows, (double)ts.tv_sec * 1000.0 + (double)(ts.tv_nsec / 1000000));
+    }
+    cJSON_Delete(reply);
+    return fflush(stdout) == 0 ? CLI_OK : CLI_FAIL;
+}
+
 static int cmd_status(int argc, char **argv)
 {
     struct args a = {.argc = argc, .argv = argv, .cmd = "status"};
     struct conn_opts co = {.timeout_ms = DEFAULT_TIMEOUT_MS};
     bool json = false;
+    const char *id = NULL;
     for (a.i = 1; a.i < argc; a.i++) {
         const char *arg = argv[a.i];
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
@@ -805,6 +940,14 @@ static int cmd_status(int argc, char **argv)
         }
         if (strcmp(arg, "--json") == 0) {
             json = true;
+        } else if (opt(&a, "--id")) {
+            if (a.bad) {
+                return CLI_INVALID;
+            }
+            if (!proto_id_valid(a.val)) {
+                return bad_arg("status", "--id", "1..64 of [A-Za-z0-9._:-]", a.val);
+            }
+            id = a.val;
         } else {
             fprintf(stderr,
                     "tidings-agent status: unknown option '%s' (see tidings-agent "
@@ -817,6 +960,9 @@ static int cmd_status(int argc, char **argv)
     int rc = socket_path("status", &co, path, sizeof(path));
     if (rc != 0) {
         return rc;
+    }
+    if (id) {
+        return status_local(path, id, json, co.timeout_ms);
     }
     cJSON *req = cJSON_CreateObject();
     if (!req || !cJSON_AddStringToObject(req, "op", "status")) {

@@ -4,8 +4,10 @@
  *
  *   tidings-agent send --title T --body B [--to ..] [...]   queue one notification
  *   tidings-agent status [--json]                          the agent's state and counters
+ *   tidings-agent status --id ID [--json]                  a local notification's fate
  *
- * Exit codes of send (status uses 0, 2 and 4 the same way):
+ * Exit codes of send (status uses 0, 2 and 4 the same way, and 3 for an
+ * id with no local delivery row):
  *   0  accepted (also when it was a duplicate: accepted once); the id is printed
  *   2  invalid input: a bad option, or the agent's reason code and field
  *   3  not accepted: outbox full, or a storage error in the agent

@@ -65,15 +65,10 @@ struct deliver {
 int deliver_create(loop_t *loop, const struct deliver_config *cfg, deliver_receipt_cb on_receipt,
                    void *receipt_arg, deliver_t **out, char *err, size_t errlen)
 {
-    deliver_t *d = calloc(1, sizeof(*d));
-    if (!d) {
-        return -ENOMEM;
-    }
-    d->cfg = *cfg;
-    d->env = (struct deliver_env){
-        .loop = loop, .cfg = &d->cfg, .on_receipt = on_receipt, .receipt_arg = receipt_arg};
+    const struct deliver_ops *ops[DELIVER_BACKENDS_MAX];
+    size_t n = 0;
     /* Split "desktop, exec,log" by hand: no strtok, names are short. */
-    const char *p = d->cfg.backends;
+    const char *p = cfg->backends;
     while (*p) {
         while (*p == ',' || *p == ' ') {
             p++;
@@ -88,14 +83,13 @@ int deliver_create(loop_t *loop, const struct deliver_config *cfg, deliver_recei
         }
         if (len >= sizeof(name)) {
             snprintf(err, errlen, "deliver.backends: name too long at '%s'", p);
-            deliver_destroy(d);
             return TDG_ECONFIG;
         }
         memcpy(name, p, len);
         name[len] = '\0';
         p += len;
-        const struct deliver_ops *ops = deliver_find(name);
-        if (!ops) {
+        const struct deliver_ops *o = deliver_find(name);
+        if (!o) {
             if (strcmp(name, "desktop") == 0) {
                 snprintf(err, errlen,
                          "deliver.backends: desktop is not built in (TIDINGS_DESKTOP_NOTIFY=OFF)");
@@ -103,27 +97,46 @@ int deliver_create(loop_t *loop, const struct deliver_config *cfg, deliver_recei
                 snprintf(err, errlen, "deliver.backends: unknown backend '%s' (desktop, exec, log)",
                          name);
             }
-            deliver_destroy(d);
             return TDG_ECONFIG;
         }
-        for (size_t i = 0; i < d->n; i++) {
-            if (d->ops[i] == ops) {
+        for (size_t i = 0; i < n; i++) {
+            if (ops[i] == o) {
                 snprintf(err, errlen, "deliver.backends: '%s' given twice", name);
-                deliver_destroy(d);
                 return TDG_ECONFIG;
             }
         }
-        if (d->n == DELIVER_BACKENDS_MAX) {
+        if (n == DELIVER_BACKENDS_MAX) {
             snprintf(err, errlen, "deliver.backends: at most %d backends", DELIVER_BACKENDS_MAX);
-            deliver_destroy(d);
             return TDG_ECONFIG;
         }
-        int rc = ops->init(&d->env, &d->state[d->n], err, errlen);
+        ops[n++] = o;
+    }
+    return deliver_create_ops(loop, cfg, ops, n, on_receipt, receipt_arg, out, err, errlen);
+}
+
+int deliver_create_ops(loop_t *loop, const struct deliver_config *cfg,
+                       const struct deliver_ops *const *ops, size_t n,
+                       deliver_receipt_cb on_receipt, void *receipt_arg, deliver_t **out, char *err,
+                       size_t errlen)
+{
+    if (n > DELIVER_BACKENDS_MAX) {
+        snprintf(err, errlen, "deliver.backends: at most %d backends", DELIVER_BACKENDS_MAX);
+        return TDG_ECONFIG;
+    }
+    deliver_t *d = calloc(1, sizeof(*d));
+    if (!d) {
+        return -ENOMEM;
+    }
+    d->cfg = *cfg;
+    d->env = (struct deliver_env){
+        .loop = loop, .cfg = &d->cfg, .on_receipt = on_receipt, .receipt_arg = receipt_arg};
+    for (size_t i = 0; i < n; i++) {
+        int rc = ops[i]->init(&d->env, &d->state[d->n], err, errlen);
         if (rc < 0) {
             deliver_destroy(d);
             return rc;
         }
-        d->ops[d->n++] = ops;
+        d->ops[d->n++] = ops[i];
     }
     *out = d;
     return 0;

@@ -226,6 +226,12 @@ typedef struct deliver deliver_t;
  * copied. on_receipt (may be NULL) gets every backend's receipts. */
 int deliver_create(loop_t *loop, const struct deliver_config *cfg, deliver_receipt_cb on_receipt,
                    void *receipt_arg, deliver_t **out, char *err, size_t errlen);
+/* The same with the backends given as ops tables, in order, instead of by
+ * name from cfg->backends (tests: a scripted backend; tools). */
+int deliver_create_ops(loop_t *loop, const struct deliver_config *cfg,
+                       const struct deliver_ops *const *ops, size_t n,
+                       deliver_receipt_cb on_receipt, void *receipt_arg, deliver_t **out, char *err,
+                       size_t errlen);
 /* Destroy every backend (in-flight deliveries abandoned, no callbacks).
  * Not from inside a done or receipt callback: return to the loop first. */
 void deliver_destroy(deliver_t *d);

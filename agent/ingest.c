@@ -13,6 +13,12 @@
 int ingest_prepare(const char *source, const char *buf, size_t len, struct ingest_item *it,
                    struct ingest_result *res, struct ingest_stats *st)
 {
+    return ingest_prepare_ex(source, buf, len, 0, it, res, st);
+}
+
+int ingest_prepare_ex(const char *source, const char *buf, size_t len, unsigned flags,
+                      struct ingest_item *it, struct ingest_result *res, struct ingest_stats *st)
+{
     memset(res, 0, sizeof(*res));
     memset(it, 0, sizeof(*it));
     if (st) {
@@ -66,7 +72,12 @@ int ingest_prepare(const char *source, const char *buf, size_t len, struct inges
     /* Accepted at preparation: the way in commits within the same loop
      * iteration, so this is the acceptance time to the millisecond. */
     int64_t now = clock_wall_ms();
-    rc = proto_set_accepted(&n, now);
+    if ((flags & INGEST_KEEP_ACCEPTED) && n.accepted_at_ms > 0) {
+        now = n.accepted_at_ms; /* the hub's acceptance: the ttl counts from it */
+        rc = 0;
+    } else {
+        rc = proto_set_accepted(&n, now);
+    }
     if (rc == TDG_ETOOBIG) {
         if (st) {
             st->invalid++;
@@ -98,29 +109,28 @@ int ingest_prepare(const char *source, const char *buf, size_t len, struct inges
         return res->rc = -ENOMEM;
     }
     it->priority = (int)n.priority;
+    it->local = n.to_kind == PROTO_TO_LOCAL;
+    it->channels = n.channels;
     it->created_ms = now;
     it->expires_ms = proto_expires_ms(&n, now);
     notification_free(&n);
     return 0;
 }
 
-int ingest_queue(outbox_t *ob, const char *source, const struct ingest_item *it,
-                 struct ingest_stats *st)
+void ingest_count(const char *source, const char *id, int rc, struct ingest_stats *st)
 {
-    int rc =
-        outbox_add(ob, it->id, it->priority, it->created_ms, it->expires_ms, it->json, it->len);
     switch (rc) {
     case 0:
         if (st) {
             st->accepted++;
         }
-        LOG_DEBUG("ingest", "%s: queued id=%s", source, it->id);
+        LOG_DEBUG("ingest", "%s: queued id=%s", source, id);
         break;
     case TDG_EDUPLICATE:
         if (st) {
             st->duplicates++;
         }
-        LOG_DEBUG("ingest", "%s: duplicate id=%s accepted once", source, it->id);
+        LOG_DEBUG("ingest", "%s: duplicate id=%s accepted once", source, id);
         break;
     case TDG_EFULL:
         if (st) {
@@ -131,9 +141,17 @@ int ingest_queue(outbox_t *ob, const char *source, const struct ingest_item *it,
         if (st) {
             st->errors++;
         }
-        LOG_ERROR("ingest", "%s: cannot queue id=%s: %s", source, it->id, tdg_strerror(rc));
+        LOG_ERROR("ingest", "%s: cannot queue id=%s: %s", source, id, tdg_strerror(rc));
         break;
     }
+}
+
+int ingest_queue(outbox_t *ob, const char *source, const struct ingest_item *it,
+                 struct ingest_stats *st)
+{
+    int rc =
+        outbox_add(ob, it->id, it->priority, it->created_ms, it->expires_ms, it->json, it->len);
+    ingest_count(source, it->id, rc, st);
     return rc;
 }
 
@@ -142,17 +160,4 @@ void ingest_item_free(struct ingest_item *it)
     free(it->json);
     it->json = NULL;
     it->len = 0;
-}
-
-int ingest_submit(outbox_t *ob, const char *source, const char *buf, size_t len,
-                  struct ingest_result *res, struct ingest_stats *st)
-{
-    struct ingest_item it;
-    int rc = ingest_prepare(source, buf, len, &it, res, st);
-    if (rc < 0) {
-        return rc;
-    }
-    res->rc = ingest_queue(ob, source, &it, st);
-    ingest_item_free(&it);
-    return res->rc;
 }

@@ -14,7 +14,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: tidings-agent [-c FILE] [-o key=value]... [--help-config] [--version]\n"
             "       tidings-agent send --title T --body B [--to ..] [...]   (see send --help)\n"
-            "       tidings-agent status [--json]                          (see status --help)\n"
+            "       tidings-agent status [--json] [--id ID]                (see status --help)\n"
             "  -c FILE          configuration file (key = value)\n"
             "  -o key=value     override one setting (after the file)\n"
             "  --help-config    print every setting with its default and exit\n"

@@ -21,6 +21,32 @@ static const struct db_migration migrations[] = {
         "  body BLOB NOT NULL"
         ");"
         "CREATE INDEX outbox_send ON outbox(inflight, priority DESC, seq);"},
+    /* The local delivery queue (agent/localq.c, docs/delivery.md): in this
+     * file so its rows commit in the same transaction as the outbox's. One
+     * row per notification and backend; seq orders rows and tells
+     * committed rows from those of the open transaction. */
+    {2, "CREATE TABLE local_queue ("
+        "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  id TEXT NOT NULL,"
+        "  backend TEXT NOT NULL,"
+        "  source TEXT NOT NULL,"
+        "  priority INTEGER NOT NULL,"
+        "  accepted_ms INTEGER NOT NULL,"
+        "  expires_ms INTEGER NOT NULL DEFAULT 0,"
+        "  state TEXT NOT NULL,"
+        "  due_ms INTEGER NOT NULL,"
+        "  attempts INTEGER NOT NULL DEFAULT 0,"
+        "  rule TEXT,"
+        "  reason TEXT,"
+        "  ref TEXT,"
+        "  receipt TEXT,"
+        "  updated_ms INTEGER NOT NULL,"
+        "  body BLOB,"
+        "  UNIQUE (id, backend)"
+        ");"
+        "CREATE INDEX local_due ON local_queue(due_ms) WHERE state = 'pending';"
+        "CREATE INDEX local_done ON local_queue(updated_ms) WHERE state <> 'pending';"
+        "CREATE INDEX local_state ON local_queue(state, rule);"},
 };
 
 enum { ST_INSERT, ST_TAKE, ST_MARK, ST_UNTAKE, ST_UNTAKE_ALL, ST_DELETE, ST_COUNT, ST_N };
@@ -48,6 +74,8 @@ struct outbox {
     uint64_t pending_rows, pending_bytes; /* added in the open transaction */
     uint64_t accepted, duplicates, rejected_full;
     bool full_logged;
+    outbox_commit_cb on_commit;
+    void *on_commit_arg;
 };
 
 static int step_done(outbox_t *ob, sqlite3_stmt *st)
@@ -138,12 +166,9 @@ int outbox_add(outbox_t *ob, const char *id, int priority, int64_t created_ms, i
         }
         return TDG_EFULL;
     }
-    if (!ob->in_tx) {
-        int rc = db_begin(ob->db);
-        if (rc < 0) {
-            return rc;
-        }
-        ob->in_tx = true;
+    int brc = outbox_begin(ob);
+    if (brc < 0) {
+        return brc;
     }
     sqlite3_stmt *st = ob->st[ST_INSERT];
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -177,14 +202,40 @@ int outbox_commit(outbox_t *ob)
         db_rollback(ob->db);
         ob->pending = 0;
         ob->pending_rows = ob->pending_bytes = 0;
-        return rc;
+    } else {
+        ob->accepted += ob->pending;
+        ob->rows += ob->pending_rows;
+        ob->bytes += ob->pending_bytes;
+        ob->pending = 0;
+        ob->pending_rows = ob->pending_bytes = 0;
     }
-    ob->accepted += ob->pending;
-    ob->rows += ob->pending_rows;
-    ob->bytes += ob->pending_bytes;
-    ob->pending = 0;
-    ob->pending_rows = ob->pending_bytes = 0;
-    return 0;
+    if (ob->on_commit) {
+        ob->on_commit(ob->on_commit_arg, rc);
+    }
+    return rc;
+}
+
+struct sqlite3 *outbox_db(outbox_t *ob)
+{
+    return ob->db;
+}
+
+int outbox_begin(outbox_t *ob)
+{
+    if (ob->in_tx) {
+        return 0;
+    }
+    int rc = db_begin(ob->db);
+    if (rc == 0) {
+        ob->in_tx = true;
+    }
+    return rc;
+}
+
+void outbox_on_commit(outbox_t *ob, outbox_commit_cb cb, void *arg)
+{
+    ob->on_commit = cb;
+    ob->on_commit_arg = arg;
 }
 
 unsigned outbox_pending(const outbox_t *ob)

@@ -71,4 +71,29 @@ int outbox_ack(outbox_t *ob, const char *const *ids, size_t n, size_t *deleted);
 
 void outbox_get_stats(const outbox_t *ob, struct outbox_stats *st);
 
+/* --- sharing the write transaction ------------------------------------------
+ * The local delivery queue (agent/localq.h) keeps its table in the outbox's
+ * file (migration 2) and writes through the outbox's connection, inside the
+ * same write transaction that outbox_commit closes: a "to":"local"
+ * notification is then accepted by exactly the commit that accepts the
+ * hub-bound ones of the same round ("accepted means stored"). */
+
+struct sqlite3;
+
+/* The outbox's connection, for statements prepared on the same file. Valid
+ * until outbox_close; finalize those statements before it. */
+struct sqlite3 *outbox_db(outbox_t *ob);
+
+/* Open the write transaction (the one outbox_commit closes) if it is not
+ * open yet. 0 or a negative error. */
+int outbox_begin(outbox_t *ob);
+
+/* Called after every end of that write transaction: rc 0 when it committed,
+ * negative when the commit failed and it was rolled back (then every write
+ * since the last commit is gone, the local queue's included). Also runs when
+ * outbox_take/ack/untake commit pending writes first. One callback; NULL
+ * removes it. The callback must not call back into the outbox. */
+typedef void (*outbox_commit_cb)(void *arg, int rc);
+void outbox_on_commit(outbox_t *ob, outbox_commit_cb cb, void *arg);
+
 #endif

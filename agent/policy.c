@@ -565,6 +565,12 @@ static const struct pol_user *find_user(const policy_snapshot_t *s, const char *
     return NULL;
 }
 
+const tz_t *policy_user_tz(const policy_snapshot_t *s, const char *user_id)
+{
+    const struct pol_user *u = (s && user_id && user_id[0]) ? find_user(s, user_id) : NULL;
+    return u ? u->tz : NULL;
+}
+
 static void set_rule(struct policy_decision *d, enum policy_action a, const char *rule,
                      const char *arg)
 {

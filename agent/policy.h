@@ -92,6 +92,12 @@ struct policy_decision {
 int policy_decide(const policy_snapshot_t *s, const struct notification *n, const char *user_id,
                   enum proto_channel channel, int64_t now_ms, struct policy_decision *d);
 
+/* The time zone of user_id in s, for wall times given "in the user's zone"
+ * ("deliver_at" with "tz":"user"): NULL when there is no snapshot, no such
+ * user, or the zone is not on this box (then UTC applies). Borrowed from s. */
+struct tz;
+const struct tz *policy_user_tz(const policy_snapshot_t *s, const char *user_id);
+
 /* --- persistence --------------------------------------------------------- */
 
 typedef struct policy_store policy_store_t;

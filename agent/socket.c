@@ -34,7 +34,7 @@
  * is PROTO_MAX_DEPTH; proto_parse checks it properly). */
 #define SCAN_DEPTH_MAX (PROTO_MAX_DEPTH + 2)
 
-enum reply_kind { R_SEND, R_ERROR, R_STATUS };
+enum reply_kind { R_SEND, R_ERROR, R_STATUS, R_LOCAL };
 
 /* One request of the current round, answered at socket_server_committed(). */
 struct reply {
@@ -376,6 +376,41 @@ static int render_status(struct conn *c)
     return rc;
 }
 
+/* {"ok":true,"id":"..","local":[...]} for a notification of the local
+ * delivery queue, or not_found. */
+static int render_local(struct conn *c, const char *id)
+{
+    socket_server_t *s = c->srv;
+    cJSON *rows = NULL;
+    int rc = s->ops.lookup ? s->ops.lookup(s->ops.arg, id, &rows) : TDG_ENOTFOUND;
+    if (rc == TDG_ENOTFOUND) {
+        return render_error(c, "not_found", "id",
+                            "no local delivery of this id (not to:local nor sent down, or pruned "
+                            "after deliver.retention)",
+                            id);
+    }
+    if (rc < 0) {
+        return render_error(c, "storage", NULL, tdg_strerror(rc), id);
+    }
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddTrueToObject(o, "ok") || !cJSON_AddStringToObject(o, "id", id)) {
+        cJSON_Delete(rows);
+        cJSON_Delete(o);
+        return render_error(c, "internal", NULL, "out of memory", NULL);
+    }
+    cJSON_AddItemToObject(o, "local", rows);
+    char *txt = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!txt) {
+        return render_error(c, "internal", NULL, "out of memory", NULL);
+    }
+    size_t n = strlen(txt);
+    txt[n] = '\n';
+    rc = out_append(c, txt, n + 1);
+    free(txt);
+    return rc;
+}
+
 /* Resolve one send against the round's commit: count, and render unless
  * the client is gone. */
 static int resolve_send(struct conn *c, struct reply *r, int commit_rc)
@@ -411,7 +446,10 @@ static int resolve_send(struct conn *c, struct reply *r, int commit_rc)
         return 0;
     }
     if (r->rc == TDG_EFULL) {
-        return render_error(c, "full", NULL, "outbox over budget (outbox.max_rows/max_bytes)", id);
+        return render_error(c, "full", NULL,
+                            "queue over budget (outbox.max_rows/max_bytes; deliver.max_rows for "
+                            "to:local)",
+                            id);
     }
     return render_error(c, "storage", NULL, tdg_strerror(r->rc), id);
 }
@@ -496,6 +534,9 @@ struct request {
     int op_type; /* 0 absent, 1 string, 2 another type */
     const char *op;
     size_t op_len;
+    int id_type; /* "id" of the local op: as op_type */
+    const char *id;
+    size_t id_len;
     const char *nt; /* the notification's bytes, as sent */
     size_t nt_len;
 };
@@ -560,6 +601,13 @@ static int scan_request(const char *p, size_t len, struct request *rq, struct pr
                 rq->op_type = p[vs] == '"' ? 1 : 2;
                 rq->op = p + vs + 1;
                 rq->op_len = ve - vs >= 2 ? ve - vs - 2 : 0;
+            } else if (key_is(p + ks, klen, "id")) {
+                if (rq->id_type) {
+                    return bad_request(e, PROTO_R_DUPLICATE_KEY, "id", "id given twice");
+                }
+                rq->id_type = p[vs] == '"' ? 1 : 2;
+                rq->id = p + vs + 1;
+                rq->id_len = ve - vs >= 2 ? ve - vs - 2 : 0;
             } else if (key_is(p + ks, klen, "notification")) {
                 if (rq->nt) {
                     return bad_request(e, PROTO_R_DUPLICATE_KEY, "notification",
@@ -598,17 +646,43 @@ static void handle_line(struct conn *c, const char *p, size_t len)
     memset(&pe, 0, sizeof(pe));
     int rc = scan_request(p, len, &rq, &pe);
     if (rc == 0 && rq.op_type == 0) {
-        rc = bad_request(&pe, PROTO_R_MISSING_FIELD, "op", "op is required: send or status");
+        rc = bad_request(&pe, PROTO_R_MISSING_FIELD, "op", "op is required: send, status or local");
     } else if (rc == 0 && rq.op_type == 2) {
-        rc = bad_request(&pe, PROTO_R_WRONG_TYPE, "op", "op must be a string: send or status");
+        rc = bad_request(&pe, PROTO_R_WRONG_TYPE, "op",
+                         "op must be a string: send, status or local");
     }
     if (rc == 0 && key_is(rq.op, rq.op_len, "status")) {
         s->st.status_requests++;
         reply_new(c, R_STATUS);
         return;
     }
+    if (rc == 0 && key_is(rq.op, rq.op_len, "local")) {
+        /* Ids are 1..64 of [A-Za-z0-9._:-]: no escapes, so the bytes between
+         * the quotes are the id. */
+        char id[PROTO_ID_MAX + 1];
+        if (rq.id_type == 0) {
+            rc = bad_request(&pe, PROTO_R_MISSING_FIELD, "id", "local needs the notification's id");
+        } else if (rq.id_type == 2) {
+            rc = bad_request(&pe, PROTO_R_WRONG_TYPE, "id", "id must be a string");
+        } else if (rq.id_len == 0 || rq.id_len > PROTO_ID_MAX) {
+            rc = bad_request(&pe, PROTO_R_BAD_VALUE, "id", "1..64 of [A-Za-z0-9._:-]");
+        } else {
+            memcpy(id, rq.id, rq.id_len);
+            id[rq.id_len] = '\0';
+            if (!proto_id_valid(id)) {
+                rc = bad_request(&pe, PROTO_R_BAD_VALUE, "id", "1..64 of [A-Za-z0-9._:-]");
+            }
+        }
+        if (rc == 0) {
+            s->st.status_requests++;
+            struct reply *r = reply_new(c, R_LOCAL);
+            snprintf(r->item.id, sizeof(r->item.id), "%s", id);
+            return;
+        }
+    }
     if (rc == 0 && !key_is(rq.op, rq.op_len, "send")) {
-        rc = bad_request(&pe, PROTO_R_BAD_VALUE, "op", "unknown op; expected send or status");
+        rc =
+            bad_request(&pe, PROTO_R_BAD_VALUE, "op", "unknown op; expected send, status or local");
     } else if (rc == 0 && !rq.nt) {
         rc = bad_request(&pe, PROTO_R_MISSING_FIELD, "notification",
                          "send needs a notification object");
@@ -933,6 +1007,8 @@ void socket_server_committed(socket_server_t *s, int commit_rc)
                 rc = 0;
             } else if (r->kind == R_STATUS) {
                 rc = render_status(c);
+            } else if (r->kind == R_LOCAL) {
+                rc = render_local(c, r->item.id);
             } else {
                 rc = render_error(c, r->code, r->field, r->detail, NULL);
             }

@@ -12,6 +12,9 @@
  *          budget), "storage" (the add or the commit failed: not accepted)
  *   {"op":"status"}
  *       -> {"ok":true,"status":{...}}                 see docs/agent.md
+ *   {"op":"local","id":".."}
+ *       -> {"ok":true,"id":"..","local":[{...},...]}  its local delivery rows
+ *       -> {"ok":false,"error":"not_found","field":"id",...}
  *
  * Anything else gets ok:false naming the field "op" (malformed_json,
  * not_object, missing_field, wrong_type, bad_value). A line longer than
@@ -65,6 +68,10 @@ struct socket_ops {
     /* The status object for {"op":"status"}: a new cJSON object the server
      * takes ownership of, or NULL when out of memory. */
     struct cJSON *(*status)(void *arg);
+    /* What became of local notification id (docs/delivery.md): 0 and *out
+     * (a new JSON array the server takes), TDG_ENOTFOUND, or an error.
+     * Called after the round's commit. May be NULL (always not_found). */
+    int (*lookup)(void *arg, const char *id, struct cJSON **out);
     void *arg;
 };
 

@@ -31,7 +31,8 @@ struct uplink {
     outbox_t *ob;
     mqtt_t *mqtt;
     char agent[PROTO_AGENT_MAX + 1];
-    char topic_up[160], topic_ack[160], topic_status[160];
+    char topic_up[160], topic_ack[160], topic_status[160], topic_policy[160], topic_down[160];
+    struct uplink_hooks hooks;
     unsigned batch_max, window;
     size_t batch_bytes;
     uint64_t ack_timeout_ms;
@@ -202,8 +203,14 @@ static void on_message(void *arg, const struct mosquitto_message *msg,
 {
     (void)props;
     uplink_t *u = arg;
-    if (strcmp(msg->topic, u->topic_ack) == 0 && msg->payloadlen > 0) {
-        handle_ack(u, msg->payload, (size_t)msg->payloadlen);
+    size_t len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+    const char *payload = msg->payload ? msg->payload : "";
+    if (strcmp(msg->topic, u->topic_ack) == 0 && len > 0) {
+        handle_ack(u, payload, len);
+    } else if (u->hooks.on_policy && strcmp(msg->topic, u->topic_policy) == 0) {
+        u->hooks.on_policy(u->hooks.arg, payload, len);
+    } else if (u->hooks.on_down && strcmp(msg->topic, u->topic_down) == 0) {
+        u->hooks.on_down(u->hooks.arg, payload, len);
     }
 }
 
@@ -211,6 +218,12 @@ static void on_connect(void *arg)
 {
     uplink_t *u = arg;
     mqtt_subscribe(u->mqtt, u->topic_ack, 1);
+    if (u->hooks.on_policy) {
+        mqtt_subscribe(u->mqtt, u->topic_policy, 1);
+    }
+    if (u->hooks.on_down) {
+        mqtt_subscribe(u->mqtt, u->topic_down, 1);
+    }
     mqtt_publish(u->mqtt, u->topic_status, "online", 6, 1, true, 0, NULL, NULL);
     /* A clean session: whatever was in flight before will never be acked. */
     release_all(u);
@@ -234,11 +247,15 @@ static void on_disconnect(void *arg, int rc)
     release_all(u);
 }
 
-uplink_t *uplink_create(loop_t *loop, const struct agent_config *cfg, outbox_t *ob)
+uplink_t *uplink_create(loop_t *loop, const struct agent_config *cfg, outbox_t *ob,
+                        const struct uplink_hooks *hooks)
 {
     uplink_t *u = calloc(1, sizeof(*u));
     if (!u) {
         return NULL;
+    }
+    if (hooks) {
+        u->hooks = *hooks;
     }
     u->loop = loop;
     u->ob = ob;
@@ -249,7 +266,9 @@ uplink_t *uplink_create(loop_t *loop, const struct agent_config *cfg, outbox_t *
     u->ack_timeout_ms = cfg->ack_timeout_ms;
     if (proto_topic(u->topic_up, sizeof(u->topic_up), PROTO_TOPIC_UP, cfg->id) < 0 ||
         proto_topic(u->topic_ack, sizeof(u->topic_ack), PROTO_TOPIC_ACK, cfg->id) < 0 ||
-        proto_topic(u->topic_status, sizeof(u->topic_status), PROTO_TOPIC_STATUS, cfg->id) < 0) {
+        proto_topic(u->topic_status, sizeof(u->topic_status), PROTO_TOPIC_STATUS, cfg->id) < 0 ||
+        proto_topic(u->topic_policy, sizeof(u->topic_policy), PROTO_TOPIC_POLICY, cfg->id) < 0 ||
+        proto_topic(u->topic_down, sizeof(u->topic_down), PROTO_TOPIC_DOWN, cfg->id) < 0) {
         LOG_ERROR("uplink", "agent id '%s' cannot be used in a topic", cfg->id);
         free(u);
         return NULL;

@@ -80,6 +80,23 @@ static cJSON *h_status(void *arg)
     return o;
 }
 
+/* The local delivery lookup: one fixed row for "known", nothing else. */
+static int h_lookup(void *arg, const char *id, cJSON **out)
+{
+    (void)arg;
+    if (strcmp(id, "known") != 0) {
+        return TDG_ENOTFOUND;
+    }
+    cJSON *a = cJSON_CreateArray();
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "backend", "exec");
+    cJSON_AddStringToObject(o, "state", "pending");
+    cJSON_AddStringToObject(o, "rule", "quiet_hours");
+    cJSON_AddItemToArray(a, o);
+    *out = a;
+    return 0;
+}
+
 static void h_hook(loop_t *loop, void *arg)
 {
     (void)loop;
@@ -128,7 +145,7 @@ static void h_start_pad(unsigned max_clients, uint64_t write_timeout_ms, uint64_
     }
     struct socket_opts o = {
         .path = h->sock, .max_clients = max_clients, .write_timeout_ms = write_timeout_ms};
-    struct socket_ops ops = {.queue = h_queue, .status = h_status, .arg = h};
+    struct socket_ops ops = {.queue = h_queue, .status = h_status, .lookup = h_lookup, .arg = h};
     if (socket_server_create(h->loop, &o, &ops, &h->srv, err, sizeof(err)) < 0) {
         fail_msg("socket_server_create: %s", err);
     }
@@ -417,6 +434,33 @@ static void test_invalid_requests(void **state)
     assert_int_equal(H.st.in.accepted, 0);
     assert_int_equal(H.st.in.invalid, 18);
     assert_int_equal(H.st.status_requests, 1);
+}
+
+/* {"op":"local","id":..}: what became of a local notification. */
+static void test_local_lookup(void **state)
+{
+    (void)state;
+    h_start(8, 5000, 0);
+    struct client *c = cl_open();
+    cJSON *r = cl_ask(c, "{\"op\":\"local\",\"id\":\"known\",\"x_future\":1}");
+    assert_true(is_ok(r));
+    assert_string_equal(str(r, "id"), "known");
+    const cJSON *rows = cJSON_GetObjectItemCaseSensitive(r, "local");
+    assert_true(cJSON_IsArray(rows));
+    assert_int_equal(cJSON_GetArraySize(rows), 1);
+    assert_string_equal(str(cJSON_GetArrayItem(rows, 0), "rule"), "quiet_hours");
+    cJSON_Delete(r);
+    cl_close(c);
+    assert_error("{\"op\":\"local\",\"id\":\"other\"}", "not_found", "id");
+    assert_error("{\"op\":\"local\"}", "missing_field", "id");
+    assert_error("{\"op\":\"local\",\"id\":7}", "wrong_type", "id");
+    assert_error("{\"op\":\"local\",\"id\":\"a b\"}", "bad_value", "id");
+    assert_error("{\"op\":\"local\",\"id\":\"\"}", "bad_value", "id");
+    assert_error("{\"op\":\"local\",\"id\":\"a\",\"id\":\"b\"}", "duplicate_key", "id");
+    char big[256];
+    FMT(big, "{\"op\":\"local\",\"id\":\"%0*d\"}", 65, 0);
+    assert_error(big, "bad_value", "id");
+    h_stop();
 }
 
 static void test_oversized_line_then_next_request(void **state)
@@ -820,6 +864,7 @@ int main(void)
         cmocka_unit_test(test_send_then_duplicate),
         cmocka_unit_test(test_generated_id_and_crlf),
         cmocka_unit_test(test_invalid_requests),
+        cmocka_unit_test(test_local_lookup),
         cmocka_unit_test(test_oversized_line_then_next_request),
         cmocka_unit_test(test_pipeline_1000_in_order),
         cmocka_unit_test(test_full),
