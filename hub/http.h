@@ -1,13 +1,15 @@
 /*
- * http.h - an HTTP/2 client on the Tidings event loop (libcurl multi, socket
- * API).
+ * http.h - the hub's HTTP client on the Tidings event loop.
  *
- * curl's sockets are watched by the loop and its timeouts are loop timers;
- * nothing here blocks, loops on curl_multi_perform or starts threads (curl
- * may still use its own resolver thread for host names). Requests to the same
- * host are multiplexed as HTTP/2 streams over at most max_host_connections
- * connections; a request waits for a stream on an existing connection rather
- * than opening a new one (PIPEWAIT).
+ * https:// requests go over HTTP/2 on libnghttp2 + OpenSSL (hub/h2.c):
+ * non-blocking TCP and TLS (ALPN h2, SNI, certificate and host name
+ * verification), requests to one origin multiplexed as streams over at most
+ * max_host_connections connections that honour the server's
+ * SETTINGS_MAX_CONCURRENT_STREAMS; requests wait in a queue for a free
+ * stream. An origin that does not negotiate h2 gets HTTP/1.1 over libcurl
+ * (hub/http1.c) for requests that allow it (require_h2 false); so do
+ * http:// URLs. Nothing blocks except the host name lookup (getaddrinfo),
+ * done once per new connection and skipped for IP literals; no threads.
  *
  * Contract of http_request: when it returns 0, done(ctx, response) is called
  * exactly once, later, from the loop (never from inside http_request). When
@@ -32,7 +34,7 @@ typedef struct http http_t;
 #define HTTP_BODY_MAX (64 * 1024)  /* response bodies beyond this are an error */
 #define HTTP_CAPTURE_MAX 8         /* headers captured per request */
 #define HTTP_CAPTURE_VALUE_MAX 255 /* longer captured values are truncated */
-#define HTTP_ERROR_TEXT_MAX 256    /* == CURL_ERROR_SIZE */
+#define HTTP_ERROR_TEXT_MAX 256    /* error_text, NUL included (== CURL_ERROR_SIZE) */
 
 struct http_opts {
     unsigned max_inflight;       /* requests in flight at once; beyond: -EBUSY. 0 = 1024 */
@@ -41,8 +43,17 @@ struct http_opts {
     const char *ca_file;         /* PEM bundle to verify servers; NULL/"" = system CAs. Copied. */
     uint64_t timeout_ms;         /* default whole-request timeout; 0 = 30 s */
     uint64_t connect_timeout_ms; /* TCP + TLS handshake; 0 = 10 s */
-    unsigned free_max;           /* idle easy handles kept for reuse; 0 = 64 */
+    unsigned free_max;           /* idle request objects kept for reuse; 0 = 64 */
     const char *user_agent;      /* NULL = "tidings/<version>". Copied. */
+    /* HTTP/2 only (added with the nghttp2 client; 0 = the default): */
+    uint64_t connection_spacing_ms; /* a further connection to an origin is opened only when
+                                       every usable one is at its stream limit, and at most
+                                       this often; 0 = 2 s */
+    uint64_t ping_interval_ms;      /* PING a connection after this long without a frame from
+                                       the server, idle or busy; no answer within the same
+                                       time: closed, its requests fail; 0 = 60 s */
+    uint64_t idle_close_ms;         /* close a connection without requests for this long;
+                                       0 = 15 min */
 };
 
 struct http_req_opts {
@@ -65,12 +76,14 @@ struct http_header {
  * an oversized body).
  */
 struct http_response {
-    int error;              /* 0, or -ETIMEDOUT, -ECONNREFUSED, -EHOSTUNREACH, -ECONNRESET
-                               (connection or stream lost), -EPROTO (only: not HTTP/2
-                               when required), TDG_ETOOBIG (body over HTTP_BODY_MAX),
-                               -ENOMEM, TDG_EHTTP (anything else: TLS, HTTP/2 framing,
-                               GOAWAY before this stream) */
-    const char *error_text; /* curl's message ("" when error == 0) */
+    int error;              /* 0, or -ETIMEDOUT (request or connect timeout),
+                               -ECONNREFUSED, -EHOSTUNREACH (also: name not resolved),
+                               -ECONNRESET (connection or stream lost after the request
+                               may have been sent), -EPROTO (only: not HTTP/2 when
+                               required), TDG_ETOOBIG (body over HTTP_BODY_MAX), -ENOMEM,
+                               TDG_EHTTP (anything else: TLS and certificate errors,
+                               HTTP/2 framing, refused by the server again and again) */
+    const char *error_text; /* what happened, for logs ("" when error == 0) */
     int status;             /* HTTP status; 0 when none was received */
     int version;            /* 10, 11, 20, 30; 0 when unknown */
     const char *body;       /* NUL-terminated for convenience; body_len bytes */
@@ -83,8 +96,8 @@ struct http_response {
 typedef void (*http_done_cb)(void *ctx, const struct http_response *resp);
 
 /* Create a client on loop. opts may be NULL (all defaults). Returns 0 and
- * *out, -ENOMEM, or TDG_EHTTP if curl cannot be set up (e.g. no HTTP/2 in
- * this libcurl). */
+ * *out, -ENOMEM, or TDG_EHTTP if TLS cannot be set up (e.g. ca_file cannot
+ * be read: logged with the reason). */
 int http_create(loop_t *loop, const struct http_opts *opts, http_t **out);
 
 /* Abort everything in flight (no callbacks) and free. NULL is fine. Must not
@@ -106,5 +119,23 @@ const char *http_response_header(const struct http_response *r, const char *name
 
 /* Requests in flight now. */
 unsigned http_inflight(const http_t *h);
+
+/* Counters since http_create, for tests, benchmarks and status pages. */
+struct http_stats {
+    uint64_t requests;         /* accepted by http_request */
+    uint64_t h1_requests;      /* of which went over HTTP/1.1 (libcurl) */
+    uint64_t connects;         /* HTTP/2 connections that reached TLS + ALPN h2 */
+    uint64_t connect_failures; /* connection attempts that failed or timed out */
+    uint64_t goaways;          /* GOAWAY frames received */
+    uint64_t replayed;         /* requests sent again on another connection: refused
+                                  (REFUSED_STREAM, above a GOAWAY's last stream id) or
+                                  never written before their connection closed */
+    uint64_t resets_sent;      /* RST_STREAM sent (timeouts, oversized bodies); never
+                                  for a stream that finished normally */
+    uint64_t pings_sent, pings_acked;
+    unsigned connections; /* HTTP/2 connections open now (any state) */
+    unsigned queued;      /* requests waiting for a stream now */
+};
+void http_get_stats(const http_t *h, struct http_stats *out);
 
 #endif

@@ -1,0 +1,1163 @@
+/*
+ * sms.c - the SMS channel: format (pure), a per-sender token bucket, send
+ * over hub/http, map Twilio's answers.
+ *
+ * Per delivery: format checks the number (E.164), builds the text and its
+ * segment count, and the form body To=..&From=..&Body=..[&ValidityPeriod=..]
+ * [&StatusCallback=..] for POST {api_url}/2010-04-01/Accounts/{sid}/
+ * Messages.json with Basic auth. send then waits for a token (1 per message,
+ * sms.rate per second) in a FIFO, posts it, and maps the answer: 201 -> ok
+ * (provider_id = the message SID), Twilio's error codes -> drop or retry.
+ * Nothing here blocks; everything runs on the hub's loop.
+ */
+#include "sms.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <mbedtls/base64.h>
+
+#include "error.h"
+#include "http.h"
+#include "log.h"
+
+#define MOD "sms"
+
+#define OFF(f) offsetof(struct sms_config, f), sizeof(((struct sms_config *)0)->f)
+
+static const struct config_entry sms_config_table[] = {
+    {"sms.api_url", CONFIG_STRING, "https://api.twilio.com", OFF(api_url),
+     "Messages API base URL (Twilio or a compatible provider)", NULL, 0, 0},
+    {"sms.account_sid", CONFIG_STRING, "", OFF(account_sid),
+     "Account SID (AC...): the Basic auth user and part of the URL", NULL, 0, 0},
+    {"sms.auth_token", CONFIG_STRING, "", OFF(auth_token),
+     "Auth token (Basic auth password); prefer sms.auth_token_file", NULL, 0, 0},
+    {"sms.auth_token_file", CONFIG_STRING, "", OFF(auth_token_file),
+     "File holding the auth token (first line)", NULL, 0, 0},
+    {"sms.from", CONFIG_STRING, "", OFF(from),
+     "Sender number in E.164 (+15005550006); or set sms.messaging_service_sid", NULL, 0, 0},
+    {"sms.messaging_service_sid", CONFIG_STRING, "", OFF(messaging_service_sid),
+     "Messaging Service SID (MG...) to send through instead of (or with) sms.from", NULL, 0, 0},
+    {"sms.status_callback_url", CONFIG_STRING, "", OFF(status_callback_url),
+     "URL the provider posts delivery status to (StatusCallback); empty = none", NULL, 0, 0},
+    {"sms.ca_file", CONFIG_STRING, "", OFF(ca_file),
+     "CA bundle to verify the API server (empty: system CAs)", NULL, 0, 0},
+    {"sms.timeout", CONFIG_DURATION, "10s", OFF(timeout_ms),
+     "Whole-request timeout; a timed-out request is retried", NULL, 100, 600000},
+    {"sms.rate", CONFIG_INT, "1", OFF(rate),
+     "Messages per second from this sender (Twilio long codes: 1)", NULL, 1, 1000},
+    {"sms.queue_max", CONFIG_INT, "1000", OFF(queue_max),
+     "Sends waiting for the rate limit; beyond, a send is retried later", NULL, 1, 100000},
+};
+
+#define NUM_LOG_LEN 6 /* log "+49151" and no more of a number */
+#define RETRY_AFTER_CAP_S 86400
+#define ELLIPSIS "..." /* GSM-7: a U+2026 would force UCS-2 */
+#define ELLIPSIS_LEN 3
+#define TOKEN_MILLI 1000u /* the bucket counts thousandths of a message */
+
+static const char *const capture_headers[] = {"retry-after", NULL};
+
+/* --- UTF-8 ---------------------------------------------------------------- */
+
+/* Decode one code point at s[*i] (n bytes total). Strict: no overlongs, no
+ * surrogates, nothing above U+10FFFF. Returns the code point, or -1. */
+static long utf8_next(const unsigned char *s, size_t n, size_t *i)
+{
+    unsigned char c = s[*i];
+    long cp;
+    size_t need;
+    long min;
+    if (c < 0x80) {
+        (*i)++;
+        return c;
+    } else if ((c & 0xe0) == 0xc0) {
+        cp = c & 0x1f;
+        need = 1;
+        min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+        cp = c & 0x0f;
+        need = 2;
+        min = 0x800;
+    } else if ((c & 0xf8) == 0xf0) {
+        cp = c & 0x07;
+        need = 3;
+        min = 0x10000;
+    } else {
+        return -1;
+    }
+    if (n - *i <= need) {
+        return -1;
+    }
+    for (size_t k = 1; k <= need; k++) {
+        unsigned char cc = s[*i + k];
+        if ((cc & 0xc0) != 0x80) {
+            return -1;
+        }
+        cp = (cp << 6) | (cc & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+        return -1;
+    }
+    *i += need + 1;
+    return cp;
+}
+
+/* --- GSM 03.38 ------------------------------------------------------------ */
+
+/* The default alphabet's characters outside ASCII (ASCII is handled by
+ * gsm_cost directly). */
+static const unsigned short gsm_basic_non_ascii[] = {
+    0x00a1, 0x00a3, 0x00a4, 0x00a5, 0x00a7, 0x00bf, 0x00c4, 0x00c5, 0x00c6, 0x00c7,
+    0x00c9, 0x00d1, 0x00d6, 0x00d8, 0x00dc, 0x00df, 0x00e0, 0x00e4, 0x00e5, 0x00e6,
+    0x00e8, 0x00e9, 0x00ec, 0x00f1, 0x00f2, 0x00f6, 0x00f8, 0x00f9, 0x00fc, 0x0393,
+    0x0394, 0x0398, 0x039b, 0x039e, 0x03a0, 0x03a3, 0x03a6, 0x03a8, 0x03a9,
+};
+
+/* Septets cp costs in GSM-7: 1 (default alphabet), 2 (extension table:
+ * ESC + code), or 0 when it has no GSM-7 form at all. */
+static unsigned gsm_cost(long cp)
+{
+    if (cp < 0x80) {
+        switch (cp) {
+        case '\n':
+        case '\r':
+            return 1;
+        case '\f':
+        case '^':
+        case '{':
+        case '}':
+        case '\\':
+        case '[':
+        case '~':
+        case ']':
+        case '|':
+            return 2;
+        case '`':
+            return 0;
+        default:
+            return cp >= 0x20 && cp < 0x7f ? 1 : 0;
+        }
+    }
+    if (cp == 0x20ac) { /* € */
+        return 2;
+    }
+    size_t lo = 0, hi = sizeof(gsm_basic_non_ascii) / sizeof(gsm_basic_non_ascii[0]);
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (gsm_basic_non_ascii[mid] == cp) {
+            return 1;
+        }
+        if (gsm_basic_non_ascii[mid] < cp) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return 0;
+}
+
+static unsigned ucs2_cost(long cp)
+{
+    return cp > 0xffff ? 2 : 1;
+}
+
+/* Is the whole text GSM-7? Assumes valid UTF-8. */
+static bool all_gsm(const char *text, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0;
+    while (i < len) {
+        long cp = utf8_next(s, len, &i);
+        if (cp < 0 || gsm_cost(cp) == 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int sms_text_info(const char *text, size_t len, struct sms_text_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0;
+    bool gsm = true;
+    while (i < len) {
+        long cp = utf8_next(s, len, &i);
+        if (cp < 0) {
+            return TDG_EINVAL_INPUT;
+        }
+        gsm = gsm && gsm_cost(cp) != 0;
+        out->chars++;
+    }
+    out->encoding = gsm ? SMS_GSM7 : SMS_UCS2;
+    unsigned single = gsm ? 160 : 70;
+    unsigned multi = gsm ? 153 : 67;
+    unsigned segs = 0, cur = 0, total = 0;
+    i = 0;
+    while (i < len) {
+        long cp = utf8_next(s, len, &i);
+        unsigned c = gsm ? gsm_cost(cp) : ucs2_cost(cp);
+        total += c;
+        /* A 2-unit character (ESC pair, surrogate pair) never straddles a
+         * segment boundary. */
+        if (segs == 0 || cur + c > multi) {
+            segs++;
+            cur = 0;
+        }
+        cur += c;
+    }
+    out->units = total;
+    out->segments = total == 0 ? 0 : (total <= single ? 1 : segs);
+    return 0;
+}
+
+bool sms_e164_valid(const char *s)
+{
+    if (!s || s[0] != '+' || s[1] < '1' || s[1] > '9') {
+        return false;
+    }
+    size_t n = 0;
+    for (const char *p = s + 1; *p; p++) {
+        if (*p < '0' || *p > '9' || ++n > 15) {
+            return false;
+        }
+    }
+    return n >= 8;
+}
+
+/* --- form encoding --------------------------------------------------------- */
+
+static bool form_keep(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '*' ||
+           c == '-' || c == '.' || c == '_';
+}
+
+static size_t form_len_byte(unsigned char c)
+{
+    return form_keep(c) || c == ' ' ? 1 : 3;
+}
+
+int sms_form_encode(const char *s, size_t len, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        size_t need = form_len_byte(c);
+        if (o + need + 1 > cap) {
+            return -ENOSPC;
+        }
+        if (form_keep(c)) {
+            out[o++] = (char)c;
+        } else if (c == ' ') {
+            out[o++] = '+';
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 0xf];
+        }
+    }
+    if (o + 1 > cap) {
+        return -ENOSPC;
+    }
+    out[o] = '\0';
+    return (int)o;
+}
+
+/* --- state ------------------------------------------------------------------- */
+
+struct sms;
+
+enum call_state { CALL_DEFERRED, CALL_QUEUED, CALL_INFLIGHT };
+
+/* One send in flight: a deferred outcome, waiting for a token, or posted. */
+struct sms_call {
+    struct sms_call *prev, *next; /* every live call */
+    struct sms_call *qnext;       /* wait queue */
+    struct sms *s;
+    enum call_state state;
+    channel_done_cb done;
+    void *ctx;
+    uint64_t timer_id; /* CALL_DEFERRED */
+    char *body;        /* CALL_QUEUED: the form body to post */
+    size_t body_len;
+    char num[NUM_LOG_LEN + 1];
+    char info[CHANNEL_REASON_MAX]; /* "gsm7 segments=1" for the ok outcome */
+    struct channel_outcome deferred;
+};
+
+struct sms {
+    struct sms_config cfg;
+    loop_t *loop;
+    http_t *http;
+
+    char auth_header[sizeof(((struct channel_request *)0)->headers[0])];
+    char url[512];
+
+    /* token bucket, in thousandths of a message, on a fresh monotonic clock
+     * (clock_mono_ms, not loop_now_ms: sends made late in a long loop turn
+     * would otherwise be credited with time that has not passed) */
+    uint64_t tokens, cap;
+    uint64_t refill_ms;
+    uint64_t pause_until_ms; /* a 429 pauses the sender */
+    uint64_t timer_id;       /* wakes the queue when the next token is due */
+
+    struct sms_call *calls;
+    struct sms_call *qhead, *qtail;
+    unsigned nqueued;
+
+    struct channel_request req; /* scratch; single-threaded */
+    char text[2 * PROTO_MAX_WIRE + 2];
+    char post[640];
+
+    struct sms_stats st;
+    bool logged_auth, logged_config, logged_queue_full, logged_paused;
+};
+
+/* --- format ------------------------------------------------------------------- */
+
+static int drop(struct channel_outcome *out, const char *reason, int device_action, int err)
+{
+    out->result = CHANNEL_DROP;
+    snprintf(out->reason, sizeof(out->reason), "%s", reason);
+    out->device_action = device_action;
+    return err;
+}
+
+static int add_header(struct channel_request *req, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int add_header(struct channel_request *req, const char *fmt, ...)
+{
+    if (req->nheaders >= CHANNEL_MAX_HEADERS) {
+        return -ENOSPC;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(req->headers[req->nheaders], sizeof(req->headers[0]), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(req->headers[0])) {
+        return -ENOSPC;
+    }
+    req->nheaders++;
+    return 0;
+}
+
+/* Append "name=value", preceded by '&' when amp, to buf at *off. */
+static int put_param(char *buf, size_t cap, size_t *off, bool amp, const char *name,
+                     const char *value)
+{
+    int n = snprintf(buf + *off, cap - *off, "%s%s=", amp ? "&" : "", name);
+    if (n < 0 || (size_t)n >= cap - *off) {
+        return -ENOSPC;
+    }
+    *off += (size_t)n;
+    int m = sms_form_encode(value, strlen(value), buf + *off, cap - *off);
+    if (m < 0) {
+        return m;
+    }
+    *off += (size_t)m;
+    return 0;
+}
+
+/* Where to cut text so it fits Twilio's 1600-character limit (counted as
+ * the fake and Twilio count: characters for GSM-7, UTF-16 units for UCS-2)
+ * and, form-encoded, room bytes. Returns the byte length that fits whole,
+ * or, when it does not, the cut before which ELLIPSIS still fits, with
+ * *cut = true. */
+static size_t fit_text(const char *text, size_t len, size_t room, bool *cut)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    bool gsm = all_gsm(text, len);
+    size_t limit_all = SMS_BODY_MAX_CHARS;
+    size_t count = 0, enc = 0, i = 0;
+    size_t last_fit = 0; /* prefix length that leaves room for the ellipsis */
+    *cut = false;
+    while (i < len) {
+        size_t start = i;
+        long cp = utf8_next(s, len, &i);
+        size_t c = gsm ? 1 : ucs2_cost(cp);
+        size_t e = 0;
+        for (size_t k = start; k < i; k++) {
+            e += form_len_byte(s[k]);
+        }
+        if (count + c <= limit_all - ELLIPSIS_LEN && enc + e + ELLIPSIS_LEN <= room) {
+            last_fit = i;
+        }
+        count += c;
+        enc += e;
+        if (count > limit_all || enc > room) {
+            *cut = true;
+            return last_fit;
+        }
+    }
+    return len;
+}
+
+/* URL, method and headers: the same for every message of this channel. */
+static int set_envelope(const struct sms *s, struct channel_request *req)
+{
+    snprintf(req->url, sizeof(req->url), "%s", s->url);
+    snprintf(req->method, sizeof(req->method), "POST");
+    req->nheaders = 0;
+    int rc = 0;
+    rc |= add_header(req, "%s", s->auth_header);
+    rc |= add_header(req, "content-type: application/x-www-form-urlencoded");
+    rc |= add_header(req, "accept: application/json");
+    return rc;
+}
+
+static int sms_format(void *state, const struct channel_delivery *d, struct channel_request *req,
+                      struct channel_outcome *out)
+{
+    struct sms *s = state;
+    const struct notification *n = d->n;
+    memset(out, 0, sizeof(*out));
+    req->nheaders = 0;
+    req->body_len = 0;
+    req->body[0] = '\0';
+    req->url[0] = '\0';
+
+    const char *to = d->dev ? d->dev->token : NULL;
+    if (!sms_e164_valid(to)) {
+        return drop(out, "invalid_number", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+    }
+
+    /* The text: title, a line break, body. */
+    size_t tl = n->title ? strlen(n->title) : 0;
+    size_t bl = n->body ? strlen(n->body) : 0;
+    if (tl + bl == 0) {
+        return drop(out, "no_content", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+    }
+    size_t len = tl + (tl && bl ? 1 : 0) + bl;
+    if (len >= sizeof(s->text)) {
+        /* twice the wire limit: only text proto_parse refuses gets here */
+        return drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
+    }
+    if (tl) {
+        memcpy(s->text, n->title, tl);
+    }
+    if (tl && bl) {
+        s->text[tl] = '\n';
+    }
+    if (bl) {
+        memcpy(s->text + len - bl, n->body, bl);
+    }
+    s->text[len] = '\0';
+    struct sms_text_info info;
+    if (sms_text_info(s->text, len, &info) < 0) {
+        return drop(out, "bad_utf8", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+    }
+
+    /* The parameters after Body first, so Body knows how much room is left. */
+    size_t post = 0;
+    s->post[0] = '\0';
+    int rc = 0;
+    if (n->ttl_s > 0) {
+        int64_t vp = n->ttl_s;
+        vp = vp < SMS_VALIDITY_MIN_S ? SMS_VALIDITY_MIN_S : vp;
+        vp = vp > SMS_VALIDITY_MAX_S ? SMS_VALIDITY_MAX_S : vp;
+        char num[24];
+        snprintf(num, sizeof(num), "%" PRId64, vp);
+        rc = put_param(s->post, sizeof(s->post), &post, true, "ValidityPeriod", num);
+    }
+    if (rc == 0 && s->cfg.status_callback_url[0]) {
+        rc = put_param(s->post, sizeof(s->post), &post, true, "StatusCallback",
+                       s->cfg.status_callback_url);
+    }
+
+    size_t off = 0;
+    char *b = req->body;
+    size_t bcap = sizeof(req->body);
+    if (rc == 0) {
+        rc = put_param(b, bcap, &off, false, "To", to);
+    }
+    if (rc == 0 && s->cfg.from[0]) {
+        rc = put_param(b, bcap, &off, true, "From", s->cfg.from);
+    }
+    if (rc == 0 && s->cfg.messaging_service_sid[0]) {
+        rc = put_param(b, bcap, &off, true, "MessagingServiceSid", s->cfg.messaging_service_sid);
+    }
+    if (rc == 0) {
+        rc = put_param(b, bcap, &off, true, "Body", "");
+    }
+    if (rc < 0 || off + post + 1 + ELLIPSIS_LEN > bcap) {
+        return drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
+    }
+    bool cut = false;
+    size_t room = bcap - 1 - off - post;
+    size_t keep = fit_text(s->text, len, room, &cut);
+    if (cut) {
+        memcpy(s->text + keep, ELLIPSIS, ELLIPSIS_LEN);
+        len = keep + ELLIPSIS_LEN;
+        s->text[len] = '\0';
+        sms_text_info(s->text, len, &info); /* the encoding may have changed */
+    }
+    int m = sms_form_encode(s->text, len, b + off, bcap - off);
+    if (m < 0 || off + (size_t)m + post >= bcap) {
+        return drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
+    }
+    off += (size_t)m;
+    memcpy(b + off, s->post, post);
+    off += post;
+    b[off] = '\0';
+    req->body_len = off;
+
+    if (set_envelope(s, req) != 0) {
+        return drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
+    }
+    snprintf(out->reason, sizeof(out->reason), "%s segments=%u%s",
+             info.encoding == SMS_GSM7 ? "gsm7" : "ucs2", info.segments, cut ? " truncated" : "");
+    return 0;
+}
+
+/* --- answers ------------------------------------------------------------------- */
+
+static uint64_t parse_retry_after(const char *v)
+{
+    if (!v) {
+        return 0;
+    }
+    uint64_t sec = 0;
+    const char *p = v;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        sec = sec * 10 + (uint64_t)(*p - '0');
+        if (sec > RETRY_AFTER_CAP_S) {
+            sec = RETRY_AFTER_CAP_S;
+        }
+    }
+    if (p == v || *p != '\0') {
+        return 0; /* an HTTP-date or garbage: the engine's backoff decides */
+    }
+    return sec * 1000;
+}
+
+void sms_map_answer(int status, const char *body, size_t body_len, const char *retry_after,
+                    struct channel_outcome *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->status = status;
+    cJSON *j = body && body_len > 0 ? cJSON_ParseWithLength(body, body_len) : NULL;
+
+    if (status == 200 || status == 201) {
+        out->result = CHANNEL_OK;
+        const cJSON *sid = cJSON_GetObjectItemCaseSensitive(j, "sid");
+        if (cJSON_IsString(sid)) {
+            snprintf(out->provider_id, sizeof(out->provider_id), "%s", sid->valuestring);
+        }
+        cJSON_Delete(j);
+        return;
+    }
+
+    long code = 0;
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "code");
+    if (cJSON_IsNumber(c) && c->valuedouble > 0 && c->valuedouble < 1e9) {
+        code = (long)c->valuedouble;
+    }
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "message");
+    const char *msg = cJSON_IsString(m) ? m->valuestring : "";
+
+    if (code == 21610) {
+        /* The recipient texted STOP: permanent until they text START. The
+         * hub marks the number opted out (flag, for now). */
+        out->result = CHANNEL_DROP;
+        out->device_action = CHANNEL_DEVICE_FLAG;
+        snprintf(out->reason, sizeof(out->reason), "opted_out:21610");
+    } else if (code == 21211) {
+        out->result = CHANNEL_DROP;
+        snprintf(out->reason, sizeof(out->reason), "invalid_number:21211");
+    } else if (code == 21614) {
+        out->result = CHANNEL_DROP;
+        snprintf(out->reason, sizeof(out->reason), "not_mobile:21614");
+    } else if (code == 20003 || status == 401) {
+        out->result = CHANNEL_DROP;
+        snprintf(out->reason, sizeof(out->reason), "auth_failed:%ld", code ? code : 20003L);
+    } else if (code == 20429 || status == 429) {
+        out->result = CHANNEL_RETRY;
+        out->retry_after_ms = parse_retry_after(retry_after);
+        snprintf(out->reason, sizeof(out->reason), "rate_limited:%ld", code ? code : 20429L);
+    } else if (code == 21611 || code == 14107) {
+        /* the sender's queue at the provider is full / send rate exceeded */
+        out->result = CHANNEL_RETRY;
+        out->retry_after_ms = parse_retry_after(retry_after);
+        snprintf(out->reason, sizeof(out->reason), "rate_limited:%ld", code);
+    } else if (status >= 500) {
+        out->result = CHANNEL_RETRY;
+        out->retry_after_ms = parse_retry_after(retry_after);
+        snprintf(out->reason, sizeof(out->reason), "server_error:%ld", code ? code : (long)status);
+    } else if (status >= 400) {
+        out->result = CHANNEL_DROP;
+        if (code) {
+            snprintf(out->reason, sizeof(out->reason), "twilio:%ld %s", code, msg);
+        } else {
+            snprintf(out->reason, sizeof(out->reason), "HTTP %d", status);
+        }
+    } else {
+        /* 1xx/3xx/other 2xx: not a Messages API answer; try again later */
+        out->result = CHANNEL_RETRY;
+        snprintf(out->reason, sizeof(out->reason), "HTTP %d", status);
+    }
+    cJSON_Delete(j);
+}
+
+/* --- token bucket ------------------------------------------------------------------- */
+
+static void bucket_refill(struct sms *s, uint64_t now)
+{
+    if (now > s->refill_ms) {
+        uint64_t add = (now - s->refill_ms) * (uint64_t)s->cfg.rate; /* milli per ms */
+        s->tokens = s->tokens + add > s->cap ? s->cap : s->tokens + add;
+        s->refill_ms = now;
+    }
+}
+
+/* ms until a whole token is there (0 = now). */
+static uint64_t bucket_wait(struct sms *s, uint64_t now)
+{
+    bucket_refill(s, now);
+    uint64_t wait = 0;
+    if (s->tokens < TOKEN_MILLI) {
+        uint64_t r = (uint64_t)s->cfg.rate;
+        wait = (TOKEN_MILLI - s->tokens + r - 1) / r;
+    }
+    if (s->pause_until_ms > now && s->pause_until_ms - now > wait) {
+        wait = s->pause_until_ms - now;
+    }
+    return wait;
+}
+
+/* --- send ------------------------------------------------------------------------------ */
+
+static void call_link(struct sms *s, struct sms_call *c)
+{
+    c->next = s->calls;
+    c->prev = NULL;
+    if (s->calls) {
+        s->calls->prev = c;
+    }
+    s->calls = c;
+}
+
+static void call_unlink(struct sms *s, struct sms_call *c)
+{
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        s->calls = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+}
+
+static void call_free(struct sms_call *c)
+{
+    free(c->body);
+    free(c);
+}
+
+static void count(struct sms *s, const struct channel_outcome *o)
+{
+    switch (o->result) {
+    case CHANNEL_OK:
+        s->st.ok++;
+        break;
+    case CHANNEL_RETRY:
+        s->st.retry++;
+        break;
+    case CHANNEL_DROP:
+        s->st.drop++;
+        break;
+    }
+}
+
+static void finish(struct sms_call *c, const struct channel_outcome *o)
+{
+    struct sms *s = c->s;
+    call_unlink(s, c);
+    count(s, o);
+    channel_done_cb done = c->done;
+    void *ctx = c->ctx;
+    call_free(c);
+    done(ctx, o);
+}
+
+static void on_deferred(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    struct sms_call *c = arg;
+    c->timer_id = 0;
+    struct channel_outcome o = c->deferred;
+    finish(c, &o);
+}
+
+/* Report o for c from a later loop turn (done must not run inside send). */
+static int defer(struct sms *s, struct sms_call *c, const struct channel_outcome *o)
+{
+    c->state = CALL_DEFERRED;
+    c->deferred = *o;
+    c->timer_id = loop_timer_add(s->loop, 0, on_deferred, c);
+    if (!c->timer_id) {
+        return -ENOMEM;
+    }
+    call_link(s, c);
+    return 0;
+}
+
+/* channel_result_name lives in the hub core; this library stands alone. */
+static const char *result_name(enum channel_result r)
+{
+    switch (r) {
+    case CHANNEL_OK:
+        return "ok";
+    case CHANNEL_RETRY:
+        return "retry";
+    case CHANNEL_DROP:
+        return "drop";
+    }
+    return "?";
+}
+
+static void on_answer(void *ctx, const struct http_response *resp)
+{
+    struct sms_call *c = ctx;
+    struct sms *s = c->s;
+    struct channel_outcome o;
+
+    if (resp->error < 0) {
+        /* No complete answer (refused, reset, timeout): the message may or
+         * may not have been queued at the provider; retry (at least once). */
+        memset(&o, 0, sizeof(o));
+        o.result = CHANNEL_RETRY;
+        o.status = resp->status;
+        snprintf(o.reason, sizeof(o.reason), "%s",
+                 resp->error_text[0] ? resp->error_text : tdg_strerror(resp->error));
+        LOG_DEBUG(MOD, "to=%s transport error: %s", c->num, o.reason);
+        finish(c, &o);
+        return;
+    }
+    sms_map_answer(resp->status, resp->body, resp->body_len,
+                   http_response_header(resp, "retry-after"), &o);
+    if (o.result == CHANNEL_OK) {
+        snprintf(o.reason, sizeof(o.reason), "%s", c->info);
+        s->logged_auth = false;
+        s->logged_config = false;
+    } else if (strncmp(o.reason, "auth_failed", 11) == 0 && !s->logged_auth) {
+        LOG_ERROR(MOD,
+                  "the provider refused the credentials (%s): check sms.account_sid and "
+                  "sms.auth_token",
+                  o.reason);
+        s->logged_auth = true;
+    } else if ((strncmp(o.reason, "twilio:20404", 12) == 0 ||
+                strncmp(o.reason, "twilio:21606", 12) == 0 ||
+                strncmp(o.reason, "twilio:21603", 12) == 0) &&
+               !s->logged_config) {
+        LOG_ERROR(MOD,
+                  "the provider refused the sender or account (%s): check sms.api_url, "
+                  "sms.account_sid, sms.from",
+                  o.reason);
+        s->logged_config = true;
+    }
+    if (resp->status == 429 && o.retry_after_ms > 0) {
+        /* The account is over its rate: hold every message of this sender,
+         * not only this one. */
+        uint64_t until = clock_mono_ms() + o.retry_after_ms;
+        if (until > s->pause_until_ms) {
+            s->pause_until_ms = until;
+        }
+        if (!s->logged_paused) {
+            LOG_WARN(MOD, "rate limited by the provider: sender paused for %" PRIu64 " ms",
+                     o.retry_after_ms);
+            s->logged_paused = true;
+        }
+    }
+    LOG_DEBUG(MOD, "to=%s status=%d result=%s reason=%s sid=%s", c->num, o.status,
+              result_name(o.result), o.reason, o.provider_id);
+    finish(c, &o);
+}
+
+/* Post c->body now. 0 or a negative error from http_request. */
+static int post(struct sms *s, struct sms_call *c, const char *body, size_t len)
+{
+    struct channel_request *r = &s->req;
+    if (body != r->body) {
+        /* a queued message: the scratch request may hold a dropped format */
+        set_envelope(s, r);
+        memcpy(r->body, body, len);
+    }
+    r->body_len = len;
+    struct http_req_opts ro = {.capture = capture_headers};
+    int rc = http_request(s->http, r, &ro, on_answer, c);
+    if (rc == 0) {
+        c->state = CALL_INFLIGHT;
+    }
+    return rc;
+}
+
+static void arm(struct sms *s, uint64_t wait);
+
+/* Post queued messages while tokens last. Runs from a timer only. */
+static void pump(struct sms *s)
+{
+    uint64_t now = clock_mono_ms();
+    while (s->qhead) {
+        uint64_t wait = bucket_wait(s, now);
+        if (wait > 0) {
+            arm(s, wait);
+            return;
+        }
+        struct sms_call *c = s->qhead;
+        s->qhead = c->qnext;
+        if (!s->qhead) {
+            s->qtail = NULL;
+        }
+        s->nqueued--;
+        s->tokens -= TOKEN_MILLI;
+        int rc = post(s, c, c->body, c->body_len);
+        free(c->body);
+        c->body = NULL;
+        if (rc < 0) {
+            struct channel_outcome o;
+            memset(&o, 0, sizeof(o));
+            o.result = CHANNEL_RETRY;
+            snprintf(o.reason, sizeof(o.reason), "cannot post: %s", tdg_strerror(rc));
+            finish(c, &o);
+        }
+    }
+    if (s->pause_until_ms <= now) {
+        s->logged_paused = false;
+    }
+}
+
+static void on_token(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    struct sms *s = arg;
+    s->timer_id = 0;
+    pump(s);
+}
+
+static void arm(struct sms *s, uint64_t wait)
+{
+    if (s->timer_id) {
+        return;
+    }
+    s->timer_id = loop_timer_add(s->loop, wait, on_token, s);
+    if (!s->timer_id) {
+        LOG_ERROR(MOD, "cannot arm the rate timer (out of memory)");
+    }
+}
+
+static int sms_send(void *state, const struct channel_delivery *d, channel_done_cb done, void *ctx)
+{
+    struct sms *s = state;
+    if (!s->http) {
+        return -ENOTCONN; /* created without a loop: format only */
+    }
+    struct sms_call *c = calloc(1, sizeof(*c));
+    if (!c) {
+        return -ENOMEM;
+    }
+    c->s = s;
+    c->done = done;
+    c->ctx = ctx;
+    snprintf(c->num, sizeof(c->num), "%.*s", NUM_LOG_LEN,
+             d->dev && d->dev->token ? d->dev->token : "");
+    s->st.sent++;
+
+    struct channel_outcome o;
+    int rc = sms_format(s, d, &s->req, &o);
+    if (rc < 0) {
+        rc = defer(s, c, &o);
+        if (rc < 0) {
+            call_free(c);
+            s->st.sent--;
+        }
+        return rc;
+    }
+    snprintf(c->info, sizeof(c->info), "%s", o.reason);
+
+    uint64_t now = clock_mono_ms();
+    if (!s->qhead && bucket_wait(s, now) == 0) {
+        s->tokens -= TOKEN_MILLI;
+        rc = post(s, c, s->req.body, s->req.body_len);
+        if (rc < 0) {
+            s->tokens += TOKEN_MILLI;
+            call_free(c);
+            s->st.sent--;
+            return rc;
+        }
+        call_link(s, c);
+        return 0;
+    }
+    if (s->nqueued >= (unsigned)s->cfg.queue_max) {
+        s->st.queue_full++;
+        if (!s->logged_queue_full) {
+            LOG_WARN(MOD, "rate queue full (queued=%u rate=%" PRId64 "/s): retrying later",
+                     s->nqueued, s->cfg.rate);
+            s->logged_queue_full = true;
+        }
+        memset(&o, 0, sizeof(o));
+        o.result = CHANNEL_RETRY;
+        o.retry_after_ms = (uint64_t)s->nqueued * 1000u / (uint64_t)s->cfg.rate;
+        snprintf(o.reason, sizeof(o.reason), "rate_limited:local");
+        rc = defer(s, c, &o);
+        if (rc < 0) {
+            call_free(c);
+            s->st.sent--;
+        }
+        return rc;
+    }
+    c->body = malloc(s->req.body_len + 1);
+    if (!c->body) {
+        call_free(c);
+        s->st.sent--;
+        return -ENOMEM;
+    }
+    memcpy(c->body, s->req.body, s->req.body_len);
+    c->body_len = s->req.body_len;
+    c->state = CALL_QUEUED;
+    if (s->qtail) {
+        s->qtail->qnext = c;
+    } else {
+        s->qhead = c;
+    }
+    s->qtail = c;
+    s->nqueued++;
+    s->st.rate_waits++;
+    if (s->nqueued < (unsigned)s->cfg.queue_max / 2) {
+        s->logged_queue_full = false;
+    }
+    call_link(s, c);
+    arm(s, bucket_wait(s, now));
+    return 0;
+}
+
+/* --- lifecycle ------------------------------------------------------------------------ */
+
+static void trim_slash(char *p)
+{
+    size_t n = strlen(p);
+    while (n > 0 && p[n - 1] == '/') {
+        p[--n] = '\0';
+    }
+}
+
+static bool printable(const char *v, size_t max)
+{
+    size_t n = 0;
+    for (; v[n]; n++) {
+        unsigned char c = (unsigned char)v[n];
+        if (c < 0x21 || c > 0x7e || n >= max) {
+            return false;
+        }
+    }
+    return n > 0;
+}
+
+static bool alnum_only(const char *v, size_t max)
+{
+    size_t n = 0;
+    for (; v[n]; n++) {
+        char c = v[n];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        if (!ok || n >= max) {
+            return false;
+        }
+    }
+    return n > 0;
+}
+
+/* Read the first line of path into buf (trimmed). 0, -errno, or -ENOSPC. */
+static int read_secret(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        return -errno;
+    }
+    char line[512];
+    char *got = fgets(line, sizeof(line), f);
+    fclose(f);
+    if (!got) {
+        return -ENODATA;
+    }
+    size_t n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ' ||
+                     line[n - 1] == '\t')) {
+        n--;
+    }
+    if (n >= cap) {
+        explicit_bzero(line, sizeof(line));
+        return -ENOSPC;
+    }
+    memcpy(buf, line, n);
+    buf[n] = '\0';
+    explicit_bzero(line, sizeof(line));
+    return 0;
+}
+
+static void sms_destroy(void *state)
+{
+    struct sms *s = state;
+    if (!s) {
+        return;
+    }
+    http_destroy(s->http); /* aborts requests; their on_answer never runs */
+    while (s->calls) {
+        struct sms_call *c = s->calls;
+        s->calls = c->next;
+        if (c->timer_id) {
+            loop_timer_cancel(s->loop, c->timer_id);
+        }
+        call_free(c);
+    }
+    if (s->timer_id) {
+        loop_timer_cancel(s->loop, s->timer_id);
+    }
+    explicit_bzero(s, sizeof(*s)); /* the token and the header made from it */
+    free(s);
+}
+
+static int sms_init(const struct channel_env *env, const void *config, void **state, char *err,
+                    size_t errlen)
+{
+    const struct sms_config *cfg = config;
+    *state = NULL;
+    struct sms *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "sms: out of memory");
+        return -ENOMEM;
+    }
+    s->cfg = *cfg;
+    trim_slash(s->cfg.api_url);
+    s->loop = env ? env->loop : NULL;
+
+    int rc = TDG_ECONFIG;
+    if (strncmp(s->cfg.api_url, "https://", 8) != 0 || !printable(s->cfg.api_url + 8, 240)) {
+        /* the auth token travels in every request: never in plaintext */
+        snprintf(err, errlen, "sms.api_url: must be an https:// URL");
+        goto fail;
+    }
+    if (!alnum_only(s->cfg.account_sid, 64)) {
+        snprintf(err, errlen, "sms.account_sid: required, letters and digits only (AC...)");
+        goto fail;
+    }
+    if (s->cfg.auth_token[0] && s->cfg.auth_token_file[0]) {
+        snprintf(err, errlen, "sms.auth_token and sms.auth_token_file: set one, not both");
+        goto fail;
+    }
+    if (s->cfg.auth_token_file[0]) {
+        int r = read_secret(s->cfg.auth_token_file, s->cfg.auth_token, sizeof(s->cfg.auth_token));
+        if (r < 0) {
+            snprintf(err, errlen, "sms.auth_token_file: %s: %s", s->cfg.auth_token_file,
+                     tdg_strerror(r));
+            goto fail;
+        }
+    }
+    if (!printable(s->cfg.auth_token, sizeof(s->cfg.auth_token) - 1)) {
+        snprintf(err, errlen, "sms.auth_token (or _file): required, printable ASCII");
+        goto fail;
+    }
+    if (!s->cfg.from[0] && !s->cfg.messaging_service_sid[0]) {
+        snprintf(err, errlen, "sms.from or sms.messaging_service_sid is required");
+        goto fail;
+    }
+    if (s->cfg.from[0] && !sms_e164_valid(s->cfg.from)) {
+        snprintf(err, errlen, "sms.from: '%s' is not an E.164 number (+ and 8..15 digits)",
+                 s->cfg.from);
+        goto fail;
+    }
+    if (s->cfg.messaging_service_sid[0] && !alnum_only(s->cfg.messaging_service_sid, 64)) {
+        snprintf(err, errlen, "sms.messaging_service_sid: letters and digits only (MG...)");
+        goto fail;
+    }
+    if (s->cfg.status_callback_url[0] &&
+        ((strncmp(s->cfg.status_callback_url, "https://", 8) != 0 &&
+          strncmp(s->cfg.status_callback_url, "http://", 7) != 0) ||
+         !printable(s->cfg.status_callback_url, 255))) {
+        snprintf(err, errlen, "sms.status_callback_url: must be an http(s):// URL");
+        goto fail;
+    }
+    if (s->cfg.rate < 1 || s->cfg.queue_max < 1) {
+        snprintf(err, errlen, "sms.rate and sms.queue_max must be >= 1");
+        goto fail;
+    }
+
+    int n = snprintf(s->url, sizeof(s->url), "%s/2010-04-01/Accounts/%s/Messages.json",
+                     s->cfg.api_url, s->cfg.account_sid);
+    if (n < 0 || (size_t)n >= sizeof(s->url)) {
+        snprintf(err, errlen, "sms.api_url: too long");
+        goto fail;
+    }
+    /* Basic auth, computed once: "authorization: Basic base64(sid:token)". */
+    char cred[sizeof(s->cfg.account_sid) + sizeof(s->cfg.auth_token) + 1];
+    int cl = snprintf(cred, sizeof(cred), "%s:%s", s->cfg.account_sid, s->cfg.auth_token);
+    static const char prefix[] = "authorization: Basic ";
+    size_t olen = 0;
+    if (cl < 0 || (size_t)cl >= sizeof(cred) ||
+        mbedtls_base64_encode((unsigned char *)s->auth_header + sizeof(prefix) - 1,
+                              sizeof(s->auth_header) - sizeof(prefix) + 1, &olen,
+                              (const unsigned char *)cred, (size_t)cl) != 0) {
+        explicit_bzero(cred, sizeof(cred));
+        snprintf(err, errlen, "sms.account_sid + sms.auth_token: too long for a header");
+        goto fail;
+    }
+    explicit_bzero(cred, sizeof(cred));
+    memcpy(s->auth_header, prefix, sizeof(prefix) - 1);
+
+    s->cap = (uint64_t)s->cfg.rate * TOKEN_MILLI; /* one second's worth */
+    s->tokens = s->cap;
+
+    if (s->loop) {
+        struct http_opts ho = {
+            .max_inflight = 1024,
+            .max_host_connections = 4,
+            .ca_file = s->cfg.ca_file,
+            .timeout_ms = s->cfg.timeout_ms,
+            .free_max = 16,
+            .user_agent = "tidings-hub",
+        };
+        rc = http_create(s->loop, &ho, &s->http);
+        if (rc < 0) {
+            snprintf(err, errlen, "sms: cannot create HTTP client: %s", tdg_strerror(rc));
+            goto fail;
+        }
+        s->refill_ms = clock_mono_ms();
+    }
+    LOG_INFO(MOD, "ready url=%s account=%.6s... sender=%s rate=%" PRId64 "/s", s->cfg.api_url,
+             s->cfg.account_sid, s->cfg.from[0] ? s->cfg.from : s->cfg.messaging_service_sid,
+             s->cfg.rate);
+    *state = s;
+    return 0;
+fail:
+    sms_destroy(s);
+    return rc;
+}
+
+void sms_get_stats(void *state, struct sms_stats *out)
+{
+    const struct sms *s = state;
+    *out = s->st;
+    out->queued = s->nqueued;
+}
+
+const struct channel_ops sms_channel = {
+    .name = "sms",
+    .config = sms_config_table,
+    .config_n = sizeof(sms_config_table) / sizeof(sms_config_table[0]),
+    .config_size = sizeof(struct sms_config),
+    .init = sms_init,
+    .format = sms_format,
+    .send = sms_send,
+    .destroy = sms_destroy,
+};
