@@ -2,7 +2,9 @@
 #include "hub.h"
 
 #include "channels/apns.h"
+#include "channels/email.h"
 #include "channels/fcm.h"
+#include "channels/sms.h"
 #include "error.h"
 #include "fanout.h"
 #include "intake.h"
@@ -43,7 +45,8 @@ static const struct config_entry hub_table[] = {
     {"broker.client_id", CONFIG_STRING, "", OFF(client_id),
      "MQTT client id (empty: tidings-hub-<pid>)", NULL, 0, 0},
     {"channels", CONFIG_STRING, "apns", OFF(channels),
-     "Enabled channels, comma-separated (apns, fcm); each needs its <name>.* settings", NULL, 0, 0},
+     "Enabled channels, comma-separated (apns, fcm, sms, email); each needs its <name>.* "
+     "settings", NULL, 0, 0},
     {"store.synchronous", CONFIG_ENUM, "normal", OFF(synchronous),
      "normal survives a killed process; full also survives power loss", sync_modes, 0, 0},
     {"fanout.max_jobs", CONFIG_INT, "20000", OFF(max_jobs),
@@ -65,6 +68,10 @@ static const struct config_entry hub_table[] = {
      "production or sandbox", NULL, 0, 0},
     {"bootstrap.android_token", CONFIG_STRING, "", OFF(bootstrap_android_token),
      "Register this FCM registration token for bootstrap.user", NULL, 0, 0},
+    {"bootstrap.phone", CONFIG_STRING, "", OFF(bootstrap_phone),
+     "Register this E.164 number (SMS) for bootstrap.user", NULL, 0, 0},
+    {"bootstrap.email", CONFIG_STRING, "", OFF(bootstrap_email),
+     "Register this email address for bootstrap.user", NULL, 0, 0},
 };
 #define HUB_TABLE_N (sizeof(hub_table) / sizeof(hub_table[0]))
 
@@ -78,6 +85,10 @@ struct channel_def {
 static const struct channel_def channel_defs[] = {
     {&apns_channel, "ios", PROTO_CH_PUSH},
     {&fcm_channel, "android", PROTO_CH_PUSH},
+    /* Phone numbers and addresses are endpoints of their own platform until
+     * the directory keeps them on the user (issue 4). */
+    {&sms_channel, "sms", PROTO_CH_SMS},
+    {&email_channel, "email", PROTO_CH_EMAIL},
 };
 #define N_CHANNELS (sizeof(channel_defs) / sizeof(channel_defs[0]))
 
@@ -226,6 +237,14 @@ static int bootstrap(hub_t *h, const struct apns_config *apns, char *err, size_t
         /* app empty: the FCM channel's own project (channel.h) */
         rc = store_device_upsert(h->store, c->bootstrap_user, "android",
                                  c->bootstrap_android_token, "", "production", now);
+    }
+    if (rc == 0 && c->bootstrap_phone[0]) {
+        rc = store_device_upsert(h->store, c->bootstrap_user, "sms", c->bootstrap_phone, "",
+                                 "production", now);
+    }
+    if (rc == 0 && c->bootstrap_email[0]) {
+        rc = store_device_upsert(h->store, c->bootstrap_user, "email", c->bootstrap_email, "",
+                                 "production", now);
     }
     if (rc == 0) {
         rc = store_commit(h->store);

@@ -38,6 +38,8 @@ struct hub_config {
     char bootstrap_ios_app[256];
     char bootstrap_ios_env[16];
     char bootstrap_android_token[256];
+    char bootstrap_phone[32];
+    char bootstrap_email[256];
 };
 
 /* The hub's settings: hub keys plus every channel's "<channel>.*" keys. */

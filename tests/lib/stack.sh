@@ -173,6 +173,73 @@ stack_fake_apns() {
     export APNS_PORT
 }
 
+# The other providers' fakes, for the channels beyond APNs. Each reuses the
+# certificates stack_fake_apns made (call it first).
+FCM_PROJECT=tidings-demo
+FCM_TOKEN=${FCM_TOKEN:-fcm-demo-registration-token-0001}
+SMS_SID=AC00000000000000000000000000000001
+SMS_FROM=+15005550006
+SMS_TO=${SMS_TO:-+4915112345678}
+MAIL_TO=${MAIL_TO:-alice@example.com}
+
+stack_fake_fcm() {
+    "$SRC/tests/fakes/fcm_gen_account.sh" "$STACK_DIR/fcm" "$FCM_PROJECT" >/dev/null
+    stack_start fake-fcm "$BUILD/tests/fakes/fake-fcm" --listen 127.0.0.1:0 \
+        --cert "$STACK_DIR/certs/server.crt" --key "$STACK_DIR/certs/server.key" \
+        --service-account "$STACK_DIR/fcm/service-account.json" --project "$FCM_PROJECT" \
+        --record "$STACK_DIR/fcm-record.jsonl" --port-file "$STACK_DIR/fcm.port"
+    wait_until 10 "fake FCM port file" test -s "$STACK_DIR/fcm.port"
+    FCM_PORT=$(cat "$STACK_DIR/fcm.port")
+    HUB_CHANNELS="${HUB_CHANNELS:-apns},fcm"
+    HUB_EXTRA+="bootstrap.android_token = $FCM_TOKEN
+fcm.service_account_file = $STACK_DIR/fcm/service-account.json
+fcm.send_url = https://127.0.0.1:$FCM_PORT
+fcm.token_url = https://127.0.0.1:$FCM_PORT/token
+fcm.ca_file = $STACK_DIR/certs/ca.crt
+"
+}
+
+stack_fake_sms() {
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STACK_DIR/sms.token"
+    chmod 600 "$STACK_DIR/sms.token"
+    stack_start fake-sms /usr/bin/python3 "$SRC/tests/fakes/fake_sms.py" --listen 127.0.0.1:0 \
+        --cert "$STACK_DIR/certs/server.crt" --key "$STACK_DIR/certs/server.key" \
+        --account-sid "$SMS_SID" --auth-token-file "$STACK_DIR/sms.token" \
+        --record "$STACK_DIR/sms-record.jsonl" --port-file "$STACK_DIR/sms.port"
+    wait_until 10 "fake SMS port file" test -s "$STACK_DIR/sms.port"
+    SMS_PORT=$(cat "$STACK_DIR/sms.port")
+    HUB_CHANNELS="${HUB_CHANNELS:-apns},sms"
+    HUB_EXTRA+="bootstrap.phone = $SMS_TO
+sms.api_url = https://127.0.0.1:$SMS_PORT
+sms.account_sid = $SMS_SID
+sms.auth_token_file = $STACK_DIR/sms.token
+sms.from = $SMS_FROM
+sms.ca_file = $STACK_DIR/certs/ca.crt
+sms.rate = 100
+"
+}
+
+stack_fake_smtp() {
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STACK_DIR/smtp.password"
+    chmod 600 "$STACK_DIR/smtp.password"
+    mkdir -p "$STACK_DIR/mail"
+    stack_start fake-smtp /usr/bin/python3 "$SRC/tests/fakes/fake_smtp.py" --listen 127.0.0.1:0 \
+        --cert "$STACK_DIR/certs/server.crt" --key "$STACK_DIR/certs/server.key" \
+        --username tidings --password-file "$STACK_DIR/smtp.password" \
+        --record "$STACK_DIR/smtp-record.jsonl" --mail-dir "$STACK_DIR/mail" \
+        --port-file "$STACK_DIR/smtp.port"
+    wait_until 10 "fake SMTP port file" test -s "$STACK_DIR/smtp.port"
+    SMTP_PORT=$(cat "$STACK_DIR/smtp.port")
+    HUB_CHANNELS="${HUB_CHANNELS:-apns},email"
+    HUB_EXTRA+="bootstrap.email = $MAIL_TO
+email.smtp_url = smtp://127.0.0.1:$SMTP_PORT
+email.username = tidings
+email.password_file = $STACK_DIR/smtp.password
+email.from = Tidings <tidings@example.com>
+email.ca_file = $STACK_DIR/certs/ca.crt
+"
+}
+
 # stack_hub [NAME]: start the hub (again, after a crash: same config and
 # store, a new log NAME.log).
 stack_hub() {
@@ -195,6 +262,8 @@ apns.topic = $APNS_TOPIC
 apns.ca_file = $STACK_DIR/certs/ca.crt
 fanout.retry_base = 100ms
 fanout.retry_cap = 2s
+channels = ${HUB_CHANNELS:-apns}
+${HUB_EXTRA:-}
 CONF
     stack_start "$name" "${STACK_WRAP_ARGS[@]}" "$BUILD/hub/tidings-hub" -c "$STACK_DIR/hub.conf"
     wait_until 15 "hub subscribed" grep -q "subscribed to" "$STACK_DIR/$name.log"
