@@ -59,11 +59,16 @@ typedef void (*channel_done_cb)(void *ctx, const struct channel_outcome *outcome
 
 /* A formatted provider request (output of `format`). */
 #define CHANNEL_MAX_HEADERS 12
+#define CHANNEL_AUTH_MAX 2304 /* Google documents access tokens up to 2048 bytes */
 struct channel_request {
     char url[512];
     char method[8];
     char headers[CHANNEL_MAX_HEADERS][256]; /* "name: value" */
     unsigned nheaders;
+    /* The Authorization header's value ("Bearer ...", "Basic ..."), "" for
+     * none. Apart from headers[] because OAuth2 access tokens outgrow a
+     * 256-byte slot; format resets it together with nheaders. */
+    char authorization[CHANNEL_AUTH_MAX];
     char body[PROTO_MAX_WIRE + 1024];
     size_t body_len;
 };

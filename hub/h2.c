@@ -112,8 +112,8 @@
 #define BODY_MAX sizeof(((struct channel_request *)0)->body)
 /* path, every header (lower-cased name, NUL, value, NUL), user agent,
  * content-length. */
-#define TEXT_MAX (URL_MAX + 2 + CHANNEL_MAX_HEADERS * (HDR_LINE_MAX + 1) + 32)
-#define NV_MAX (4u + CHANNEL_MAX_HEADERS + 2u)
+#define TEXT_MAX (URL_MAX + 2 + CHANNEL_MAX_HEADERS * (HDR_LINE_MAX + 1) + CHANNEL_AUTH_MAX + 32)
+#define NV_MAX (4u + CHANNEL_MAX_HEADERS + 3u)
 /* Client stream ids are odd and end at 2^31 - 1: stop opening streams on a
  * connection this close to the end and let a new connection take over. */
 #define STREAM_ID_HIGH (INT32_MAX - 20000)
@@ -676,8 +676,15 @@ static void req_handover(struct h2_req *r)
     snprintf(q->url, sizeof(q->url), "https://%.*s%.*s", (int)nv[2].valuelen,
              (const char *)nv[2].value, (int)nv[3].valuelen, (const char *)nv[3].value);
     q->nheaders = 0;
+    q->authorization[0] = '\0';
     for (unsigned i = 0; i < r->nuser; i++) {
         const nghttp2_nv *x = &nv[4 + i];
+        if (x->namelen == 13 && memcmp(x->name, "authorization", 13) == 0 &&
+            x->valuelen < sizeof(q->authorization)) {
+            memcpy(q->authorization, x->value, x->valuelen);
+            q->authorization[x->valuelen] = '\0';
+            continue;
+        }
         snprintf(q->headers[q->nheaders++], sizeof(q->headers[0]), "%.*s: %.*s", (int)x->namelen,
                  (const char *)x->name, (int)x->valuelen, (const char *)x->value);
     }
@@ -2085,6 +2092,18 @@ static int req_fill(h2_t *h, struct h2_req *r, const struct origin *o, const str
         val[vlen] = '\0';
         p += vlen + 1;
         nv_set(&r->nva[n++], name, nlen, val, vlen);
+        r->nuser++;
+    }
+    if (req->authorization[0]) {
+        /* a user header like the others (a handover to HTTP/1.1 copies it
+         * back to the authorization field) */
+        size_t alen = strlen(req->authorization);
+        if ((size_t)(end - p) < alen + 1) {
+            return -EINVAL;
+        }
+        memcpy(p, req->authorization, alen + 1);
+        nv_set(&r->nva[n++], "authorization", 13, p, alen);
+        p += alen + 1;
         r->nuser++;
     }
     if (!have_ua) {

@@ -171,6 +171,11 @@ int http_request(http_t *h, const struct channel_request *req, const struct http
             return -EINVAL;
         }
     }
+    if (req->authorization[0] &&
+        (memchr(req->authorization, '\0', sizeof(req->authorization)) == NULL ||
+         strpbrk(req->authorization, "\r\n") != NULL)) {
+        return -EINVAL;
+    }
     if (ropts && ropts->capture) {
         unsigned n = 0;
         while (ropts->capture[n]) {

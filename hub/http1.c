@@ -70,7 +70,8 @@ struct slot {
     unsigned ncapture;
 
     /* what curl reads while sending */
-    struct curl_slist hdr_nodes[CHANNEL_MAX_HEADERS + 1];
+    struct curl_slist hdr_nodes[CHANNEL_MAX_HEADERS + 2];
+    char auth_text[CHANNEL_AUTH_MAX + 16]; /* "authorization: " + value */
     char hdr_text[CHANNEL_MAX_HEADERS][HDR_LINE_MAX];
     char body[sizeof(((struct channel_request *)0)->body)];
 
@@ -756,6 +757,12 @@ int http1_request(http1_t *h, const struct channel_request *req, const struct ht
         memcpy(sl->hdr_text[i], req->headers[i], strlen(req->headers[i]) + 1);
         sl->hdr_nodes[k].data = sl->hdr_text[i];
         sl->hdr_nodes[k].next = &sl->hdr_nodes[k + 1];
+    }
+    if (req->authorization[0]) {
+        snprintf(sl->auth_text, sizeof(sl->auth_text), "authorization: %s", req->authorization);
+        sl->hdr_nodes[k].data = sl->auth_text;
+        sl->hdr_nodes[k].next = &sl->hdr_nodes[k + 1];
+        k++;
     }
     sl->hdr_nodes[k].data = (char *)expect_off;
     sl->hdr_nodes[k].next = NULL;

@@ -273,6 +273,7 @@ static int apns_format(void *state, const struct channel_delivery *d, struct cha
     const struct channel_device *dev = d->dev;
     memset(out, 0, sizeof(*out));
     req->nheaders = 0;
+    req->authorization[0] = '\0';
     req->body_len = 0;
     req->body[0] = '\0';
     req->url[0] = '\0';

@@ -575,6 +575,7 @@ static int email_format(void *state, const struct channel_delivery *d, struct ch
 {
     struct email *e = state;
     req->nheaders = 0;
+    req->authorization[0] = '\0';
     req->body_len = 0;
     req->body[0] = '\0';
     req->url[0] = '\0';
@@ -594,6 +595,7 @@ static int email_format(void *state, const struct channel_delivery *d, struct ch
     if ((size_t)h0 - 13 != strlen(e->msg.mail_from) || (size_t)h1 - 11 != strlen(e->msg.rcpt_to)) {
         /* a 250-character address does not fit a header slot */
         req->nheaders = 0;
+        req->authorization[0] = '\0';
         return drop(out, "too_large", TDG_ETOOBIG);
     }
     req->nheaders = 2;

@@ -81,7 +81,7 @@ static const struct config_entry fcm_config_table[] = {
 #define FETCH_BACKOFF_CAP_MS 60000
 #define EXPIRES_IN_DEFAULT_S 3600 /* when the endpoint leaves expires_in out */
 #define EXPIRES_IN_MAX_S 86400
-#define HDR_AUTH_PREFIX "authorization: Bearer "
+#define AUTH_PREFIX "Bearer "
 #define GRANT_BODY_PREFIX                                                                          \
     "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion="
 #define FCM_ERROR_TYPE "type.googleapis.com/google.firebase.fcm.v1.FcmError"
@@ -256,6 +256,18 @@ static int add_header(struct channel_request *req, const char *fmt, ...)
         return -ENOSPC;
     }
     req->nheaders++;
+    return 0;
+}
+
+/* The access token goes in the request's own authorization field: Google's
+ * tokens may be up to 2048 bytes, more than a header slot holds. */
+static int set_auth(struct channel_request *req, const char *token)
+{
+    int n = snprintf(req->authorization, sizeof(req->authorization), AUTH_PREFIX "%s", token);
+    if (n < 0 || (size_t)n >= sizeof(req->authorization)) {
+        req->authorization[0] = '\0';
+        return -ENOSPC;
+    }
     return 0;
 }
 
@@ -747,6 +759,7 @@ static int fcm_format(void *state, const struct channel_delivery *d, struct chan
     const struct channel_device *dev = d->dev;
     memset(out, 0, sizeof(*out));
     req->nheaders = 0;
+    req->authorization[0] = '\0';
     req->body_len = 0;
     req->body[0] = '\0';
     req->url[0] = '\0';
@@ -770,7 +783,7 @@ static int fcm_format(void *state, const struct channel_delivery *d, struct chan
     snprintf(req->method, sizeof(req->method), "POST");
     int rc = 0;
     if (f->access_token[0]) {
-        rc |= add_header(req, HDR_AUTH_PREFIX "%s", f->access_token);
+        rc |= set_auth(req, f->access_token);
     }
     rc |= add_header(req, "content-type: application/json");
     if (rc != 0) {
@@ -1080,6 +1093,7 @@ static int token_fetch(struct fcm *f, int64_t now)
     }
     struct channel_request *r = &f->req;
     r->nheaders = 0;
+    r->authorization[0] = '\0';
     snprintf(r->url, sizeof(r->url), "%s", f->token_url);
     snprintf(r->method, sizeof(r->method), "POST");
     rc = add_header(r, "content-type: application/x-www-form-urlencoded");
@@ -1140,7 +1154,8 @@ static int dispatch(struct fcm *f, struct fcm_call *c)
     memcpy(r->url, f->send_url_full, sizeof(r->url));
     snprintf(r->method, sizeof(r->method), "POST");
     r->nheaders = 0;
-    int rc = add_header(r, HDR_AUTH_PREFIX "%s", f->access_token);
+    r->authorization[0] = '\0';
+    int rc = set_auth(r, f->access_token);
     rc |= add_header(r, "content-type: application/json");
     if (rc != 0) {
         return -ENOSPC; /* cannot happen: the token was sized for the slot */

@@ -39,7 +39,7 @@
 #define FCM_ASSERTION_LIFETIME_S 3600 /* Google's maximum */
 /* Longest access token the channel can carry: what is left of one
  * channel_request header slot after "authorization: Bearer ". */
-#define FCM_ACCESS_TOKEN_MAX (sizeof(((struct channel_request *)0)->headers[0]) - 23)
+#define FCM_ACCESS_TOKEN_MAX (CHANNEL_AUTH_MAX - 8) /* room for "Bearer " */
 
 /* Filled by config_defaults/config_load from fcm_channel.config. */
 struct fcm_config {

@@ -408,6 +408,7 @@ static int set_envelope(const struct sms *s, struct channel_request *req)
     snprintf(req->url, sizeof(req->url), "%s", s->url);
     snprintf(req->method, sizeof(req->method), "POST");
     req->nheaders = 0;
+    req->authorization[0] = '\0';
     int rc = 0;
     rc |= add_header(req, "%s", s->auth_header);
     rc |= add_header(req, "content-type: application/x-www-form-urlencoded");
@@ -422,6 +423,7 @@ static int sms_format(void *state, const struct channel_delivery *d, struct chan
     const struct notification *n = d->n;
     memset(out, 0, sizeof(*out));
     req->nheaders = 0;
+    req->authorization[0] = '\0';
     req->body_len = 0;
     req->body[0] = '\0';
     req->url[0] = '\0';

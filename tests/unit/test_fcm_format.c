@@ -161,12 +161,15 @@ static void render(int rc, const struct channel_request *req, const struct chann
         return;
     }
     PUT("%s %s\n", req->method, req->url);
+    /* The access token travels in req->authorization (it can outgrow a
+     * header slot); shown first, masked. */
+    if (strncmp(req->authorization, "Bearer ", 7) == 0) {
+        PUT("authorization: Bearer <masked>\n");
+    } else if (req->authorization[0]) {
+        PUT("authorization: %s\n", req->authorization);
+    }
     for (unsigned i = 0; i < req->nheaders; i++) {
-        if (strncmp(req->headers[i], "authorization: Bearer ", 22) == 0) {
-            PUT("authorization: Bearer <masked>\n");
-        } else {
-            PUT("%s\n", req->headers[i]);
-        }
+        PUT("%s\n", req->headers[i]);
     }
     PUT("\n%.*s\n", (int)req->body_len, req->body);
 #undef PUT
@@ -590,8 +593,8 @@ struct pending {
     bool token;
     http_done_cb done;
     void *ctx;
-    char auth[300];
-    char want[100]; /* the bearer the channel should use: the latest token */
+    char auth[CHANNEL_AUTH_MAX];
+    char want[CHANNEL_AUTH_MAX]; /* the bearer the channel should use: the latest token */
 };
 
 static struct {
@@ -599,8 +602,9 @@ static struct {
     int n;
     int fetches, sends;
     int refuse; /* >0: answer sends 401 this many times */
-    char token[64];
+    char token[2048];
     int token_seq;
+    int long_tokens; /* issue 1500-byte tokens, as Google may */
     int64_t expires_in;
     int token_status; /* answer token requests with this status */
 } net;
@@ -625,11 +629,7 @@ static int fake_transport(void *arg, const struct channel_request *req,
         net.sends++;
         assert_string_equal(req->url,
                             "https://fcm.googleapis.com/v1/projects/" PROJECT "/messages:send");
-        for (unsigned i = 0; i < req->nheaders; i++) {
-            if (strncmp(req->headers[i], "authorization: ", 15) == 0) {
-                snprintf(p->auth, sizeof(p->auth), "%s", req->headers[i] + 15);
-            }
-        }
+        snprintf(p->auth, sizeof(p->auth), "%s", req->authorization);
         assert_true(p->auth[0] != '\0');
         snprintf(p->want, sizeof(p->want), "Bearer %s", net.token);
     }
@@ -647,11 +647,15 @@ static void answer_all(void)
         struct http_response r;
         memset(&r, 0, sizeof(r));
         r.error_text = "";
-        char body[256];
+        char body[2400];
         if (p.token) {
             r.status = net.token_status;
             if (r.status == 200) {
-                snprintf(net.token, sizeof(net.token), "ya29.unit.%d", ++net.token_seq);
+                int tl = snprintf(net.token, sizeof(net.token), "ya29.unit.%d", ++net.token_seq);
+                if (net.long_tokens && tl > 0) {
+                    memset(net.token + tl, 'x', 1500 - (size_t)tl);
+                    net.token[1500] = '\0';
+                }
                 snprintf(body, sizeof(body),
                          "{\"access_token\":\"%s\",\"expires_in\":%lld,\"token_type\":\"Bearer\"}",
                          net.token, (long long)net.expires_in);
@@ -946,13 +950,36 @@ static void test_assertion_and_auth_header(void **state)
     struct channel_outcome o;
     assert_int_equal(run_format(st, &f, &req, &o), 0);
     assert_int_equal(req.nheaders, 1); /* no token yet: content-type only */
+    assert_string_equal(req.authorization, "");
     send_one(st, &f);
     answer_all();
     assert_int_equal(run_format(st, &f, &req, &o), 0);
-    assert_int_equal(req.nheaders, 2);
-    assert_string_equal(req.headers[0], "authorization: Bearer ya29.unit.1");
-    assert_string_equal(req.headers[1], "content-type: application/json");
+    assert_int_equal(req.nheaders, 1);
+    assert_string_equal(req.authorization, "Bearer ya29.unit.1");
+    assert_string_equal(req.headers[0], "content-type: application/json");
     golden_case(st, &f, "with_access_token");
+    fcm_channel.destroy(st);
+    fixture_free(&f);
+}
+
+/* Google documents access tokens up to 2048 bytes: a 1500-byte one must
+ * reach the wire whole (it once had to fit a 256-byte header slot). */
+static void test_long_access_token(void **state)
+{
+    (void)state;
+    void *st = timeline_channel(NULL);
+    struct fixture f;
+    fixture_init(&f, "long");
+    f.n.title = "t";
+    net.long_tokens = 1;
+    send_one(st, &f);
+    answer_all();
+    static struct channel_request req;
+    struct channel_outcome o;
+    assert_int_equal(run_format(st, &f, &req, &o), 0);
+    assert_int_equal(strlen(req.authorization), strlen("Bearer ") + 1500);
+    assert_int_equal(strncmp(req.authorization, "Bearer ya29.unit.", 17), 0);
+    net.long_tokens = 0;
     fcm_channel.destroy(st);
     fixture_free(&f);
 }
@@ -1216,6 +1243,7 @@ int main(void)
         cmocka_unit_test(test_unauthenticated_refreshes_once),
         cmocka_unit_test(test_short_token_margin_capped),
         cmocka_unit_test(test_assertion_and_auth_header),
+        cmocka_unit_test(test_long_access_token),
         cmocka_unit_test(test_assertion_claims),
         cmocka_unit_test(test_queue_bound),
         cmocka_unit_test(test_init_errors),
