@@ -73,6 +73,17 @@ struct channel_request {
     size_t body_len;
 };
 
+/* Shared by the channels' format functions. */
+
+/* Append a "name: value" header. 0, or -ENOSPC when there is no free slot or
+ * the line does not fit one (req unchanged). */
+int channel_add_header(struct channel_request *req, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Fill out as a permanent drop with reason and device action; returns err
+ * (for "return channel_drop(...)" in format). */
+int channel_drop(struct channel_outcome *out, const char *reason, int device_action, int err);
+
 struct channel_env {
     loop_t *loop;
     struct http *http; /* shared HTTP/2 client on the loop */

@@ -173,32 +173,7 @@ static bool header_value_ok(const char *v, size_t max)
     return n > 0;
 }
 
-static int drop(struct channel_outcome *out, const char *reason, int device_action, int err)
-{
-    out->result = CHANNEL_DROP;
-    snprintf(out->reason, sizeof(out->reason), "%s", reason);
-    out->device_action = device_action;
-    return err;
-}
 
-static int add_header(struct channel_request *req, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int add_header(struct channel_request *req, const char *fmt, ...)
-{
-    if (req->nheaders >= CHANNEL_MAX_HEADERS) {
-        return -ENOSPC;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(req->headers[req->nheaders], sizeof(req->headers[0]), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(req->headers[0])) {
-        return -ENOSPC;
-    }
-    req->nheaders++;
-    return 0;
-}
 
 /* Build the JSON payload into req->body. 0, TDG_ETOOBIG or -ENOMEM. */
 static int build_payload(const struct notification *n, bool alert, struct channel_request *req)
@@ -280,17 +255,17 @@ static int apns_format(void *state, const struct channel_delivery *d, struct cha
 
     if (!device_token_ok(dev->token)) {
         /* Not hex: it can never be valid. Flag, like APNs' BadDeviceToken. */
-        return drop(out, "BadDeviceToken", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
+        return channel_drop(out, "BadDeviceToken", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
     }
     const char *topic = dev->app && *dev->app ? dev->app : a->cfg.topic;
     if (!*topic) {
-        return drop(out, "MissingTopic", CHANNEL_DEVICE_NONE, TDG_ECONFIG);
+        return channel_drop(out, "MissingTopic", CHANNEL_DEVICE_NONE, TDG_ECONFIG);
     }
     if (!header_value_ok(topic, 200)) {
-        return drop(out, "BadTopic", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
+        return channel_drop(out, "BadTopic", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
     }
     if (n->collapse_key && !header_value_ok(n->collapse_key, PROTO_COLLAPSE_MAX)) {
-        return drop(out, "BadCollapseId", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+        return channel_drop(out, "BadCollapseId", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
     }
     const char *base = a->cfg.url;
     if (dev->environment && strcmp(dev->environment, "sandbox") == 0 && a->cfg.sandbox_url[0]) {
@@ -298,7 +273,7 @@ static int apns_format(void *state, const struct channel_delivery *d, struct cha
     }
     int ul = snprintf(req->url, sizeof(req->url), "%s/3/device/%s", base, dev->token);
     if (ul < 0 || (size_t)ul >= sizeof(req->url)) {
-        return drop(out, "BadDeviceToken", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
+        return channel_drop(out, "BadDeviceToken", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
     }
     snprintf(req->method, sizeof(req->method), "POST");
 
@@ -309,24 +284,24 @@ static int apns_format(void *state, const struct channel_delivery *d, struct cha
      * at once, which low-priority alerts should not do. */
     int prio = alert && n->priority != PROTO_PRIO_LOW ? 10 : 5;
     int rc = 0;
-    rc |= add_header(req, HDR_AUTH_PREFIX "%s", a->jwt);
-    rc |= add_header(req, "apns-topic: %s", topic);
-    rc |= add_header(req, "apns-push-type: %s", alert ? "alert" : "background");
-    rc |= add_header(req, "apns-priority: %d", prio);
+    rc |= channel_add_header(req, HDR_AUTH_PREFIX "%s", a->jwt);
+    rc |= channel_add_header(req, "apns-topic: %s", topic);
+    rc |= channel_add_header(req, "apns-push-type: %s", alert ? "alert" : "background");
+    rc |= channel_add_header(req, "apns-priority: %d", prio);
     if (n->ttl_s > 0) {
-        rc |= add_header(req, "apns-expiration: %" PRId64, d->now_ms / 1000 + n->ttl_s);
+        rc |= channel_add_header(req, "apns-expiration: %" PRId64, d->now_ms / 1000 + n->ttl_s);
     }
     if (n->collapse_key) {
-        rc |= add_header(req, "apns-collapse-id: %s", n->collapse_key);
+        rc |= channel_add_header(req, "apns-collapse-id: %s", n->collapse_key);
     }
     if (rc != 0) {
-        return drop(out, "HeaderTooLong", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+        return channel_drop(out, "HeaderTooLong", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
     }
 
     rc = build_payload(n, alert, req);
     if (rc == TDG_ETOOBIG) {
         req->body_len = 0;
-        return drop(out, "PayloadTooLarge", CHANNEL_DEVICE_NONE, rc);
+        return channel_drop(out, "PayloadTooLarge", CHANNEL_DEVICE_NONE, rc);
     }
     if (rc < 0) {
         /* Out of memory is not the notification's fault: retry later. */
@@ -445,18 +420,6 @@ static void call_unlink(struct apns *a, struct apns_call *c)
     }
 }
 
-static const char *result_name(enum channel_result r)
-{
-    switch (r) {
-    case CHANNEL_OK:
-        return "ok";
-    case CHANNEL_RETRY:
-        return "retry";
-    case CHANNEL_DROP:
-        return "drop";
-    }
-    return "?";
-}
 
 static void count(struct apns *a, const struct channel_outcome *o)
 {
@@ -558,7 +521,7 @@ static void on_answer(void *ctx, const struct http_response *resp)
         a->logged_young_expired = false;
     }
     LOG_DEBUG(MOD, "token=%s status=%d result=%s reason=%s", c->tok, o.status,
-              result_name(o.result), o.reason);
+              channel_result_name(o.result), o.reason);
     finish(c, &o);
 }
 

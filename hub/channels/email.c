@@ -727,19 +727,6 @@ static void on_deferred(loop_t *loop, uint64_t id, void *arg)
     finish(c, &o);
 }
 
-/* channel_result_name lives in the hub core; this library stands alone. */
-static const char *result_name(enum channel_result r)
-{
-    switch (r) {
-    case CHANNEL_OK:
-        return "ok";
-    case CHANNEL_RETRY:
-        return "retry";
-    case CHANNEL_DROP:
-        return "drop";
-    }
-    return "?";
-}
 
 static void on_result(void *ctx, const struct smtp_result *r)
 {
@@ -764,7 +751,7 @@ static void on_result(void *ctx, const struct smtp_result *r)
         e->logged_tls = true;
     }
     LOG_DEBUG(MOD, "code=%d result=%s reason=%s id=%s elapsed_ms=%" PRIu64, o.status,
-              result_name(o.result), o.reason, o.provider_id, r->elapsed_ms);
+              channel_result_name(o.result), o.reason, o.provider_id, r->elapsed_ms);
     finish(c, &o);
 }
 

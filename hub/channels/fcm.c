@@ -232,32 +232,7 @@ static bool reg_token_ok(const char *t)
     return n > 0;
 }
 
-static int drop(struct channel_outcome *out, const char *reason, int device_action, int err)
-{
-    out->result = CHANNEL_DROP;
-    snprintf(out->reason, sizeof(out->reason), "%s", reason);
-    out->device_action = device_action;
-    return err;
-}
 
-static int add_header(struct channel_request *req, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int add_header(struct channel_request *req, const char *fmt, ...)
-{
-    if (req->nheaders >= CHANNEL_MAX_HEADERS) {
-        return -ENOSPC;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(req->headers[req->nheaders], sizeof(req->headers[0]), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(req->headers[0])) {
-        return -ENOSPC;
-    }
-    req->nheaders++;
-    return 0;
-}
 
 /* The access token goes in the request's own authorization field: Google's
  * tokens may be up to 2048 bytes, more than a header slot holds. */
@@ -271,18 +246,6 @@ static int set_auth(struct channel_request *req, const char *token)
     return 0;
 }
 
-static const char *result_name(enum channel_result r)
-{
-    switch (r) {
-    case CHANNEL_OK:
-        return "ok";
-    case CHANNEL_RETRY:
-        return "retry";
-    case CHANNEL_DROP:
-        return "drop";
-    }
-    return "?";
-}
 
 /* --- rate bucket -------------------------------------------------------- */
 
@@ -767,7 +730,7 @@ static int fcm_format(void *state, const struct channel_delivery *d, struct chan
     if (!reg_token_ok(dev->token)) {
         /* Cannot be a registration token; flagged like FCM's own
          * INVALID_ARGUMENT on message.token. */
-        return drop(out, "BadRegistrationToken", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
+        return channel_drop(out, "BadRegistrationToken", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
     }
     if (dev->app && dev->app[0] && strcmp(dev->app, f->project) != 0) {
         /* The device belongs to another Firebase project: these
@@ -777,7 +740,7 @@ static int fcm_format(void *state, const struct channel_delivery *d, struct chan
                       f->project);
             f->logged_project_mismatch = true;
         }
-        return drop(out, "ProjectMismatch", CHANNEL_DEVICE_NONE, TDG_ECONFIG);
+        return channel_drop(out, "ProjectMismatch", CHANNEL_DEVICE_NONE, TDG_ECONFIG);
     }
     snprintf(req->url, sizeof(req->url), "%s", f->send_url_full);
     snprintf(req->method, sizeof(req->method), "POST");
@@ -785,15 +748,15 @@ static int fcm_format(void *state, const struct channel_delivery *d, struct chan
     if (f->access_token[0]) {
         rc |= set_auth(req, f->access_token);
     }
-    rc |= add_header(req, "content-type: application/json");
+    rc |= channel_add_header(req, "content-type: application/json");
     if (rc != 0) {
-        return drop(out, "HeaderTooLong", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+        return channel_drop(out, "HeaderTooLong", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
     }
     rc = build_body(n, dev->token, d->now_ms, req);
     if (rc == TDG_ETOOBIG) {
         req->body_len = 0;
         req->body[0] = '\0';
-        return drop(out, "PayloadTooLarge", CHANNEL_DEVICE_NONE, rc);
+        return channel_drop(out, "PayloadTooLarge", CHANNEL_DEVICE_NONE, rc);
     }
     if (rc < 0) {
         /* Out of memory is not the notification's fault: retry later. */
@@ -877,7 +840,7 @@ static void finish(struct fcm_call *c, const struct channel_outcome *o)
     call_unlink(f, c);
     count(f, o);
     LOG_DEBUG(MOD, "token=%s status=%d result=%s reason=%s", c->tok, o->status,
-              result_name(o->result), o->reason);
+              channel_result_name(o->result), o->reason);
     channel_done_cb done = c->done;
     void *ctx = c->ctx;
     free(c);
@@ -1096,8 +1059,8 @@ static int token_fetch(struct fcm *f, int64_t now)
     r->authorization[0] = '\0';
     snprintf(r->url, sizeof(r->url), "%s", f->token_url);
     snprintf(r->method, sizeof(r->method), "POST");
-    rc = add_header(r, "content-type: application/x-www-form-urlencoded");
-    rc |= add_header(r, "accept: application/json");
+    rc = channel_add_header(r, "content-type: application/x-www-form-urlencoded");
+    rc |= channel_add_header(r, "accept: application/json");
     int bl = snprintf(r->body, sizeof(r->body), "%s%s", GRANT_BODY_PREFIX, assertion);
     mbedtls_platform_zeroize(assertion, sizeof(assertion));
     if (rc != 0 || bl < 0 || (size_t)bl >= sizeof(r->body)) {
@@ -1156,7 +1119,7 @@ static int dispatch(struct fcm *f, struct fcm_call *c)
     r->nheaders = 0;
     r->authorization[0] = '\0';
     int rc = set_auth(r, f->access_token);
-    rc |= add_header(r, "content-type: application/json");
+    rc |= channel_add_header(r, "content-type: application/json");
     if (rc != 0) {
         return -ENOSPC; /* cannot happen: the token was sized for the slot */
     }

@@ -324,32 +324,7 @@ struct sms {
 
 /* --- format ------------------------------------------------------------------- */
 
-static int drop(struct channel_outcome *out, const char *reason, int device_action, int err)
-{
-    out->result = CHANNEL_DROP;
-    snprintf(out->reason, sizeof(out->reason), "%s", reason);
-    out->device_action = device_action;
-    return err;
-}
 
-static int add_header(struct channel_request *req, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int add_header(struct channel_request *req, const char *fmt, ...)
-{
-    if (req->nheaders >= CHANNEL_MAX_HEADERS) {
-        return -ENOSPC;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(req->headers[req->nheaders], sizeof(req->headers[0]), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(req->headers[0])) {
-        return -ENOSPC;
-    }
-    req->nheaders++;
-    return 0;
-}
 
 /* Append "name=value", preceded by '&' when amp, to buf at *off. */
 static int put_param(char *buf, size_t cap, size_t *off, bool amp, const char *name,
@@ -410,9 +385,9 @@ static int set_envelope(const struct sms *s, struct channel_request *req)
     req->nheaders = 0;
     req->authorization[0] = '\0';
     int rc = 0;
-    rc |= add_header(req, "%s", s->auth_header);
-    rc |= add_header(req, "content-type: application/x-www-form-urlencoded");
-    rc |= add_header(req, "accept: application/json");
+    rc |= channel_add_header(req, "%s", s->auth_header);
+    rc |= channel_add_header(req, "content-type: application/x-www-form-urlencoded");
+    rc |= channel_add_header(req, "accept: application/json");
     return rc;
 }
 
@@ -430,19 +405,19 @@ static int sms_format(void *state, const struct channel_delivery *d, struct chan
 
     const char *to = d->dev ? d->dev->token : NULL;
     if (!sms_e164_valid(to)) {
-        return drop(out, "invalid_number", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+        return channel_drop(out, "invalid_number", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
     }
 
     /* The text: title, a line break, body. */
     size_t tl = n->title ? strlen(n->title) : 0;
     size_t bl = n->body ? strlen(n->body) : 0;
     if (tl + bl == 0) {
-        return drop(out, "no_content", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+        return channel_drop(out, "no_content", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
     }
     size_t len = tl + (tl && bl ? 1 : 0) + bl;
     if (len >= sizeof(s->text)) {
         /* twice the wire limit: only text proto_parse refuses gets here */
-        return drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
+        return channel_drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
     }
     if (tl) {
         memcpy(s->text, n->title, tl);
@@ -456,7 +431,7 @@ static int sms_format(void *state, const struct channel_delivery *d, struct chan
     s->text[len] = '\0';
     struct sms_text_info info;
     if (sms_text_info(s->text, len, &info) < 0) {
-        return drop(out, "bad_utf8", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
+        return channel_drop(out, "bad_utf8", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
     }
 
     /* The parameters after Body first, so Body knows how much room is left. */
@@ -492,7 +467,7 @@ static int sms_format(void *state, const struct channel_delivery *d, struct chan
         rc = put_param(b, bcap, &off, true, "Body", "");
     }
     if (rc < 0 || off + post + 1 + ELLIPSIS_LEN > bcap) {
-        return drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
+        return channel_drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
     }
     bool cut = false;
     size_t room = bcap - 1 - off - post;
@@ -505,7 +480,7 @@ static int sms_format(void *state, const struct channel_delivery *d, struct chan
     }
     int m = sms_form_encode(s->text, len, b + off, bcap - off);
     if (m < 0 || off + (size_t)m + post >= bcap) {
-        return drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
+        return channel_drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
     }
     off += (size_t)m;
     memcpy(b + off, s->post, post);
@@ -514,7 +489,7 @@ static int sms_format(void *state, const struct channel_delivery *d, struct chan
     req->body_len = off;
 
     if (set_envelope(s, req) != 0) {
-        return drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
+        return channel_drop(out, "too_large", CHANNEL_DEVICE_NONE, TDG_ETOOBIG);
     }
     snprintf(out->reason, sizeof(out->reason), "%s segments=%u%s",
              info.encoding == SMS_GSM7 ? "gsm7" : "ucs2", info.segments, cut ? " truncated" : "");
@@ -715,19 +690,6 @@ static int defer(struct sms *s, struct sms_call *c, const struct channel_outcome
     return 0;
 }
 
-/* channel_result_name lives in the hub core; this library stands alone. */
-static const char *result_name(enum channel_result r)
-{
-    switch (r) {
-    case CHANNEL_OK:
-        return "ok";
-    case CHANNEL_RETRY:
-        return "retry";
-    case CHANNEL_DROP:
-        return "drop";
-    }
-    return "?";
-}
 
 static void on_answer(void *ctx, const struct http_response *resp)
 {
@@ -783,7 +745,7 @@ static void on_answer(void *ctx, const struct http_response *resp)
         }
     }
     LOG_DEBUG(MOD, "to=%s status=%d result=%s reason=%s sid=%s", c->num, o.status,
-              result_name(o.result), o.reason, o.provider_id);
+              channel_result_name(o.result), o.reason, o.provider_id);
     finish(c, &o);
 }
 
