@@ -29,6 +29,8 @@
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const sync_modes[] = {"normal", "full", NULL};
+/* In the order of enum outbox_full_policy. */
+static const char *const full_policies[] = {"reject", "drop_oldest_lowest", NULL};
 
 const struct config_entry agent_config_table[] = {
     {"agent.id", CONFIG_STRING, "agent1", OFF(id),
@@ -82,6 +84,15 @@ const struct config_entry agent_config_table[] = {
      INT64_MAX},
     {"outbox.max_bytes", CONFIG_SIZE, "1G", OFF(outbox_max_bytes),
      "Outbox budget in bytes (0: none)", NULL, 0, 0},
+    {"outbox.full_policy", CONFIG_ENUM, "reject", OFF(outbox_full_policy),
+     "Over budget: reject new notifications, or drop_oldest_lowest: drop the oldest of the "
+     "lowest priority <= the new one's (recorded, counted in status queue.dropped)",
+     full_policies, 0, 0},
+    {"outbox.reset_corrupt", CONFIG_BOOL, "false", OFF(reset_corrupt_db),
+     "At start, move an outbox.db or policy.db that is not a database or is corrupt (and its "
+     "-wal/-shm) aside to <name>.corrupt-<unix time> and start fresh (also: "
+     "--reset-corrupt-db); false: refuse to start",
+     NULL, 0, 0},
     {"socket.path", CONFIG_STRING, "", OFF(socket_path),
      "Unix socket for local programs and the CLI, created 0600 (empty: <state_dir>/agent.sock)",
      NULL, 0, 0},
@@ -146,7 +157,8 @@ struct agent {
     bool lcounted;
     int lcount_rc;
     struct localq_counts lcounts;
-    bool commit_failed_logged;
+    bool commit_failed_logged; /* in a commit outage, logged once */
+    uint64_t commit_failures;  /* failed commits in this outage */
     /* The MQTT QoS 1 loss window: libmosquitto has already sent PUBACK
      * when on_message runs, and the commit comes at the end of the loop
      * iteration. Measured from the first uncommitted message to its commit. */
@@ -204,7 +216,22 @@ static void before_sleep(loop_t *loop, void *arg)
         a->ist.accepted -= lost <= a->ist.accepted ? lost : a->ist.accepted;
         a->down.errors += lost_down;
         a->down.accepted -= lost_down <= a->down.accepted ? lost_down : a->down.accepted;
-        LOG_ERROR("agent", "commit of %u notifications failed: %s", n, tdg_strerror(rc));
+        /* Once per outage (disk full, I/O error): the MQTT way in has no
+         * reply to carry it, and a log line per commit would fill the disk
+         * the error is about. */
+        a->commit_failures++;
+        if (!a->commit_failed_logged) {
+            LOG_ERROR("agent", "commit of %u notifications failed: %s; new notifications are "
+                      "not accepted (socket: \"storage\" replies; MQTT: dropped, counted as "
+                      "errors) until a commit succeeds; what is stored stays and drains",
+                      n, tdg_strerror(rc));
+            a->commit_failed_logged = true;
+        }
+    } else if (a->commit_failed_logged && n > 0) {
+        LOG_INFO("agent", "commits work again: committed %u after %llu failed commits", n,
+                 (unsigned long long)a->commit_failures);
+        a->commit_failed_logged = false;
+        a->commit_failures = 0;
     } else if (n > 0) {
         LOG_DEBUG("agent", "committed %u (socket %u)", n, from_socket);
     }
@@ -547,7 +574,8 @@ static cJSON *agent_status(void *arg)
     ok = q && add_num(q, "total", os.rows) &&
          add_num(q, "queued", os.rows >= os.inflight ? os.rows - os.inflight : 0) &&
          add_num(q, "in_flight", os.inflight) && add_num(q, "bytes", os.bytes) &&
-         add_num(q, "rejected_full", os.rejected_full);
+         add_num(q, "rejected_full", os.rejected_full) && add_num(q, "dropped", os.dropped) &&
+         add_num(q, "dropped_records", os.dropped_rows);
     if (ok && qrc == 0) {
         static const char *const names[4] = {"low", "normal", "high", "critical"};
         cJSON *byp = cJSON_AddObjectToObject(q, "by_priority");
@@ -612,6 +640,61 @@ static bool user_id_valid(const char *u)
     return true;
 }
 
+/*
+ * Open one of the agent's databases with open_fn. An unusable file (not a
+ * database, corrupt) stops the start with an error naming it: a silent reset
+ * would lose accepted notifications. Only with outbox.reset_corrupt
+ * (--reset-corrupt-db) is it moved aside (kept, never deleted) and opened
+ * fresh; what was moved where is logged. 0 or a negative error, err set.
+ */
+static int open_db_or_reset(agent_t *a, const char *path,
+                            int (*open_fn)(void *arg, char *err, size_t errlen), void *arg,
+                            char *err, size_t errlen)
+{
+    int rc = open_fn(arg, err, errlen);
+    if (rc != TDG_EDB_CORRUPT) {
+        return rc;
+    }
+    if (!a->cfg.reset_corrupt_db) {
+        size_t used = strlen(err);
+        snprintf(err + used, errlen - used,
+                 "; 'tidings-agent --reset-corrupt-db' (or outbox.reset_corrupt = true) moves "
+                 "it to %s.corrupt-<unix time> and starts fresh",
+                 path);
+        return rc;
+    }
+    LOG_ERROR("agent", "%s", err);
+    char moved[600];
+    int64_t now_s = clock_wall_ms() / 1000;
+    if ((rc = db_move_aside(path, now_s, moved, sizeof(moved), err, errlen)) < 0) {
+        return rc;
+    }
+    LOG_WARN("agent", "--reset-corrupt-db: moved %s (and its -wal/-shm) to %s; starting with "
+             "an empty database",
+             path, moved);
+    return open_fn(arg, err, errlen);
+}
+
+struct open_outbox_arg {
+    agent_t *a;
+    const struct outbox_limits *lim;
+};
+
+static int open_outbox_fn(void *arg, char *err, size_t errlen)
+{
+    struct open_outbox_arg *o = arg;
+    return outbox_open(o->a->db_path, o->a->cfg.synchronous == 1 ? DB_SYNC_FULL : DB_SYNC_NORMAL,
+                       o->lim, &o->a->ob, err, errlen);
+}
+
+static int open_policy_fn(void *arg, char *err, size_t errlen)
+{
+    agent_t *a = arg;
+    return policy_store_open(a->policy_path,
+                             a->cfg.synchronous == 1 ? DB_SYNC_FULL : DB_SYNC_NORMAL, &a->ps,
+                             err, errlen);
+}
+
 /* The preference store and the local delivery backends and queue. 0 or a
  * negative error with err set. */
 static int open_local(agent_t *a, char *err, size_t errlen)
@@ -628,9 +711,7 @@ static int open_local(agent_t *a, char *err, size_t errlen)
         snprintf(err, errlen, "state_dir too long");
         return -ENAMETOOLONG;
     }
-    int rc = policy_store_open(a->policy_path,
-                               cfg->synchronous == 1 ? DB_SYNC_FULL : DB_SYNC_NORMAL, &a->ps, err,
-                               errlen);
+    int rc = open_db_or_reset(a, a->policy_path, open_policy_fn, a, err, errlen);
     if (rc < 0) {
         return rc;
     }
@@ -715,9 +796,11 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
         return rc;
     }
     struct outbox_limits lim = {.max_rows = (uint64_t)cfg->outbox_max_rows,
-                                .max_bytes = cfg->outbox_max_bytes};
-    rc = outbox_open(a->db_path, cfg->synchronous == 1 ? DB_SYNC_FULL : DB_SYNC_NORMAL, &lim,
-                     &a->ob, err, errlen);
+                                .max_bytes = cfg->outbox_max_bytes,
+                                .full_policy =
+                                    (enum outbox_full_policy)cfg->outbox_full_policy};
+    struct open_outbox_arg oa = {.a = a, .lim = &lim};
+    rc = open_db_or_reset(a, a->db_path, open_outbox_fn, &oa, err, errlen);
     if (rc < 0) {
         socket_server_destroy(a->sock);
         free(a);

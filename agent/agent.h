@@ -8,6 +8,7 @@
 #ifndef TIDINGS_AGENT_H
 #define TIDINGS_AGENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,6 +47,10 @@ struct agent_config {
     int synchronous; /* index into {"normal", "full"} */
     int64_t outbox_max_rows;
     uint64_t outbox_max_bytes;
+    int outbox_full_policy; /* enum outbox_full_policy: index into {"reject", "drop_oldest_lowest"} */
+    /* outbox.reset_corrupt / --reset-corrupt-db: move an unusable outbox.db
+     * or policy.db aside (db_move_aside) and start fresh instead of refusing */
+    bool reset_corrupt_db;
     /* unix socket for local programs (agent/socket.h) */
     char socket_path[108]; /* sizeof(sun_path); "" = <state_dir>/agent.sock */
     int64_t socket_max_clients;

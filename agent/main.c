@@ -5,6 +5,7 @@
 #include "log.h"
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,11 +13,14 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: tidings-agent [-c FILE] [-o key=value]... [--help-config] [--version]\n"
+            "usage: tidings-agent [-c FILE] [-o key=value]... [--reset-corrupt-db] [--help-config]\n"
+            "                     [--version]\n"
             "       tidings-agent send --title T --body B [--to ..] [...]   (see send --help)\n"
             "       tidings-agent status [--json] [--id ID]                (see status --help)\n"
             "  -c FILE          configuration file (key = value)\n"
             "  -o key=value     override one setting (after the file)\n"
+            "  --reset-corrupt-db  move an unusable outbox.db/policy.db aside to\n"
+            "                   <name>.corrupt-<unix time> and start fresh (outbox.reset_corrupt)\n"
             "  --help-config    print every setting with its default and exit\n"
             "  send, status     talk to the running agent over its unix socket\n");
 }
@@ -42,9 +46,12 @@ int main(int argc, char **argv)
         return 1;
     }
     const char *file = NULL;
+    bool reset_corrupt = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
             file = argv[++i];
+        } else if (strcmp(argv[i], "--reset-corrupt-db") == 0) {
+            reset_corrupt = true;
         } else if (strcmp(argv[i], "--help-config") == 0) {
             config_print(t, n, stdout);
             return 0;
@@ -85,12 +92,20 @@ int main(int argc, char **argv)
         }
     }
 
+    if (reset_corrupt) {
+        cfg.reset_corrupt_db = true;
+    }
+
     loop_t *loop = loop_create();
     if (!loop) {
         fprintf(stderr, "tidings-agent: cannot create event loop\n");
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Under a file-size limit (RLIMIT_FSIZE) a write past it raises SIGXFSZ,
+     * which kills by default: ignored, the write fails with EFBIG, SQLite
+     * reports it, and the agent answers "storage" and keeps what it has. */
+    signal(SIGXFSZ, SIG_IGN);
     loop_signal(loop, SIGINT, on_signal, NULL);
     loop_signal(loop, SIGTERM, on_signal, NULL);
     agent_t *a = NULL;

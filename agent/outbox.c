@@ -3,6 +3,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "proto.h"
 
 #include <errno.h>
 #include <sqlite3.h>
@@ -47,9 +48,34 @@ static const struct db_migration migrations[] = {
         "CREATE INDEX local_due ON local_queue(due_ms) WHERE state = 'pending';"
         "CREATE INDEX local_done ON local_queue(updated_ms) WHERE state <> 'pending';"
         "CREATE INDEX local_state ON local_queue(state, rule);"},
+    /* outbox.full_policy = drop_oldest_lowest: every row deleted to make
+     * room is recorded here (DESIGN "Nothing vanishes": dropped, with its
+     * reason), the newest OUTBOX_DROPPED_KEEP kept. */
+    {3, "CREATE TABLE dropped ("
+        "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  id TEXT NOT NULL,"
+        "  priority INTEGER NOT NULL,"
+        "  reason TEXT NOT NULL,"
+        "  created_ms INTEGER NOT NULL,"
+        "  dropped_ms INTEGER NOT NULL"
+        ");"},
 };
 
-enum { ST_INSERT, ST_TAKE, ST_MARK, ST_UNTAKE, ST_UNTAKE_ALL, ST_DELETE, ST_COUNT, ST_N };
+enum {
+    ST_INSERT,
+    ST_TAKE,
+    ST_MARK,
+    ST_UNTAKE,
+    ST_UNTAKE_ALL,
+    ST_DELETE,
+    ST_COUNT,
+    ST_VICTIM,
+    ST_DROP_ROW,
+    ST_DROP_REC,
+    ST_DROP_PRUNE,
+    ST_DROP_COUNT,
+    ST_N
+};
 
 static const char *const sql[ST_N] = {
     [ST_INSERT] = "INSERT OR IGNORE INTO outbox(id, priority, created_ms, expires_ms, body) "
@@ -62,6 +88,15 @@ static const char *const sql[ST_N] = {
     [ST_DELETE] = "DELETE FROM outbox WHERE id = ? RETURNING length(body)",
     [ST_COUNT] = "SELECT count(*), coalesce(sum(length(body)), 0), "
                  "coalesce(sum(inflight), 0) FROM outbox",
+    /* The oldest row of one priority that is not in flight: over the send
+     * index (inflight, priority DESC, seq), no sort. */
+    [ST_VICTIM] = "SELECT seq, id, length(body), created_ms FROM outbox "
+                  "WHERE inflight = 0 AND priority = ? ORDER BY seq LIMIT 1",
+    [ST_DROP_ROW] = "DELETE FROM outbox WHERE seq = ?",
+    [ST_DROP_REC] = "INSERT INTO dropped(id, priority, reason, created_ms, dropped_ms) "
+                    "VALUES (?, ?, 'outbox over budget', ?, ?)",
+    [ST_DROP_PRUNE] = "DELETE FROM dropped WHERE seq <= ?",
+    [ST_DROP_COUNT] = "SELECT count(*) FROM dropped",
 };
 
 struct outbox {
@@ -72,7 +107,11 @@ struct outbox {
     unsigned pending;
     uint64_t rows, bytes, inflight;
     uint64_t pending_rows, pending_bytes; /* added in the open transaction */
+    /* committed rows dropped in the open transaction, and all its drops */
+    uint64_t pend_del_rows, pend_del_bytes, pend_dropped;
+    int64_t tx_first_seq; /* first row inserted in the open transaction; 0: none */
     uint64_t accepted, duplicates, rejected_full;
+    uint64_t dropped, dropped_rows;
     bool full_logged;
     outbox_commit_cb on_commit;
     void *on_commit_arg;
@@ -122,8 +161,14 @@ int outbox_open(const char *path, enum db_sync sync, const struct outbox_limits 
         ob->bytes = (uint64_t)sqlite3_column_int64(c, 1);
     }
     sqlite3_reset(c);
-    LOG_INFO("outbox", "opened %s: rows=%llu bytes=%llu", path, (unsigned long long)ob->rows,
-             (unsigned long long)ob->bytes);
+    if (sqlite3_step(ob->st[ST_DROP_COUNT]) == SQLITE_ROW) {
+        ob->dropped_rows = (uint64_t)sqlite3_column_int64(ob->st[ST_DROP_COUNT], 0);
+    }
+    sqlite3_reset(ob->st[ST_DROP_COUNT]);
+    LOG_INFO("outbox", "opened %s: rows=%llu bytes=%llu dropped_records=%llu full_policy=%s", path,
+             (unsigned long long)ob->rows, (unsigned long long)ob->bytes,
+             (unsigned long long)ob->dropped_rows,
+             lim->full_policy == OUTBOX_FULL_DROP_OLDEST_LOWEST ? "drop_oldest_lowest" : "reject");
     *out = ob;
     return 0;
 }
@@ -143,28 +188,170 @@ void outbox_close(outbox_t *ob)
     free(ob);
 }
 
-static bool over_budget(const outbox_t *ob, size_t len)
+/* Whether the outbox, as the open transaction leaves it, plus extra_rows
+ * rows of len bytes, is over budget. */
+static bool over_budget_n(const outbox_t *ob, uint64_t extra_rows, size_t len)
 {
-    uint64_t rows = ob->rows + ob->pending_rows + 1;
-    uint64_t bytes = ob->bytes + ob->pending_bytes + len;
+    uint64_t rows = ob->rows + ob->pending_rows - ob->pend_del_rows + extra_rows;
+    uint64_t bytes = ob->bytes + ob->pending_bytes - ob->pend_del_bytes + len;
     return (ob->lim.max_rows && rows > ob->lim.max_rows) ||
            (ob->lim.max_bytes && bytes > ob->lim.max_bytes);
+}
+
+static bool over_budget(const outbox_t *ob, size_t len)
+{
+    return over_budget_n(ob, 1, len);
+}
+
+static void log_full(outbox_t *ob, const char *what)
+{
+    if (ob->full_logged) {
+        return;
+    }
+    LOG_WARN("outbox", "full: rows=%llu bytes=%llu max_rows=%llu max_bytes=%llu; %s",
+             (unsigned long long)(ob->rows + ob->pending_rows - ob->pend_del_rows),
+             (unsigned long long)(ob->bytes + ob->pending_bytes - ob->pend_del_bytes),
+             (unsigned long long)ob->lim.max_rows, (unsigned long long)ob->lim.max_bytes, what);
+    ob->full_logged = true;
+}
+
+/* Drop one row to make room: the oldest not in flight with priority p, not
+ * the row `keep` (the one just inserted). 1 dropped, 0 none there, or a
+ * negative error. Counts go to *rows and *bytes (committed rows) or straight to
+ * the pending counts (rows of this transaction). */
+static int drop_one(outbox_t *ob, int p, int64_t keep, int64_t now_ms, uint64_t *rows,
+                    uint64_t *bytes, uint64_t *prow, uint64_t *pbytes)
+{
+    sqlite3_stmt *v = ob->st[ST_VICTIM];
+    sqlite3_bind_int(v, 1, p);
+    int step = sqlite3_step(v);
+    if (step != SQLITE_ROW) {
+        sqlite3_reset(v);
+        return step == SQLITE_DONE ? 0 : (db_err(step) ? db_err(step) : TDG_EDB);
+    }
+    int64_t seq = sqlite3_column_int64(v, 0);
+    char id[PROTO_ID_MAX + 1];
+    const char *vid = (const char *)sqlite3_column_text(v, 1);
+    snprintf(id, sizeof(id), "%s", vid ? vid : "");
+    uint64_t len = (uint64_t)sqlite3_column_int64(v, 2);
+    int64_t created = sqlite3_column_int64(v, 3);
+    sqlite3_reset(v);
+    if (seq == keep) {
+        return 0;
+    }
+    sqlite3_bind_int64(ob->st[ST_DROP_ROW], 1, seq);
+    int rc = step_done(ob, ob->st[ST_DROP_ROW]);
+    if (rc == 0) {
+        sqlite3_stmt *r = ob->st[ST_DROP_REC];
+        sqlite3_bind_text(r, 1, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(r, 2, p);
+        sqlite3_bind_int64(r, 3, created);
+        sqlite3_bind_int64(r, 4, now_ms);
+        rc = step_done(ob, r);
+        sqlite3_clear_bindings(r);
+    }
+    if (rc == 0) {
+        int64_t rec = sqlite3_last_insert_rowid(ob->db);
+        if (rec > OUTBOX_DROPPED_KEEP) {
+            sqlite3_bind_int64(ob->st[ST_DROP_PRUNE], 1, rec - OUTBOX_DROPPED_KEEP);
+            rc = step_done(ob, ob->st[ST_DROP_PRUNE]);
+        }
+    }
+    if (rc < 0) {
+        return rc;
+    }
+    if (ob->tx_first_seq > 0 && seq >= ob->tx_first_seq) {
+        (*prow)++;
+        *pbytes += len;
+    } else {
+        (*rows)++;
+        *bytes += len;
+    }
+    LOG_DEBUG("outbox", "dropped id=%s priority=%d (outbox over budget)", id, p);
+    return 1;
+}
+
+/* Under drop_oldest_lowest: insert the row (already known to be over
+ * budget), then drop the oldest rows of the lowest priorities <= priority
+ * until it fits, all inside a savepoint, so that a row that cannot be made
+ * room for leaves nothing dropped. 0 (added), TDG_EDUPLICATE, TDG_EFULL, or
+ * a negative error. */
+static int add_dropping(outbox_t *ob, sqlite3_stmt *ins, int priority, int64_t now_ms, size_t len)
+{
+    int rc = db_exec(ob->db, "SAVEPOINT make_room");
+    if (rc < 0) {
+        return rc;
+    }
+    rc = step_done(ob, ins);
+    if (rc == 0 && sqlite3_changes(ob->db) == 0) {
+        db_exec(ob->db, "RELEASE make_room");
+        return TDG_EDUPLICATE;
+    }
+    int64_t keep = sqlite3_last_insert_rowid(ob->db);
+    uint64_t rows = 0, bytes = 0, prow = 0, pbytes = 0, n = 0;
+    int p = 0;
+    /* The new row counts as added from here: over_budget_n(.., 0, 0). */
+    ob->pending_rows++;
+    ob->pending_bytes += len;
+    while (rc == 0 && p <= priority) {
+        ob->pend_del_rows += rows;
+        ob->pend_del_bytes += bytes;
+        ob->pending_rows -= prow;
+        ob->pending_bytes -= pbytes;
+        bool over = over_budget_n(ob, 0, 0);
+        ob->pend_del_rows -= rows;
+        ob->pend_del_bytes -= bytes;
+        ob->pending_rows += prow;
+        ob->pending_bytes += pbytes;
+        if (!over) {
+            break;
+        }
+        int d = drop_one(ob, p, keep, now_ms, &rows, &bytes, &prow, &pbytes);
+        if (d < 0) {
+            rc = d;
+        } else if (d == 0) {
+            p++;
+        } else {
+            n++;
+        }
+    }
+    ob->pending_rows--;
+    ob->pending_bytes -= len;
+    if (rc == 0 && p > priority) {
+        rc = TDG_EFULL; /* nothing left that may be dropped for it */
+    }
+    if (rc < 0) {
+        db_exec(ob->db, "ROLLBACK TO make_room");
+        db_exec(ob->db, "RELEASE make_room");
+        return rc;
+    }
+    if ((rc = db_exec(ob->db, "RELEASE make_room")) < 0) {
+        return rc;
+    }
+    if (!ob->tx_first_seq) {
+        ob->tx_first_seq = keep;
+    }
+    ob->pend_del_rows += rows;
+    ob->pend_del_bytes += bytes;
+    ob->pending_rows -= prow;
+    ob->pending_bytes -= pbytes;
+    ob->pend_dropped += n;
+    log_full(ob, "full_policy=drop_oldest_lowest: dropping the oldest of the lowest priority "
+                 "(<= the new one's) to make room, each recorded in table dropped");
+    return 0;
 }
 
 int outbox_add(outbox_t *ob, const char *id, int priority, int64_t created_ms, int64_t expires_ms,
                const char *json, size_t len)
 {
+    bool drop = false;
     if (over_budget(ob, len)) {
-        ob->rejected_full++;
-        if (!ob->full_logged) {
-            LOG_WARN("outbox", "full: rows=%llu bytes=%llu max_rows=%llu max_bytes=%llu; "
-                     "rejecting new notifications",
-                     (unsigned long long)(ob->rows + ob->pending_rows),
-                     (unsigned long long)(ob->bytes + ob->pending_bytes),
-                     (unsigned long long)ob->lim.max_rows, (unsigned long long)ob->lim.max_bytes);
-            ob->full_logged = true;
+        if (ob->lim.full_policy != OUTBOX_FULL_DROP_OLDEST_LOWEST) {
+            ob->rejected_full++;
+            log_full(ob, "rejecting new notifications");
+            return TDG_EFULL;
         }
-        return TDG_EFULL;
+        drop = true;
     }
     int brc = outbox_begin(ob);
     if (brc < 0) {
@@ -176,14 +363,29 @@ int outbox_add(outbox_t *ob, const char *id, int priority, int64_t created_ms, i
     sqlite3_bind_int64(st, 3, created_ms);
     sqlite3_bind_int64(st, 4, expires_ms);
     sqlite3_bind_blob(st, 5, json, (int)len, SQLITE_STATIC);
-    int rc = step_done(ob, st);
-    sqlite3_clear_bindings(st);
+    int rc;
+    if (drop) {
+        rc = add_dropping(ob, st, priority, created_ms, len);
+        sqlite3_clear_bindings(st);
+        if (rc == TDG_EFULL) {
+            ob->rejected_full++;
+            log_full(ob, "full_policy=drop_oldest_lowest, but nothing of a priority <= the new "
+                         "one's is left to drop: rejecting it");
+        }
+    } else {
+        rc = step_done(ob, st);
+        sqlite3_clear_bindings(st);
+        if (rc == 0 && sqlite3_changes(ob->db) == 0) {
+            rc = TDG_EDUPLICATE;
+        } else if (rc == 0 && !ob->tx_first_seq) {
+            ob->tx_first_seq = sqlite3_last_insert_rowid(ob->db);
+        }
+    }
+    if (rc == TDG_EDUPLICATE) {
+        ob->duplicates++;
+    }
     if (rc < 0) {
         return rc;
-    }
-    if (sqlite3_changes(ob->db) == 0) {
-        ob->duplicates++;
-        return TDG_EDUPLICATE;
     }
     ob->pending++;
     ob->pending_rows++;
@@ -196,19 +398,25 @@ int outbox_commit(outbox_t *ob)
     if (!ob->in_tx) {
         return 0;
     }
-    int rc = db_commit(ob->db);
+    /* Quiet: the agent logs a run of failed commits once (disk full). */
+    int rc = db_commit_quiet(ob->db);
     ob->in_tx = false;
     if (rc < 0) {
         db_rollback(ob->db);
-        ob->pending = 0;
-        ob->pending_rows = ob->pending_bytes = 0;
     } else {
         ob->accepted += ob->pending;
-        ob->rows += ob->pending_rows;
-        ob->bytes += ob->pending_bytes;
-        ob->pending = 0;
-        ob->pending_rows = ob->pending_bytes = 0;
+        ob->rows += ob->pending_rows - ob->pend_del_rows;
+        ob->bytes += ob->pending_bytes - ob->pend_del_bytes;
+        ob->dropped += ob->pend_dropped;
+        ob->dropped_rows += ob->pend_dropped;
+        if (ob->dropped_rows > OUTBOX_DROPPED_KEEP) {
+            ob->dropped_rows = OUTBOX_DROPPED_KEEP;
+        }
     }
+    ob->pending = 0;
+    ob->pending_rows = ob->pending_bytes = 0;
+    ob->pend_del_rows = ob->pend_del_bytes = ob->pend_dropped = 0;
+    ob->tx_first_seq = 0;
     if (ob->on_commit) {
         ob->on_commit(ob->on_commit_arg, rc);
     }
@@ -368,9 +576,11 @@ int outbox_ack(outbox_t *ob, const char *const *ids, size_t n, size_t *deleted)
     ob->bytes -= bytes <= ob->bytes ? bytes : ob->bytes;
     ob->inflight -= *deleted <= ob->inflight ? *deleted : ob->inflight;
     if (ob->full_logged && !over_budget(ob, 0)) {
-        LOG_INFO("outbox", "below budget again: rows=%llu bytes=%llu (rejected %llu while full)",
+        LOG_INFO("outbox",
+                 "below budget again: rows=%llu bytes=%llu (since start: rejected %llu, "
+                 "dropped %llu)",
                  (unsigned long long)ob->rows, (unsigned long long)ob->bytes,
-                 (unsigned long long)ob->rejected_full);
+                 (unsigned long long)ob->rejected_full, (unsigned long long)ob->dropped);
         ob->full_logged = false;
     }
     return 0;
@@ -384,4 +594,6 @@ void outbox_get_stats(const outbox_t *ob, struct outbox_stats *st)
     st->accepted = ob->accepted;
     st->duplicates = ob->duplicates;
     st->rejected_full = ob->rejected_full;
+    st->dropped = ob->dropped;
+    st->dropped_rows = ob->dropped_rows;
 }

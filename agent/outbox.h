@@ -22,15 +22,30 @@
 
 typedef struct outbox outbox_t;
 
+/* What outbox_add does when a new notification would go over budget. */
+enum outbox_full_policy {
+    OUTBOX_FULL_REJECT = 0,         /* refuse it (TDG_EFULL) */
+    OUTBOX_FULL_DROP_OLDEST_LOWEST, /* make room: delete the oldest row of the lowest
+                                     * priority <= the new one's (never a higher one, never
+                                     * one in flight), record it in `dropped`; TDG_EFULL
+                                     * only when no such row is left */
+};
+
 struct outbox_limits {
     uint64_t max_rows;  /* 0 = unlimited */
     uint64_t max_bytes; /* sum of stored notification sizes; 0 = unlimited */
+    enum outbox_full_policy full_policy;
 };
 
 struct outbox_stats {
     uint64_t rows, bytes, inflight;
     uint64_t accepted, duplicates, rejected_full;
+    uint64_t dropped;      /* rows deleted to make room, since open (committed) */
+    uint64_t dropped_rows; /* rows in the `dropped` table (kept across restarts) */
 };
+
+/* Rows kept in the `dropped` table; older records are pruned. */
+#define OUTBOX_DROPPED_KEEP 100000
 
 /* Open or create the outbox at path. 0 or negative error with err set. */
 int outbox_open(const char *path, enum db_sync sync, const struct outbox_limits *lim,
@@ -39,8 +54,11 @@ void outbox_close(outbox_t *ob);
 
 /* Add one serialized notification inside the current write transaction
  * (opened on demand). Returns 0 (added), TDG_EDUPLICATE (same id already
- * queued: the notification is accepted once), TDG_EFULL (over budget), or
- * another negative error. Nothing is durable until outbox_commit. */
+ * queued: the notification is accepted once), TDG_EFULL (over budget and,
+ * under OUTBOX_FULL_DROP_OLDEST_LOWEST, nothing it may drop), or another
+ * negative error. Drops made for it are part of the same transaction: they
+ * happen exactly when the add is committed. Nothing is durable until
+ * outbox_commit. */
 int outbox_add(outbox_t *ob, const char *id, int priority, int64_t created_ms, int64_t expires_ms,
                const char *json, size_t len);
 
@@ -52,8 +70,7 @@ int outbox_commit(outbox_t *ob);
 unsigned outbox_pending(const outbox_t *ob);
 
 /* Callback for outbox_take: one row. */
-typedef int (*outbox_row_cb)(void *arg, int64_t seq, const char *id, const char *json,
-                             size_t len);
+typedef int (*outbox_row_cb)(void *arg, int64_t seq, const char *id, const char *json, size_t len);
 
 /* Hand up to max rows not in flight to cb, in sending order, and mark those
  * cb accepted (returned 0) as in flight. cb returning non-zero stops the walk

@@ -9,7 +9,11 @@
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 int db_err(int rc)
@@ -54,16 +58,67 @@ int db_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out)
     return 0;
 }
 
-int db_exec(sqlite3 *db, const char *sql)
+/* Whether a failed write most likely met a lack of room rather than a
+ * broken disk: SQLite only says SQLITE_FULL for ENOSPC, reports EFBIG (a
+ * file-size limit) or EDQUOT (a quota) as SQLITE_IOERR_WRITE, and by the
+ * time it returns, errno may already be overwritten by its unlock calls. So
+ * also look: a finite RLIMIT_FSIZE, or less than 1 MiB free on the file's
+ * file system. */
+static bool no_room(sqlite3 *db)
+{
+    int sys = sqlite3_system_errno(db);
+    if (sys == ENOSPC || sys == EFBIG || sys == EDQUOT) {
+        return true;
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        return true;
+    }
+    const char *file = sqlite3_db_filename(db, "main");
+    struct statvfs vfs;
+    if (file && file[0] && statvfs(file, &vfs) == 0) {
+        uint64_t avail = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
+        return avail < 1024u * 1024u;
+    }
+    return false;
+}
+
+/* db_err, with a failed write that met a lack of room reported as
+ * TDG_EDB_FULL ("database or disk is full") instead of an I/O error. */
+static int db_err_sys(sqlite3 *db, int rc)
+{
+    int e = db_err(rc) ? db_err(rc) : TDG_EDB;
+    if (e == -EIO &&
+        (rc == SQLITE_IOERR_WRITE || rc == SQLITE_IOERR_TRUNCATE || rc == SQLITE_IOERR) &&
+        no_room(db)) {
+        return TDG_EDB_FULL;
+    }
+    return e;
+}
+
+/* sqlite3_exec with the result mapped; quiet leaves logging to the caller. */
+static int exec_sql(sqlite3 *db, const char *sql, bool quiet)
 {
     char *msg = NULL;
     int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
-        LOG_ERROR("db", "%s (%s)", msg ? msg : sqlite3_errstr(rc), sql);
+        int e = db_err_sys(db, rc);
+        if (!quiet) {
+            LOG_ERROR("db", "%s (%s; sqlite=%d errno=%d)%s", msg ? msg : sqlite3_errstr(rc), sql,
+                      sqlite3_extended_errcode(db), sqlite3_system_errno(db),
+                      e == TDG_EDB_FULL && (rc & 0xff) != SQLITE_FULL
+                          ? ": taken as no room (file-size limit, quota or disk full)"
+                          : "");
+        }
         sqlite3_free(msg);
-        return db_err(rc) ? db_err(rc) : TDG_EDB;
+        return e;
     }
     return 0;
+}
+
+int db_exec(sqlite3 *db, const char *sql)
+{
+    return exec_sql(db, sql, false);
 }
 
 int db_begin(sqlite3 *db)
@@ -74,6 +129,11 @@ int db_begin(sqlite3 *db)
 int db_commit(sqlite3 *db)
 {
     return db_exec(db, "COMMIT");
+}
+
+int db_commit_quiet(sqlite3 *db)
+{
+    return exec_sql(db, "COMMIT", true);
 }
 
 void db_rollback(sqlite3 *db)
@@ -182,6 +242,49 @@ int db_open(const char *path, enum db_sync sync, const struct db_migration *migr
         LOG_INFO("db", "%s: schema migrated to version %d", path, migrations[i].version);
     }
     *out = db;
+    return 0;
+}
+
+int db_move_aside(const char *path, int64_t now_s, char *moved, size_t movedlen, char *err,
+                  size_t errlen)
+{
+    static const char *const sfx[] = {"", "-wal", "-shm"};
+    char base[512];
+    if ((size_t)snprintf(base, sizeof(base), "%s.corrupt-%lld", path, (long long)now_s) >=
+        sizeof(base)) {
+        snprintf(err, errlen, "%s: path too long to move aside", path);
+        return -ENAMETOOLONG;
+    }
+    /* Never overwrite an earlier copy (two resets within one second). */
+    struct stat sb;
+    if (lstat(base, &sb) == 0) {
+        snprintf(err, errlen, "%s: cannot move aside: %s already exists", path, base);
+        return -EEXIST;
+    }
+    /* The main file last: if a rename fails half way, the database (with
+     * whatever -wal/-shm remain) is still where the agent looks for it. */
+    for (int i = 2; i >= 0; i--) {
+        char from[520], to[520];
+        if ((size_t)snprintf(from, sizeof(from), "%s%s", path, sfx[i]) >= sizeof(from) ||
+            (size_t)snprintf(to, sizeof(to), "%s%s", base, sfx[i]) >= sizeof(to)) {
+            snprintf(err, errlen, "%s: path too long to move aside", path);
+            return -ENAMETOOLONG;
+        }
+        if (rename(from, to) < 0) {
+            int e = errno;
+            if (e == ENOENT) {
+                continue; /* no -wal / -shm: nothing to move */
+            }
+            snprintf(err, errlen, "%s: cannot move to %s: %s", from, to, strerror(e));
+            return -e;
+        }
+        /* rename keeps the mode; make sure of 0600 whatever it was. */
+        if (chmod(to, 0600) < 0) {
+            LOG_WARN("db", "%s: chmod 0600: %s", to, strerror(errno));
+        }
+        LOG_WARN("db", "moved unusable %s to %s", from, to);
+    }
+    snprintf(moved, movedlen, "%s", base);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #define TIDINGS_DB_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -28,6 +29,16 @@ struct db_migration {
 int db_open(const char *path, enum db_sync sync, const struct db_migration *migrations, size_t n,
             struct sqlite3 **out, char *err, size_t errlen);
 
+/* Move an unusable database out of the way so the next db_open starts
+ * fresh: path, path-wal and path-shm are renamed (same directory, so the
+ * mode 0600 is kept) to <path>.corrupt-<unix time>[-wal|-shm]. Nothing is
+ * deleted: an operator can still inspect or recover the old file. moved
+ * gets the new name of the main file. 0, -EEXIST when that name is
+ * taken, or -errno (err set naming both paths). Must not be called
+ * while a connection to path is open. */
+int db_move_aside(const char *path, int64_t now_s, char *moved, size_t movedlen, char *err,
+                  size_t errlen);
+
 /* Checkpoint the WAL into the main file and close. Safe with NULL. */
 void db_close(struct sqlite3 *db);
 
@@ -44,5 +55,10 @@ int db_exec(struct sqlite3 *db, const char *sql);
 int db_begin(struct sqlite3 *db);
 int db_commit(struct sqlite3 *db);
 void db_rollback(struct sqlite3 *db);
+/* COMMIT without logging a failure: for a caller that logs a run of failed
+ * commits (disk full) once rather than once per commit. A failed write
+ * that met a lack of room (ENOSPC, EFBIG under a file-size limit, EDQUOT)
+ * is TDG_EDB_FULL here and in db_exec/db_commit, not -EIO. */
+int db_commit_quiet(struct sqlite3 *db);
 
 #endif

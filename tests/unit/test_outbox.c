@@ -9,6 +9,7 @@
 #include "error.h"
 #include "outbox.h"
 
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,6 +172,133 @@ static void test_budget(void **state)
     outbox_close(ob);
 }
 
+static outbox_t *open_drop(uint64_t max_rows)
+{
+    struct outbox_limits lim = {.max_rows = max_rows,
+                                .full_policy = OUTBOX_FULL_DROP_OLDEST_LOWEST};
+    outbox_t *ob = NULL;
+    char err[256];
+    if (outbox_open(path, DB_SYNC_NORMAL, &lim, &ob, err, sizeof(err)) != 0) {
+        fail_msg("outbox_open: %s", err);
+    }
+    return ob;
+}
+
+/* The `dropped` table as "id:priority:reason," in drop order. */
+static void dropped_list(outbox_t *ob, char *buf, size_t len)
+{
+    sqlite3_stmt *st = NULL;
+    buf[0] = '\0';
+    assert_int_equal(sqlite3_prepare_v2(outbox_db(ob),
+                                        "SELECT id, priority, reason FROM dropped ORDER BY seq", -1,
+                                        &st, NULL),
+                     SQLITE_OK);
+    size_t used = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        int n = snprintf(buf + used, len - used, "%s:%d:%s,", sqlite3_column_text(st, 0),
+                         sqlite3_column_int(st, 1), sqlite3_column_text(st, 2));
+        assert_true(n > 0 && (size_t)n < len - used);
+        used += (size_t)n;
+    }
+    sqlite3_finalize(st);
+}
+
+/* drop_oldest_lowest: the oldest of the lowest priority <= the new one's
+ * goes, recorded; never a higher priority (a low never displaces a normal or
+ * a critical), never a row in flight, nothing for a duplicate. */
+static void test_drop_oldest_lowest(void **state)
+{
+    (void)state;
+    outbox_t *ob = open_drop(3);
+    assert_int_equal(add(ob, "a-low", 0), 0);
+    assert_int_equal(add(ob, "b-norm", 1), 0);
+    assert_int_equal(add(ob, "c-low", 0), 0);
+    assert_int_equal(outbox_commit(ob), 0);
+    /* normal in: the oldest low goes */
+    assert_int_equal(add(ob, "d-norm", 1), 0);
+    assert_int_equal(outbox_commit(ob), 0);
+    /* a duplicate needs no room: nothing dropped */
+    assert_int_equal(add(ob, "d-norm", 1), TDG_EDUPLICATE);
+    /* critical in: the remaining low goes */
+    assert_int_equal(add(ob, "e-crit", 3), 0);
+    assert_int_equal(outbox_commit(ob), 0);
+    /* low in: only normal and critical left, never dropped for a low */
+    assert_int_equal(add(ob, "f-low", 0), TDG_EFULL);
+    /* normal in: the oldest normal goes (priority equal to the new one's) */
+    assert_int_equal(add(ob, "g-norm", 1), 0);
+    assert_int_equal(outbox_commit(ob), 0);
+    struct outbox_stats st;
+    outbox_get_stats(ob, &st);
+    assert_int_equal(st.rows, 3);
+    assert_int_equal(st.dropped, 3);
+    assert_int_equal(st.dropped_rows, 3);
+    assert_int_equal(st.rejected_full, 1);
+    char list[512];
+    dropped_list(ob, list, sizeof(list));
+    assert_string_equal(list, "a-low:0:outbox over budget,c-low:0:outbox over budget,"
+                              "b-norm:1:outbox over budget,");
+    struct seen s = {.n = 0};
+    assert_int_equal(outbox_take(ob, 10, collect, &s), 3);
+    assert_string_equal(s.ids[0], "e-crit");
+    assert_string_equal(s.ids[1], "d-norm");
+    assert_string_equal(s.ids[2], "g-norm");
+    /* all in flight: nothing may be dropped, even for a critical */
+    assert_int_equal(add(ob, "h-crit", 3), TDG_EFULL);
+    outbox_close(ob);
+    /* the records survive a restart */
+    ob = open_drop(3);
+    outbox_get_stats(ob, &st);
+    assert_int_equal(st.dropped, 0);
+    assert_int_equal(st.dropped_rows, 3);
+    assert_int_equal(st.rows, 3);
+    outbox_close(ob);
+}
+
+/* Rows of the same open transaction may be dropped too; the counts follow. */
+static void test_drop_within_transaction(void **state)
+{
+    (void)state;
+    outbox_t *ob = open_drop(2);
+    assert_int_equal(add(ob, "x", 0), 0);
+    assert_int_equal(add(ob, "y", 0), 0);
+    assert_int_equal(add(ob, "z", 0), 0); /* x goes, uncommitted */
+    assert_int_equal(outbox_commit(ob), 0);
+    struct outbox_stats st;
+    outbox_get_stats(ob, &st);
+    assert_int_equal(st.rows, 2);
+    assert_int_equal(st.dropped, 1);
+    struct seen s = {.n = 0};
+    assert_int_equal(outbox_take(ob, 10, collect, &s), 2);
+    assert_string_equal(s.ids[0], "y");
+    assert_string_equal(s.ids[1], "z");
+    /* acks bring it below budget: adds without drops again */
+    const char *ids[] = {"y", "z"};
+    size_t deleted = 0;
+    assert_int_equal(outbox_ack(ob, ids, 2, &deleted), 0);
+    assert_int_equal(deleted, 2);
+    assert_int_equal(add(ob, "w", 0), 0);
+    assert_int_equal(outbox_commit(ob), 0);
+    outbox_get_stats(ob, &st);
+    assert_int_equal(st.rows, 1);
+    assert_int_equal(st.dropped, 1);
+    outbox_close(ob);
+}
+
+/* The default stays reject: nothing is ever dropped. */
+static void test_reject_is_default(void **state)
+{
+    (void)state;
+    outbox_t *ob = open_ob(1);
+    assert_int_equal(add(ob, "l", 0), 0);
+    assert_int_equal(add(ob, "c", 3), TDG_EFULL);
+    assert_int_equal(outbox_commit(ob), 0);
+    struct outbox_stats st;
+    outbox_get_stats(ob, &st);
+    assert_int_equal(st.dropped, 0);
+    assert_int_equal(st.rows, 1);
+    outbox_close(ob);
+}
+
 static void test_modes_and_corrupt(void **state)
 {
     (void)state;
@@ -205,6 +333,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_take_stops_when_callback_refuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_modes_and_corrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drop_oldest_lowest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drop_within_transaction, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reject_is_default, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
