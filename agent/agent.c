@@ -76,6 +76,14 @@ const struct config_entry agent_config_table[] = {
      64},
     {"uplink.ack_timeout", CONFIG_DURATION, "30s", OFF(ack_timeout_ms),
      "Resend a batch the hub has not acked within this time", NULL, 100, 3600000},
+    {"uplink.require_hub", CONFIG_BOOL, "true", OFF(require_hub),
+     "Send only while a hub's retained status (tidings/v1/hubs/+/status) says online; the "
+     "broker ACL must let the agent read it",
+     NULL, 0, 0},
+    {"uplink.drain_rate", CONFIG_INT, "0", OFF(drain_rate),
+     "Notifications per second sent to the hub, e.g. to drain a backlog gently after an "
+     "outage (0: as fast as acks allow); critical ones are never held back by it",
+     NULL, 0, 10000000},
     {"outbox.synchronous", CONFIG_ENUM, "normal", OFF(synchronous),
      "normal survives a killed process; full also survives power loss (slower)", sync_modes, 0,
      0},

@@ -43,6 +43,8 @@ struct agent_config {
     uint64_t batch_bytes;
     int64_t window;
     uint64_t ack_timeout_ms;
+    int64_t drain_rate; /* notifications/s to the hub; 0 = unlimited */
+    bool require_hub;   /* send only while a hub announces itself online */
     /* outbox */
     int synchronous; /* index into {"normal", "full"} */
     int64_t outbox_max_rows;

@@ -80,8 +80,9 @@ enum {
 static const char *const sql[ST_N] = {
     [ST_INSERT] = "INSERT OR IGNORE INTO outbox(id, priority, created_ms, expires_ms, body) "
                   "VALUES (?, ?, ?, ?, ?)",
-    [ST_TAKE] = "SELECT seq, id, body FROM outbox WHERE inflight = 0 "
-                "ORDER BY priority DESC, seq LIMIT ?",
+    /* priority >= ?2 lets a rate-limited drain still take critical rows */
+    [ST_TAKE] = "SELECT seq, id, body FROM outbox WHERE inflight = 0 AND priority >= ?2 "
+                "ORDER BY priority DESC, seq LIMIT ?1",
     [ST_MARK] = "UPDATE outbox SET inflight = 1 WHERE seq = ?",
     [ST_UNTAKE] = "UPDATE outbox SET inflight = 0 WHERE seq = ?",
     [ST_UNTAKE_ALL] = "UPDATE outbox SET inflight = 0 WHERE inflight = 1",
@@ -453,6 +454,11 @@ unsigned outbox_pending(const outbox_t *ob)
 
 int outbox_take(outbox_t *ob, unsigned max, outbox_row_cb cb, void *arg)
 {
+    return outbox_take_prio(ob, max, 0, cb, arg);
+}
+
+int outbox_take_prio(outbox_t *ob, unsigned max, int min_priority, outbox_row_cb cb, void *arg)
+{
     /* Marks are written in their own transaction; commit pending adds first
      * so a failure here never undoes an accepted notification. */
     int rc = outbox_commit(ob);
@@ -465,6 +471,7 @@ int outbox_take(outbox_t *ob, unsigned max, outbox_row_cb cb, void *arg)
     sqlite3_stmt *t = ob->st[ST_TAKE];
     sqlite3_stmt *m = ob->st[ST_MARK];
     sqlite3_bind_int(t, 1, (int)max);
+    sqlite3_bind_int(t, 2, min_priority);
     int marked = 0;
     int step;
     while ((step = sqlite3_step(t)) == SQLITE_ROW) {

@@ -76,6 +76,8 @@ typedef int (*outbox_row_cb)(void *arg, int64_t seq, const char *id, const char 
  * cb accepted (returned 0) as in flight. cb returning non-zero stops the walk
  * without marking that row. Returns the number marked, or a negative error. */
 int outbox_take(outbox_t *ob, unsigned max, outbox_row_cb cb, void *arg);
+/* The same, only rows of at least min_priority (PROTO_PRIO_*). */
+int outbox_take_prio(outbox_t *ob, unsigned max, int min_priority, outbox_row_cb cb, void *arg);
 
 /* Clear the in-flight mark of the given rows (their batch timed out). */
 int outbox_untake(outbox_t *ob, const int64_t *seqs, size_t n);

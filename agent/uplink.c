@@ -13,6 +13,7 @@
 #include <string.h>
 
 #define UPLINK_MAX_WINDOW 64
+#define UPLINK_MAX_HUBS 32
 #define UPLINK_MAX_BATCH 1024
 
 struct uplink;
@@ -42,7 +43,57 @@ struct uplink {
     struct batch *filling;  /* batch being built by take_cb */
     struct uplink_stats st;
     bool timeout_logged;
+    /* uplink.drain_rate as a token bucket, in thousandths of a notification
+     * (integer arithmetic; refilled from the monotonic clock). */
+    int64_t rate;          /* notifications/s; 0 = unlimited */
+    int64_t tokens_m, burst_m;
+    uint64_t refilled_ms;
+    uint64_t resume_timer; /* armed while the bucket is empty */
+    /* Hubs whose retained status says "online" (PROTO_TOPIC_HUB_STATUS).
+     * Batches go out only while there is one: published into a shared
+     * subscription nobody holds, they are dropped by the broker and come
+     * back only after the ack timeout, behind newer ones. */
+    bool require_hub;
+    char hubs[UPLINK_MAX_HUBS][PROTO_AGENT_MAX + 1];
+    unsigned nhubs;
+    bool no_hub_logged;
 };
+
+static void on_resume(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    uplink_t *u = arg;
+    u->resume_timer = 0;
+    uplink_pump(u);
+}
+
+/* How many rows the bucket allows now (0..max). With an empty bucket, arm
+ * one timer for when a useful batch (about 50 ms worth) is available. */
+static unsigned bucket_allow(uplink_t *u, unsigned max)
+{
+    if (u->rate <= 0) {
+        return max;
+    }
+    uint64_t now = clock_mono_ms();
+    uint64_t dt = now - u->refilled_ms;
+    u->refilled_ms = now;
+    int64_t add = dt > (uint64_t)(INT64_MAX / u->rate) ? u->burst_m : (int64_t)dt * u->rate;
+    u->tokens_m = u->tokens_m + add > u->burst_m ? u->burst_m : u->tokens_m + add;
+    int64_t whole = u->tokens_m / 1000;
+    if (whole >= 1) {
+        return whole < (int64_t)max ? (unsigned)whole : max;
+    }
+    if (!u->resume_timer) {
+        int64_t want = u->rate / 20 < 1 ? 1 : u->rate / 20;
+        if (want > (int64_t)max) {
+            want = max;
+        }
+        int64_t delay = (want * 1000 - u->tokens_m + u->rate - 1) / u->rate;
+        u->resume_timer = loop_timer_add(u->loop, (uint64_t)(delay > 0 ? delay : 1), on_resume, u);
+    }
+    return 0;
+}
 
 static void release(uplink_t *u, struct batch *b)
 {
@@ -104,6 +155,9 @@ static int take_cb(void *arg, int64_t seq, const char *id, const char *json, siz
 
 void uplink_pump(uplink_t *u)
 {
+    if (u->require_hub && u->nhubs == 0) {
+        return; /* resumed by the first hub that says it is online */
+    }
     while (mqtt_connected(u->mqtt) && u->nbatches < u->window) {
         struct batch *b = NULL;
         for (unsigned i = 0; i < u->window; i++) {
@@ -115,10 +169,14 @@ void uplink_pump(uplink_t *u)
         if (!b) {
             return;
         }
+        /* Rate-limited: what the bucket allows; with it empty, critical
+         * notifications still go (a backlog never delays them). */
+        unsigned max = bucket_allow(u, u->batch_max);
+        int min_prio = max > 0 ? PROTO_PRIO_LOW : PROTO_PRIO_CRITICAL;
         proto_batch_reset(&u->pb);
         b->n = 0;
         u->filling = b;
-        int taken = outbox_take(u->ob, u->batch_max, take_cb, u);
+        int taken = outbox_take_prio(u->ob, max > 0 ? max : u->batch_max, min_prio, take_cb, u);
         if (taken < 0) {
             LOG_ERROR("uplink", "cannot read the outbox: %s", tdg_strerror(taken));
             return;
@@ -135,6 +193,9 @@ void uplink_pump(uplink_t *u)
             /* Not connected after all: rows are requeued on reconnect. */
             outbox_untake(u->ob, b->seqs, b->n);
             return;
+        }
+        if (u->rate > 0 && min_prio == PROTO_PRIO_LOW) {
+            u->tokens_m -= (int64_t)b->n * 1000;
         }
         b->used = true;
         u->nbatches++;
@@ -198,6 +259,36 @@ static void handle_ack(uplink_t *u, const char *payload, size_t len)
     uplink_pump(u);
 }
 
+static void handle_hub_status(uplink_t *u, const char *hub, const char *payload, size_t len)
+{
+    bool online = len == 6 && memcmp(payload, "online", 6) == 0;
+    unsigned i = 0;
+    while (i < u->nhubs && strcmp(u->hubs[i], hub) != 0) {
+        i++;
+    }
+    unsigned before = u->nhubs;
+    if (online && i == u->nhubs && u->nhubs < UPLINK_MAX_HUBS) {
+        snprintf(u->hubs[u->nhubs++], sizeof(u->hubs[0]), "%s", hub);
+    } else if (!online && i < u->nhubs) {
+        u->hubs[i][0] = '\0';
+        if (i != u->nhubs - 1) {
+            memcpy(u->hubs[i], u->hubs[u->nhubs - 1], sizeof(u->hubs[0]));
+        }
+        u->nhubs--;
+    }
+    if (before == 0 && u->nhubs > 0) {
+        LOG_INFO("uplink", "hub %s is online: sending", hub);
+        u->no_hub_logged = false;
+        uplink_pump(u);
+    } else if (before > 0 && u->nhubs == 0 && !u->no_hub_logged) {
+        struct outbox_stats os;
+        outbox_get_stats(u->ob, &os);
+        LOG_WARN("uplink", "no hub online (last: %s); holding %llu queued until one is", hub,
+                 (unsigned long long)os.rows);
+        u->no_hub_logged = true;
+    }
+}
+
 static void on_message(void *arg, const struct mosquitto_message *msg,
                        const mosquitto_property *props)
 {
@@ -205,8 +296,11 @@ static void on_message(void *arg, const struct mosquitto_message *msg,
     uplink_t *u = arg;
     size_t len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
     const char *payload = msg->payload ? msg->payload : "";
+    char hub[PROTO_AGENT_MAX + 1];
     if (strcmp(msg->topic, u->topic_ack) == 0 && len > 0) {
         handle_ack(u, payload, len);
+    } else if (proto_topic_hub(msg->topic, hub, sizeof(hub)) == 0) {
+        handle_hub_status(u, hub, payload, len);
     } else if (u->hooks.on_policy && strcmp(msg->topic, u->topic_policy) == 0) {
         u->hooks.on_policy(u->hooks.arg, payload, len);
     } else if (u->hooks.on_down && strcmp(msg->topic, u->topic_down) == 0) {
@@ -218,6 +312,11 @@ static void on_connect(void *arg)
 {
     uplink_t *u = arg;
     mqtt_subscribe(u->mqtt, u->topic_ack, 1);
+    /* the hubs' retained statuses arrive right after; until then, wait */
+    u->nhubs = 0;
+    if (u->require_hub) {
+        mqtt_subscribe(u->mqtt, PROTO_TOPIC_HUBS_STATUS_FILTER, 1);
+    }
     if (u->hooks.on_policy) {
         mqtt_subscribe(u->mqtt, u->topic_policy, 1);
     }
@@ -244,6 +343,7 @@ static void on_disconnect(void *arg, int rc)
         u->st.since_ms = clock_wall_ms();
     }
     u->st.connected = false;
+    u->nhubs = 0;
     release_all(u);
 }
 
@@ -264,6 +364,13 @@ uplink_t *uplink_create(loop_t *loop, const struct agent_config *cfg, outbox_t *
     u->window = (unsigned)cfg->window;
     u->batch_bytes = (size_t)cfg->batch_bytes;
     u->ack_timeout_ms = cfg->ack_timeout_ms;
+    u->rate = cfg->drain_rate;
+    u->require_hub = cfg->require_hub;
+    /* one second of rate, at least one batch */
+    int64_t burst = u->rate > (int64_t)u->batch_max ? u->rate : (int64_t)u->batch_max;
+    u->burst_m = burst * 1000;
+    u->tokens_m = u->burst_m;
+    u->refilled_ms = clock_mono_ms();
     if (proto_topic(u->topic_up, sizeof(u->topic_up), PROTO_TOPIC_UP, cfg->id) < 0 ||
         proto_topic(u->topic_ack, sizeof(u->topic_ack), PROTO_TOPIC_ACK, cfg->id) < 0 ||
         proto_topic(u->topic_status, sizeof(u->topic_status), PROTO_TOPIC_STATUS, cfg->id) < 0 ||
@@ -328,6 +435,9 @@ void uplink_destroy(uplink_t *u)
         mqtt_publish(u->mqtt, u->topic_status, "offline", 7, 1, true, 0, NULL, NULL);
     }
     mqtt_destroy(u->mqtt);
+    if (u->resume_timer) {
+        loop_timer_cancel(u->loop, u->resume_timer);
+    }
     for (unsigned i = 0; i < UPLINK_MAX_WINDOW; i++) {
         if (u->batches[i].timer) {
             loop_timer_cancel(u->loop, u->batches[i].timer);

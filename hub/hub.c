@@ -173,6 +173,7 @@ struct hub {
     mqtt_t *mqtt;
     void *chan_state[N_CHANNELS];
     char sub_up[160];
+    char status_topic[160]; /* tidings/v1/hubs/<client id>/status */
     bool commit_failed_logged;
 };
 
@@ -217,6 +218,9 @@ static void on_connect(void *arg)
 {
     hub_t *h = arg;
     mqtt_subscribe(h->mqtt, h->sub_up, 1);
+    /* Subscribed first, then announced: an agent that sees "online" may
+     * publish at once (MQTT keeps the order of one client's packets). */
+    mqtt_publish(h->mqtt, h->status_topic, "online", 6, 1, true, 0, NULL, NULL);
     LOG_INFO("hub", "subscribed to %s", h->sub_up);
 }
 
@@ -370,6 +374,12 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
     } else {
         snprintf(client_id, sizeof(client_id), "tidings-hub-%ld", (long)getpid());
     }
+    if (proto_topic(h->status_topic, sizeof(h->status_topic), PROTO_TOPIC_HUB_STATUS, client_id) <
+        0) {
+        snprintf(err, errlen, "broker.client_id '%s': must be 1-64 of [A-Za-z0-9._-]", client_id);
+        hub_destroy(h);
+        return TDG_ECONFIG;
+    }
     struct mqtt_opts mo = {
         .name = "broker",
         .host = h->cfg.broker_host,
@@ -383,6 +393,11 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         .keepalive_s = 60,
         .backoff_base_ms = 200,
         .backoff_cap_ms = 10000,
+        /* An empty retained will clears "online": agents stop sending to a
+         * hub that died, and old hubs leave nothing behind. */
+        .will_topic = h->status_topic,
+        .will_payload = "",
+        .will_retain = true,
     };
     struct mqtt_handlers mh = {.on_connect = on_connect, .on_message = on_message, .arg = h};
     h->mqtt = mqtt_create(loop, &mo, &mh);
@@ -401,6 +416,9 @@ void hub_destroy(hub_t *h)
 {
     if (!h) {
         return;
+    }
+    if (h->mqtt && mqtt_connected(h->mqtt)) {
+        mqtt_publish(h->mqtt, h->status_topic, "", 0, 1, true, 0, NULL, NULL);
     }
     mqtt_destroy(h->mqtt);
     for (size_t c = 0; c < N_CHANNELS; c++) {

@@ -31,7 +31,7 @@ static const char *const topic_suffix[] = {
     [PROTO_TOPIC_LOCAL_NOTIFY] = NULL, [PROTO_TOPIC_UP] = "up",
     [PROTO_TOPIC_ACK] = "ack",         [PROTO_TOPIC_DOWN] = "down",
     [PROTO_TOPIC_POLICY] = "policy",   [PROTO_TOPIC_RECEIPTS] = "receipts",
-    [PROTO_TOPIC_STATUS] = "status",
+    [PROTO_TOPIC_STATUS] = "status",   [PROTO_TOPIC_HUB_STATUS] = "status",
 };
 #define N_TOPICS (sizeof(topic_suffix) / sizeof(topic_suffix[0]))
 
@@ -57,6 +57,23 @@ bool proto_agent_id_valid(const char *agent)
     return true;
 }
 
+int proto_topic_hub(const char *topic, char *hub, size_t len)
+{
+    static const char pre[] = "tidings/v1/hubs/", post[] = "/status";
+    size_t tl = topic ? strlen(topic) : 0;
+    if (tl <= sizeof(pre) - 1 + sizeof(post) - 1 || strncmp(topic, pre, sizeof(pre) - 1) != 0 ||
+        strcmp(topic + tl - (sizeof(post) - 1), post) != 0) {
+        return -EINVAL;
+    }
+    size_t hl = tl - (sizeof(pre) - 1) - (sizeof(post) - 1);
+    if (hl >= len || hl > PROTO_AGENT_MAX) {
+        return -EINVAL;
+    }
+    memcpy(hub, topic + sizeof(pre) - 1, hl);
+    hub[hl] = '\0';
+    return proto_agent_id_valid(hub) ? 0 : -EINVAL;
+}
+
 int proto_topic(char *buf, size_t len, enum proto_topic_kind kind, const char *agent)
 {
     int n;
@@ -73,7 +90,9 @@ int proto_topic(char *buf, size_t len, enum proto_topic_kind kind, const char *a
             }
             return -EINVAL;
         }
-        n = snprintf(buf, len, TOPIC_AGENTS "%s/%s", agent, topic_suffix[kind]);
+        n = snprintf(buf, len, "%s%s/%s",
+                     kind == PROTO_TOPIC_HUB_STATUS ? "tidings/v1/hubs/" : TOPIC_AGENTS, agent,
+                     topic_suffix[kind]);
     }
     if (n < 0 || (size_t)n >= len) {
         /* Never hand out a truncated topic: it would name another one. */

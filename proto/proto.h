@@ -196,7 +196,16 @@ enum proto_topic_kind {
     PROTO_TOPIC_POLICY,
     PROTO_TOPIC_RECEIPTS,
     PROTO_TOPIC_STATUS,
+    PROTO_TOPIC_HUB_STATUS,   /* tidings/v1/hubs/{hub}/status ("agent" is the hub id) */
 };
+
+/* Every hub's retained "online" / will "offline": agents send only while at
+ * least one hub is online, so a batch is never published into a shared
+ * subscription that nobody holds (it would be dropped by the broker and only
+ * resent after the ack timeout, behind newer ones). */
+#define PROTO_TOPIC_HUBS_STATUS_FILTER "tidings/v1/hubs/+/status"
+/* The hub id of "tidings/v1/hubs/<hub>/status". 0 or -EINVAL. */
+int proto_topic_hub(const char *topic, char *hub, size_t len);
 
 /* Is agent usable as one topic level (1..64 of [A-Za-z0-9._-])? */
 bool proto_agent_id_valid(const char *agent);

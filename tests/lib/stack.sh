@@ -125,11 +125,16 @@ stack_stop() {
     wait "$pid" 2>/dev/null || true
 }
 
+# stack_broker [NAME [PORT]]: a broker (default name "broker"); sets
+# BROKER_PORT. Given a PORT (a restart), it binds exactly that one.
 stack_broker() {
-    local tries
+    local name=${1:-broker} fixed=${2:-} tries conf
+    # the default broker's config keeps its old name: tests restart from it
+    conf="$STACK_DIR/$name.conf"
+    [ "$name" = broker ] && conf="$STACK_DIR/mosquitto.conf"
     for tries in 1 2 3 4 5; do
-        BROKER_PORT=$(stack_free_port) || stack_die "no free port"
-        cat >"$STACK_DIR/mosquitto.conf" <<CONF
+        BROKER_PORT=${fixed:-$(stack_free_port)} || stack_die "no free port"
+        cat >"$conf" <<CONF
 listener $BROKER_PORT 127.0.0.1
 allow_anonymous true
 persistence false
@@ -141,12 +146,12 @@ log_type notice
 max_queued_messages 100000
 set_tcp_nodelay true
 CONF
-        stack_start broker mosquitto -c "$STACK_DIR/mosquitto.conf"
+        stack_start "$name" mosquitto -c "$conf"
         if wait_until 10 "mosquitto on port $BROKER_PORT" port_open "$BROKER_PORT"; then
             export BROKER_PORT
             return 0
         fi
-        stack_stop broker KILL
+        stack_stop "$name" KILL
     done
     stack_die "mosquitto did not start"
 }
@@ -249,7 +254,7 @@ stack_hub() {
 state_dir = $STACK_DIR/hub
 log_level = ${HUB_LOG_LEVEL:-info}
 broker.host = 127.0.0.1
-broker.port = $BROKER_PORT
+broker.port = ${UPLINK_PORT:-$BROKER_PORT}
 bootstrap.user = alice
 bootstrap.tz = Europe/Berlin
 bootstrap.ios_token = $APNS_TOKEN
@@ -280,8 +285,9 @@ log_level = ${AGENT_LOG_LEVEL:-info}
 local.host = 127.0.0.1
 local.port = $BROKER_PORT
 uplink.host = 127.0.0.1
-uplink.port = $BROKER_PORT
+uplink.port = ${UPLINK_PORT:-$BROKER_PORT}
 uplink.ack_timeout = ${AGENT_ACK_TIMEOUT:-5s}
+${AGENT_EXTRA:-}
 CONF
     stack_start "$name" "${STACK_WRAP_ARGS[@]}" "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent.conf"
     wait_until 15 "agent connected (local and uplink)" \

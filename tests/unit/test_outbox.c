@@ -325,10 +325,31 @@ static void test_modes_and_corrupt(void **state)
     assert_string_equal(buf, "this is not an ");
 }
 
+/* A rate-limited drain takes only critical rows while its bucket is empty. */
+static void test_take_min_priority(void **state)
+{
+    (void)state;
+    outbox_t *ob = open_ob(0);
+    assert_int_equal(add(ob, "n1", 1), 0);
+    assert_int_equal(add(ob, "c1", 3), 0);
+    assert_int_equal(add(ob, "h1", 2), 0);
+    assert_int_equal(add(ob, "c2", 3), 0);
+    struct seen s = {.n = 0};
+    assert_int_equal(outbox_take_prio(ob, 10, 3, collect, &s), 2);
+    assert_string_equal(s.ids[0], "c1");
+    assert_string_equal(s.ids[1], "c2");
+    struct seen s2 = {.n = 0};
+    assert_int_equal(outbox_take_prio(ob, 10, 0, collect, &s2), 2);
+    assert_string_equal(s2.ids[0], "h1");
+    assert_string_equal(s2.ids[1], "n1");
+    outbox_close(ob);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_order_and_ack, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_take_min_priority, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_resends_inflight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_take_stops_when_callback_refuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget, setup, teardown),
