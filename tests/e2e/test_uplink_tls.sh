@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The uplink over TLS with username/password: a central broker that only
+# takes authenticated TLS clients (as production should), the hub and an
+# agent connecting with the CA and their credentials; a notification flows.
+# A wrong password is refused (MQTT 5 reason 135) and the agent keeps its
+# notifications queued, then sends them once the password is right.
+#   usage: test_uplink_tls.sh BUILD_DIR SRC_DIR
+set -euo pipefail
+BUILD=$1
+SRC=$2
+# shellcheck source=../lib/stack.sh
+. "$SRC/tests/lib/stack.sh"
+fail() { stack_log "FAIL: $*"; stack_dump_logs; exit 1; }
+
+stack_init
+stack_broker                  # the devices' local broker (anonymous, loopback)
+LOCAL_PORT=$BROKER_PORT
+stack_fake_apns               # also makes the CA and server certificate
+
+# Central broker: TLS only, passwords only. Credentials made now, never stored.
+hub_pw=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+agent_pw=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+mosquitto_passwd -c -b "$STACK_DIR/passwd" hub "$hub_pw" >/dev/null
+mosquitto_passwd -b "$STACK_DIR/passwd" gw1 "$agent_pw" >/dev/null
+chmod 600 "$STACK_DIR/passwd"
+UPLINK_PORT=$(stack_free_port)
+cat >"$STACK_DIR/central.conf" <<CONF
+per_listener_settings true
+listener $UPLINK_PORT 127.0.0.1
+cafile $STACK_DIR/certs/ca.crt
+certfile $STACK_DIR/certs/server.crt
+keyfile $STACK_DIR/certs/server.key
+allow_anonymous false
+password_file $STACK_DIR/passwd
+persistence false
+set_tcp_nodelay true
+user $(id -un)
+CONF
+stack_start central mosquitto -c "$STACK_DIR/central.conf"
+wait_until 10 "TLS broker on $UPLINK_PORT" port_open "$UPLINK_PORT"
+BROKER_PORT=$LOCAL_PORT
+
+HUB_EXTRA="broker.cafile = $STACK_DIR/certs/ca.crt
+broker.username = hub
+broker.password = $hub_pw
+"
+stack_hub
+
+# A wrong password first: refused, nothing lost.
+printf '%s\n' "agent.id = gw1" "state_dir = $STACK_DIR/agent" "local.port = $LOCAL_PORT" \
+    "uplink.port = $UPLINK_PORT" "uplink.cafile = $STACK_DIR/certs/ca.crt" \
+    "uplink.username = gw1" "uplink.password = wrong" "uplink.reconnect_max = 500ms" \
+    >"$STACK_DIR/agent-bad.conf"
+stack_start agent-bad "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent-bad.conf"
+wait_until 15 "refused with a wrong password" grep -q "refused the connection" "$STACK_DIR/agent-bad.log"
+local_up() { [ "$(grep -c 'local: connected' "$STACK_DIR/agent-bad.log")" -ge 1 ]; }
+wait_until 15 "local broker connected" local_up
+stack_publish '{"id":"tls-1","to":"user:alice","title":"over TLS"}'
+queued() { [ "$(sqlite3 -readonly "$STACK_DIR/agent/outbox.db" "SELECT count(*) FROM outbox WHERE id='tls-1'")" = 1 ]; }
+wait_until 15 "tls-1 queued while refused" queued
+stack_stop agent-bad
+
+# The right password: the queued notification goes out over TLS.
+sed "s/^uplink.password = wrong$/uplink.password = $agent_pw/" "$STACK_DIR/agent-bad.conf" \
+    >"$STACK_DIR/agent.conf"
+chmod 600 "$STACK_DIR/agent.conf"
+stack_start agent "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent.conf"
+wait_until 20 "tls-1 at the fake APNs" apns_has_id tls-1
+wait_until 10 "tls-1 delivered" hub_state_is tls-1 delivered
+grep -q "uplink: connected to 127.0.0.1:$UPLINK_PORT" "$STACK_DIR/agent.log" || fail "agent not on TLS port"
+echo "PASS: uplink over TLS with a password"
