@@ -321,8 +321,17 @@ void fanout_flush(fanout_t *f)
 {
     struct delivery *d = f->ready_head;
     f->ready_head = f->ready_tail = NULL;
+    /* Routes whose channel said -EBUSY in this flush: their deliveries wait
+     * (in order) for the next flush; other channels keep going. */
+    bool busy[FANOUT_MAX_ROUTES] = {false};
     while (d) {
         struct delivery *next = d->next_ready;
+        size_t ri = (size_t)(d->route - f->routes);
+        if (busy[ri]) {
+            ready_push(f, d);
+            d = next;
+            continue;
+        }
         struct channel_delivery cd = {
             .attempt_id = (uint64_t)d->attempt_id,
             .n = &d->job->n,
@@ -330,6 +339,16 @@ void fanout_flush(fanout_t *f)
             .now_ms = clock_wall_ms(),
         };
         int rc = d->route->ops->send(d->route->state, &cd, on_outcome, d);
+        if (rc == -EBUSY) {
+            /* The channel's window is full: local backpressure, not an
+             * attempt. The delivery waits for the next flush (after an
+             * outcome frees a slot); its attempt row stays 'sending'. */
+            busy[ri] = true;
+            ready_push(f, d);
+            f->st.backpressure++;
+            d = next;
+            continue;
+        }
         if (rc < 0) {
             /* Could not even start (e.g. too many in flight): treat as a
              * retryable outcome so backoff and accounting stay in one place. */

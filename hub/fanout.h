@@ -31,6 +31,7 @@ struct fanout_opts {
 
 struct fanout_stats {
     uint64_t delivered, failed, expired, attempts, retries, inflight;
+    uint64_t backpressure; /* flushes stopped by a full channel window */
 };
 
 /* One route: devices of this platform go through this channel. ops == NULL

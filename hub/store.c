@@ -82,7 +82,10 @@ static const char *const sql[Q_N] = {
     [Q_INSERT] = "INSERT OR IGNORE INTO notifications(id, agent, recipient, category, priority,"
                  " received_ms, expires_ms, body, state, reason, updated_ms)"
                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?6)",
-    [Q_TAKE] = "SELECT id, body, expires_ms FROM notifications WHERE state = 'queued'"
+    /* The IN term repeats the partial index's WHERE so SQLite can use it
+     * (it does not infer the implication); without it, a full scan. */
+    [Q_TAKE] = "SELECT id, body, expires_ms FROM notifications"
+               " WHERE state IN ('queued', 'sending') AND state = 'queued'"
                " ORDER BY priority DESC, received_ms LIMIT ?",
     [Q_MARK_SENDING] = "UPDATE notifications SET state = 'sending', attempts = attempts + 1,"
                        " updated_ms = ?2 WHERE id = ?1",

@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
+#include <openssl/ssl.h>
+#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,6 +77,20 @@ static void handle_io_error(mqtt_t *m, int rc)
     schedule_reconnect(m);
 }
 
+#define MQTT_READS_PER_WAKEUP 256
+
+/* Does a complete-or-partial packet wait to be read without a new event? */
+static bool read_pending(mqtt_t *m)
+{
+    SSL *ssl = mosquitto_ssl_get(m->mosq);
+    if (ssl && SSL_pending(ssl) > 0) {
+        return true;
+    }
+    int sock = mosquitto_socket(m->mosq);
+    int avail = 0;
+    return sock >= 0 && ioctl(sock, FIONREAD, &avail) == 0 && avail > 0;
+}
+
 static void on_fd(loop_t *loop, int fd, unsigned events, void *arg)
 {
     (void)loop;
@@ -82,7 +98,16 @@ static void on_fd(loop_t *loop, int fd, unsigned events, void *arg)
     mqtt_t *m = arg;
     int rc = MOSQ_ERR_SUCCESS;
     if (events & (LOOP_READ | LOOP_ERROR)) {
-        rc = mosquitto_loop_read(m->mosq, 1);
+        /* libmosquitto reads one packet per call. Keep reading while bytes
+         * wait (in the socket, or already decrypted inside OpenSSL, where
+         * epoll cannot see them), so one wake-up takes a burst and the
+         * agent commits it in one transaction. Bounded per wake-up. */
+        for (int i = 0; i < MQTT_READS_PER_WAKEUP; i++) {
+            rc = mosquitto_loop_read(m->mosq, 1);
+            if (rc != MOSQ_ERR_SUCCESS || !read_pending(m)) {
+                break;
+            }
+        }
     }
     if (rc == MOSQ_ERR_SUCCESS && (events & LOOP_WRITE)) {
         rc = mosquitto_loop_write(m->mosq, 1);
