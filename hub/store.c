@@ -1,5 +1,6 @@
 /* store.c - SQLite backend of the hub store (see store.h). */
 #include "store.h"
+#include "store_int.h"
 
 #include "error.h"
 #include "log.h"
@@ -9,8 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <time.h>
 
+/* Later schema versions live next to the queries that use them, one
+ * domain per file (store_int.h). The numbers are fixed here, in order. */
 static const struct db_migration migrations[] = {
     {1, "CREATE TABLE notifications ("
         "  id TEXT PRIMARY KEY,"
@@ -60,6 +64,12 @@ static const struct db_migration migrations[] = {
         "  UNIQUE(platform, token)"
         ");"
         "CREATE INDEX devices_by_user ON devices(user_id);"},
+    {2, store_sql_directory},
+    {3, store_sql_policy},
+    {4, store_sql_sched},
+    {5, store_sql_engine},
+    {6, store_sql_channels},
+    {7, store_sql_admin},
 };
 
 enum {
@@ -78,7 +88,9 @@ enum {
     Q_N
 };
 
-static const char *const sql[Q_N] = {
+_Static_assert(Q_N <= sizeof(((struct store *)0)->q) / sizeof(sqlite3_stmt *), "store.q too small");
+
+static const char *const q_sql[Q_N] = {
     [Q_INSERT] = "INSERT OR IGNORE INTO notifications(id, agent, recipient, category, priority,"
                  " received_ms, expires_ms, body, state, reason, updated_ms)"
                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?6)",
@@ -111,21 +123,14 @@ static const char *const sql[Q_N] = {
     [Q_COUNT_STATE] = "SELECT count(*) FROM notifications WHERE state = ?",
 };
 
-struct store {
-    sqlite3 *db;
-    sqlite3_stmt *q[Q_N];
-    bool in_tx;
-};
-
-static int fail(store_t *s, int rc, const char *what)
+int store_fail(store_t *s, int rc, const char *what)
 {
     LOG_ERROR("store", "%s: %s", what, sqlite3_errmsg(s->db));
     int e = db_err(rc);
     return e ? e : TDG_EDB;
 }
 
-/* Open the iteration's transaction on first write. */
-static int tx(store_t *s)
+int store_tx(store_t *s)
 {
     if (s->in_tx) {
         return 0;
@@ -137,25 +142,46 @@ static int tx(store_t *s)
     return rc;
 }
 
-/* Step a write statement to completion and reset it. */
-static int run(store_t *s, sqlite3_stmt *st, const char *what)
+int store_run(store_t *s, sqlite3_stmt *st, const char *what)
 {
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
-        return fail(s, rc, what);
+        return store_fail(s, rc, what);
     }
     return 0;
 }
 
-static void bind_text(sqlite3_stmt *st, int i, const char *v)
+void store_bind_text(sqlite3_stmt *st, int i, const char *v)
 {
     if (v) {
         sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT);
     } else {
         sqlite3_bind_null(st, i);
     }
+}
+
+sqlite3_stmt *store_stmt(store_t *s, const char *sql)
+{
+    uintptr_t h = (uintptr_t)sql;
+    h ^= h >> 17;
+    h *= (uintptr_t)0x9E3779B1u;
+    for (size_t i = 0; i < STORE_STMT_SLOTS; i++) {
+        struct store_stmt_slot *slot = &s->stmts[(h + i) % STORE_STMT_SLOTS];
+        if (slot->sql == sql) {
+            return slot->st;
+        }
+        if (!slot->sql) {
+            if (db_prepare(s->db, sql, &slot->st) < 0) {
+                return NULL;
+            }
+            slot->sql = sql;
+            return slot->st;
+        }
+    }
+    LOG_ERROR("store", "more than %d statements", STORE_STMT_SLOTS);
+    return NULL;
 }
 
 int store_open(const char *path, enum db_sync sync, store_t **out, char *err, size_t errlen)
@@ -171,7 +197,7 @@ int store_open(const char *path, enum db_sync sync, store_t **out, char *err, si
         return rc;
     }
     for (int i = 0; i < Q_N; i++) {
-        if ((rc = db_prepare(s->db, sql[i], &s->q[i])) < 0) {
+        if ((rc = db_prepare(s->db, q_sql[i], &s->q[i])) < 0) {
             snprintf(err, errlen, "%s: cannot prepare statements", path);
             store_close(s);
             return rc;
@@ -189,6 +215,9 @@ void store_close(store_t *s)
     store_commit(s);
     for (int i = 0; i < Q_N; i++) {
         sqlite3_finalize(s->q[i]);
+    }
+    for (size_t i = 0; i < STORE_STMT_SLOTS; i++) {
+        sqlite3_finalize(s->stmts[i].st);
     }
     db_close(s->db);
     free(s);
@@ -210,7 +239,7 @@ int store_commit(store_t *s)
 int store_add_notification(store_t *s, const struct notification *n, const char *agent,
                            const char *json, size_t len, int64_t now_ms, bool *inserted)
 {
-    int rc = tx(s);
+    int rc = store_tx(s);
     if (rc < 0) {
         return rc;
     }
@@ -218,7 +247,7 @@ int store_add_notification(store_t *s, const struct notification *n, const char 
     sqlite3_bind_text(st, 1, n->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, agent, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, n->to, -1, SQLITE_STATIC);
-    bind_text(st, 4, n->category);
+    store_bind_text(st, 4, n->category);
     sqlite3_bind_int(st, 5, (int)n->priority);
     sqlite3_bind_int64(st, 6, now_ms);
     /* The ttl counts from when the agent accepted it: after a long outage
@@ -231,7 +260,7 @@ int store_add_notification(store_t *s, const struct notification *n, const char 
     sqlite3_bind_text(st, 9, expired ? "expired" : "queued", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 10, expired ? "ttl passed before the hub received it" : "", -1,
                       SQLITE_STATIC);
-    if ((rc = run(s, st, "insert notification")) < 0) {
+    if ((rc = store_run(s, st, "insert notification")) < 0) {
         return rc;
     }
     *inserted = sqlite3_changes(s->db) > 0;
@@ -240,7 +269,7 @@ int store_add_notification(store_t *s, const struct notification *n, const char 
 
 int store_take_queued(store_t *s, unsigned max, store_notification_cb cb, void *arg)
 {
-    int rc = tx(s);
+    int rc = store_tx(s);
     if (rc < 0) {
         return rc;
     }
@@ -289,7 +318,7 @@ int store_take_queued(store_t *s, unsigned max, store_notification_cb cb, void *
         sqlite3_bind_text(m, 1, rows[i].id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(m, 2, now);
         if (rc == 0) {
-            rc = run(s, m, "mark sending");
+            rc = store_run(s, m, "mark sending");
         } else {
             sqlite3_clear_bindings(m);
         }
@@ -305,7 +334,7 @@ int store_take_queued(store_t *s, unsigned max, store_notification_cb cb, void *
 int store_set_state(store_t *s, const char *id, const char *state, const char *reason,
                     int64_t now_ms)
 {
-    int rc = tx(s);
+    int rc = store_tx(s);
     if (rc < 0) {
         return rc;
     }
@@ -314,13 +343,13 @@ int store_set_state(store_t *s, const char *id, const char *state, const char *r
     sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, reason ? reason : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, now_ms);
-    return run(s, st, "set state");
+    return store_run(s, st, "set state");
 }
 
 int store_attempt_begin(store_t *s, const char *id, const char *channel, int64_t device_id,
                         int64_t now_ms, int64_t *attempt_id)
 {
-    int rc = tx(s);
+    int rc = store_tx(s);
     if (rc < 0) {
         return rc;
     }
@@ -329,7 +358,7 @@ int store_attempt_begin(store_t *s, const char *id, const char *channel, int64_t
     sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, device_id);
     sqlite3_bind_int64(st, 4, now_ms);
-    if ((rc = run(s, st, "attempt begin")) < 0) {
+    if ((rc = store_run(s, st, "attempt begin")) < 0) {
         return rc;
     }
     *attempt_id = sqlite3_last_insert_rowid(s->db);
@@ -339,7 +368,7 @@ int store_attempt_begin(store_t *s, const char *id, const char *channel, int64_t
 int store_attempt_end(store_t *s, int64_t attempt_id, const char *state, int status,
                       const char *reason, const char *provider_id, int64_t now_ms)
 {
-    int rc = tx(s);
+    int rc = store_tx(s);
     if (rc < 0) {
         return rc;
     }
@@ -350,7 +379,7 @@ int store_attempt_end(store_t *s, int64_t attempt_id, const char *state, int sta
     sqlite3_bind_text(st, 4, reason ? reason : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, provider_id ? provider_id : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, now_ms);
-    return run(s, st, "attempt end");
+    return store_run(s, st, "attempt end");
 }
 
 int store_user_devices(store_t *s, const char *user_id, store_device_cb cb, void *arg)
@@ -373,7 +402,7 @@ int store_user_devices(store_t *s, const char *user_id, store_device_cb cb, void
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     if (rc != SQLITE_DONE) {
-        return fail(s, rc, "devices");
+        return store_fail(s, rc, "devices");
     }
     return n;
 }
@@ -388,12 +417,12 @@ int store_user_exists(store_t *s, const char *user_id)
     if (rc == SQLITE_ROW) {
         return 1;
     }
-    return rc == SQLITE_DONE ? 0 : fail(s, rc, "user exists");
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "user exists");
 }
 
 int store_user_upsert(store_t *s, const char *user_id, const char *tz, int64_t now_ms)
 {
-    int rc = tx(s);
+    int rc = store_tx(s);
     if (rc < 0) {
         return rc;
     }
@@ -401,13 +430,13 @@ int store_user_upsert(store_t *s, const char *user_id, const char *tz, int64_t n
     sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, tz && *tz ? tz : "UTC", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, now_ms);
-    return run(s, st, "user upsert");
+    return store_run(s, st, "user upsert");
 }
 
 int store_device_upsert(store_t *s, const char *user_id, const char *platform, const char *token,
                         const char *app, const char *environment, int64_t now_ms)
 {
-    int rc = tx(s);
+    int rc = store_tx(s);
     if (rc < 0) {
         return rc;
     }
@@ -419,13 +448,13 @@ int store_device_upsert(store_t *s, const char *user_id, const char *platform, c
     sqlite3_bind_text(st, 5, environment && *environment ? environment : "production", -1,
                       SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, now_ms);
-    return run(s, st, "device upsert");
+    return store_run(s, st, "device upsert");
 }
 
 int store_device_set_state(store_t *s, int64_t device_id, const char *state, const char *reason,
                            int64_t now_ms)
 {
-    int rc = tx(s);
+    int rc = store_tx(s);
     if (rc < 0) {
         return rc;
     }
@@ -434,12 +463,12 @@ int store_device_set_state(store_t *s, int64_t device_id, const char *state, con
     sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, reason ? reason : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, now_ms);
-    return run(s, st, "device state");
+    return store_run(s, st, "device state");
 }
 
 int store_recover(store_t *s, int64_t now_ms)
 {
-    int rc = tx(s);
+    int rc = store_tx(s);
     if (rc < 0) {
         return rc;
     }
@@ -474,5 +503,5 @@ int store_count_state(store_t *s, const char *state, int64_t *out)
     *out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
-    return rc == SQLITE_ROW ? 0 : fail(s, rc, "count");
+    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "count");
 }

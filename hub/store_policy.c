@@ -1,0 +1,5 @@
+/* store_policy.c - see store_int.h. */
+#include "store_int.h"
+
+/* Schema: see store.c's migration list. */
+const char store_sql_policy[] = "";
