@@ -2,8 +2,17 @@
 #include "channel.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
+
+#include <dirent.h>
+#include <stdlib.h>
+
+#include "error.h"
+#include "log.h"
+#include "tz.h"
 
 const char *channel_result_name(enum channel_result r)
 {
@@ -40,4 +49,501 @@ int channel_drop(struct channel_outcome *out, const char *reason, int device_act
     snprintf(out->reason, sizeof(out->reason), "%s", reason);
     out->device_action = device_action;
     return err;
+}
+
+/* --- Retry-After ------------------------------------------------------- */
+
+static int month_index(const char *p)
+{
+    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    for (int i = 0; i < 12; i++) {
+        if (strncmp(p, months + 3 * i, 3) == 0) {
+            return i + 1;
+        }
+    }
+    return 0;
+}
+
+/* Reads exactly n digits at *p. */
+static bool digits(const char **p, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        char c = (*p)[i];
+        if (c < '0' || c > '9') {
+            return false;
+        }
+        v = v * 10 + (c - '0');
+    }
+    *p += n;
+    *out = v;
+    return true;
+}
+
+static bool lit(const char **p, const char *s)
+{
+    size_t n = strlen(s);
+    if (strncmp(*p, s, n) != 0) {
+        return false;
+    }
+    *p += n;
+    return true;
+}
+
+static bool hms(const char **p, int *h, int *mi, int *s)
+{
+    return digits(p, 2, h) && lit(p, ":") && digits(p, 2, mi) && lit(p, ":") && digits(p, 2, s) &&
+           *h < 24 && *mi < 60 && *s < 61;
+}
+
+int64_t channel_parse_http_date(const char *v)
+{
+    if (!v) {
+        return -1;
+    }
+    const char *p = v;
+    int d = 0, mon = 0, y = 0, h = 0, mi = 0, s = 0;
+    const char *comma = strchr(v, ',');
+    if (comma && comma - v == 3) {
+        /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
+        p = comma + 1;
+        if (!lit(&p, " ") || !digits(&p, 2, &d) || !lit(&p, " ") || !(mon = month_index(p))) {
+            return -1;
+        }
+        p += 3;
+        if (!lit(&p, " ") || !digits(&p, 4, &y) || !lit(&p, " ") || !hms(&p, &h, &mi, &s) ||
+            !lit(&p, " GMT") || *p) {
+            return -1;
+        }
+    } else if (comma) {
+        /* RFC 850: Sunday, 06-Nov-94 08:49:37 GMT */
+        p = comma + 1;
+        if (!lit(&p, " ") || !digits(&p, 2, &d) || !lit(&p, "-") || !(mon = month_index(p))) {
+            return -1;
+        }
+        p += 3;
+        if (!lit(&p, "-") || !digits(&p, 2, &y) || !lit(&p, " ") || !hms(&p, &h, &mi, &s) ||
+            !lit(&p, " GMT") || *p) {
+            return -1;
+        }
+        y += y < 70 ? 2000 : 1900;
+    } else {
+        /* asctime: Sun Nov  6 08:49:37 1994 */
+        if (strlen(p) < 4 || p[3] != ' ') {
+            return -1;
+        }
+        p += 4;
+        if (!(mon = month_index(p))) {
+            return -1;
+        }
+        p += 3;
+        if (!lit(&p, " ")) {
+            return -1;
+        }
+        if (*p == ' ') {
+            p++;
+            if (!digits(&p, 1, &d)) {
+                return -1;
+            }
+        } else if (!digits(&p, 2, &d)) {
+            return -1;
+        }
+        if (!lit(&p, " ") || !hms(&p, &h, &mi, &s) || !lit(&p, " ") || !digits(&p, 4, &y) || *p) {
+            return -1;
+        }
+    }
+    if (d < 1 || d > tz_days_in_month(y, mon)) {
+        return -1;
+    }
+    return tz_days_from_civil(y, mon, d) * 86400 + h * 3600 + mi * 60 + s;
+}
+
+uint64_t channel_retry_after_ms(const char *v, int64_t now_ms)
+{
+    if (!v || !*v) {
+        return 0;
+    }
+    if (*v >= '0' && *v <= '9') {
+        uint64_t sec = 0;
+        const char *p = v;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            sec = sec * 10 + (uint64_t)(*p - '0');
+            if (sec > CHANNEL_RETRY_AFTER_MAX_S) {
+                sec = CHANNEL_RETRY_AFTER_MAX_S; /* also keeps the sum from overflowing */
+            }
+        }
+        return *p ? 0 : sec * 1000;
+    }
+    int64_t at = channel_parse_http_date(v);
+    if (at < 0) {
+        return 0;
+    }
+    int64_t delta = at * 1000 - now_ms;
+    if (delta <= 0) {
+        return 0;
+    }
+    return delta > (int64_t)CHANNEL_RETRY_AFTER_MAX_S * 1000
+               ? (uint64_t)CHANNEL_RETRY_AFTER_MAX_S * 1000
+               : (uint64_t)delta;
+}
+
+/* --- several credentials in one channel ------------------------------------------ */
+
+#define TENANT_PATH_MAX 768
+
+/* A delivery no tenant serves: reported from a 0 ms timer (done never runs
+ * inside send). */
+struct set_deferred {
+    struct set_deferred *prev, *next;
+    struct channel_set *set;
+    uint64_t timer_id;
+    channel_done_cb done;
+    void *ctx;
+    struct channel_outcome outcome;
+};
+
+struct channel_set {
+    const struct channel_tenant_ops *t;
+    loop_t *loop;
+    unsigned n;
+    void *state[CHANNEL_TENANTS_MAX];
+    char *name[CHANNEL_TENANTS_MAX];
+    uint64_t selected[CHANNEL_TENANTS_MAX];
+    uint64_t unserved;
+    struct set_deferred *deferred;
+    bool logged_unserved;
+};
+
+int channel_split_list(char *buf, const char **items, unsigned max)
+{
+    unsigned n = 0;
+    char *p = buf;
+    while (*p == ' ' || *p == '\t') {
+        p++;
+    }
+    if (!*p) {
+        return 0;
+    }
+    for (;;) {
+        char *end = strchr(p, ',');
+        char *stop = end ? end : p + strlen(p);
+        char *a = p, *b = stop;
+        while (a < b && (*a == ' ' || *a == '\t')) {
+            a++;
+        }
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t')) {
+            b--;
+        }
+        if (a == b) {
+            return -EINVAL;
+        }
+        if (n >= max) {
+            return -E2BIG;
+        }
+        *b = '\0';
+        items[n++] = a;
+        if (!end) {
+            break;
+        }
+        p = end + 1;
+    }
+    return (int)n;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The "*.conf" files of dir, sorted, as heap paths. Count or negative error. */
+static int list_tenant_files(const char *dir, char **paths, unsigned max, char *err,
+                             size_t errlen, const char *key)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        int e = -errno;
+        snprintf(err, errlen, "%s: %s: %s", key, dir, strerror(-e));
+        return TDG_ECONFIG;
+    }
+    unsigned n = 0;
+    int rc = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        if (de->d_name[0] == '.' || len < 6 || strcmp(de->d_name + len - 5, ".conf") != 0) {
+            continue;
+        }
+        if (n >= max) {
+            snprintf(err, errlen, "%s: %s: more than %u credential files", key, dir, max);
+            rc = TDG_ECONFIG;
+            break;
+        }
+        char *path = malloc(TENANT_PATH_MAX);
+        if (!path) {
+            rc = -ENOMEM;
+            break;
+        }
+        if ((size_t)snprintf(path, TENANT_PATH_MAX, "%s/%s", dir, de->d_name) >= TENANT_PATH_MAX) {
+            free(path);
+            snprintf(err, errlen, "%s: %s/%s: path too long", key, dir, de->d_name);
+            rc = TDG_ECONFIG;
+            break;
+        }
+        paths[n++] = path;
+    }
+    closedir(d);
+    if (rc < 0) {
+        while (n > 0) {
+            free(paths[--n]);
+        }
+        return rc;
+    }
+    qsort(paths, n, sizeof(paths[0]), cmp_str);
+    return (int)n;
+}
+
+static int set_add(struct channel_set *set, const struct channel_env *env, const void *config,
+                   const char *name, char *err, size_t errlen)
+{
+    char cerr[CONFIG_ERR_MAX] = "";
+    set->name[set->n] = strdup(name);
+    if (!set->name[set->n]) {
+        snprintf(err, errlen, "%s: out of memory", set->t->name);
+        return -ENOMEM;
+    }
+    void *st = NULL;
+    int rc = set->t->init(env, config, &st, cerr, sizeof(cerr));
+    if (rc < 0) {
+        if (set->n == 0) {
+            snprintf(err, errlen, "%s", cerr);
+        } else {
+            snprintf(err, errlen, "%s: %s", name, cerr);
+        }
+        free(set->name[set->n]);
+        set->name[set->n] = NULL;
+        return rc;
+    }
+    set->state[set->n++] = st;
+    return 0;
+}
+
+int channel_set_create(const struct channel_tenant_ops *t, const struct channel_env *env,
+                       const void *config, channel_set **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    struct channel_set *set = calloc(1, sizeof(*set));
+    if (!set) {
+        snprintf(err, errlen, "%s: out of memory", t->name);
+        return -ENOMEM;
+    }
+    set->t = t;
+    set->loop = env ? env->loop : NULL;
+    int rc = set_add(set, env, config, "main config", err, errlen);
+    const char *dir = (const char *)config + t->tenants_dir_offset;
+    char *paths[CHANNEL_TENANTS_MAX - 1];
+    int np = 0;
+    if (rc == 0 && dir[0]) {
+        np = list_tenant_files(dir, paths, CHANNEL_TENANTS_MAX - 1, err, errlen,
+                               t->tenants_dir_key);
+        rc = np < 0 ? np : 0;
+        np = np < 0 ? 0 : np;
+    }
+    void *blob = rc == 0 && np > 0 ? malloc(t->config_size) : NULL;
+    if (np > 0 && !blob && rc == 0) {
+        rc = -ENOMEM;
+        snprintf(err, errlen, "%s: out of memory", t->name);
+    }
+    for (int i = 0; rc == 0 && i < np; i++) {
+        memset(blob, 0, t->config_size);
+        rc = config_defaults(t->config, t->config_n, blob, err, errlen);
+        if (rc == 0) {
+            rc = config_load(t->config, t->config_n, blob, paths[i], err, errlen);
+            if (rc < 0 && rc != TDG_ECONFIG) {
+                snprintf(err, errlen, "%s: %s: %s", t->tenants_dir_key, paths[i],
+                         tdg_strerror(rc));
+            }
+        }
+        if (rc == 0 && ((const char *)blob + t->tenants_dir_offset)[0]) {
+            snprintf(err, errlen, "%s: %s: only the main config may name a directory of credentials",
+                     paths[i], t->tenants_dir_key);
+            rc = TDG_ECONFIG;
+        }
+        if (rc == 0) {
+            rc = set_add(set, env, blob, paths[i], err, errlen);
+        }
+    }
+    free(blob);
+    for (int i = 0; i < np; i++) {
+        free(paths[i]);
+    }
+    if (rc == 0 && t->check) {
+        rc = t->check(set->state, (const char *const *)set->name, set->n, err, errlen);
+    }
+    if (rc < 0) {
+        channel_set_destroy(set);
+        return rc;
+    }
+    if (set->n > 1) {
+        LOG_INFO(t->name, "%u credentials (main config + %u from %s)", set->n, set->n - 1, dir);
+    }
+    *out = set;
+    return 0;
+}
+
+int channel_set_format(void *state, const struct channel_delivery *d, struct channel_request *req,
+                       struct channel_outcome *outcome)
+{
+    struct channel_set *set = state;
+    int i = set->t->select(set->state, set->n, d, outcome);
+    if (i < 0) {
+        req->nheaders = 0;
+        req->authorization[0] = '\0';
+        req->body_len = 0;
+        req->body[0] = '\0';
+        req->url[0] = '\0';
+        return TDG_ECONFIG;
+    }
+    return set->t->format(set->state[i], d, req, outcome);
+}
+
+static void set_deferred_unlink(struct channel_set *set, struct set_deferred *c)
+{
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        set->deferred = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+}
+
+static void on_set_deferred(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    struct set_deferred *c = arg;
+    set_deferred_unlink(c->set, c);
+    struct channel_outcome o = c->outcome;
+    channel_done_cb done = c->done;
+    void *ctx = c->ctx;
+    free(c);
+    done(ctx, &o);
+}
+
+int channel_set_send(void *state, const struct channel_delivery *d, channel_done_cb done,
+                     void *ctx)
+{
+    struct channel_set *set = state;
+    struct channel_outcome o;
+    int i = set->t->select(set->state, set->n, d, &o);
+    if (i >= 0) {
+        int rc = set->t->send(set->state[i], d, done, ctx);
+        if (rc == 0) {
+            set->selected[i]++;
+        }
+        return rc;
+    }
+    if (!set->loop) {
+        return -ENOTCONN; /* created without a loop: format only */
+    }
+    struct set_deferred *c = calloc(1, sizeof(*c));
+    if (!c) {
+        return -ENOMEM;
+    }
+    c->set = set;
+    c->done = done;
+    c->ctx = ctx;
+    c->outcome = o;
+    c->timer_id = loop_timer_add(set->loop, 0, on_set_deferred, c);
+    if (!c->timer_id) {
+        free(c);
+        return -ENOMEM;
+    }
+    c->next = set->deferred;
+    if (set->deferred) {
+        set->deferred->prev = c;
+    }
+    set->deferred = c;
+    set->unserved++;
+    if (!set->logged_unserved) {
+        LOG_WARN(set->t->name, "a delivery no credential serves: %s (logged once)", o.reason);
+        set->logged_unserved = true;
+    }
+    return 0;
+}
+
+void channel_set_destroy(void *state)
+{
+    struct channel_set *set = state;
+    if (!set) {
+        return;
+    }
+    while (set->deferred) {
+        struct set_deferred *c = set->deferred;
+        set->deferred = c->next;
+        loop_timer_cancel(set->loop, c->timer_id);
+        free(c);
+    }
+    for (unsigned i = 0; i < set->n; i++) {
+        set->t->destroy(set->state[i]);
+        free(set->name[i]);
+    }
+    free(set);
+}
+
+unsigned channel_set_count(const void *state)
+{
+    return ((const struct channel_set *)state)->n;
+}
+
+void *channel_set_tenant(const void *state, unsigned i)
+{
+    const struct channel_set *set = state;
+    return i < set->n ? set->state[i] : NULL;
+}
+
+const char *channel_set_name(const void *state, unsigned i)
+{
+    const struct channel_set *set = state;
+    return i < set->n ? set->name[i] : NULL;
+}
+
+uint64_t channel_set_selected(const void *state, unsigned i)
+{
+    const struct channel_set *set = state;
+    return i < set->n ? set->selected[i] : 0;
+}
+
+uint64_t channel_set_unserved(const void *state)
+{
+    return ((const struct channel_set *)state)->unserved;
+}
+
+/* Read the first line of path into buf (trimmed). 0, -errno, or -ENOSPC. */
+int channel_read_secret(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        return -errno;
+    }
+    char line[512];
+    char *got = fgets(line, sizeof(line), f);
+    fclose(f);
+    if (!got) {
+        return -ENODATA;
+    }
+    size_t n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ' ||
+                     line[n - 1] == '\t')) {
+        n--;
+    }
+    if (n >= cap) {
+        explicit_bzero(line, sizeof(line));
+        return -ENOSPC;
+    }
+    memcpy(buf, line, n);
+    buf[n] = '\0';
+    explicit_bzero(line, sizeof(line));
+    return 0;
 }

@@ -84,9 +84,33 @@ int channel_add_header(struct channel_request *req, const char *fmt, ...)
  * (for "return channel_drop(...)" in format). */
 int channel_drop(struct channel_outcome *out, const char *reason, int device_action, int err);
 
+/*
+ * Retry-After (RFC 9110 10.2.3) -> milliseconds from now_ms: delta-seconds,
+ * or an HTTP-date (IMF-fixdate, and the obsolete RFC 850 and asctime forms
+ * recipients must accept) measured from now_ms (Unix ms). Clamped to
+ * CHANNEL_RETRY_AFTER_MAX_S; 0 for absent, past or malformed values (the
+ * engine's backoff decides then).
+ */
+#define CHANNEL_RETRY_AFTER_MAX_S 86400
+uint64_t channel_retry_after_ms(const char *v, int64_t now_ms);
+
+/* An HTTP-date as Unix seconds, or -1 when v is none of the three forms. */
+int64_t channel_parse_http_date(const char *v);
+
+/*
+ * Where a channel reports what the provider says about a message after the
+ * send finished (SMS delivery receipts: "delivered", "undelivered" with an
+ * error code, ...). provider_id is the id the ok outcome carried (the SMS
+ * SID). Called on the loop; may be NULL (nobody listens).
+ */
+typedef void (*channel_status_fn)(void *arg, const char *channel, const char *provider_id,
+                                  const char *status, int error_code);
+
 struct channel_env {
     loop_t *loop;
     struct http *http; /* shared HTTP/2 client on the loop */
+    channel_status_fn status; /* delivery status sink; NULL = none */
+    void *status_arg;
 };
 
 struct channel_ops {
@@ -108,5 +132,79 @@ struct channel_ops {
     /* Abort in-flight requests (their done callbacks are not called) and free. */
     void (*destroy)(void *state);
 };
+
+/* --- several credentials in one channel ---------------------------------
+ *
+ * One hub may hold several APNs keys (teams), Firebase projects or SMS
+ * senders. A channel does that inside its own state, so fanout and the ops
+ * table do not change: its ops are a channel_set, which holds one complete
+ * instance ("tenant") of the channel per credential and picks one per
+ * delivery with the channel's select function.
+ *
+ * Tenant 0 comes from the main config (`<name>.*`). More come from the
+ * directory named by the config's tenants-dir key: every "*.conf" in it (in
+ * name order, at most CHANNEL_TENANTS_MAX) is one credential, parsed with
+ * the channel's own config table over its defaults (same keys, errors as
+ * "file:line: key: reason"). A tenant file may not name a tenants dir
+ * itself.
+ */
+#define CHANNEL_TENANTS_MAX 32
+
+struct channel_tenant_ops {
+    const char *name;                  /* "apns" */
+    const struct config_entry *config; /* the channel's table (keys "<name>.<key>") */
+    size_t config_n;
+    size_t config_size;
+    size_t tenants_dir_offset; /* offset of the char[] tenants-dir key in the config */
+    const char *tenants_dir_key; /* its name, for messages: "apns.tenants_dir" */
+    /* One credential: the channel's own init/format/send/destroy. */
+    int (*init)(const struct channel_env *env, const void *config, void **state, char *err,
+                size_t errlen);
+    int (*format)(void *state, const struct channel_delivery *d, struct channel_request *req,
+                  struct channel_outcome *outcome);
+    int (*send)(void *state, const struct channel_delivery *d, channel_done_cb done, void *ctx);
+    void (*destroy)(void *state);
+    /* Pure: the index of the tenant that serves d, or -1 with outcome set to
+     * a drop whose reason says why none does. tenants[0] is the main one. */
+    int (*select)(void *const *tenants, unsigned n, const struct channel_delivery *d,
+                  struct channel_outcome *outcome);
+    /* After every tenant is up: refuse a set that makes no sense (two
+     * tenants claiming one topic). names[i] is "main config" or the file.
+     * 0, or TDG_ECONFIG with err set. May be NULL. */
+    int (*check)(void *const *tenants, const char *const *names, unsigned n, char *err,
+                 size_t errlen);
+};
+
+typedef struct channel_set channel_set;
+
+/* Create tenant 0 from config and one tenant per file of its tenants dir.
+ * 0, or a negative error with err naming the file (and line or key). */
+int channel_set_create(const struct channel_tenant_ops *t, const struct channel_env *env,
+                       const void *config, channel_set **out, char *err, size_t errlen);
+/* The channel_ops members of a channel made of tenants (state = channel_set). */
+int channel_set_format(void *set, const struct channel_delivery *d, struct channel_request *req,
+                       struct channel_outcome *outcome);
+int channel_set_send(void *set, const struct channel_delivery *d, channel_done_cb done,
+                     void *ctx);
+void channel_set_destroy(void *set);
+
+unsigned channel_set_count(const void *set);
+/* Tenant i's state (NULL beyond the count) and its name ("main config" or
+ * the file's path). */
+void *channel_set_tenant(const void *set, unsigned i);
+const char *channel_set_name(const void *set, unsigned i);
+/* Deliveries each tenant was chosen for, and those no tenant served. */
+uint64_t channel_set_selected(const void *set, unsigned i);
+uint64_t channel_set_unserved(const void *set);
+
+/* Read the first line of path (a secret: a token, a password) into buf,
+ * trailing blanks and line ending cut. 0, -errno, -ENODATA (empty file) or
+ * -ENOSPC (longer than cap - 1). The stack copy is wiped. */
+int channel_read_secret(const char *path, char *buf, size_t cap);
+
+/* Split a comma-separated list ("com.a.app, com.b.app") into at most max
+ * trimmed items pointing into buf (modified in place). Returns the count, or
+ * -E2BIG (more than max), -EINVAL (an empty item). */
+int channel_split_list(char *buf, const char **items, unsigned max);
 
 #endif

@@ -4,6 +4,9 @@
 #include "backoff.h"
 #include "error.h"
 #include "log.h"
+#include "policy.h"
+#include "scheduler.h"
+#include "tz.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -11,6 +14,10 @@
 #include <string.h>
 
 #define FANOUT_MAX_DEVICES 5 /* DESIGN: at most 5 devices per user */
+/* Endpoints of one user: devices plus phone and email contact points. */
+#define FANOUT_MAX_ENDPOINTS (FANOUT_MAX_DEVICES + 2)
+#define FANOUT_MAX_RECIPIENTS 1000 /* members of one group expanded per notification */
+#define PREF_CACHE_SLOTS 1024      /* parsed preferences kept (policy section) */
 
 struct job;
 
@@ -25,6 +32,8 @@ struct delivery {
     unsigned attempts;
     uint64_t timer;
     bool done;
+    bool fallback;               /* the user has a channel order: a success ends it */
+    char user[STORE_USER_ID_MAX + 1];
     struct delivery *next_ready; /* in the ready list while waiting for commit */
 };
 
@@ -36,7 +45,13 @@ struct job {
     int64_t expires_ms;
     unsigned ndev, open, delivered;
     char last_reason[CHANNEL_REASON_MAX + 16];
-    struct delivery dv[FANOUT_MAX_DEVICES];
+    /* Planning (policy): what the recipients' decisions came to. */
+    bool parts;            /* delivered in parts (timers, group holds): the
+                              terminal state is summed up from the store */
+    unsigned held;         /* recipients waiting on a timer */
+    char drop_rule[POLICY_RULE_MAX], suppress_rule[POLICY_RULE_MAX];
+    unsigned dcap;
+    struct delivery *dv;   /* ndev used of dcap; fixed once attempts start */
 };
 
 struct fanout {
@@ -49,6 +64,8 @@ struct fanout {
     struct job *live;
     struct delivery *ready_head, *ready_tail;
     struct fanout_stats st;
+    sched_t *sched;        /* NULL: no policy timers (holds, deliver_at, fallback) */
+    struct pref_entry *prefs; /* PREF_CACHE_SLOTS, policy section */
 };
 
 static void ready_push(fanout_t *f, struct delivery *d)
@@ -80,8 +97,12 @@ static void job_free(struct job *j)
         j->next->prev = j->prev;
     }
     f->jobs--;
+    free(j->dv);
     free(j);
 }
+
+static void finish_planned(struct job *j);
+static void fallback_success(struct job *j, const struct delivery *d);
 
 /* Terminal state for the whole notification once no delivery is open. */
 static void job_finish_if_done(struct job *j)
@@ -90,6 +111,10 @@ static void job_finish_if_done(struct job *j)
         return;
     }
     fanout_t *f = j->f;
+    if (j->parts || j->held || j->ndev == 0) {
+        finish_planned(j); /* policy: held, scheduled, suppressed, dropped */
+        return;
+    }
     int64_t now = clock_wall_ms();
     const char *state = j->delivered > 0 ? "delivered" : "failed";
     int rc = store_set_state(f->store, j->id, state, j->delivered ? "" : j->last_reason, now);
@@ -116,7 +141,7 @@ static void attempt(struct delivery *d)
         d->done = true;
         j->open--;
         snprintf(j->last_reason, sizeof(j->last_reason), "ttl passed before delivery");
-        if (j->open == 0 && j->delivered == 0) {
+        if (j->open == 0 && j->delivered == 0 && !j->parts && !j->held) {
             store_set_state(f->store, j->id, "expired", j->last_reason, now);
             f->st.expired++;
             job_free(j);
@@ -164,6 +189,9 @@ static void on_outcome(void *ctx, const struct channel_outcome *o)
         d->done = true;
         j->delivered++;
         j->open--;
+        if (d->fallback && f->sched) {
+            fallback_success(j, d);
+        }
         job_finish_if_done(j);
         return;
     }
@@ -197,9 +225,108 @@ static void on_outcome(void *ctx, const struct channel_outcome *o)
     job_finish_if_done(j);
 }
 
-struct dev_ctx {
-    struct job *j;
+/* --- planning: recipients, preferences, holds, deliver_at, fallback --------
+ *
+ * A notification taken from the queue (or resumed by a timer) is planned per
+ * recipient user: the user's preferences decide per channel class, with the
+ * preferences in force NOW (a change applies to everything not yet sent).
+ * Every decision is recorded before anything is sent. Waiting recipients get
+ * a durable timer (scheduler.h) and the notification state 'scheduled'. */
+
+/* Parsed preferences and zone per user, so the hot path neither queries nor
+ * parses for every notification. Direct-mapped; fanout_policy_changed()
+ * drops entries. */
+struct pref_entry {
+    bool used;
+    char user[STORE_USER_ID_MAX + 1];
+    policy_prefs_t *prefs; /* NULL: none set */
+    tz_t *tz;              /* NULL: UTC */
 };
+
+static void pref_entry_clear(struct pref_entry *e)
+{
+    policy_prefs_free(e->prefs);
+    tz_free(e->tz);
+    memset(e, 0, sizeof(*e));
+}
+
+static size_t pref_slot(const char *user)
+{
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)user; *p; p++) {
+        h = (h ^ *p) * 16777619u;
+    }
+    return h % PREF_CACHE_SLOTS;
+}
+
+/* The user's preferences and zone: 1, 0 (no such user), or a store error. */
+static int user_prefs(fanout_t *f, const char *user, const struct pref_entry **out)
+{
+    if (!f->prefs) {
+        f->prefs = calloc(PREF_CACHE_SLOTS, sizeof(*f->prefs));
+        if (!f->prefs) {
+            return -ENOMEM;
+        }
+    }
+    struct pref_entry *e = &f->prefs[pref_slot(user)];
+    if (e->used && strcmp(e->user, user) == 0) {
+        *out = e;
+        return 1;
+    }
+    char *buf = malloc(STORE_PREF_MAX + 1);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    char tzname[TZ_NAME_MAX + 1];
+    int rc = store_pref_load(f->store, user, buf, STORE_PREF_MAX + 1, tzname, sizeof(tzname));
+    if (rc <= 0) {
+        free(buf);
+        return rc;
+    }
+    pref_entry_clear(e);
+    snprintf(e->user, sizeof(e->user), "%s", user);
+    if (buf[0]) {
+        struct policy_error err;
+        int prc = policy_prefs_parse(buf, strlen(buf), &e->prefs, &err);
+        if (prc < 0) {
+            /* Stored documents were validated; a newer format: allow. */
+            LOG_WARN("fanout", "user %s: stored preferences refused (%s: %s); none apply", user,
+                     err.field, err.detail);
+        }
+    }
+    free(buf);
+    if (tz_load(tzname, &e->tz) < 0) {
+        LOG_WARN("fanout", "user %s: time zone '%s' cannot be loaded; UTC is used", user, tzname);
+        e->tz = NULL;
+    }
+    e->used = true;
+    *out = e;
+    return 1;
+}
+
+void fanout_policy_changed(fanout_t *f, const char *user_id)
+{
+    if (!f->prefs) {
+        return;
+    }
+    if (user_id) {
+        struct pref_entry *e = &f->prefs[pref_slot(user_id)];
+        if (e->used && strcmp(e->user, user_id) == 0) {
+            pref_entry_clear(e);
+        }
+        return;
+    }
+    for (size_t i = 0; i < PREF_CACHE_SLOTS; i++) {
+        if (f->prefs[i].used) {
+            pref_entry_clear(&f->prefs[i]);
+        }
+    }
+}
+
+void fanout_set_sched(fanout_t *f, sched_t *s)
+{
+    f->sched = s;
+}
 
 static const struct fanout_route *route_for(const fanout_t *f, const char *platform)
 {
@@ -211,13 +338,26 @@ static const struct fanout_route *route_for(const fanout_t *f, const char *platf
     return NULL;
 }
 
-static void add_device(void *arg, const struct store_device *sd)
+/* The endpoints of one user, before the policy looks at them. */
+struct endpoint {
+    const struct fanout_route *route;
+    int64_t id;
+    char token[256], app[256], platform[16], environment[16];
+};
+struct user_eps {
+    struct job *j;
+    unsigned n;
+    unsigned classes; /* PROTO_CH_* classes with an enabled endpoint */
+    struct endpoint ep[FANOUT_MAX_ENDPOINTS];
+};
+
+static void add_endpoint(void *arg, const struct store_device *sd)
 {
-    struct job *j = ((struct dev_ctx *)arg)->j;
+    struct user_eps *u = arg;
+    struct job *j = u->j;
     const struct fanout_route *r = route_for(j->f, sd->platform ? sd->platform : "");
     if (!r) {
-        /* e.g. "desktop": delivered by agents, not by the hub */
-        return;
+        return; /* e.g. "desktop": delivered by agents, not by the hub */
     }
     if (!(j->n.channels & r->proto_class)) {
         return; /* the notification's "channels" leaves this one out */
@@ -227,30 +367,310 @@ static void add_device(void *arg, const struct store_device *sd)
                  r->channel);
         return;
     }
-    if (j->ndev >= FANOUT_MAX_DEVICES) {
+    if (u->n >= FANOUT_MAX_ENDPOINTS) {
         return;
+    }
+    struct endpoint *e = &u->ep[u->n++];
+    e->route = r;
+    e->id = sd->id;
+    snprintf(e->token, sizeof(e->token), "%s", sd->token ? sd->token : "");
+    snprintf(e->app, sizeof(e->app), "%s", sd->app ? sd->app : "");
+    snprintf(e->platform, sizeof(e->platform), "%s", sd->platform);
+    snprintf(e->environment, sizeof(e->environment), "%s",
+             sd->environment ? sd->environment : "production");
+    u->classes |= r->proto_class;
+}
+
+static int add_delivery(struct job *j, const struct endpoint *e, const char *user, bool fallback)
+{
+    if (j->ndev == j->dcap) {
+        unsigned cap = j->dcap ? j->dcap * 2 : FANOUT_MAX_ENDPOINTS;
+        struct delivery *dv = realloc(j->dv, cap * sizeof(*dv));
+        if (!dv) {
+            return -ENOMEM;
+        }
+        j->dv = dv;
+        j->dcap = cap;
     }
     struct delivery *d = &j->dv[j->ndev++];
     memset(d, 0, sizeof(*d));
     d->job = j;
-    d->route = r;
-    d->device_id = sd->id;
-    snprintf(d->token, sizeof(d->token), "%s", sd->token ? sd->token : "");
-    snprintf(d->app, sizeof(d->app), "%s", sd->app ? sd->app : "");
-    snprintf(d->platform, sizeof(d->platform), "%s", sd->platform);
-    snprintf(d->environment, sizeof(d->environment), "%s",
-             sd->environment ? sd->environment : "production");
+    d->route = e->route;
+    d->device_id = e->id;
+    d->fallback = fallback;
+    snprintf(d->user, sizeof(d->user), "%s", user);
+    snprintf(d->token, sizeof(d->token), "%s", e->token);
+    snprintf(d->app, sizeof(d->app), "%s", e->app);
+    snprintf(d->platform, sizeof(d->platform), "%s", e->platform);
+    snprintf(d->environment, sizeof(d->environment), "%s", e->environment);
+    return 0;
 }
 
-static void on_queued(void *arg, const char *id, const char *json, size_t len,
-                      int64_t expires_ms)
+static void record(struct job *j, const char *user, const char *channel, const char *action,
+                   const char *rule, int64_t until, int64_t now)
 {
-    fanout_t *f = arg;
+    struct store_decision d = {.notification_id = j->id,
+                               .user_id = user,
+                               .channel = channel,
+                               .action = action,
+                               .rule = rule,
+                               .until_ms = until,
+                               .at_ms = now};
+    int rc = store_decision_add(j->f->store, &d);
+    if (rc < 0) {
+        LOG_ERROR("fanout", "id=%s: cannot record decision %s: %s", j->id, rule,
+                  tdg_strerror(rc));
+    }
+}
+
+/* Wait for a timer: kind and payload as scheduler.h; the notification becomes
+ * 'scheduled' when this job ends. Without a scheduler the wait cannot be
+ * kept, so the part fails with a reason rather than vanish. */
+static void wait_timer(struct job *j, int64_t due, const char *kind, const char *payload)
+{
+    fanout_t *f = j->f;
+    int rc = f->sched ? sched_add(f->sched, due, kind, j->id, payload) : -ENOSYS;
+    if (rc < 0) {
+        snprintf(j->last_reason, sizeof(j->last_reason), "cannot schedule %s: %s", kind,
+                 tdg_strerror(rc));
+        return;
+    }
+    j->held++;
+    j->parts = true;
+}
+
+enum { RESUME_NONE = 0, RESUME_DELIVER_AT, RESUME_HOLD, RESUME_FALLBACK };
+
+/* Plan one recipient. step: the fallback step to run (0 at first);
+ * started_ms: when step 0 ran (fallback "after" counts from it). */
+static int plan_user(struct job *j, const char *user, int resume, unsigned step,
+                     int64_t started_ms)
+{
+    fanout_t *f = j->f;
+    int64_t now = clock_wall_ms();
+    const struct pref_entry *pe = NULL;
+    int rc = user_prefs(f, user, &pe);
+    if (rc < 0) {
+        snprintf(j->last_reason, sizeof(j->last_reason), "store: %s", tdg_strerror(rc));
+        return rc;
+    }
+    if (rc == 0) {
+        snprintf(j->last_reason, sizeof(j->last_reason), "no such user %s", user);
+        return 0;
+    }
+    char payload[STORE_USER_ID_MAX + 48];
+    /* deliver_at: the absolute time, or a wall time in this user's zone. */
+    if (resume == RESUME_NONE && j->n.has_deliver_at) {
+        int64_t at = policy_deliver_at(&j->n, pe->tz);
+        if (at > now) {
+            snprintf(payload, sizeof(payload), "%s\n", user);
+            record(j, user, "", "schedule", "deliver_at", at, now);
+            wait_timer(j, at, "deliver_at", payload);
+            return 0;
+        }
+    }
+    struct policy_step steps[POLICY_FALLBACK_MAX];
+    size_t nsteps = policy_fallback(pe->prefs, steps);
+    struct user_eps eps = {.j = j};
+    rc = store_user_devices(f->store, user, add_endpoint, &eps);
+    if (rc < 0) {
+        snprintf(j->last_reason, sizeof(j->last_reason), "store: %s", tdg_strerror(rc));
+        return rc;
+    }
+    int64_t cap_max = 0, cap_win = 0, cap_count = 0;
+    if (policy_cap(pe->prefs, j->n.category, &cap_max, &cap_win) &&
+        store_cap_count(f->store, user, j->n.category, now - cap_win, &cap_count) < 0) {
+        cap_count = 0;
+    }
+    if (resume != RESUME_FALLBACK) {
+        started_ms = now;
+    }
+    for (; nsteps == 0 || step < nsteps; step++) {
+        /* The classes of this step: every class at once without an order. */
+        unsigned classes = nsteps ? (unsigned)steps[step].channel
+                                  : (PROTO_CH_PUSH | PROTO_CH_SMS | PROTO_CH_EMAIL);
+        if (nsteps && step > 0) {
+            char rule[POLICY_RULE_MAX];
+            snprintf(rule, sizeof(rule), "fallback:%s", proto_channel_name(steps[step].channel));
+            record(j, user, proto_channel_name(steps[step].channel), "fallback", rule, 0, now);
+        }
+        unsigned allowed = 0, held_until_set = 0;
+        int64_t hold_until = 0;
+        for (unsigned bit = PROTO_CH_PUSH; bit <= PROTO_CH_EMAIL; bit <<= 1) {
+            if (!(classes & bit) || !(eps.classes & bit)) {
+                continue;
+            }
+            struct policy_decision d;
+            policy_decide(pe->prefs, pe->tz, &j->n, (enum proto_channel)bit, now, cap_count, &d);
+            const char *ch = proto_channel_name((enum proto_channel)bit);
+            record(j, user, ch, policy_action_name(d.action), d.rule, d.hold_until_ms, now);
+            switch (d.action) {
+            case POLICY_ALLOW:
+                for (unsigned i = 0; i < eps.n; i++) {
+                    if (eps.ep[i].route->proto_class == bit &&
+                        (rc = add_delivery(j, &eps.ep[i], user, nsteps > 0)) < 0) {
+                        return rc;
+                    }
+                }
+                allowed++;
+                break;
+            case POLICY_HOLD:
+                hold_until = d.hold_until_ms;
+                held_until_set = 1;
+                break;
+            case POLICY_DROP:
+                snprintf(j->drop_rule, sizeof(j->drop_rule), "%s", d.rule);
+                break;
+            case POLICY_SUPPRESS:
+                if (!j->suppress_rule[0]) {
+                    snprintf(j->suppress_rule, sizeof(j->suppress_rule), "%s", d.rule);
+                }
+                break;
+            }
+        }
+        if (allowed > 0 && cap_max > 0 && j->n.category) {
+            store_cap_record(f->store, user, j->n.category, j->id, now);
+        }
+        if (held_until_set && allowed == 0) {
+            /* Quiet hours: look again when they end (or when the ttl runs
+             * out, to end it expired). */
+            if (j->expires_ms && hold_until > j->expires_ms) {
+                hold_until = j->expires_ms;
+            }
+            snprintf(payload, sizeof(payload), "%s\n%u\n%lld", user, step,
+                     (long long)started_ms);
+            wait_timer(j, hold_until, "hold", payload);
+            return 0;
+        }
+        if (nsteps == 0) {
+            return 0;
+        }
+        if (allowed > 0) {
+            if (step + 1 < nsteps) {
+                int64_t due = started_ms + steps[step + 1].after_ms;
+                snprintf(payload, sizeof(payload), "%s\n%u\n%lld", user, step + 1,
+                         (long long)started_ms);
+                wait_timer(j, due > now ? due : now, "fallback", payload);
+            }
+            return 0;
+        }
+        /* Nothing to send on this step (no endpoint, or suppressed): the
+         * next step starts at once rather than after its delay. */
+    }
+    return 0;
+}
+
+/* A provider success for a user with a channel order: no further step. */
+static void fallback_success(struct job *j, const struct delivery *d)
+{
+    char prefix[STORE_USER_ID_MAX + 2];
+    snprintf(prefix, sizeof(prefix), "%s\n", d->user);
+    int n = sched_cancel(j->f->sched, j->id, "fallback", prefix);
+    if (n > 0) {
+        j->held = j->held >= (unsigned)n ? j->held - (unsigned)n : 0;
+        record(j, d->user, d->route->channel, "allow", "fallback_done", 0, clock_wall_ms());
+    }
+}
+
+static bool other_part_live(const struct job *j)
+{
+    for (const struct job *o = j->f->live; o; o = o->next) {
+        if (o != j && strcmp(o->id, j->id) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The end of a planned job: its notification waits for a timer, or its
+ * parts add up to a terminal state. */
+static void finish_planned(struct job *j)
+{
+    fanout_t *f = j->f;
+    int64_t now = clock_wall_ms();
+    const char *state = NULL, *reason = "";
+    char buf[160];
+    int64_t left = 0;
+    if (j->parts) {
+        if (other_part_live(j)) {
+            job_free(j); /* the last part to end sets the state */
+            return;
+        }
+        store_timer_count_of(f->store, j->id, &left);
+    }
+    if (left > 0 || (!j->parts && j->held)) {
+        state = "scheduled";
+    } else if (j->parts) {
+        struct store_outcome o;
+        int rc = store_outcome_of(f->store, j->id, &o);
+        if (rc < 0) {
+            state = "failed";
+            reason = "store error";
+        } else if (o.ok_attempts > 0 || j->delivered) {
+            state = "delivered";
+        } else if (j->expires_ms && now >= j->expires_ms) {
+            state = "expired";
+            reason = "ttl passed before delivery";
+        } else if (o.attempts > 0) {
+            state = "failed";
+            reason = o.last_reason[0] ? o.last_reason : j->last_reason;
+        } else if (o.drop_rule[0] || j->drop_rule[0]) {
+            state = "dropped";
+            snprintf(buf, sizeof(buf), "%s", o.drop_rule[0] ? o.drop_rule : j->drop_rule);
+            reason = buf;
+        } else if (o.suppress_rule[0] || j->suppress_rule[0]) {
+            state = "suppressed";
+            snprintf(buf, sizeof(buf), "%s",
+                     o.suppress_rule[0] ? o.suppress_rule : j->suppress_rule);
+            reason = buf;
+        }
+    } else if (j->delivered) {
+        state = "delivered";
+    } else if (j->ndev > 0) {
+        state = "failed";
+        reason = j->last_reason;
+    } else if (j->drop_rule[0]) {
+        state = "dropped";
+        reason = j->drop_rule;
+    } else if (j->suppress_rule[0]) {
+        state = "suppressed";
+        reason = j->suppress_rule;
+    }
+    if (!state) {
+        state = "failed";
+        reason = j->last_reason[0] ? j->last_reason : "no active device on an allowed channel";
+    }
+    int rc = store_set_state(f->store, j->id, state, reason, now);
+    if (rc < 0) {
+        LOG_ERROR("fanout", "id=%s: cannot record %s: %s", j->id, state, tdg_strerror(rc));
+    }
+    if (strcmp(state, "delivered") == 0) {
+        f->st.delivered++;
+    } else if (strcmp(state, "expired") == 0) {
+        f->st.expired++;
+    } else if (strcmp(state, "failed") == 0) {
+        f->st.failed++;
+        LOG_WARN("fanout", "id=%s failed: %s", j->id, reason);
+    } else if (strcmp(state, "suppressed") == 0) {
+        f->st.suppressed++;
+        LOG_INFO("fanout", "id=%s suppressed: %s", j->id, reason);
+    } else if (strcmp(state, "dropped") == 0) {
+        f->st.dropped++;
+        LOG_INFO("fanout", "id=%s dropped: %s", j->id, reason);
+    } else {
+        f->st.scheduled++;
+    }
+    job_free(j);
+}
+
+/* A job for a stored notification (taken from the queue or resumed). */
+static struct job *job_new(fanout_t *f, const char *id, const char *json, size_t len,
+                           int64_t expires_ms)
+{
     int64_t now = clock_wall_ms();
     struct job *j = calloc(1, sizeof(*j));
     if (!j) {
-        store_set_state(f->store, id, "queued", "", now);
-        return;
+        return NULL;
     }
     snprintf(j->id, sizeof(j->id), "%s", id);
     struct proto_error perr;
@@ -258,7 +678,7 @@ static void on_queued(void *arg, const char *id, const char *json, size_t len,
         /* Stored rows were validated at intake; this means a newer format. */
         store_set_state(f->store, id, "failed", "stored notification does not parse", now);
         free(j);
-        return;
+        return NULL;
     }
     j->f = f;
     j->next = f->live;
@@ -268,35 +688,24 @@ static void on_queued(void *arg, const char *id, const char *json, size_t len,
     f->live = j;
     f->jobs++;
     j->expires_ms = expires_ms; /* counted from intake, not from now */
-    if (j->n.to_kind != PROTO_TO_USER) {
-        store_set_state(f->store, id, "failed",
-                        j->n.to_kind == PROTO_TO_GROUP ? "group recipients are not supported yet"
-                                                       : "local notifications stay on the agent",
-                        now);
-        f->st.failed++;
-        job_free(j);
-        return;
-    }
-    struct dev_ctx dc = {j};
-    int n = store_user_devices(f->store, j->n.to_id, add_device, &dc);
-    if (n < 0 || j->ndev == 0) {
-        store_set_state(f->store, id, "failed",
-                        n < 0             ? "store error"
-                        : j->last_reason[0] ? j->last_reason
-                                            : "no active device on an allowed channel",
-                        now);
-        f->st.failed++;
-        job_free(j);
-        return;
-    }
+    return j;
+}
+
+/* Start the attempts of a planned job (or end it when it has none). */
+static void job_start(struct job *j)
+{
     j->open = j->ndev;
     for (unsigned i = 0; i < j->ndev; i++) {
         struct delivery *d = &j->dv[i];
-        d->dev = (struct channel_device){.user_id = j->n.to_id,
+        d->dev = (struct channel_device){.user_id = d->user,
                                          .platform = d->platform,
                                          .token = d->token,
                                          .app = d->app,
                                          .environment = d->environment};
+    }
+    if (j->ndev == 0) {
+        job_finish_if_done(j);
+        return;
     }
     /* attempt() frees j only when the last open delivery closes, which can
      * only happen on the last iteration: copy the count first. */
@@ -304,6 +713,148 @@ static void on_queued(void *arg, const char *id, const char *json, size_t len,
     for (unsigned i = 0; i < ndev; i++) {
         attempt(&j->dv[i]);
     }
+}
+
+struct members {
+    char (*ids)[STORE_USER_ID_MAX + 1];
+    unsigned n, cap;
+    bool truncated;
+};
+
+static void add_member(void *arg, const char *name)
+{
+    struct members *m = arg;
+    if (m->n >= FANOUT_MAX_RECIPIENTS) {
+        m->truncated = true;
+        return;
+    }
+    if (m->n == m->cap) {
+        unsigned cap = m->cap ? m->cap * 2 : 16;
+        void *p = realloc(m->ids, cap * sizeof(*m->ids));
+        if (!p) {
+            m->truncated = true;
+            return;
+        }
+        m->ids = p;
+        m->cap = cap;
+    }
+    snprintf(m->ids[m->n++], sizeof(m->ids[0]), "%s", name);
+}
+
+static void on_queued(void *arg, const char *id, const char *json, size_t len,
+                      int64_t expires_ms)
+{
+    fanout_t *f = arg;
+    int64_t now = clock_wall_ms();
+    struct job *j = job_new(f, id, json, len, expires_ms);
+    if (!j) {
+        /* Out of memory (or unparsable: job_new recorded that); a queued
+         * row is taken again on a later pull. */
+        store_set_state(f->store, id, "queued", "", now);
+        return;
+    }
+    if (j->n.to_kind == PROTO_TO_LOCAL) {
+        store_set_state(f->store, id, "failed", "local notifications stay on the agent", now);
+        f->st.failed++;
+        job_free(j);
+        return;
+    }
+    /* Planned before (held, scheduled, a hub that stopped mid-way): its
+     * timers are replaced by this plan, with the preferences of now. */
+    if (f->sched) {
+        int64_t left = 0;
+        if (store_timer_count_of(f->store, id, &left) == 0 && left > 0) {
+            sched_cancel(f->sched, id, NULL, NULL);
+            j->parts = true;
+        }
+    }
+    if (j->n.to_kind == PROTO_TO_USER) {
+        plan_user(j, j->n.to_id, RESUME_NONE, 0, 0);
+    } else {
+        struct members m = {0};
+        int n = store_group_members(f->store, j->n.to_id, add_member, &m);
+        if (n < 0) {
+            snprintf(j->last_reason, sizeof(j->last_reason), "store: %s", tdg_strerror(n));
+        } else if (m.n == 0) {
+            snprintf(j->last_reason, sizeof(j->last_reason), "group %s has no members",
+                     j->n.to_id);
+        }
+        if (m.truncated) {
+            LOG_WARN("fanout", "id=%s: group %s: only the first %d members are served", id,
+                     j->n.to_id, FANOUT_MAX_RECIPIENTS);
+        }
+        for (unsigned i = 0; i < m.n; i++) {
+            if (plan_user(j, m.ids[i], RESUME_NONE, 0, 0) == -ENOMEM) {
+                break;
+            }
+        }
+        free(m.ids);
+    }
+    job_start(j);
+}
+
+/* "alice\n1\n1700000000000" -> user, step, started. */
+static int parse_payload(const char *p, char *user, size_t ulen, unsigned *step, int64_t *started)
+{
+    const char *nl = strchr(p, '\n');
+    size_t l = nl ? (size_t)(nl - p) : strlen(p);
+    if (l == 0 || l >= ulen) {
+        return -EINVAL;
+    }
+    memcpy(user, p, l);
+    user[l] = '\0';
+    *step = 0;
+    *started = 0;
+    if (nl && nl[1]) {
+        char *end;
+        unsigned long s = strtoul(nl + 1, &end, 10);
+        *step = s < POLICY_FALLBACK_MAX ? (unsigned)s : 0;
+        if (*end == '\n') {
+            *started = strtoll(end + 1, NULL, 10);
+        }
+    }
+    return 0;
+}
+
+int fanout_timer(fanout_t *f, const struct store_timer *t)
+{
+    int64_t now = clock_wall_ms();
+    int resume = strcmp(t->kind, "deliver_at") == 0 ? RESUME_DELIVER_AT
+                 : strcmp(t->kind, "hold") == 0     ? RESUME_HOLD
+                 : strcmp(t->kind, "fallback") == 0 ? RESUME_FALLBACK
+                                                    : RESUME_NONE;
+    char user[STORE_USER_ID_MAX + 1];
+    unsigned step;
+    int64_t started;
+    if (resume == RESUME_NONE || parse_payload(t->payload, user, sizeof(user), &step, &started)) {
+        LOG_WARN("fanout", "id=%s: timer %s with payload '%s' not understood; ignored",
+                 t->notification_id, t->kind, t->payload);
+        return 0;
+    }
+    char *body = malloc(PROTO_MAX_WIRE + 1);
+    if (!body) {
+        return -ENOMEM;
+    }
+    int64_t expires = 0;
+    char state[16];
+    int rc = store_notification_get(f->store, t->notification_id, body, PROTO_MAX_WIRE + 1,
+                                    &expires, state, sizeof(state));
+    if (rc <= 0 || (strcmp(state, "scheduled") != 0 && strcmp(state, "sending") != 0 &&
+                    strcmp(state, "queued") != 0)) {
+        /* Gone, or already ended (e.g. cancelled by an admin): nothing to do. */
+        free(body);
+        return rc < 0 ? rc : 0;
+    }
+    struct job *j = job_new(f, t->notification_id, body, strlen(body), expires);
+    free(body);
+    if (!j) {
+        return -ENOMEM;
+    }
+    j->parts = true;
+    store_set_state(f->store, j->id, "sending", "", now);
+    plan_user(j, user, resume, resume == RESUME_NONE ? 0 : step, started);
+    job_start(j);
+    return 0;
 }
 
 void fanout_pull(fanout_t *f)
@@ -392,6 +943,8 @@ void fanout_destroy(fanout_t *f)
     while (f->live) {
         job_free(f->live);
     }
+    fanout_policy_changed(f, NULL);
+    free(f->prefs);
     free(f);
 }
 

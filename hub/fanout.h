@@ -32,6 +32,7 @@ struct fanout_opts {
 struct fanout_stats {
     uint64_t delivered, failed, expired, attempts, retries, inflight;
     uint64_t backpressure; /* flushes stopped by a full channel window */
+    uint64_t suppressed, dropped, scheduled; /* policy endings (scheduled: waits on a timer) */
 };
 
 /* One route: devices of this platform go through this channel. ops == NULL
@@ -58,6 +59,21 @@ void fanout_destroy(fanout_t *f);
 void fanout_pull(fanout_t *f);
 /* Start the sends whose attempts are now committed. */
 void fanout_flush(fanout_t *f);
+
+/* --- policy (docs/hub-policy.md) ---
+ * Recipients are planned when a notification is taken from the queue or a
+ * timer resumes it: group expansion, one decision per user and channel
+ * class under the preferences in force then (recorded before sending),
+ * holds, deliver_at and fallback steps as durable timers of s. */
+struct sched;
+void fanout_set_sched(fanout_t *f, struct sched *s);
+/* A timer of the scheduler came due: resume that notification's recipient.
+ * 0 or a negative error (the work is lost only for ENOMEM; logged). */
+struct store_timer;
+int fanout_timer(fanout_t *f, const struct store_timer *t);
+/* Preferences or the time zone of user_id (NULL: anyone) changed: forget
+ * the cached copy, so the next decision reads them again. */
+void fanout_policy_changed(fanout_t *f, const char *user_id);
 
 unsigned fanout_jobs(const fanout_t *f);
 void fanout_get_stats(const fanout_t *f, struct fanout_stats *st);

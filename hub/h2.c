@@ -77,6 +77,8 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs12.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -2191,6 +2193,130 @@ int h2_request(h2_t *h, const struct channel_request *req, const struct http_req
 
 /* --- lifecycle ------------------------------------------------------------ */
 
+static void ssl_reason(char *buf, size_t len)
+{
+    unsigned long e = ERR_peek_last_error();
+    const char *r = e ? ERR_reason_error_string(e) : NULL;
+    snprintf(buf, len, "%s", r ? r : "unknown OpenSSL error");
+    ERR_clear_error();
+}
+
+static int pem_password(char *buf, int size, int rwflag, void *u)
+{
+    (void)rwflag;
+    const char *pw = u ? u : "";
+    size_t n = strlen(pw);
+    if (size <= 0 || n >= (size_t)size) {
+        return 0;
+    }
+    memcpy(buf, pw, n);
+    return (int)n;
+}
+
+/* Put the client certificate into ctx: PEM when the file holds a PEM
+ * certificate, else PKCS#12. 0, or TDG_ECONFIG with err set. */
+static int load_client_cert(SSL_CTX *ctx, const char *cert, const char *key, const char *pw,
+                            char *err, size_t errlen)
+{
+    char why[160];
+    pw = pw ? pw : "";
+    BIO *b = BIO_new_file(cert, "rb");
+    if (!b) {
+        snprintf(err, errlen, "%s: %s", cert, strerror(errno ? errno : ENOENT));
+        ERR_clear_error();
+        return TDG_ECONFIG;
+    }
+    X509 *x = PEM_read_bio_X509(b, NULL, NULL, NULL);
+    int rc = TDG_ECONFIG;
+    if (x) {
+        /* PEM: the chain from the file, the key from key_file or the file */
+        X509_free(x);
+        BIO_free(b);
+        ERR_clear_error();
+        SSL_CTX_set_default_passwd_cb(ctx, pem_password);
+        SSL_CTX_set_default_passwd_cb_userdata(ctx, (void *)pw);
+        const char *kf = key && *key ? key : cert;
+        if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+            ssl_reason(why, sizeof(why));
+            snprintf(err, errlen, "%s: %s", cert, why);
+        } else if (SSL_CTX_use_PrivateKey_file(ctx, kf, SSL_FILETYPE_PEM) != 1) {
+            if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+                ERR_clear_error();
+                snprintf(err, errlen, "%s: private key does not match the certificate", kf);
+                SSL_CTX_set_default_passwd_cb(ctx, NULL);
+                SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+                return TDG_ECONFIG;
+            }
+            ssl_reason(why, sizeof(why));
+            snprintf(err, errlen, "%s: no usable private key (%s)%s", kf, why,
+                     kf == cert ? "; set the key file" : "");
+        } else if (SSL_CTX_check_private_key(ctx) != 1) {
+            ERR_clear_error();
+            snprintf(err, errlen, "%s: private key does not match the certificate", kf);
+        } else {
+            rc = 0;
+        }
+        SSL_CTX_set_default_passwd_cb(ctx, NULL);
+        SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+        return rc;
+    }
+    ERR_clear_error();
+    (void)BIO_reset(b);
+    PKCS12 *p12 = d2i_PKCS12_bio(b, NULL);
+    BIO_free(b);
+    if (!p12) {
+        ERR_clear_error();
+        snprintf(err, errlen, "%s: neither a PEM certificate nor a PKCS#12 file", cert);
+        return TDG_ECONFIG;
+    }
+    EVP_PKEY *pkey = NULL;
+    STACK_OF(X509) *chain = NULL;
+    if (!PKCS12_verify_mac(p12, pw, -1) && !(!*pw && PKCS12_verify_mac(p12, NULL, 0))) {
+        ERR_clear_error();
+        snprintf(err, errlen, "%s: wrong password for the PKCS#12 file%s", cert,
+                 *pw ? "" : " (none given)");
+    } else if (!PKCS12_parse(p12, pw, &pkey, &x, &chain)) {
+        ssl_reason(why, sizeof(why));
+        snprintf(err, errlen, "%s: cannot read the PKCS#12 file: %s", cert, why);
+    } else if (!x || !pkey) {
+        snprintf(err, errlen, "%s: the PKCS#12 file lacks a %s", cert, x ? "private key" : "certificate");
+    } else if (SSL_CTX_use_certificate(ctx, x) != 1 || SSL_CTX_use_PrivateKey(ctx, pkey) != 1) {
+        ssl_reason(why, sizeof(why));
+        snprintf(err, errlen, "%s: %s", cert, why);
+    } else if (SSL_CTX_check_private_key(ctx) != 1) {
+        ERR_clear_error();
+        snprintf(err, errlen, "%s: private key does not match the certificate", cert);
+    } else {
+        rc = 0;
+        for (int i = 0; chain && i < sk_X509_num(chain); i++) {
+            if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(chain, i)) != 1) {
+                ssl_reason(why, sizeof(why));
+                snprintf(err, errlen, "%s: chain certificate: %s", cert, why);
+                rc = TDG_ECONFIG;
+                break;
+            }
+        }
+    }
+    X509_free(x);
+    EVP_PKEY_free(pkey);
+    sk_X509_pop_free(chain, X509_free);
+    PKCS12_free(p12);
+    return rc;
+}
+
+int http_client_cert_check(const char *cert, const char *key, const char *password, char *err,
+                           size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    int rc = load_client_cert(ctx, cert, key, password, err, errlen);
+    SSL_CTX_free(ctx);
+    return rc;
+}
+
 static int setup_tls(h2_t *h, const char *ca_file)
 {
     h->ssl_ctx = SSL_CTX_new(TLS_client_method());
@@ -2293,6 +2419,15 @@ int h2_create(loop_t *loop, const struct h2_opts *opts, h2_t **out)
     }
     if (rc == 0) {
         rc = setup_tls(h, o.ca_file);
+    }
+    if (rc == 0 && o.client_cert && *o.client_cert) {
+        char why[CONFIG_ERR_MAX];
+        rc = load_client_cert(h->ssl_ctx, o.client_cert, o.client_key, o.client_password, why,
+                              sizeof(why));
+        if (rc < 0) {
+            LOG_ERROR(MOD, "client certificate: %s", why);
+            rc = TDG_EHTTP;
+        }
     }
     if (rc < 0) {
         h2_destroy(h);

@@ -54,7 +54,22 @@ struct http_opts {
                                        time: closed, its requests fail; 0 = 60 s */
     uint64_t idle_close_ms;         /* close a connection without requests for this long;
                                        0 = 15 min */
+    /* TLS client certificate (APNs certificate auth), HTTP/2 connections
+     * only; loaded once in http_create, nothing kept but OpenSSL's copy: */
+    const char *client_cert;     /* PEM (certificate chain, usually with its key) or
+                                    PKCS#12 file; NULL/"" = none */
+    const char *client_key;      /* PEM key when client_cert holds none; NULL/"" = in cert */
+    const char *client_password; /* PKCS#12 / encrypted PEM key password; NULL/"" = none */
 };
+
+/*
+ * Load a client certificate the way http_create will, into a throwaway
+ * context, so a caller can refuse a bad one at start with a clear reason:
+ * "wrong password for PKCS#12 file x", "x: private key does not match the
+ * certificate", "x: neither PEM nor PKCS#12". 0, or TDG_ECONFIG with err set.
+ */
+int http_client_cert_check(const char *cert, const char *key, const char *password, char *err,
+                           size_t errlen);
 
 struct http_req_opts {
     bool require_h2;     /* a response over anything but HTTP/2 fails with -EPROTO */

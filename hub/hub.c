@@ -1,15 +1,26 @@
 /* hub.c - wiring of broker, intake, store and fanout (see hub.h). */
 #include "hub.h"
 
+#include "admin.h"
+#include "policy.h"
+#include "scheduler.h"
+#include "snapshot.h"
 #include "channels/apns.h"
 #include "channels/email.h"
 #include "channels/fcm.h"
 #include "channels/sms.h"
 #include "error.h"
+#include "agentlimit.h"
+#include "dispatch.h"
 #include "fanout.h"
+#include "httpd.h"
 #include "intake.h"
+#include "metrics.h"
+#include "observe.h"
+#include "receipts.h"
 #include "log.h"
 #include "mqtt.h"
+#include "pii.h"
 #include "store.h"
 
 #include <errno.h>
@@ -57,6 +68,23 @@ static const struct config_entry hub_table[] = {
      "First retry backoff (full jitter)", NULL, 1, 3600000},
     {"fanout.retry_cap", CONFIG_DURATION, "5m", OFF(retry_cap_ms), "Retry backoff cap", NULL, 1,
      86400000},
+    /* Fanout engine and operations (docs/engine.md) */
+    {"metrics.listen", CONFIG_STRING, "", OFF(metrics_listen),
+     "HTTP endpoint for GET /metrics and /healthz, HOST:PORT (e.g. 127.0.0.1:9464); empty: off",
+     NULL, 0, 0},
+    {"shutdown.grace", CONFIG_DURATION, "10s", OFF(shutdown_grace_ms),
+     "On SIGTERM/SIGINT: how long in-flight provider requests may finish before the hub exits "
+     "(the rest are recovered at the next start)", NULL, 0, 3600000},
+    {"intake.agent_rate", CONFIG_INT, "0", OFF(agent_rate),
+     "Notifications per second one agent may send; more wait un-acked (resent). 0: no limit",
+     NULL, 0, 10000000},
+    {"intake.agent_burst", CONFIG_INT, "0", OFF(agent_burst),
+     "Burst above intake.agent_rate (0: the rate)", NULL, 0, 10000000},
+    {"intake.agent_quota", CONFIG_INT, "0", OFF(agent_quota),
+     "Notifications one agent may have accepted per UTC day; more are rejected over_quota. "
+     "0: no quota", NULL, 0, INT64_MAX},
+    {"receipts.batch", CONFIG_INT, "512", OFF(receipts_batch),
+     "Receipts published per loop iteration at most", NULL, 1, 100000},
     {"bootstrap.user", CONFIG_STRING, "", OFF(bootstrap_user),
      "Create this user at start (empty: none)", NULL, 0, 0},
     {"bootstrap.tz", CONFIG_STRING, "UTC", OFF(bootstrap_tz), "Its IANA time zone", NULL, 0, 0},
@@ -72,6 +100,19 @@ static const struct config_entry hub_table[] = {
      "Register this E.164 number (SMS) for bootstrap.user", NULL, 0, 0},
     {"bootstrap.email", CONFIG_STRING, "", OFF(bootstrap_email),
      "Register this email address for bootstrap.user", NULL, 0, 0},
+    {"policy.snapshots", CONFIG_BOOL, "true", OFF(policy_snapshots),
+     "Publish each agent's preference snapshot (retained) on connect and on changes; off "
+     "only where something else publishes them (tests)", NULL, 0, 0},
+    {"bootstrap.prefs", CONFIG_STRING, "", OFF(bootstrap_prefs),
+     "Preferences of bootstrap.user as JSON (docs/hub-policy.md; empty: leave as they are)",
+     NULL, 0, 0},
+    {"bootstrap.agents", CONFIG_STRING, "", OFF(bootstrap_agents),
+     "Agents that may send to bootstrap.user, comma-separated, or * for any (empty: none)",
+     NULL, 0, 0},
+    {"pii.keyfile", CONFIG_STRING, "", OFF(pii_keyfile),
+     "Key file for phone numbers, emails and tokens at rest (mode 0600; docs/directory.md); "
+     "empty: <state_dir>/pii.keys, created on first start",
+     NULL, 0, 0},
 };
 #define HUB_TABLE_N (sizeof(hub_table) / sizeof(hub_table[0]))
 
@@ -97,6 +138,10 @@ struct hub_settings {
     size_t n;
     size_t chan_off[N_CHANNELS];
     unsigned char *blob; /* struct hub_config, then each channel's config */
+    /* Fanout engine (dispatch.h): per channel a backup provider's config
+     * ("<ch>.backup.*") and the engine settings ("<ch>.engine.*"). */
+    size_t backup_off[N_CHANNELS], engine_off[N_CHANNELS];
+    char *keys[2 * N_CHANNELS]; /* their generated key names */
 };
 
 static size_t align_up(size_t v)
@@ -117,6 +162,13 @@ hub_settings_t *hub_settings_create(char *err, size_t errlen)
         size = align_up(size + channel_defs[c].ops->config_size);
         n += channel_defs[c].ops->config_n;
     }
+    for (size_t c = 0; c < N_CHANNELS; c++) {
+        s->backup_off[c] = size;
+        size = align_up(size + channel_defs[c].ops->config_size);
+        s->engine_off[c] = size;
+        size = align_up(size + sizeof(struct dispatch_config));
+        n += channel_defs[c].ops->config_n + DISPATCH_CONFIG_N;
+    }
     s->table = calloc(n, sizeof(*s->table));
     s->blob = calloc(1, size);
     if (!s->table || !s->blob) {
@@ -132,6 +184,17 @@ hub_settings_t *hub_settings_create(char *err, size_t errlen)
             s->n++;
         }
     }
+    for (size_t c = 0; c < N_CHANNELS; c++) {
+        const struct channel_ops *ops = channel_defs[c].ops;
+        if (dispatch_backup_table(ops, s->backup_off[c], s->table + s->n, &s->keys[2 * c]) < 0 ||
+            dispatch_config_table(ops->name, s->engine_off[c], s->table + s->n + ops->config_n,
+                                  &s->keys[2 * c + 1]) < 0) {
+            snprintf(err, errlen, "out of memory");
+            hub_settings_destroy(s);
+            return NULL;
+        }
+        s->n += ops->config_n + DISPATCH_CONFIG_N;
+    }
     if (config_defaults(s->table, s->n, s->blob, err, errlen) < 0) {
         hub_settings_destroy(s);
         return NULL;
@@ -144,6 +207,9 @@ void hub_settings_destroy(hub_settings_t *s)
     if (s) {
         free(s->table);
         free(s->blob);
+        for (size_t k = 0; k < 2 * N_CHANNELS; k++) {
+            free(s->keys[k]);
+        }
         free(s);
     }
 }
@@ -168,14 +234,202 @@ struct hub {
     loop_t *loop;
     struct hub_config cfg;
     store_t *store;
+    pii_t *pii; /* the directory's keyring */
     intake_t *intake;
     fanout_t *fanout;
     mqtt_t *mqtt;
     void *chan_state[N_CHANNELS];
     char sub_up[160];
+    admin_t *admin;       /* admin API (tidingsctl) */
+    sched_t *sched;       /* durable timers: deliver_at, holds, fallback */
+    snapshot_t *snap;     /* agents' preference snapshots */
+    char sub_admin[160];
     char status_topic[160]; /* tidings/v1/hubs/<client id>/status */
     bool commit_failed_logged;
+    /* fanout engine, observability, shutdown (docs/engine.md) */
+    metrics_t *metrics;
+    dispatch_t *dispatch; /* owns the channel states */
+    httpd_t *httpd;
+    observe_t *observe;
+    receipts_t *receipts;
+    agentlimit_t *limits;
+    bool store_ok, draining;
+    uint64_t drain_started_ms, drain_timer;
+    unsigned drain_inflight; /* requests in flight when the drain began */
 };
+
+/* --- fanout engine, observability, graceful shutdown (docs/engine.md) --- */
+
+static int engine_create(hub_t *h, char *err, size_t errlen)
+{
+    const struct hub_config *c = &h->cfg;
+    h->metrics = metrics_create();
+    h->dispatch = h->metrics ? dispatch_create(h->loop, h->metrics) : NULL;
+    h->receipts = receipts_create(h->store, h->metrics, (unsigned)c->receipts_batch);
+    if (c->agent_rate > 0 || c->agent_quota > 0) {
+        h->limits = agentlimit_create(h->store, (uint64_t)c->agent_rate,
+                                      (uint64_t)c->agent_burst, c->agent_quota);
+    }
+    if (!h->dispatch || !h->receipts || ((c->agent_rate > 0 || c->agent_quota > 0) && !h->limits)) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    h->store_ok = true;
+    return 0;
+}
+
+/* Channel c's primary provider, and its backup when "<ch>.backup.*" is set,
+ * behind the dispatcher; the fanout's route sends through the dispatcher. */
+static int engine_add_channel(hub_t *h, const hub_settings_t *s, size_t c,
+                              const struct channel_env *env, struct fanout_route *route, char *err,
+                              size_t errlen)
+{
+    const struct channel_ops *ops = channel_defs[c].ops;
+    const struct dispatch_config *dc = (const void *)(s->blob + s->engine_off[c]);
+    char cerr[256] = "";
+    void *primary = NULL, *backup = NULL;
+    int rc = ops->init(env, s->blob + s->chan_off[c], &primary, cerr, sizeof(cerr));
+    if (rc < 0) {
+        snprintf(err, errlen, "channel %s: %s", ops->name, cerr);
+        return rc;
+    }
+    void *bcfg = malloc(ops->config_size ? ops->config_size : 1);
+    int want = bcfg ? 0 : -ENOMEM;
+    if (bcfg) {
+        memcpy(bcfg, s->blob + s->backup_off[c], ops->config_size);
+        want = dispatch_backup_resolve(ops, s->blob + s->chan_off[c], bcfg, dc->backup_enabled);
+    }
+    if (want == 1) {
+        rc = ops->init(env, bcfg, &backup, cerr, sizeof(cerr));
+        if (rc < 0) {
+            /* the channel names its own keys; the backup's are <ch>.backup.<key> */
+            snprintf(err, errlen, "channel %s backup (%s.backup.*): %s", ops->name, ops->name, cerr);
+        }
+    } else if (want < 0) {
+        rc = want;
+        snprintf(err, errlen, "channel %s backup: %s", ops->name, tdg_strerror(rc));
+    }
+    free(bcfg);
+    if (rc < 0) {
+        ops->destroy(primary);
+        return rc;
+    }
+    struct dispatch_chan *dch = dispatch_add(h->dispatch, ops->name, ops, primary, backup, dc);
+    if (!dch) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    h->chan_state[c] = primary; /* owned by the dispatcher */
+    route->ops = &dispatch_channel_ops;
+    route->state = dch;
+    return 0;
+}
+
+static int engine_start(hub_t *h, char *err, size_t errlen)
+{
+    intake_set_limits(h->intake, h->limits);
+    if (h->cfg.metrics_listen[0]) {
+        char herr[256];
+        int rc = httpd_create(h->loop, h->cfg.metrics_listen, &h->httpd, herr, sizeof(herr));
+        if (rc < 0) {
+            snprintf(err, errlen, "metrics.listen: %s", herr);
+            return rc;
+        }
+        LOG_INFO("hub", "metrics and health on http://%s (port %d)", h->cfg.metrics_listen,
+                 httpd_port(h->httpd));
+    }
+    struct observe_src src = {.store = h->store,
+                              .intake = h->intake,
+                              .fanout = h->fanout,
+                              .dispatch = h->dispatch,
+                              .mqtt = &h->mqtt,
+                              .store_ok = &h->store_ok,
+                              .draining = &h->draining};
+    h->observe = observe_create(h->metrics, h->httpd, &src);
+    if (!h->observe) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static void engine_destroy(hub_t *h)
+{
+    httpd_destroy(h->httpd);
+    h->httpd = NULL;
+    if (h->drain_timer) {
+        loop_timer_cancel(h->loop, h->drain_timer);
+    }
+    /* Channels first: in-flight requests are aborted, no outcome can reach
+     * a fanout job afterwards. */
+    dispatch_destroy(h->dispatch);
+    h->dispatch = NULL;
+    receipts_destroy(h->receipts);
+    agentlimit_destroy(h->limits);
+    metrics_destroy(h->metrics); /* before observe: its hook points there */
+    observe_destroy(h->observe);
+}
+
+static void on_publish(void *arg, int mid, int reason)
+{
+    hub_t *h = arg;
+    receipts_on_puback(h->receipts, mid, reason);
+}
+
+static void drain_finish(hub_t *h, bool timed_out)
+{
+    unsigned left = dispatch_inflight(h->dispatch);
+    uint64_t took = loop_now_ms(h->loop) - h->drain_started_ms;
+    LOG_INFO("hub", "shutdown: drained=%u abandoned=%u in %llums%s", h->drain_inflight - left,
+             left, (unsigned long long)took,
+             timed_out ? " (shutdown.grace reached; abandoned requests stay 'sending' and are "
+                         "recovered at the next start)"
+                       : "");
+    loop_stop(h->loop);
+}
+
+static void on_drain_timer(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    hub_t *h = arg;
+    h->drain_timer = 0;
+    drain_finish(h, true);
+}
+
+/* In before_sleep while draining, after the commit and the acks: done when
+ * no provider request is in flight and the broker has every QoS 1 message
+ * (acks, receipts) we published. */
+static void drain_check(hub_t *h)
+{
+    bool connected = h->mqtt && mqtt_connected(h->mqtt);
+    if (dispatch_inflight(h->dispatch) == 0 && (!connected || mqtt_inflight(h->mqtt) == 0)) {
+        if (h->drain_timer) {
+            loop_timer_cancel(h->loop, h->drain_timer);
+            h->drain_timer = 0;
+        }
+        drain_finish(h, false);
+    }
+}
+
+void hub_shutdown(hub_t *h)
+{
+    if (h->draining) {
+        return;
+    }
+    h->draining = true;
+    h->drain_started_ms = loop_now_ms(h->loop);
+    h->drain_inflight = dispatch_inflight(h->dispatch);
+    LOG_INFO("hub", "shutdown: no new intake or sends; waiting up to %llums for %u in-flight "
+             "request(s)",
+             (unsigned long long)h->cfg.shutdown_grace_ms, h->drain_inflight);
+    /* Agents stop sending to a hub that is not online. */
+    if (h->mqtt && mqtt_connected(h->mqtt)) {
+        mqtt_publish(h->mqtt, h->status_topic, "", 0, 1, true, 0, NULL, NULL);
+    }
+    h->drain_timer = loop_timer_add(h->loop, h->cfg.shutdown_grace_ms, on_drain_timer, h);
+    /* before_sleep runs next and finishes at once when nothing is in flight */
+}
 
 /* Once per iteration: take queued work, commit everything written in this
  * iteration, then (and only then) ack the agents and start the sends. */
@@ -183,8 +437,11 @@ static void before_sleep(loop_t *loop, void *arg)
 {
     (void)loop;
     hub_t *h = arg;
-    fanout_pull(h->fanout);
+    if (!h->draining) {
+        fanout_pull(h->fanout);
+    }
     int rc = store_commit(h->store);
+    h->store_ok = rc == 0;
     if (rc < 0) {
         if (!h->commit_failed_logged) {
             LOG_ERROR("hub", "commit failed: %s; acks withheld, agents will resend",
@@ -195,8 +452,15 @@ static void before_sleep(loop_t *loop, void *arg)
         h->commit_failed_logged = false;
     }
     intake_flush(h->intake, h->mqtt, rc == 0);
+    admin_flush(h->admin, h->mqtt, rc == 0);
     if (rc == 0) {
+        receipts_flush(h->receipts, h->mqtt);
+    }
+    if (rc == 0 && !h->draining) {
         fanout_flush(h->fanout);
+    }
+    if (h->draining) {
+        drain_check(h);
     }
 }
 
@@ -207,21 +471,255 @@ static void on_message(void *arg, const struct mosquitto_message *msg,
     hub_t *h = arg;
     char agent[PROTO_AGENT_MAX + 1];
     if (proto_topic_agent(msg->topic, "up", agent, sizeof(agent)) == 0) {
-        intake_handle_up(h->intake, agent, msg->payload ? msg->payload : "",
-                         msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0);
+        if (!h->draining) { /* draining: no ack, the agent resends */
+            intake_handle_up(h->intake, agent, msg->payload ? msg->payload : "",
+                             msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0);
+        }
+        return;
+    }
+    if (proto_topic_agent(msg->topic, "status", agent, sizeof(agent)) == 0) {
+        if (msg->payloadlen > 0 && h->cfg.policy_snapshots) { /* empty: cleared */
+            snapshot_agent_seen(h->snap, h->mqtt, agent);
+        }
+        return;
+    }
+    if (admin_is_request(msg->topic)) {
+        admin_handle(h->admin, msg->topic, msg->payload,
+                     msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0, props);
         return;
     }
     LOG_DEBUG("hub", "ignoring message on %s", msg->topic);
 }
 
+/* A channel's delivery status report (SMS status polling): recorded in this
+ * iteration's transaction, idempotently (store_provider_status). */
+static void on_channel_status(void *arg, const char *channel, const char *provider_id,
+                              const char *status, int error_code)
+{
+    hub_t *h = arg;
+    int rc = store_provider_status(h->store, channel, provider_id, status, error_code,
+                                   clock_wall_ms());
+    if (rc < 0 && rc != TDG_EINVAL_INPUT) {
+        LOG_WARN("hub", "cannot record %s status %s of %s: %s", channel, status, provider_id,
+                 tdg_strerror(rc));
+    }
+}
+
+/* The SMS channel's state (a channel_set), or NULL when it is not enabled. */
+static void *sms_state(hub_t *h)
+{
+    for (size_t c = 0; c < N_CHANNELS; c++) {
+        if (channel_defs[c].ops == &sms_channel) {
+            return h->chan_state[c];
+        }
+    }
+    return NULL;
+}
+
+/* POST /v1/sms/status: the provider's delivery status callback (signed). */
+static void on_sms_status(void *arg, const struct httpd_req *req, struct httpd_resp *resp)
+{
+    hub_t *h = arg;
+    char why[128] = "";
+    resp->status = sms_status_callback(sms_state(h), req->body, req->body_len,
+                                       httpd_req_header(req, "X-Twilio-Signature"), why,
+                                       sizeof(why));
+    if (resp->status != 200) {
+        LOG_WARN("hub", "sms status callback refused (%d): %s", resp->status, why);
+        httpd_resp_printf(resp, "%s\n", why);
+    }
+}
+
+/* POST /v1/sms/inbound: an incoming message; STOP/START-type words opt the
+ * number out or in (store_sms_opt). Answered with empty TwiML. */
+static void on_sms_inbound(void *arg, const struct httpd_req *req, struct httpd_resp *resp)
+{
+    hub_t *h = arg;
+    char why[128] = "", from[SMS_E164_MAX + 1] = "";
+    enum sms_keyword kw = SMS_KEYWORD_NONE;
+    resp->status = sms_inbound(sms_state(h), req->body, req->body_len,
+                               httpd_req_header(req, "X-Twilio-Signature"), from, sizeof(from),
+                               &kw, why, sizeof(why));
+    if (resp->status != 200) {
+        LOG_WARN("hub", "sms inbound post refused (%d): %s", resp->status, why);
+        httpd_resp_printf(resp, "%s\n", why);
+        return;
+    }
+    if (kw != SMS_KEYWORD_NONE) {
+        bool out = kw == SMS_KEYWORD_OPT_OUT;
+        int rc = store_sms_opt(h->store, from, out, out ? "STOP" : "START", clock_wall_ms());
+        if (rc < 0) {
+            LOG_WARN("hub", "sms opt-%s not recorded: %s", out ? "out" : "in", tdg_strerror(rc));
+            resp->status = 503; /* the provider retries */
+            return;
+        }
+        LOG_INFO("hub", "sms number opted %s (%d endpoint(s) changed)", out ? "out" : "in", rc);
+    }
+    snprintf(resp->content_type, sizeof(resp->content_type), "text/xml");
+    httpd_resp_printf(resp, "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>");
+}
+
+/* With the SMS channel and an HTTP listener (metrics.listen): the routes the
+ * provider posts to. 0 or a negative error. */
+static int sms_routes(hub_t *h, char *err, size_t errlen)
+{
+    if (!h->httpd || !sms_state(h)) {
+        return 0;
+    }
+    int rc = httpd_route(h->httpd, "POST", "/v1/sms/status", on_sms_status, h);
+    if (rc == 0) {
+        rc = httpd_route(h->httpd, "POST", "/v1/sms/inbound", on_sms_inbound, h);
+    }
+    if (rc < 0) {
+        snprintf(err, errlen, "sms routes: %s", tdg_strerror(rc));
+    }
+    return rc;
+}
+
 static void on_connect(void *arg)
 {
     hub_t *h = arg;
+    receipts_on_connect(h->receipts); /* unconfirmed receipts go out again */
     mqtt_subscribe(h->mqtt, h->sub_up, 1);
+    mqtt_subscribe(h->mqtt, h->sub_admin, 1);
+    /* Agents' retained status: each one seen gets its policy snapshot. */
+    if (h->cfg.policy_snapshots) {
+        snapshot_publish_all(h->snap, h->mqtt);
+        mqtt_subscribe(h->mqtt, "tidings/v1/agents/+/status", 1);
+    }
     /* Subscribed first, then announced: an agent that sees "online" may
      * publish at once (MQTT keeps the order of one client's packets). */
     mqtt_publish(h->mqtt, h->status_topic, "online", 6, 1, true, 0, NULL, NULL);
     LOG_INFO("hub", "subscribed to %s", h->sub_up);
+}
+
+/* A durable timer came due (scheduler.h): the fanout resumes that work. */
+static void on_timer(void *arg, const struct store_timer *t)
+{
+    hub_t *h = arg;
+    int rc = fanout_timer(h->fanout, t);
+    if (rc < 0) {
+        LOG_ERROR("hub", "timer %s for id=%s: %s", t->kind, t->notification_id,
+                  tdg_strerror(rc));
+    }
+}
+
+void hub_policy_changed(hub_t *h, const char *user_id)
+{
+    fanout_policy_changed(h->fanout, user_id);
+    if (h->mqtt && h->cfg.policy_snapshots) {
+        snapshot_changed(h->snap, h->mqtt, user_id);
+    }
+}
+
+/* The admin API changed preferences, a time zone or bindings. */
+static void on_policy_changed(void *arg, const char *user_id)
+{
+    hub_policy_changed(arg, user_id);
+}
+
+/* bootstrap.agents: bind each listed agent ("*": any) to bootstrap.user for
+ * every category. Only adds: a binding dropped from the list stays until
+ * revoked (docs/directory.md). */
+static int bootstrap_agents(hub_t *h, int64_t now, char *err, size_t errlen)
+{
+    const struct hub_config *c = &h->cfg;
+    char subject[STORE_USER_ID_MAX + 8];
+    snprintf(subject, sizeof(subject), "user:%s", c->bootstrap_user);
+    const char *p = c->bootstrap_agents;
+    while (*p) {
+        while (*p == ',' || *p == ' ') {
+            p++;
+        }
+        size_t len = strcspn(p, ", ");
+        if (len == 0) {
+            break;
+        }
+        char agent[PROTO_AGENT_MAX + 2];
+        const char *field = NULL;
+        if (len >= sizeof(agent)) {
+            snprintf(err, errlen, "bootstrap.agents: agent id '%.20s...' too long", p);
+            return TDG_ECONFIG;
+        }
+        memcpy(agent, p, len);
+        agent[len] = '\0';
+        if (store_binding_check(agent, subject, "*", &field) < 0) {
+            snprintf(err, errlen, "bootstrap.agents: '%s' is not an agent id or *", agent);
+            return TDG_ECONFIG;
+        }
+        int rc = store_binding_add(h->store, agent, subject, "*", now);
+        if (rc < 0) {
+            snprintf(err, errlen, "bootstrap.agents: %s: %s", agent, tdg_strerror(rc));
+            return rc;
+        }
+        p += len;
+    }
+    return 0;
+}
+
+/* The PII keyring: pii.keyfile, or <state_dir>/pii.keys, created with a
+ * fresh key on first start (never for a store that already holds values
+ * sealed under some other key file). Then values under older keys are
+ * re-encrypted with the current one. */
+static int open_pii(hub_t *h, char *err, size_t errlen)
+{
+    char path[512];
+    bool embedded = !h->cfg.pii_keyfile[0];
+    if ((size_t)snprintf(path, sizeof(path), "%s",
+                         embedded ? h->cfg.state_dir : h->cfg.pii_keyfile) >= sizeof(path) ||
+        (embedded && strlen(path) + sizeof("/pii.keys") > sizeof(path))) {
+        snprintf(err, errlen, "pii.keyfile: path too long");
+        return -ENAMETOOLONG;
+    }
+    if (embedded) {
+        size_t l = strlen(path);
+        snprintf(path + l, sizeof(path) - l, "/pii.keys");
+        struct stat st;
+        if (stat(path, &st) < 0 && errno == ENOENT) {
+            int64_t sealed = 0;
+            int rc = store_dir_sealed_count(h->store, &sealed);
+            if (rc < 0) {
+                snprintf(err, errlen, "%s: %s", path, tdg_strerror(rc));
+                return rc;
+            }
+            if (sealed > 0) {
+                snprintf(err, errlen,
+                         "%s: missing, but the store holds %lld encrypted directory values; "
+                         "restore the key file (a new key could not read them)",
+                         path, (long long)sealed);
+                return TDG_ECONFIG;
+            }
+            if ((rc = pii_generate(path, err, errlen)) < 0) {
+                return rc;
+            }
+            LOG_INFO("hub", "created PII key file %s (mode 0600) with a new key; back it up "
+                     "with the database", path);
+        }
+    }
+    int rc = pii_load(path, &h->pii, err, errlen);
+    if (rc < 0) {
+        return rc;
+    }
+    store_set_pii(h->store, h->pii);
+    int64_t now = clock_wall_ms();
+    long total = 0;
+    int n;
+    while ((n = store_dir_reencrypt(h->store, 1000, now)) > 0) {
+        total += n;
+        if ((rc = store_commit(h->store)) < 0) {
+            snprintf(err, errlen, "re-encrypting the directory: %s", tdg_strerror(rc));
+            return rc;
+        }
+    }
+    if (n < 0) {
+        snprintf(err, errlen, "re-encrypting the directory: %s", tdg_strerror(n));
+        return n;
+    }
+    if (total > 0) {
+        LOG_INFO("hub", "re-encrypted %ld directory value(s) with PII key %s", total,
+                 pii_current_id(h->pii));
+    }
+    return 0;
 }
 
 static int bootstrap(hub_t *h, const struct apns_config *apns, char *err, size_t errlen)
@@ -249,6 +747,22 @@ static int bootstrap(hub_t *h, const struct apns_config *apns, char *err, size_t
     if (rc == 0 && c->bootstrap_email[0]) {
         rc = store_device_upsert(h->store, c->bootstrap_user, "email", c->bootstrap_email, "",
                                  "production", now);
+    }
+    if (rc == 0) {
+        rc = bootstrap_agents(h, now, err, errlen);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    if (rc == 0 && c->bootstrap_prefs[0]) {
+        struct policy_error pe;
+        rc = store_pref_set(h->store, c->bootstrap_user, c->bootstrap_prefs,
+                            strlen(c->bootstrap_prefs), now, &pe);
+        if (rc < 0) {
+            snprintf(err, errlen, "bootstrap.prefs: %s%s%s", pe.field, pe.field[0] ? ": " : "",
+                     pe.detail[0] ? pe.detail : tdg_strerror(rc));
+            return TDG_ECONFIG;
+        }
     }
     if (rc == 0) {
         rc = store_commit(h->store);
@@ -321,6 +835,10 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
                  "stopped; their in-flight attempts may repeat",
                  requeued);
     }
+    if ((rc = open_pii(h, err, errlen)) < 0) {
+        hub_destroy(h);
+        return rc;
+    }
     const struct apns_config *apns = (const void *)(s->blob + s->chan_off[0]);
     if ((rc = bootstrap(h, apns, err, errlen)) < 0) {
         hub_destroy(h);
@@ -331,7 +849,12 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         hub_destroy(h);
         return rc;
     }
-    struct channel_env env = {.loop = loop, .http = NULL};
+    if ((rc = engine_create(h, err, errlen)) < 0) {
+        hub_destroy(h);
+        return rc;
+    }
+    struct channel_env env = {
+        .loop = loop, .http = NULL, .status = on_channel_status, .status_arg = h};
     struct fanout_route routes[N_CHANNELS];
     for (size_t c = 0; c < N_CHANNELS; c++) {
         routes[c] = (struct fanout_route){.platform = channel_defs[c].platform,
@@ -340,16 +863,10 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         if (!enabled[c]) {
             continue;
         }
-        char cerr[256] = "";
-        rc = channel_defs[c].ops->init(&env, s->blob + s->chan_off[c], &h->chan_state[c], cerr,
-                               sizeof(cerr));
-        if (rc < 0) {
-            snprintf(err, errlen, "channel %s: %s", channel_defs[c].ops->name, cerr);
+        if ((rc = engine_add_channel(h, s, c, &env, &routes[c], err, errlen)) < 0) {
             hub_destroy(h);
             return rc;
         }
-        routes[c].ops = channel_defs[c].ops;
-        routes[c].state = h->chan_state[c];
     }
     struct fanout_opts fo = {.max_jobs = (unsigned)h->cfg.max_jobs,
                              .max_attempts = (unsigned)h->cfg.max_attempts,
@@ -362,7 +879,39 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         hub_destroy(h);
         return -ENOMEM;
     }
+    if ((rc = engine_start(h, err, errlen)) < 0) {
+        hub_destroy(h);
+        return rc;
+    }
+    if ((rc = sms_routes(h, err, errlen)) < 0) {
+        hub_destroy(h);
+        return rc;
+    }
     snprintf(h->sub_up, sizeof(h->sub_up), "$share/%s/tidings/v1/agents/+/up", h->cfg.share_group);
+    h->sched = sched_create(loop, h->store, on_timer, h, NULL);
+    h->snap = snapshot_create(h->store);
+    if (!h->sched || !h->snap) {
+        snprintf(err, errlen, "out of memory");
+        hub_destroy(h);
+        return -ENOMEM;
+    }
+    fanout_set_sched(h->fanout, h->sched);
+    if ((rc = sched_start(h->sched)) < 0) {
+        snprintf(err, errlen, "scheduler: %s", tdg_strerror(rc));
+        hub_destroy(h);
+        return rc;
+    }
+    struct admin_env ae = {.store = h->store, .fanout = h->fanout, .intake = h->intake,
+                           .routes = routes, .nroutes = N_CHANNELS,
+                           .dispatch = h->dispatch,
+                           .changed = on_policy_changed, .changed_arg = h};
+    if (!(h->admin = admin_create(&ae))) {
+        snprintf(err, errlen, "out of memory");
+        hub_destroy(h);
+        return -ENOMEM;
+    }
+    snprintf(h->sub_admin, sizeof(h->sub_admin), "$share/%s/" ADMIN_REQUEST_PREFIX "#",
+             h->cfg.share_group);
     if ((rc = loop_before_sleep(loop, before_sleep, h)) < 0) {
         snprintf(err, errlen, "event loop: %s", tdg_strerror(rc));
         hub_destroy(h);
@@ -399,7 +948,8 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         .will_payload = "",
         .will_retain = true,
     };
-    struct mqtt_handlers mh = {.on_connect = on_connect, .on_message = on_message, .arg = h};
+    struct mqtt_handlers mh = {
+        .on_connect = on_connect, .on_message = on_message, .on_publish = on_publish, .arg = h};
     h->mqtt = mqtt_create(loop, &mo, &mh);
     if (!h->mqtt) {
         snprintf(err, errlen, "cannot start the MQTT client");
@@ -421,16 +971,17 @@ void hub_destroy(hub_t *h)
         mqtt_publish(h->mqtt, h->status_topic, "", 0, 1, true, 0, NULL, NULL);
     }
     mqtt_destroy(h->mqtt);
-    for (size_t c = 0; c < N_CHANNELS; c++) {
-        if (h->chan_state[c]) {
-            channel_defs[c].ops->destroy(h->chan_state[c]);
-        }
-    }
+    h->mqtt = NULL;
+    engine_destroy(h); /* the channels first: no outcome can reach a job */
+    admin_destroy(h->admin);
+    sched_destroy(h->sched);
+    snapshot_destroy(h->snap);
     fanout_destroy(h->fanout);
     intake_destroy(h->intake);
     if (h->store) {
         store_commit(h->store);
     }
     store_close(h->store);
+    pii_destroy(h->pii);
     free(h);
 }

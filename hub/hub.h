@@ -8,6 +8,7 @@
 #ifndef TIDINGS_HUB_H
 #define TIDINGS_HUB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +32,11 @@ struct hub_config {
     int64_t max_jobs;
     int64_t max_attempts;
     uint64_t retry_base_ms, retry_cap_ms;
+    /* fanout engine, observability, shutdown (docs/engine.md) */
+    char metrics_listen[80];
+    uint64_t shutdown_grace_ms;
+    int64_t agent_rate, agent_burst, agent_quota;
+    int64_t receipts_batch;
     /* A user and one iOS device created at start (until the admin CLI). */
     char bootstrap_user[64];
     char bootstrap_tz[64];
@@ -40,6 +46,10 @@ struct hub_config {
     char bootstrap_android_token[256];
     char bootstrap_phone[32];
     char bootstrap_email[256];
+    char bootstrap_agents[256]; /* agents bound to bootstrap.user: "a,b" or "*" */
+    char bootstrap_prefs[4096]; /* preferences of bootstrap.user (JSON) */
+    bool policy_snapshots;      /* publish agents' preference snapshots */
+    char pii_keyfile[256];      /* docs/directory.md */
 };
 
 /* The hub's settings: hub keys plus every channel's "<channel>.*" keys. */
@@ -57,5 +67,16 @@ typedef struct hub hub_t;
 
 int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, size_t errlen);
 void hub_destroy(hub_t *h);
+
+/* Graceful shutdown (SIGTERM): stop taking uplinks and starting sends, let
+ * in-flight provider requests finish for up to shutdown.grace, commit and
+ * publish, then stop the loop; what is still in flight stays 'sending' and
+ * is recovered at the next start. A second call does nothing. */
+void hub_shutdown(hub_t *h);
+
+/* The preferences, time zone or agent bindings of user_id (NULL: of
+ * anyone) changed and are committed: drop cached preferences and publish
+ * the affected agents' policy snapshots again (docs/hub-policy.md). */
+void hub_policy_changed(hub_t *h, const char *user_id);
 
 #endif

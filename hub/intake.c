@@ -1,9 +1,11 @@
 /* intake.c - validate, dedupe, store, ack after commit (see intake.h). */
 #include "intake.h"
 
+#include "agentlimit.h"
 #include "error.h"
 #include "log.h"
 #include "loop.h"
+#include "store_engine.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -26,6 +28,7 @@ struct intake {
     size_t ngroups, total;
     struct intake_stats st;
     bool overflow_logged;
+    agentlimit_t *limits; /* not owned; NULL: no per-agent limits */
 };
 
 struct item_ctx {
@@ -34,6 +37,8 @@ struct item_ctx {
     const char *agent;
     bool agent_mismatch;
     int64_t now;
+    int rate; /* per-agent rate for this batch: 0 undecided, 1 admitted, 2 delayed */
+    size_t ack_mark; /* g->n when the batch began */
 };
 
 static struct ack_group *group_for(intake_t *in, const char *agent)
@@ -68,6 +73,9 @@ static void add_ack(intake_t *in, struct ack_group *g, const char *id, bool ok,
         g->cap = cap;
     }
     struct proto_ack *a = &g->acks[g->n++];
+    if (!ok && (unsigned)r < PROTO_REASON_COUNT) {
+        in->st.rejected_by[r]++;
+    }
     memset(a, 0, sizeof(*a));
     snprintf(a->id, sizeof(a->id), "%s", id);
     a->ok = ok;
@@ -91,6 +99,10 @@ static void on_item(cJSON *item, void *arg)
     }
     char id[PROTO_ID_MAX + 1];
     snprintf(id, sizeof(id), "%s", idj->valuestring);
+    if (c->rate == 2) {
+        in->st.delayed++; /* the batch is over the agent's rate: no ack at all */
+        return;
+    }
     if (c->agent_mismatch) {
         in->st.rejected++;
         add_ack(in, c->g, id, false, PROTO_R_BAD_VALUE, "agent");
@@ -113,8 +125,34 @@ static void on_item(cJSON *item, void *arg)
         free(json);
         return;
     }
-    if (n.to_kind == PROTO_TO_USER) {
-        int known = store_user_exists(in->store, n.to_id);
+    if (n.to_kind == PROTO_TO_USER || n.to_kind == PROTO_TO_GROUP) {
+        /* Existence first, then the agent's bindings (docs/directory.md):
+         * unknown ids keep their unknown_recipient; an agent can tell them
+         * from known recipients it is not bound to, but send to neither. */
+        int known = n.to_kind == PROTO_TO_USER ? store_user_exists(in->store, n.to_id)
+                                               : store_group_exists(in->store, n.to_id);
+        int ok = known > 0 ? store_agent_allowed(in->store, c->agent, n.to, n.category) : 1;
+        if (ok == 0) {
+            const char *field = "to";
+            /* Bound to the recipient, but not for this category (or for
+             * none, when the item has no category): the category is wrong. */
+            if (store_agent_reaches(in->store, c->agent, n.to) == 1) {
+                field = "category";
+            }
+            in->st.rejected++;
+            const char *what = strcmp(field, "to") == 0 ? n.to
+                               : n.category                ? n.category
+                                                           : "none";
+            LOG_WARN("intake", "agent %s: rejected id=%s: not_allowed (%s %s)", c->agent, id,
+                     field, what);
+            add_ack(in, c->g, id, false, PROTO_R_NOT_ALLOWED, field);
+            notification_free(&n);
+            free(json);
+            return;
+        }
+        if (ok < 0) {
+            known = ok;
+        }
         if (known == 0) {
             in->st.rejected++;
             LOG_WARN("intake", "agent %s: rejected id=%s: unknown recipient %s", c->agent, id,
@@ -130,6 +168,35 @@ static void on_item(cJSON *item, void *arg)
             return; /* store trouble: no ack, the agent resends */
         }
     }
+    if (in->limits) {
+        /* Per-agent limits (agentlimit.h): over the rate, no ack (resent
+         * later); over the day's quota, rejected - unless already stored. */
+        bool first = c->rate == 0;
+        enum agentlimit_verdict v =
+            c->rate == 2 ? AGENTLIMIT_DELAY
+                         : agentlimit_check(in->limits, c->agent, first, clock_mono_ms(), c->now);
+        if (first && v == AGENTLIMIT_DELAY) {
+            /* The whole batch waits (agentlimit.h): withdraw the acks of
+             * its items rejected so far, so none of it is acked. */
+            c->rate = 2;
+            in->total -= c->g->n - c->ack_mark;
+            c->g->n = c->ack_mark;
+        } else if (first) {
+            c->rate = 1;
+        }
+        int known = v == AGENTLIMIT_OVER_QUOTA ? store_notification_known(in->store, id) : 0;
+        if (v != AGENTLIMIT_OK && known != 1) {
+            if (v == AGENTLIMIT_OVER_QUOTA && known == 0) {
+                in->st.rejected++;
+                add_ack(in, c->g, id, false, PROTO_R_OVER_QUOTA, "");
+            } else {
+                in->st.delayed++; /* over the rate (or a store error): no ack */
+            }
+            notification_free(&n);
+            free(json);
+            return;
+        }
+    }
     bool inserted = false;
     int rc = store_add_notification(in->store, &n, c->agent, json, len, c->now, &inserted);
     notification_free(&n);
@@ -137,6 +204,9 @@ static void on_item(cJSON *item, void *arg)
     if (rc < 0) {
         LOG_ERROR("intake", "agent %s: cannot store id=%s: %s", c->agent, id, tdg_strerror(rc));
         return;
+    }
+    if (inserted && in->limits) {
+        agentlimit_accepted(in->limits, c->agent, c->now);
     }
     if (inserted) {
         in->st.accepted++;
@@ -182,7 +252,8 @@ void intake_handle_up(intake_t *in, const char *topic_agent, const char *payload
         }
         return;
     }
-    struct item_ctx c = {.in = in, .g = g, .agent = topic_agent, .now = clock_wall_ms()};
+    struct item_ctx c = {
+        .in = in, .g = g, .agent = topic_agent, .now = clock_wall_ms(), .ack_mark = g->n};
     /* The broker's ACL lets an agent publish only under its own topic; an
      * envelope naming another agent is refused item by item. */
     struct proto_error perr;
@@ -243,6 +314,11 @@ void intake_destroy(intake_t *in)
         free(in->groups[i].acks);
     }
     free(in);
+}
+
+void intake_set_limits(intake_t *in, struct agentlimit *limits)
+{
+    in->limits = limits;
 }
 
 void intake_get_stats(const intake_t *in, struct intake_stats *st)

@@ -21,10 +21,16 @@ typedef struct intake intake_t;
 
 struct intake_stats {
     uint64_t batches, items, accepted, duplicates, rejected, bad_envelopes;
+    uint64_t rejected_by[PROTO_REASON_COUNT]; /* rejections by reason code */
+    uint64_t delayed; /* over the agent's rate: left un-acked (agentlimit.h) */
 };
 
 intake_t *intake_create(store_t *store);
 void intake_destroy(intake_t *in);
+
+/* Per-agent rate and daily quota (agentlimit.h; not owned). NULL: none. */
+struct agentlimit;
+void intake_set_limits(intake_t *in, struct agentlimit *limits);
 
 /* Handle one payload from tidings/v1/agents/{agent}/up. */
 void intake_handle_up(intake_t *in, const char *topic_agent, const char *payload, size_t len);

@@ -17,9 +17,18 @@ static void usage(FILE *out)
                  "  --help-config    print every setting with its default and exit\n");
 }
 
+/* First SIGTERM/SIGINT: graceful drain bounded by shutdown.grace
+ * (hub_shutdown); a second one: stop now (in-flight work is recovered at
+ * the next start). arg: the hub_t pointer, NULL until it exists. */
 static void on_signal(loop_t *loop, int signo, void *arg)
 {
-    (void)arg;
+    hub_t **hp = arg;
+    static int seen;
+    if (*hp && seen++ == 0) {
+        LOG_INFO("hub", "signal %d: shutting down gracefully (again to stop at once)", signo);
+        hub_shutdown(*hp);
+        return;
+    }
     LOG_INFO("hub", "signal %d: shutting down", signo);
     loop_stop(loop);
 }
@@ -90,9 +99,9 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    loop_signal(loop, SIGINT, on_signal, NULL);
-    loop_signal(loop, SIGTERM, on_signal, NULL);
     hub_t *h = NULL;
+    loop_signal(loop, SIGINT, on_signal, &h);
+    loop_signal(loop, SIGTERM, on_signal, &h);
     rc = hub_create(loop, s, &h, err, sizeof(err));
     hub_settings_destroy(s);
     if (rc < 0) {

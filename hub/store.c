@@ -79,11 +79,6 @@ enum {
     Q_SET_STATE,
     Q_ATT_BEGIN,
     Q_ATT_END,
-    Q_DEVICES,
-    Q_USER_EXISTS,
-    Q_USER_UPSERT,
-    Q_DEVICE_UPSERT,
-    Q_DEVICE_STATE,
     Q_COUNT_STATE,
     Q_N
 };
@@ -107,19 +102,6 @@ static const char *const q_sql[Q_N] = {
                     " VALUES (?1, ?2, ?3, 'sending', ?4)",
     [Q_ATT_END] = "UPDATE attempts SET state = ?2, status = ?3, reason = ?4, provider_id = ?5,"
                   " finished_ms = ?6 WHERE id = ?1",
-    [Q_DEVICES] = "SELECT id, user_id, platform, token, app, environment FROM devices"
-                  " WHERE user_id = ? AND state = 'active' ORDER BY id",
-    [Q_USER_EXISTS] = "SELECT 1 FROM users WHERE id = ?",
-    [Q_USER_UPSERT] = "INSERT INTO users(id, tz, created_ms) VALUES (?1, ?2, ?3)"
-                      " ON CONFLICT(id) DO UPDATE SET tz = excluded.tz",
-    [Q_DEVICE_UPSERT] = "INSERT INTO devices(user_id, platform, token, app, environment,"
-                        " registered_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-                        " ON CONFLICT(platform, token) DO UPDATE SET user_id = excluded.user_id,"
-                        " app = excluded.app, environment = excluded.environment,"
-                        " registered_ms = excluded.registered_ms, state = 'active',"
-                        " state_reason = ''",
-    [Q_DEVICE_STATE] = "UPDATE devices SET state = ?2, state_reason = ?3, state_ms = ?4"
-                       " WHERE id = ?1",
     [Q_COUNT_STATE] = "SELECT count(*) FROM notifications WHERE state = ?",
 };
 
@@ -382,89 +364,7 @@ int store_attempt_end(store_t *s, int64_t attempt_id, const char *state, int sta
     return store_run(s, st, "attempt end");
 }
 
-int store_user_devices(store_t *s, const char *user_id, store_device_cb cb, void *arg)
-{
-    sqlite3_stmt *st = s->q[Q_DEVICES];
-    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
-    int n = 0, rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct store_device d = {
-            .id = sqlite3_column_int64(st, 0),
-            .user_id = (const char *)sqlite3_column_text(st, 1),
-            .platform = (const char *)sqlite3_column_text(st, 2),
-            .token = (const char *)sqlite3_column_text(st, 3),
-            .app = (const char *)sqlite3_column_text(st, 4),
-            .environment = (const char *)sqlite3_column_text(st, 5),
-        };
-        cb(arg, &d);
-        n++;
-    }
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    if (rc != SQLITE_DONE) {
-        return store_fail(s, rc, "devices");
-    }
-    return n;
-}
-
-int store_user_exists(store_t *s, const char *user_id)
-{
-    sqlite3_stmt *st = s->q[Q_USER_EXISTS];
-    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    if (rc == SQLITE_ROW) {
-        return 1;
-    }
-    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "user exists");
-}
-
-int store_user_upsert(store_t *s, const char *user_id, const char *tz, int64_t now_ms)
-{
-    int rc = store_tx(s);
-    if (rc < 0) {
-        return rc;
-    }
-    sqlite3_stmt *st = s->q[Q_USER_UPSERT];
-    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, tz && *tz ? tz : "UTC", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, now_ms);
-    return store_run(s, st, "user upsert");
-}
-
-int store_device_upsert(store_t *s, const char *user_id, const char *platform, const char *token,
-                        const char *app, const char *environment, int64_t now_ms)
-{
-    int rc = store_tx(s);
-    if (rc < 0) {
-        return rc;
-    }
-    sqlite3_stmt *st = s->q[Q_DEVICE_UPSERT];
-    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, platform, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, token, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, app ? app : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, environment && *environment ? environment : "production", -1,
-                      SQLITE_STATIC);
-    sqlite3_bind_int64(st, 6, now_ms);
-    return store_run(s, st, "device upsert");
-}
-
-int store_device_set_state(store_t *s, int64_t device_id, const char *state, const char *reason,
-                           int64_t now_ms)
-{
-    int rc = store_tx(s);
-    if (rc < 0) {
-        return rc;
-    }
-    sqlite3_stmt *st = s->q[Q_DEVICE_STATE];
-    sqlite3_bind_int64(st, 1, device_id);
-    sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, reason ? reason : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, now_ms);
-    return store_run(s, st, "device state");
-}
+/* Users and devices: store_dir.c. */
 
 int store_recover(store_t *s, int64_t now_ms)
 {

@@ -34,6 +34,8 @@ struct store {
     sqlite3_stmt *q[16]; /* store.c's own hot statements */
     struct store_stmt_slot stmts[STORE_STMT_SLOTS];
     bool in_tx;
+    struct pii *pii;           /* store_dir.c: the keyring (not owned) */
+    int64_t reencrypt_after;   /* store_dir.c: store_dir_reencrypt's cursor */
 };
 
 /* The migrations of the other domains (store.c lists them in order). */

@@ -27,7 +27,8 @@
     X(TDG_ENOTFOUND, "not found")                                            \
     X(TDG_EDUPLICATE, "duplicate")                                           \
     X(TDG_ECLOSED, "closed")                                                 \
-    X(TDG_ESCHEMA, "database schema is newer than this program")
+    X(TDG_ESCHEMA, "database schema is newer than this program")             \
+    X(TDG_EDEVICE_LIMIT, "user already has the maximum number of devices (5)")
 
 enum tdg_error {
     TDG_ERR_FIRST_ = TDG_ERR_BASE,

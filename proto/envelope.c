@@ -480,3 +480,76 @@ int proto_acks_parse(const char *buf, size_t len, struct proto_ack **out, size_t
     *n = count;
     return 0;
 }
+
+/* Copy a fixed-size field that need not be NUL-terminated. */
+static void bounded(char *dst, const char *src, size_t size)
+{
+    memcpy(dst, src, size);
+    dst[size - 1] = '\0';
+}
+
+char *proto_receipts_serialize(const struct proto_receipt *r, size_t n, size_t *len)
+{
+    cJSON *root, *arr;
+    char *s = NULL;
+
+    if (!r && n > 0) {
+        return NULL;
+    }
+    root = cJSON_CreateObject();
+    if (!root || !cJSON_AddNumberToObject(root, "v", PROTO_VERSION)) {
+        goto out;
+    }
+    arr = cJSON_AddArrayToObject(root, "receipts");
+    if (!arr) {
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct proto_receipt *x = &r[i];
+        char id[sizeof(x->id)], state[sizeof(x->state)], reason[sizeof(x->reason)], at[32];
+        cJSON *o = cJSON_CreateObject(), *chs;
+
+        if (!o) {
+            goto out;
+        }
+        cJSON_AddItemToArray(arr, o);
+        bounded(id, x->id, sizeof(id));
+        bounded(state, x->state, sizeof(state));
+        bounded(reason, x->reason, sizeof(reason));
+        proto_format_rfc3339(x->at_ms, at, sizeof(at));
+        if (!cJSON_AddStringToObject(o, "id", id) || !cJSON_AddStringToObject(o, "state", state) ||
+            !cJSON_AddStringToObject(o, "reason", reason) ||
+            !cJSON_AddStringToObject(o, "at", at) ||
+            !(chs = cJSON_AddArrayToObject(o, "channels"))) {
+            goto out;
+        }
+        unsigned nch = x->nch < PROTO_RECEIPT_MAX_CHANNELS ? x->nch : PROTO_RECEIPT_MAX_CHANNELS;
+        for (unsigned c = 0; c < nch; c++) {
+            const struct proto_receipt_channel *ch = &x->ch[c];
+            char cname[sizeof(ch->channel)], result[sizeof(ch->result)], cr[sizeof(ch->reason)];
+            cJSON *co = cJSON_CreateObject();
+
+            if (!co) {
+                goto out;
+            }
+            cJSON_AddItemToArray(chs, co);
+            bounded(cname, ch->channel, sizeof(cname));
+            bounded(result, ch->result, sizeof(result));
+            bounded(cr, ch->reason, sizeof(cr));
+            if (!cJSON_AddStringToObject(co, "channel", cname) ||
+                !cJSON_AddStringToObject(co, "result", result) ||
+                !cJSON_AddNumberToObject(co, "status", ch->status) ||
+                !cJSON_AddStringToObject(co, "reason", cr) ||
+                !cJSON_AddNumberToObject(co, "attempts", ch->attempts)) {
+                goto out;
+            }
+        }
+    }
+    s = cJSON_PrintUnformatted(root);
+    if (s && len) {
+        *len = strlen(s);
+    }
+out:
+    cJSON_Delete(root);
+    return s;
+}

@@ -12,6 +12,7 @@
  *   up    (agent -> hub)  {"v":1,"agent":"<agent>","items":[<notification>,...]}
  *   ack   (hub -> agent)  {"v":1,"acks":[{"id":"..","ok":true},
  *                                        {"id":"..","ok":false,"reason":"..","field":".."}]}
+ *   receipts (hub -> agent) {"v":1,"receipts":[...]}  (proto_receipts_serialize)
  * A batch is parsed item by item so one bad item never rejects the others.
  */
 #ifndef TIDINGS_PROTO_H
@@ -271,5 +272,33 @@ char *proto_acks_serialize(const struct proto_ack *acks, size_t n, size_t *len);
  * -ENOMEM. */
 int proto_acks_parse(const char *buf, size_t len, struct proto_ack **out, size_t *n,
                      struct proto_error *err);
+
+/* Receipts (hub -> agent, tidings/v1/agents/{agent}/receipts): the terminal
+ * state of each notification and what each channel did:
+ *   {"v":1,"receipts":[{"id":"..","state":"delivered","reason":"",
+ *     "at":"<RFC 3339>","channels":[{"channel":"apns","result":"ok",
+ *     "status":200,"reason":"","attempts":1}]}]}
+ * state: delivered | failed | suppressed | expired | dropped. Per channel,
+ * result is the state of its deciding attempt (the last successful one, or
+ * else the last one): ok | retry | drop | interrupted | sending. Delivered
+ * at least once: an agent may see the same receipt twice. */
+#define PROTO_RECEIPT_MAX_CHANNELS 8
+struct proto_receipt_channel {
+    char channel[16];
+    char result[16];
+    int status;        /* HTTP status or SMTP code; 0 = no answer */
+    unsigned attempts; /* requests made on this channel */
+    char reason[128];
+};
+struct proto_receipt {
+    char id[PROTO_ID_MAX + 1];
+    char state[16];
+    char reason[256];
+    int64_t at_ms;
+    unsigned nch;
+    struct proto_receipt_channel ch[PROTO_RECEIPT_MAX_CHANNELS];
+};
+/* Serialize receipts. malloc'd string (free()) or NULL on ENOMEM. */
+char *proto_receipts_serialize(const struct proto_receipt *r, size_t n, size_t *len);
 
 #endif

@@ -50,11 +50,26 @@ static const struct config_entry apns_config_table[] = {
      NULL, 1, 64},
     {"apns.max_streams", CONFIG_INT, "1000", OFF(max_streams),
      "Concurrent streams per connection (APNs allows up to 1000)", NULL, 1, 1000},
+    {"apns.cert_file", CONFIG_STRING, "", OFF(cert_file),
+     "Provider certificate instead of a signing key: PEM (certificate and key) or PKCS#12 "
+     "(.p12), sent as the TLS client certificate; then no key_file/key_id/team_id",
+     NULL, 0, 0},
+    {"apns.cert_key_file", CONFIG_STRING, "", OFF(cert_key_file),
+     "PEM private key of apns.cert_file when that file holds only the certificate", NULL, 0, 0},
+    {"apns.cert_password_file", CONFIG_STRING, "", OFF(cert_password_file),
+     "File whose first line is the PKCS#12 (or encrypted PEM key) password", NULL, 0, 0},
+    {"apns.topics", CONFIG_STRING, "", OFF(topics),
+     "Bundle ids (apns-topic) this credential serves, comma-separated; required in a "
+     "apns.tenants_dir file; in the main config empty = every topic no file claims",
+     NULL, 0, 0},
+    {"apns.tenants_dir", CONFIG_STRING, "", OFF(tenants_dir),
+     "Directory of more APNs credentials (teams, bundle ids): each *.conf is one key or "
+     "certificate in these apns.* keys, with apns.topics",
+     NULL, 0, 0},
 };
 
 #define TOKEN_LOG_LEN 8               /* never log more of a device token */
 #define CLOCK_BACK_TOLERANCE_MS 60000 /* token "from the future": clock went back */
-#define RETRY_AFTER_CAP_S 86400
 #define HDR_AUTH_PREFIX "authorization: bearer "
 
 static const char *const capture_headers[] = {"apns-id", "retry-after", NULL};
@@ -85,6 +100,11 @@ struct apns {
     int64_t token_iat_ms;
     uint64_t token_signs;
 
+    bool cert_auth; /* TLS client certificate, no provider token */
+    char topics_buf[sizeof(((struct apns_config *)0)->topics)];
+    const char *topics[APNS_TOPICS_MAX]; /* into topics_buf */
+    unsigned ntopics;
+
     struct apns_call *calls;
     struct channel_request req; /* scratch for send; single-threaded */
     uint64_t sent, ok, retry, drop;
@@ -107,6 +127,9 @@ static int64_t system_clock_ms(void *arg)
  * (APNs will answer ExpiredProviderToken and we retry later). */
 static int token_sign(struct apns *a, int64_t now_ms)
 {
+    if (a->cert_auth) {
+        return 0; /* no token: the TLS client certificate authenticates */
+    }
     char buf[JWT_TOKEN_MAX];
     int n = jwt_es256_provider_token(a->signer, a->cfg.key_id, a->cfg.team_id, now_ms / 1000, buf,
                                      sizeof(buf));
@@ -126,6 +149,9 @@ static int token_sign(struct apns *a, int64_t now_ms)
  * when the clock moved back so far that iat lies in the future. */
 static void token_refresh_if_due(struct apns *a, int64_t now_ms)
 {
+    if (a->cert_auth) {
+        return;
+    }
     int64_t age = now_ms - a->token_iat_ms;
     if (age < (int64_t)a->cfg.token_refresh_ms && age > -CLOCK_BACK_TOLERANCE_MS) {
         return;
@@ -284,7 +310,9 @@ static int apns_format(void *state, const struct channel_delivery *d, struct cha
      * at once, which low-priority alerts should not do. */
     int prio = alert && n->priority != PROTO_PRIO_LOW ? 10 : 5;
     int rc = 0;
-    rc |= channel_add_header(req, HDR_AUTH_PREFIX "%s", a->jwt);
+    if (!a->cert_auth) {
+        rc |= channel_add_header(req, HDR_AUTH_PREFIX "%s", a->jwt);
+    }
     rc |= channel_add_header(req, "apns-topic: %s", topic);
     rc |= channel_add_header(req, "apns-push-type: %s", alert ? "alert" : "background");
     rc |= channel_add_header(req, "apns-priority: %d", prio);
@@ -314,28 +342,8 @@ static int apns_format(void *state, const struct channel_delivery *d, struct cha
 
 /* --- answers ----------------------------------------------------------- */
 
-static uint64_t parse_retry_after(const char *v)
-{
-    if (!v) {
-        return 0;
-    }
-    uint64_t s = 0;
-    const char *p = v;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        s = s * 10 + (uint64_t)(*p - '0');
-        if (s > RETRY_AFTER_CAP_S) {
-            s = RETRY_AFTER_CAP_S;
-        }
-    }
-    /* An HTTP-date or garbage: let the engine's backoff decide. */
-    if (p == v || *p != '\0') {
-        return 0;
-    }
-    return s * 1000;
-}
-
 void apns_map_answer(int status, const char *body, size_t body_len, const char *apns_id,
-                     const char *retry_after, struct channel_outcome *out)
+                     const char *retry_after, int64_t now_ms, struct channel_outcome *out)
 {
     memset(out, 0, sizeof(*out));
     out->status = status;
@@ -386,7 +394,7 @@ void apns_map_answer(int status, const char *body, size_t body_len, const char *
         /* 429 is about this device (too many pushes to it); the engine backs
          * off that device only. The channel itself is not paused. */
         out->result = CHANNEL_RETRY;
-        out->retry_after_ms = parse_retry_after(retry_after);
+        out->retry_after_ms = channel_retry_after_ms(retry_after, now_ms);
         return;
     }
     if (status >= 400) {
@@ -487,9 +495,15 @@ static void on_answer(void *ctx, const struct http_response *resp)
     }
 
     apns_map_answer(resp->status, resp->body, resp->body_len, http_response_header(resp, "apns-id"),
-                    http_response_header(resp, "retry-after"), &o);
+                    http_response_header(resp, "retry-after"), a->clock(a->clock_arg), &o);
 
-    if (resp->status == 403 && strcmp(o.reason, "ExpiredProviderToken") == 0) {
+    if (resp->status == 403 && a->cert_auth) {
+        if (!a->logged_invalid_token) {
+            LOG_ERROR(MOD, "APNs refused the provider certificate %s: %s", a->cfg.cert_file,
+                      o.reason);
+            a->logged_invalid_token = true;
+        }
+    } else if (resp->status == 403 && strcmp(o.reason, "ExpiredProviderToken") == 0) {
         int64_t now = a->clock(a->clock_arg);
         int64_t age = now - a->token_iat_ms;
         if (c->token_iat_ms != a->token_iat_ms) {
@@ -579,7 +593,7 @@ static bool url_ok(const char *u)
     return strncmp(u, "https://", 8) == 0 && u[8] != '\0' && header_value_ok(u, 255);
 }
 
-static void apns_destroy(void *state)
+static void tenant_destroy(void *state)
 {
     struct apns *a = state;
     if (!a) {
@@ -598,8 +612,8 @@ static void apns_destroy(void *state)
     free(a);
 }
 
-static int apns_init(const struct channel_env *env, const void *config, void **state, char *err,
-                     size_t errlen)
+static int tenant_init(const struct channel_env *env, const void *config, void **state, char *err,
+                       size_t errlen)
 {
     const struct apns_config *cfg = config;
     *state = NULL;
@@ -623,8 +637,21 @@ static int apns_init(const struct channel_env *env, const void *config, void **s
         snprintf(err, errlen, "apns.sandbox_url: must be an https:// URL or empty");
         goto fail;
     }
-    if (!a->cfg.key_file[0] || !a->cfg.key_id[0] || !a->cfg.team_id[0]) {
-        snprintf(err, errlen, "apns.key_file, apns.key_id and apns.team_id are required");
+    char password[256] = "";
+    a->cert_auth = a->cfg.cert_file[0] != '\0';
+    if (a->cert_auth && (a->cfg.key_file[0] || a->cfg.key_id[0] || a->cfg.team_id[0])) {
+        snprintf(err, errlen,
+                 "apns.cert_file and apns.key_file/key_id/team_id: authenticate with a "
+                 "certificate or a signing key, not both");
+        goto fail;
+    }
+    if (!a->cert_auth && (a->cfg.cert_key_file[0] || a->cfg.cert_password_file[0])) {
+        snprintf(err, errlen, "apns.cert_key_file and apns.cert_password_file need apns.cert_file");
+        goto fail;
+    }
+    if (!a->cert_auth && (!a->cfg.key_file[0] || !a->cfg.key_id[0] || !a->cfg.team_id[0])) {
+        snprintf(err, errlen,
+                 "apns.key_file, apns.key_id and apns.team_id are required (or apns.cert_file)");
         goto fail;
     }
     if (a->cfg.token_refresh_ms < APNS_REFRESH_MIN_MS ||
@@ -640,13 +667,43 @@ static int apns_init(const struct channel_env *env, const void *config, void **s
         snprintf(err, errlen, "apns.connections and apns.max_streams must be >= 1");
         goto fail;
     }
+    snprintf(a->topics_buf, sizeof(a->topics_buf), "%s", a->cfg.topics);
+    int nt = channel_split_list(a->topics_buf, a->topics, APNS_TOPICS_MAX);
+    if (nt < 0) {
+        snprintf(err, errlen, "apns.topics: %s",
+                 nt == -E2BIG ? "more than 64 bundle ids" : "an empty item in the list");
+        goto fail;
+    }
+    a->ntopics = (unsigned)nt;
+    for (unsigned i = 0; i < a->ntopics; i++) {
+        if (!header_value_ok(a->topics[i], 200) || strchr(a->topics[i], ' ')) {
+            snprintf(err, errlen, "apns.topics: '%.64s' is not a bundle id", a->topics[i]);
+            goto fail;
+        }
+    }
     char why[CONFIG_ERR_MAX];
-    rc = jwt_signer_create_file(a->cfg.key_file, &a->signer, why, sizeof(why));
-    if (rc < 0) {
+    if (a->cert_auth) {
+        if (a->cfg.cert_password_file[0]) {
+            int r = channel_read_secret(a->cfg.cert_password_file, password, sizeof(password));
+            if (r < 0) {
+                snprintf(err, errlen, "apns.cert_password_file: %s: %s",
+                         a->cfg.cert_password_file, tdg_strerror(r));
+                goto fail;
+            }
+        }
+        rc = http_client_cert_check(a->cfg.cert_file, a->cfg.cert_key_file, password, why,
+                                    sizeof(why));
+        if (rc < 0) {
+            snprintf(err, errlen, "apns.cert_file: %s", why);
+            rc = TDG_ECONFIG;
+            goto fail;
+        }
+        rc = TDG_ECONFIG;
+    } else if ((rc = jwt_signer_create_file(a->cfg.key_file, &a->signer, why, sizeof(why))) < 0) {
         snprintf(err, errlen, "apns.key_file: %s", why);
         goto fail;
     }
-    if (jwt_signer_alg(a->signer) != JWT_ES256) {
+    if (!a->cert_auth && jwt_signer_alg(a->signer) != JWT_ES256) {
         rc = TDG_ECONFIG;
         snprintf(err, errlen, "apns.key_file: APNs needs an EC P-256 key (ES256), not RSA");
         goto fail;
@@ -672,6 +729,9 @@ static int apns_init(const struct channel_env *env, const void *config, void **s
             .timeout_ms = a->cfg.timeout_ms,
             .free_max = 256,
             .user_agent = "tidings-hub",
+            .client_cert = a->cert_auth ? a->cfg.cert_file : NULL,
+            .client_key = a->cfg.cert_key_file,
+            .client_password = password,
         };
         rc = http_create(a->loop, &ho, &a->http);
         if (rc < 0) {
@@ -679,32 +739,149 @@ static int apns_init(const struct channel_env *env, const void *config, void **s
             goto fail;
         }
     }
-    LOG_INFO(MOD, "ready url=%s key_id=%s team_id=%s connections=%" PRId64 " streams=%" PRId64,
-             a->cfg.url, a->cfg.key_id, a->cfg.team_id, a->cfg.connections, a->cfg.max_streams);
+    explicit_bzero(password, sizeof(password));
+    if (a->cert_auth) {
+        LOG_INFO(MOD, "ready url=%s certificate=%s topics=%s connections=%" PRId64
+                 " streams=%" PRId64,
+                 a->cfg.url, a->cfg.cert_file, a->cfg.topics[0] ? a->cfg.topics : "*",
+                 a->cfg.connections, a->cfg.max_streams);
+    } else {
+        LOG_INFO(MOD, "ready url=%s key_id=%s team_id=%s topics=%s connections=%" PRId64
+                 " streams=%" PRId64,
+                 a->cfg.url, a->cfg.key_id, a->cfg.team_id, a->cfg.topics[0] ? a->cfg.topics : "*",
+                 a->cfg.connections, a->cfg.max_streams);
+    }
     *state = a;
     return 0;
 fail:
-    apns_destroy(a);
+    explicit_bzero(password, sizeof(password));
+    tenant_destroy(a);
     return rc;
+}
+
+/* --- several credentials ----------------------------------------------------- */
+
+static bool serves(const struct apns *a, const char *topic)
+{
+    for (unsigned i = 0; i < a->ntopics; i++) {
+        if (strcmp(a->topics[i], topic) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The credential whose apns.topics hold the device's topic; else the main
+ * one when it claims no topics (it takes the rest). */
+static int apns_select(void *const *t, unsigned n, const struct channel_delivery *d,
+                       struct channel_outcome *out)
+{
+    const struct apns *main = t[0];
+    if (n == 1 && main->ntopics == 0) {
+        return 0;
+    }
+    const char *topic = d->dev->app && *d->dev->app ? d->dev->app : main->cfg.topic;
+    if (!*topic) {
+        return 0; /* format says MissingTopic */
+    }
+    for (unsigned i = 0; i < n; i++) {
+        if (serves(t[i], topic)) {
+            return (int)i;
+        }
+    }
+    if (main->ntopics == 0) {
+        return 0;
+    }
+    memset(out, 0, sizeof(*out));
+    out->result = CHANNEL_DROP;
+    snprintf(out->reason, sizeof(out->reason), "NoCredentialForTopic: %.64s", topic);
+    return -1;
+}
+
+static int apns_check(void *const *t, const char *const *names, unsigned n, char *err,
+                      size_t errlen)
+{
+    const struct apns *main = t[0];
+    for (unsigned i = 1; i < n; i++) {
+        struct apns *a = t[i];
+        if (a->ntopics == 0) {
+            snprintf(err, errlen, "%s: apns.topics: required in a credential file (the bundle "
+                     "ids this key or certificate serves)", names[i]);
+            return TDG_ECONFIG;
+        }
+        if (!a->cfg.topic[0]) {
+            /* devices registered without a topic get the main config's */
+            snprintf(a->cfg.topic, sizeof(a->cfg.topic), "%s", main->cfg.topic);
+        }
+    }
+    for (unsigned i = 0; i < n; i++) {
+        const struct apns *a = t[i];
+        for (unsigned k = 0; k < a->ntopics; k++) {
+            for (unsigned j = 0; j <= i; j++) {
+                const struct apns *b = t[j];
+                unsigned lim = j == i ? k : b->ntopics;
+                for (unsigned m = 0; m < lim; m++) {
+                    if (strcmp(a->topics[k], b->topics[m]) == 0) {
+                        snprintf(err, errlen, "%s: apns.topics: %.64s is already served by %s",
+                                 names[i], a->topics[k], names[j]);
+                        return TDG_ECONFIG;
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+static const struct channel_tenant_ops apns_tenant_ops = {
+    .name = "apns",
+    .config = apns_config_table,
+    .config_n = sizeof(apns_config_table) / sizeof(apns_config_table[0]),
+    .config_size = sizeof(struct apns_config),
+    .tenants_dir_offset = offsetof(struct apns_config, tenants_dir),
+    .tenants_dir_key = "apns.tenants_dir",
+    .init = tenant_init,
+    .format = apns_format,
+    .send = apns_send,
+    .destroy = tenant_destroy,
+    .select = apns_select,
+    .check = apns_check,
+};
+
+static int apns_init(const struct channel_env *env, const void *config, void **state, char *err,
+                     size_t errlen)
+{
+    return channel_set_create(&apns_tenant_ops, env, config, (channel_set **)state, err, errlen);
 }
 
 void apns_set_clock(void *state, apns_clock_fn fn, void *arg)
 {
-    struct apns *a = state;
-    a->clock = fn ? fn : system_clock_ms;
-    a->clock_arg = fn ? arg : NULL;
-    token_sign(a, a->clock(a->clock_arg));
+    for (unsigned i = 0; i < channel_set_count(state); i++) {
+        struct apns *a = channel_set_tenant(state, i);
+        a->clock = fn ? fn : system_clock_ms;
+        a->clock_arg = fn ? arg : NULL;
+        token_sign(a, a->clock(a->clock_arg));
+    }
 }
 
 void apns_get_stats(void *state, struct apns_stats *out)
 {
-    const struct apns *a = state;
+    apns_get_tenant_stats(state, 0, out);
+}
+
+int apns_get_tenant_stats(void *state, unsigned i, struct apns_stats *out)
+{
+    const struct apns *a = channel_set_tenant(state, i);
+    if (!a) {
+        return -ENOENT;
+    }
     out->token_signs = a->token_signs;
     out->token_iat_ms = a->token_iat_ms;
     out->sent = a->sent;
     out->ok = a->ok;
     out->retry = a->retry;
     out->drop = a->drop;
+    return 0;
 }
 
 const struct channel_ops apns_channel = {
@@ -713,7 +890,7 @@ const struct channel_ops apns_channel = {
     .config_n = sizeof(apns_config_table) / sizeof(apns_config_table[0]),
     .config_size = sizeof(struct apns_config),
     .init = apns_init,
-    .format = apns_format,
-    .send = apns_send,
-    .destroy = apns_destroy,
+    .format = channel_set_format,
+    .send = channel_set_send,
+    .destroy = channel_set_destroy,
 };

@@ -70,11 +70,14 @@ static const struct config_entry fcm_config_table[] = {
     {"fcm.queue", CONFIG_INT, "4096", OFF(queue),
      "Sends that may wait for an access token or the rate bucket; beyond, send is refused", NULL, 1,
      1000000},
+    {"fcm.tenants_dir", CONFIG_STRING, "", OFF(tenants_dir),
+     "Directory of more Firebase projects: each *.conf is one project in these fcm.* keys "
+     "(its own service-account key, token, rate bucket); devices pick one by their app",
+     NULL, 0, 0},
 };
 
 #define TOKEN_LOG_LEN 8         /* never log more of a registration token */
 #define SA_FILE_MAX (64 * 1024) /* service-account keys are ~2.3 KB */
-#define RETRY_AFTER_CAP_S 86400
 #define EXPIRY_SKEW_MS 10000        /* stop using a token this long before expiry */
 #define UNAUTH_REFRESH_MIN_MS 30000 /* 401-driven refreshes at most this often */
 #define FETCH_BACKOFF_BASE_MS 1000
@@ -296,148 +299,9 @@ void fcm_bucket_refund(struct fcm_bucket *b)
 
 /* --- answers ------------------------------------------------------------ */
 
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's method):
- * no timegm, no time_t width questions on 32-bit targets. */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m + (m > 2 ? (unsigned)-3 : 9)) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
-static int month_index(const char *p)
-{
-    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-    for (int i = 0; i < 12; i++) {
-        if (strncmp(p, months + 3 * i, 3) == 0) {
-            return i + 1;
-        }
-    }
-    return 0;
-}
-
-/* Reads exactly n digits at *p. */
-static bool digits(const char **p, int n, int *out)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++) {
-        char c = (*p)[i];
-        if (c < '0' || c > '9') {
-            return false;
-        }
-        v = v * 10 + (c - '0');
-    }
-    *p += n;
-    *out = v;
-    return true;
-}
-
-static bool lit(const char **p, const char *s)
-{
-    size_t n = strlen(s);
-    if (strncmp(*p, s, n) != 0) {
-        return false;
-    }
-    *p += n;
-    return true;
-}
-
-static bool hms(const char **p, int *h, int *mi, int *s)
-{
-    return digits(p, 2, h) && lit(p, ":") && digits(p, 2, mi) && lit(p, ":") && digits(p, 2, s) &&
-           *h < 24 && *mi < 60 && *s < 61;
-}
-
-/* HTTP-date (RFC 9110 5.6.7): IMF-fixdate, and the obsolete RFC 850 and
- * asctime forms recipients must still accept. Unix seconds, or -1. */
-static int64_t parse_http_date(const char *v)
-{
-    const char *p = v;
-    int d = 0, mon = 0, y = 0, h = 0, mi = 0, s = 0;
-    const char *comma = strchr(v, ',');
-    if (comma && comma - v == 3) {
-        /* Sun, 06 Nov 1994 08:49:37 GMT */
-        p = comma + 1;
-        if (!lit(&p, " ") || !digits(&p, 2, &d) || !lit(&p, " ") || !(mon = month_index(p))) {
-            return -1;
-        }
-        p += 3;
-        if (!lit(&p, " ") || !digits(&p, 4, &y) || !lit(&p, " ") || !hms(&p, &h, &mi, &s) ||
-            !lit(&p, " GMT") || *p) {
-            return -1;
-        }
-    } else if (comma) {
-        /* Sunday, 06-Nov-94 08:49:37 GMT */
-        p = comma + 1;
-        if (!lit(&p, " ") || !digits(&p, 2, &d) || !lit(&p, "-") || !(mon = month_index(p))) {
-            return -1;
-        }
-        p += 3;
-        if (!lit(&p, "-") || !digits(&p, 2, &y) || !lit(&p, " ") || !hms(&p, &h, &mi, &s) ||
-            !lit(&p, " GMT") || *p) {
-            return -1;
-        }
-        y += y < 70 ? 2000 : 1900;
-    } else {
-        /* Sun Nov  6 08:49:37 1994 */
-        if (strlen(p) < 4 || p[3] != ' ') {
-            return -1;
-        }
-        p += 4;
-        if (!(mon = month_index(p))) {
-            return -1;
-        }
-        p += 3;
-        if (!lit(&p, " ")) {
-            return -1;
-        }
-        if (*p == ' ') {
-            p++;
-            if (!digits(&p, 1, &d)) {
-                return -1;
-            }
-        } else if (!digits(&p, 2, &d)) {
-            return -1;
-        }
-        if (!lit(&p, " ") || !hms(&p, &h, &mi, &s) || !lit(&p, " ") || !digits(&p, 4, &y) || *p) {
-            return -1;
-        }
-    }
-    if (d < 1 || d > 31) {
-        return -1;
-    }
-    return days_from_civil(y, (unsigned)mon, (unsigned)d) * 86400 + h * 3600 + mi * 60 + s;
-}
-
 uint64_t fcm_parse_retry_after(const char *v, int64_t now)
 {
-    if (!v || !*v) {
-        return 0;
-    }
-    if (*v >= '0' && *v <= '9') {
-        uint64_t s = 0;
-        const char *p = v;
-        for (; *p >= '0' && *p <= '9'; p++) {
-            s = s * 10 + (uint64_t)(*p - '0');
-            if (s > RETRY_AFTER_CAP_S) {
-                s = RETRY_AFTER_CAP_S;
-            }
-        }
-        return *p ? 0 : s * 1000;
-    }
-    int64_t at = parse_http_date(v);
-    if (at < 0) {
-        return 0;
-    }
-    int64_t delta = at * 1000 - now;
-    if (delta <= 0) {
-        return 0;
-    }
-    return delta > (int64_t)RETRY_AFTER_CAP_S * 1000 ? (uint64_t)RETRY_AFTER_CAP_S * 1000
-                                                     : (uint64_t)delta;
+    return channel_retry_after_ms(v, now);
 }
 
 static bool ends_with(const char *s, const char *suffix)
@@ -1357,7 +1221,7 @@ static int fcm_send(void *state, const struct channel_delivery *d, channel_done_
 
 /* --- lifecycle ------------------------------------------------------------------ */
 
-static void fcm_destroy(void *state)
+static void tenant_destroy(void *state)
 {
     struct fcm *f = state;
     if (!f) {
@@ -1494,8 +1358,8 @@ out:
     return rc;
 }
 
-static int fcm_init(const struct channel_env *env, const void *config, void **state, char *err,
-                    size_t errlen)
+static int tenant_init(const struct channel_env *env, const void *config, void **state, char *err,
+                       size_t errlen)
 {
     const struct fcm_config *cfg = config;
     *state = NULL;
@@ -1578,44 +1442,123 @@ static int fcm_init(const struct channel_env *env, const void *config, void **st
     *state = f;
     return 0;
 fail:
-    fcm_destroy(f);
+    tenant_destroy(f);
     return rc;
+}
+
+/* --- several projects ---------------------------------------------------------- */
+
+/* The credential of the device's project (empty app: the main one). */
+static int fcm_select(void *const *t, unsigned n, const struct channel_delivery *d,
+                      struct channel_outcome *out)
+{
+    const char *app = d->dev->app;
+    if (!app || !*app) {
+        return 0;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        const struct fcm *f = t[i];
+        if (strcmp(f->project, app) == 0) {
+            return (int)i;
+        }
+    }
+    memset(out, 0, sizeof(*out));
+    out->result = CHANNEL_DROP;
+    snprintf(out->reason, sizeof(out->reason), "NoCredentialForProject: %.64s", app);
+    return -1;
+}
+
+static int fcm_check(void *const *t, const char *const *names, unsigned n, char *err,
+                     size_t errlen)
+{
+    for (unsigned i = 1; i < n; i++) {
+        const struct fcm *f = t[i];
+        for (unsigned j = 0; j < i; j++) {
+            const struct fcm *g = t[j];
+            if (strcmp(f->project, g->project) == 0) {
+                snprintf(err, errlen, "%s: fcm.project_id: project %s is already served by %s",
+                         names[i], f->project, names[j]);
+                return TDG_ECONFIG;
+            }
+        }
+    }
+    return 0;
+}
+
+static const struct channel_tenant_ops fcm_tenant_ops = {
+    .name = "fcm",
+    .config = fcm_config_table,
+    .config_n = sizeof(fcm_config_table) / sizeof(fcm_config_table[0]),
+    .config_size = sizeof(struct fcm_config),
+    .tenants_dir_offset = offsetof(struct fcm_config, tenants_dir),
+    .tenants_dir_key = "fcm.tenants_dir",
+    .init = tenant_init,
+    .format = fcm_format,
+    .send = fcm_send,
+    .destroy = tenant_destroy,
+    .select = fcm_select,
+    .check = fcm_check,
+};
+
+static int fcm_init(const struct channel_env *env, const void *config, void **state, char *err,
+                    size_t errlen)
+{
+    return channel_set_create(&fcm_tenant_ops, env, config, (channel_set **)state, err, errlen);
 }
 
 void fcm_set_clock(void *state, fcm_clock_fn fn, void *arg)
 {
-    struct fcm *f = state;
-    f->clock = fn ? fn : system_clock_ms;
-    f->clock_arg = fn ? arg : NULL;
-    fcm_bucket_init(&f->bucket, (uint64_t)f->cfg.rate, (uint64_t)f->cfg.burst, now_ms(f));
+    for (unsigned i = 0; i < channel_set_count(state); i++) {
+        struct fcm *f = channel_set_tenant(state, i);
+        f->clock = fn ? fn : system_clock_ms;
+        f->clock_arg = fn ? arg : NULL;
+        fcm_bucket_init(&f->bucket, (uint64_t)f->cfg.rate, (uint64_t)f->cfg.burst, now_ms(f));
+    }
 }
 
 void fcm_set_transport(void *state, fcm_transport_fn fn, void *arg)
 {
-    struct fcm *f = state;
-    f->transport = fn ? fn : transport_request;
-    f->transport_arg = fn ? arg : f->http;
+    for (unsigned i = 0; i < channel_set_count(state); i++) {
+        struct fcm *f = channel_set_tenant(state, i);
+        f->transport = fn ? fn : transport_request;
+        f->transport_arg = fn ? arg : f->http;
+    }
 }
 
 void fcm_get_stats(void *state, struct fcm_stats *out)
 {
-    const struct fcm *f = state;
+    fcm_get_tenant_stats(state, 0, out);
+}
+
+int fcm_get_tenant_stats(void *state, unsigned i, struct fcm_stats *out)
+{
+    const struct fcm *f = channel_set_tenant(state, i);
+    if (!f) {
+        return -ENOENT;
+    }
     *out = f->st;
     out->token_fetched_ms = f->token_gen ? f->token_fetched_ms : 0;
     out->token_expires_ms = f->token_gen ? f->token_expires_ms : 0;
     out->token_refresh_ms = f->token_gen ? f->token_refresh_ms : 0;
     out->token_fetching = f->fetching;
     out->queued_now = f->nqueued;
+    return 0;
+}
+
+const char *fcm_tenant_project(void *state, unsigned i)
+{
+    const struct fcm *f = channel_set_tenant(state, i);
+    return f ? f->project : NULL;
 }
 
 const char *fcm_project(void *state)
 {
-    return ((struct fcm *)state)->project;
+    return fcm_tenant_project(state, 0);
 }
 
 const char *fcm_token_url(void *state)
 {
-    return ((struct fcm *)state)->token_url;
+    return ((struct fcm *)channel_set_tenant(state, 0))->token_url;
 }
 
 const struct channel_ops fcm_channel = {
@@ -1624,7 +1567,7 @@ const struct channel_ops fcm_channel = {
     .config_n = sizeof(fcm_config_table) / sizeof(fcm_config_table[0]),
     .config_size = sizeof(struct fcm_config),
     .init = fcm_init,
-    .format = fcm_format,
-    .send = fcm_send,
-    .destroy = fcm_destroy,
+    .format = channel_set_format,
+    .send = channel_set_send,
+    .destroy = channel_set_destroy,
 };

@@ -2,7 +2,7 @@
  * fcm.h - Firebase Cloud Messaging channel (HTTP v1 API, OAuth2 from a
  * service-account key).
  *
- * One channel instance serves one Firebase project with one service account.
+ * A credential is one Firebase project with one service account.
  * It trades an RS256 JWT assertion for an OAuth2 access token at the token
  * endpoint (same HTTP client as the sends), caches it until expires_in, and
  * starts one background refresh fcm.token_margin before expiry while sends
@@ -14,6 +14,13 @@
  * Sends also pass a per-project token bucket (fcm.rate per minute, FCM's
  * default quota is 600,000/min); a send without a bucket token waits in the
  * same queue until one is due.
+ *
+ * Several projects in one hub (channel.h, "several credentials"): the main
+ * config is one project; each *.conf in fcm.tenants_dir is another, in the
+ * same fcm.* keys, with its own service-account key, token cache, rate
+ * bucket, queue and connections. A device's app names its project (empty:
+ * the main config's); a project no credential serves is dropped
+ * "NoCredentialForProject: <project>".
  *
  * The channel owns its HTTP client (hub/http.h) on env->loop, as the APNs
  * channel does. Google accepts HTTP/2 and HTTP/1.1: h2 is offered, not
@@ -55,6 +62,7 @@ struct fcm_config {
     int64_t rate;                   /* fcm.rate: messages per minute for the project */
     int64_t burst;                  /* fcm.burst: bucket size; 0 = one second of fcm.rate */
     int64_t queue;                  /* fcm.queue: sends waiting for a token or the bucket */
+    char tenants_dir[512];          /* fcm.tenants_dir: more projects, one *.conf each */
 };
 
 extern const struct channel_ops fcm_channel;
@@ -88,9 +96,15 @@ struct fcm_stats {
     uint64_t queued_now;            /* sends waiting now */
     uint64_t rate_waits;            /* times the bucket made a send wait */
 };
+/* Counters of the main project's credential. */
 void fcm_get_stats(void *state, struct fcm_stats *out);
+/* Counters of credential i (0 = main config, then the files in name order).
+ * 0, or -ENOENT beyond the last. */
+int fcm_get_tenant_stats(void *state, unsigned i, struct fcm_stats *out);
+/* Project of credential i, or NULL beyond the last. */
+const char *fcm_tenant_project(void *state, unsigned i);
 
-/* The project and token endpoint in use (after defaults from the key). */
+/* The main project and its token endpoint (after defaults from the key). */
 const char *fcm_project(void *state);
 const char *fcm_token_url(void *state);
 

@@ -46,7 +46,10 @@ static const struct config_entry sms_config_table[] = {
      "Messaging Service SID (MG...) to send through instead of (or with) sms.from", NULL, 0, 0},
     {"sms.status_callback_url", CONFIG_STRING, "", OFF(status_callback_url),
      "URL the provider posts delivery status to (StatusCallback); empty = none", NULL, 0, 0},
-    {"sms.ca_file", CONFIG_STRING, "", OFF(ca_file),
+    {"sms.inbound_url", CONFIG_STRING, "", OFF(inbound_url),
+     "The incoming-message webhook URL as set at the provider (it signs posts with it); "
+     "STOP/START replies posted there opt a number out and in; empty = none", NULL, 0, 0},
+        {"sms.ca_file", CONFIG_STRING, "", OFF(ca_file),
      "CA bundle to verify the API server (empty: system CAs)", NULL, 0, 0},
     {"sms.timeout", CONFIG_DURATION, "10s", OFF(timeout_ms),
      "Whole-request timeout; a timed-out request is retried", NULL, 100, 600000},
@@ -54,13 +57,31 @@ static const struct config_entry sms_config_table[] = {
      "Messages per second from this sender (Twilio long codes: 1)", NULL, 1, 1000},
     {"sms.queue_max", CONFIG_INT, "1000", OFF(queue_max),
      "Sends waiting for the rate limit; beyond, a send is retried later", NULL, 1, 100000},
+    {"sms.prefixes", CONFIG_STRING, "", OFF(prefixes),
+     "Destination prefixes this sender serves (+1, +44, +4915), longest match wins; required "
+     "in a sms.tenants_dir file; in the main config empty = every number no file claims",
+     NULL, 0, 0},
+    {"sms.tenants_dir", CONFIG_STRING, "", OFF(tenants_dir),
+     "Directory of more senders: each *.conf is one account/sender in these sms.* keys, with "
+     "sms.prefixes",
+     NULL, 0, 0},
+    {"sms.status_poll", CONFIG_DURATION, "0", OFF(status_poll_ms),
+     "Poll each accepted message's delivery status this often until it is final (for hubs "
+     "that cannot take the status callback); 0 = no polling",
+     NULL, 0, 86400000},
+    {"sms.status_poll_for", CONFIG_DURATION, "2h", OFF(status_poll_for_ms),
+     "Stop polling a message whose status is not final after this long", NULL, 1000, 604800000},
+    {"sms.status_poll_max", CONFIG_INT, "10000", OFF(status_poll_max),
+     "Messages polled at once; beyond, new messages are not polled (counted)", NULL, 1,
+     1000000},
 };
 
 #define NUM_LOG_LEN 6 /* log "+49151" and no more of a number */
-#define RETRY_AFTER_CAP_S 86400
 #define ELLIPSIS "..." /* GSM-7: a U+2026 would force UCS-2 */
 #define ELLIPSIS_LEN 3
 #define TOKEN_MILLI 1000u /* the bucket counts thousandths of a message */
+#define POLL_INFLIGHT_MAX 8 /* status requests in flight per sender */
+#define SID_MAX 64
 
 static const char *const capture_headers[] = {"retry-after", NULL};
 
@@ -294,10 +315,32 @@ struct sms_call {
     struct channel_outcome deferred;
 };
 
+/* A message whose delivery status is polled. */
+struct sms_watch {
+    struct sms_watch *prev, *next; /* every watch */
+    struct sms_watch *qnext;       /* the poll FIFO (not in flight), by due time */
+    struct sms *s;
+    uint64_t due_ms, until_ms;     /* clock_mono_ms */
+    char sid[SID_MAX + 1];
+    char last[24];                 /* last status reported */
+};
+
 struct sms {
     struct sms_config cfg;
     loop_t *loop;
     http_t *http;
+    channel_status_fn status; /* env's delivery status sink */
+    void *status_arg;
+
+    char prefix_buf[sizeof(((struct sms_config *)0)->prefixes)];
+    const char *prefixes[SMS_PREFIXES_MAX]; /* into prefix_buf */
+    unsigned nprefixes;
+
+    struct sms_watch *watches;
+    struct sms_watch *whead, *wtail;
+    unsigned nwatch, polls_inflight;
+    uint64_t poll_timer;
+    char poll_base[512]; /* {api}/2010-04-01/Accounts/{sid}/Messages/ */
 
     char auth_header[sizeof(((struct channel_request *)0)->headers[0])];
     char url[512];
@@ -320,6 +363,7 @@ struct sms {
 
     struct sms_stats st;
     bool logged_auth, logged_config, logged_queue_full, logged_paused;
+    bool logged_watch_full, logged_poll;
 };
 
 /* --- format ------------------------------------------------------------------- */
@@ -498,27 +542,8 @@ static int sms_format(void *state, const struct channel_delivery *d, struct chan
 
 /* --- answers ------------------------------------------------------------------- */
 
-static uint64_t parse_retry_after(const char *v)
-{
-    if (!v) {
-        return 0;
-    }
-    uint64_t sec = 0;
-    const char *p = v;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        sec = sec * 10 + (uint64_t)(*p - '0');
-        if (sec > RETRY_AFTER_CAP_S) {
-            sec = RETRY_AFTER_CAP_S;
-        }
-    }
-    if (p == v || *p != '\0') {
-        return 0; /* an HTTP-date or garbage: the engine's backoff decides */
-    }
-    return sec * 1000;
-}
-
 void sms_map_answer(int status, const char *body, size_t body_len, const char *retry_after,
-                    struct channel_outcome *out)
+                    int64_t now_ms, struct channel_outcome *out)
 {
     memset(out, 0, sizeof(*out));
     out->status = status;
@@ -543,10 +568,10 @@ void sms_map_answer(int status, const char *body, size_t body_len, const char *r
     const char *msg = cJSON_IsString(m) ? m->valuestring : "";
 
     if (code == 21610) {
-        /* The recipient texted STOP: permanent until they text START. The
-         * hub marks the number opted out (flag, for now). */
+        /* The recipient texted STOP: permanent until they text START
+         * (store_sms_opt re-enables the number then). */
         out->result = CHANNEL_DROP;
-        out->device_action = CHANNEL_DEVICE_FLAG;
+        out->device_action = CHANNEL_DEVICE_DISABLE;
         snprintf(out->reason, sizeof(out->reason), "opted_out:21610");
     } else if (code == 21211) {
         out->result = CHANNEL_DROP;
@@ -559,16 +584,16 @@ void sms_map_answer(int status, const char *body, size_t body_len, const char *r
         snprintf(out->reason, sizeof(out->reason), "auth_failed:%ld", code ? code : 20003L);
     } else if (code == 20429 || status == 429) {
         out->result = CHANNEL_RETRY;
-        out->retry_after_ms = parse_retry_after(retry_after);
+        out->retry_after_ms = channel_retry_after_ms(retry_after, now_ms);
         snprintf(out->reason, sizeof(out->reason), "rate_limited:%ld", code ? code : 20429L);
     } else if (code == 21611 || code == 14107) {
         /* the sender's queue at the provider is full / send rate exceeded */
         out->result = CHANNEL_RETRY;
-        out->retry_after_ms = parse_retry_after(retry_after);
+        out->retry_after_ms = channel_retry_after_ms(retry_after, now_ms);
         snprintf(out->reason, sizeof(out->reason), "rate_limited:%ld", code);
     } else if (status >= 500) {
         out->result = CHANNEL_RETRY;
-        out->retry_after_ms = parse_retry_after(retry_after);
+        out->retry_after_ms = channel_retry_after_ms(retry_after, now_ms);
         snprintf(out->reason, sizeof(out->reason), "server_error:%ld", code ? code : (long)status);
     } else if (status >= 400) {
         out->result = CHANNEL_DROP;
@@ -691,6 +716,216 @@ static int defer(struct sms *s, struct sms_call *c, const struct channel_outcome
 }
 
 
+/* --- delivery status by polling ------------------------------------------------------ */
+
+static const char *const final_states[] = {"delivered", "undelivered", "failed", "canceled",
+                                           "read"};
+
+int sms_parse_status(const char *body, size_t len, char *status, size_t cap, int *error_code,
+                     bool *final)
+{
+    *error_code = 0;
+    *final = false;
+    if (cap) {
+        status[0] = '\0';
+    }
+    cJSON *j = body && len > 0 ? cJSON_ParseWithLength(body, len) : NULL;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "status");
+    const cJSON *ec = cJSON_GetObjectItemCaseSensitive(j, "error_code");
+    int rc = TDG_EINVAL_INPUT;
+    if (cJSON_IsString(st) && st->valuestring[0] && strlen(st->valuestring) < cap) {
+        snprintf(status, cap, "%s", st->valuestring);
+        if (cJSON_IsNumber(ec) && ec->valuedouble > 0 && ec->valuedouble < 1e9) {
+            *error_code = (int)ec->valuedouble;
+        } else if (cJSON_IsString(ec) && ec->valuestring[0] >= '0' && ec->valuestring[0] <= '9') {
+            /* some compatible providers send it as a string */
+            *error_code = (int)strtol(ec->valuestring, NULL, 10);
+        }
+        for (size_t i = 0; i < sizeof(final_states) / sizeof(final_states[0]); i++) {
+            *final = *final || strcmp(status, final_states[i]) == 0;
+        }
+        rc = 0;
+    }
+    cJSON_Delete(j);
+    return rc;
+}
+
+static void watch_free(struct sms *s, struct sms_watch *w)
+{
+    if (w->prev) {
+        w->prev->next = w->next;
+    } else {
+        s->watches = w->next;
+    }
+    if (w->next) {
+        w->next->prev = w->prev;
+    }
+    s->nwatch--;
+    free(w);
+}
+
+static void watch_push(struct sms *s, struct sms_watch *w, uint64_t now)
+{
+    w->due_ms = now + s->cfg.status_poll_ms;
+    w->qnext = NULL;
+    if (s->wtail) {
+        s->wtail->qnext = w;
+    } else {
+        s->whead = w;
+    }
+    s->wtail = w;
+}
+
+static void poll_arm(struct sms *s, uint64_t now);
+
+/* Follow sid's status from now on (after a 201). */
+static void watch_add(struct sms *s, const char *sid)
+{
+    if (!s->cfg.status_poll_ms || !sid[0]) {
+        return;
+    }
+    size_t n = strlen(sid);
+    bool ok = n <= SID_MAX;
+    for (size_t i = 0; ok && i < n; i++) {
+        char ch = sid[i];
+        ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
+    }
+    if (!ok) {
+        LOG_WARN(MOD, "message id '%.32s' is not a SID; its status is not polled", sid);
+        return;
+    }
+    if (s->nwatch >= (unsigned)s->cfg.status_poll_max) {
+        if (!s->logged_watch_full) {
+            LOG_WARN(MOD, "status polling full (%u messages): new messages are not polled",
+                     s->nwatch);
+            s->logged_watch_full = true;
+        }
+        s->st.poll_gave_up++;
+        return;
+    }
+    struct sms_watch *w = calloc(1, sizeof(*w));
+    if (!w) {
+        s->st.poll_gave_up++;
+        return;
+    }
+    w->s = s;
+    memcpy(w->sid, sid, n + 1);
+    uint64_t now = clock_mono_ms();
+    w->until_ms = now + s->cfg.status_poll_for_ms;
+    w->next = s->watches;
+    if (s->watches) {
+        s->watches->prev = w;
+    }
+    s->watches = w;
+    s->nwatch++;
+    watch_push(s, w, now);
+    poll_arm(s, now);
+}
+
+static void report_status(struct sms *s, struct sms_watch *w, const char *status, int code)
+{
+    if (strcmp(w->last, status) == 0) {
+        return;
+    }
+    snprintf(w->last, sizeof(w->last), "%s", status);
+    LOG_DEBUG(MOD, "sid=%s status=%s error_code=%d", w->sid, status, code);
+    if (s->status) {
+        s->status(s->status_arg, "sms", w->sid, status, code);
+    }
+}
+
+static void poll_pump(struct sms *s);
+
+static void on_poll(void *ctx, const struct http_response *resp)
+{
+    struct sms_watch *w = ctx;
+    struct sms *s = w->s;
+    s->polls_inflight--;
+    uint64_t now = clock_mono_ms();
+    char status[24];
+    int code = 0;
+    bool final = false;
+    if (resp->error == 0 && resp->status == 200 &&
+        sms_parse_status(resp->body, resp->body_len, status, sizeof(status), &code, &final) == 0) {
+        report_status(s, w, status, code);
+        s->logged_poll = false;
+    } else if (resp->error == 0 && resp->status == 404) {
+        /* the provider forgot the message (deleted, or another account) */
+        LOG_WARN(MOD, "sid=%s: status poll answered 404; not polled again", w->sid);
+        final = true;
+        s->st.poll_gave_up++;
+        watch_free(s, w);
+        poll_pump(s);
+        return;
+    } else if (!s->logged_poll) {
+        LOG_WARN(MOD, "status poll failed (%s); polling goes on",
+                 resp->error ? resp->error_text : "unexpected answer");
+        s->logged_poll = true;
+    }
+    if (final) {
+        s->st.polled_final++;
+        watch_free(s, w);
+    } else if (now >= w->until_ms) {
+        LOG_INFO(MOD, "sid=%s: no final status after %" PRIu64 " s (last: %s); not polled again",
+                 w->sid, s->cfg.status_poll_for_ms / 1000, w->last[0] ? w->last : "none");
+        s->st.poll_gave_up++;
+        watch_free(s, w);
+    } else {
+        watch_push(s, w, now);
+    }
+    poll_pump(s);
+}
+
+/* Start the polls that are due, at most POLL_INFLIGHT_MAX at once. */
+static void poll_pump(struct sms *s)
+{
+    uint64_t now = clock_mono_ms();
+    while (s->whead && s->whead->due_ms <= now && s->polls_inflight < POLL_INFLIGHT_MAX) {
+        struct sms_watch *w = s->whead;
+        s->whead = w->qnext;
+        if (!s->whead) {
+            s->wtail = NULL;
+        }
+        struct channel_request *r = &s->req;
+        snprintf(r->method, sizeof(r->method), "GET");
+        r->nheaders = 0;
+        r->authorization[0] = '\0';
+        r->body_len = 0;
+        r->body[0] = '\0';
+        int rc = snprintf(r->url, sizeof(r->url), "%s%s.json", s->poll_base, w->sid) < 0 ? -EINVAL : 0;
+        rc |= channel_add_header(r, "%s", s->auth_header);
+        rc |= channel_add_header(r, "accept: application/json");
+        if (rc == 0) {
+            rc = http_request(s->http, r, NULL, on_poll, w);
+        }
+        if (rc < 0) {
+            watch_push(s, w, now); /* busy or out of memory: next round */
+            break;
+        }
+        s->polls_inflight++;
+        s->st.polls++;
+    }
+    poll_arm(s, now);
+}
+
+static void on_poll_timer(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    struct sms *s = arg;
+    s->poll_timer = 0;
+    poll_pump(s);
+}
+
+static void poll_arm(struct sms *s, uint64_t now)
+{
+    if (s->poll_timer || !s->whead || s->polls_inflight >= POLL_INFLIGHT_MAX) {
+        return; /* an answer pumps again */
+    }
+    uint64_t wait = s->whead->due_ms > now ? s->whead->due_ms - now : 0;
+    s->poll_timer = loop_timer_add(s->loop, wait, on_poll_timer, s);
+}
+
 static void on_answer(void *ctx, const struct http_response *resp)
 {
     struct sms_call *c = ctx;
@@ -710,11 +945,12 @@ static void on_answer(void *ctx, const struct http_response *resp)
         return;
     }
     sms_map_answer(resp->status, resp->body, resp->body_len,
-                   http_response_header(resp, "retry-after"), &o);
+                   http_response_header(resp, "retry-after"), clock_wall_ms(), &o);
     if (o.result == CHANNEL_OK) {
         snprintf(o.reason, sizeof(o.reason), "%s", c->info);
         s->logged_auth = false;
         s->logged_config = false;
+        watch_add(s, o.provider_id);
     } else if (strncmp(o.reason, "auth_failed", 11) == 0 && !s->logged_auth) {
         LOG_ERROR(MOD,
                   "the provider refused the credentials (%s): check sms.account_sid and "
@@ -942,35 +1178,7 @@ static bool alnum_only(const char *v, size_t max)
     return n > 0;
 }
 
-/* Read the first line of path into buf (trimmed). 0, -errno, or -ENOSPC. */
-static int read_secret(const char *path, char *buf, size_t cap)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        return -errno;
-    }
-    char line[512];
-    char *got = fgets(line, sizeof(line), f);
-    fclose(f);
-    if (!got) {
-        return -ENODATA;
-    }
-    size_t n = strlen(line);
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ' ||
-                     line[n - 1] == '\t')) {
-        n--;
-    }
-    if (n >= cap) {
-        explicit_bzero(line, sizeof(line));
-        return -ENOSPC;
-    }
-    memcpy(buf, line, n);
-    buf[n] = '\0';
-    explicit_bzero(line, sizeof(line));
-    return 0;
-}
-
-static void sms_destroy(void *state)
+static void tenant_destroy(void *state)
 {
     struct sms *s = state;
     if (!s) {
@@ -988,12 +1196,18 @@ static void sms_destroy(void *state)
     if (s->timer_id) {
         loop_timer_cancel(s->loop, s->timer_id);
     }
+    if (s->poll_timer) {
+        loop_timer_cancel(s->loop, s->poll_timer);
+    }
+    while (s->watches) {
+        watch_free(s, s->watches);
+    }
     explicit_bzero(s, sizeof(*s)); /* the token and the header made from it */
     free(s);
 }
 
-static int sms_init(const struct channel_env *env, const void *config, void **state, char *err,
-                    size_t errlen)
+static int tenant_init(const struct channel_env *env, const void *config, void **state, char *err,
+                       size_t errlen)
 {
     const struct sms_config *cfg = config;
     *state = NULL;
@@ -1005,6 +1219,8 @@ static int sms_init(const struct channel_env *env, const void *config, void **st
     s->cfg = *cfg;
     trim_slash(s->cfg.api_url);
     s->loop = env ? env->loop : NULL;
+    s->status = env ? env->status : NULL;
+    s->status_arg = env ? env->status_arg : NULL;
 
     int rc = TDG_ECONFIG;
     if (strncmp(s->cfg.api_url, "https://", 8) != 0 || !printable(s->cfg.api_url + 8, 240)) {
@@ -1021,7 +1237,7 @@ static int sms_init(const struct channel_env *env, const void *config, void **st
         goto fail;
     }
     if (s->cfg.auth_token_file[0]) {
-        int r = read_secret(s->cfg.auth_token_file, s->cfg.auth_token, sizeof(s->cfg.auth_token));
+        int r = channel_read_secret(s->cfg.auth_token_file, s->cfg.auth_token, sizeof(s->cfg.auth_token));
         if (r < 0) {
             snprintf(err, errlen, "sms.auth_token_file: %s: %s", s->cfg.auth_token_file,
                      tdg_strerror(r));
@@ -1052,8 +1268,38 @@ static int sms_init(const struct channel_env *env, const void *config, void **st
         snprintf(err, errlen, "sms.status_callback_url: must be an http(s):// URL");
         goto fail;
     }
+    if (s->cfg.inbound_url[0] && ((strncmp(s->cfg.inbound_url, "https://", 8) != 0 &&
+                                   strncmp(s->cfg.inbound_url, "http://", 7) != 0) ||
+                                  !printable(s->cfg.inbound_url, 255))) {
+        snprintf(err, errlen, "sms.inbound_url: must be an http(s):// URL");
+        goto fail;
+    }
     if (s->cfg.rate < 1 || s->cfg.queue_max < 1) {
         snprintf(err, errlen, "sms.rate and sms.queue_max must be >= 1");
+        goto fail;
+    }
+    snprintf(s->prefix_buf, sizeof(s->prefix_buf), "%s", s->cfg.prefixes);
+    int np = channel_split_list(s->prefix_buf, s->prefixes, SMS_PREFIXES_MAX);
+    if (np < 0) {
+        snprintf(err, errlen, "sms.prefixes: %s",
+                 np == -E2BIG ? "more than 32 prefixes" : "an empty item in the list");
+        goto fail;
+    }
+    s->nprefixes = (unsigned)np;
+    for (unsigned i = 0; i < s->nprefixes; i++) {
+        const char *p = s->prefixes[i];
+        bool ok = p[0] == '+' && p[1] && strlen(p) <= SMS_E164_MAX;
+        for (size_t k = 1; ok && p[k]; k++) {
+            ok = p[k] >= '0' && p[k] <= '9';
+        }
+        if (!ok) {
+            snprintf(err, errlen, "sms.prefixes: '%.20s' is not + and 1..15 digits", p);
+            goto fail;
+        }
+    }
+    if (snprintf(s->poll_base, sizeof(s->poll_base), "%s/2010-04-01/Accounts/%s/Messages/",
+                 s->cfg.api_url, s->cfg.account_sid) >= (int)sizeof(s->poll_base) - SID_MAX - 6) {
+        snprintf(err, errlen, "sms.api_url: too long");
         goto fail;
     }
 
@@ -1104,15 +1350,118 @@ static int sms_init(const struct channel_env *env, const void *config, void **st
     *state = s;
     return 0;
 fail:
-    sms_destroy(s);
+    tenant_destroy(s);
     return rc;
+}
+
+/* --- several senders -------------------------------------------------------------- */
+
+/* Length of the longest of s's prefixes that starts num; 0 for none. */
+static size_t prefix_match(const struct sms *s, const char *num)
+{
+    size_t best = 0;
+    for (unsigned i = 0; i < s->nprefixes; i++) {
+        size_t n = strlen(s->prefixes[i]);
+        if (n > best && strncmp(num, s->prefixes[i], n) == 0) {
+            best = n;
+        }
+    }
+    return best;
+}
+
+static int sms_select(void *const *t, unsigned n, const struct channel_delivery *d,
+                      struct channel_outcome *out)
+{
+    const struct sms *main = t[0];
+    const char *to = d->dev ? d->dev->token : NULL;
+    if ((n == 1 && main->nprefixes == 0) || !sms_e164_valid(to)) {
+        return 0; /* format decides (invalid_number) */
+    }
+    int best = -1;
+    size_t best_len = 0;
+    for (unsigned i = 0; i < n; i++) {
+        size_t m = prefix_match(t[i], to);
+        if (m > best_len) {
+            best_len = m;
+            best = (int)i;
+        }
+    }
+    if (best >= 0) {
+        return best;
+    }
+    if (main->nprefixes == 0) {
+        return 0;
+    }
+    memset(out, 0, sizeof(*out));
+    out->result = CHANNEL_DROP;
+    /* the country code, not the whole number: reasons are stored */
+    snprintf(out->reason, sizeof(out->reason), "NoSenderForNumber: %.4s...", to);
+    return -1;
+}
+
+static int sms_check(void *const *t, const char *const *names, unsigned n, char *err,
+                     size_t errlen)
+{
+    for (unsigned i = 0; i < n; i++) {
+        const struct sms *a = t[i];
+        if (i > 0 && a->nprefixes == 0) {
+            snprintf(err, errlen, "%s: sms.prefixes: required in a sender file (the "
+                     "destinations this sender serves)", names[i]);
+            return TDG_ECONFIG;
+        }
+        for (unsigned k = 0; k < a->nprefixes; k++) {
+            for (unsigned j = 0; j <= i; j++) {
+                const struct sms *b = t[j];
+                unsigned lim = j == i ? k : b->nprefixes;
+                for (unsigned m = 0; m < lim; m++) {
+                    if (strcmp(a->prefixes[k], b->prefixes[m]) == 0) {
+                        snprintf(err, errlen, "%s: sms.prefixes: %s is already served by %s",
+                                 names[i], a->prefixes[k], names[j]);
+                        return TDG_ECONFIG;
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+static const struct channel_tenant_ops sms_tenant_ops = {
+    .name = "sms",
+    .config = sms_config_table,
+    .config_n = sizeof(sms_config_table) / sizeof(sms_config_table[0]),
+    .config_size = sizeof(struct sms_config),
+    .tenants_dir_offset = offsetof(struct sms_config, tenants_dir),
+    .tenants_dir_key = "sms.tenants_dir",
+    .init = tenant_init,
+    .format = sms_format,
+    .send = sms_send,
+    .destroy = tenant_destroy,
+    .select = sms_select,
+    .check = sms_check,
+};
+
+static int sms_init(const struct channel_env *env, const void *config, void **state, char *err,
+                    size_t errlen)
+{
+    return channel_set_create(&sms_tenant_ops, env, config, (channel_set **)state, err, errlen);
 }
 
 void sms_get_stats(void *state, struct sms_stats *out)
 {
-    const struct sms *s = state;
+    sms_get_tenant_stats(state, 0, out);
+}
+
+int sms_get_tenant_stats(void *state, unsigned i, struct sms_stats *out)
+{
+    const struct sms *s = channel_set_tenant(state, i);
+    if (!s) {
+        return -ENOENT;
+    }
     *out = s->st;
     out->queued = s->nqueued;
+    out->watching = s->nwatch;
+    return 0;
 }
 
 const struct channel_ops sms_channel = {
@@ -1121,7 +1470,102 @@ const struct channel_ops sms_channel = {
     .config_n = sizeof(sms_config_table) / sizeof(sms_config_table[0]),
     .config_size = sizeof(struct sms_config),
     .init = sms_init,
-    .format = sms_format,
-    .send = sms_send,
-    .destroy = sms_destroy,
+    .format = channel_set_format,
+    .send = channel_set_send,
+    .destroy = channel_set_destroy,
 };
+
+/* --- what the provider posts back ------------------------------------------------- */
+
+/* Parse body and find the sender (with account AccountSid) whose url_of(s)
+ * signed it. 200 and *out, or 400/403 with why set. */
+static int hook_sender(void *state, const char *body, size_t len, const char *signature,
+                       bool inbound, struct sms_form *f, struct sms **out, char *why, size_t cap)
+{
+    if (sms_form_parse(body, len, f) < 0) {
+        snprintf(why, cap, "body is not a form");
+        return 400;
+    }
+    const char *account = sms_form_get(f, "AccountSid");
+    if (!account || !*account) {
+        snprintf(why, cap, "AccountSid missing");
+        return 400;
+    }
+    if (!signature || !*signature) {
+        snprintf(why, cap, "X-Twilio-Signature missing");
+        return 403;
+    }
+    bool known = false;
+    for (unsigned i = 0; i < channel_set_count(state); i++) {
+        struct sms *s = channel_set_tenant(state, i);
+        const char *url = inbound ? s->cfg.inbound_url : s->cfg.status_callback_url;
+        if (strcmp(s->cfg.account_sid, account) != 0 || !url[0]) {
+            continue;
+        }
+        known = true;
+        if (sms_signature_valid(s->cfg.auth_token, url, f, signature)) {
+            *out = s;
+            return 200;
+        }
+    }
+    snprintf(why, cap, "%s", known ? "X-Twilio-Signature does not match"
+                                   : inbound ? "no sender of this account has sms.inbound_url"
+                                             : "no sender of this account has a status callback");
+    return 403;
+}
+
+int sms_status_callback(void *state, const char *body, size_t len, const char *signature,
+                        char *why, size_t cap)
+{
+    struct sms_form *f = malloc(sizeof(*f));
+    if (!f) {
+        snprintf(why, cap, "out of memory");
+        return 503;
+    }
+    struct sms *s = NULL;
+    int rc = hook_sender(state, body, len, signature, false, f, &s, why, cap);
+    if (rc == 200) {
+        const char *sid = sms_form_get(f, "MessageSid");
+        const char *status = sms_form_get(f, "MessageStatus");
+        const char *code = sms_form_get(f, "ErrorCode");
+        if (!sid || !*sid || !status || !*status) {
+            snprintf(why, cap, "MessageSid or MessageStatus missing");
+            rc = 400;
+        } else {
+            int ec = code ? (int)strtol(code, NULL, 10) : 0;
+            LOG_DEBUG(MOD, "status callback sid=%s status=%s error_code=%d", sid, status, ec);
+            if (s->status) {
+                s->status(s->status_arg, "sms", sid, status, ec);
+            }
+            why[0] = '\0';
+        }
+    }
+    free(f);
+    return rc;
+}
+
+int sms_inbound(void *state, const char *body, size_t len, const char *signature, char *from,
+                size_t from_cap, enum sms_keyword *kw, char *why, size_t cap)
+{
+    *kw = SMS_KEYWORD_NONE;
+    struct sms_form *f = malloc(sizeof(*f));
+    if (!f) {
+        snprintf(why, cap, "out of memory");
+        return 503;
+    }
+    struct sms *s = NULL;
+    int rc = hook_sender(state, body, len, signature, true, f, &s, why, cap);
+    if (rc == 200) {
+        const char *num = sms_form_get(f, "From");
+        if (!num || !sms_e164_valid(num) || strlen(num) >= from_cap) {
+            snprintf(why, cap, "From missing or not E.164");
+            rc = 400;
+        } else {
+            snprintf(from, from_cap, "%s", num);
+            *kw = sms_keyword(sms_form_get(f, "Body"));
+            why[0] = '\0';
+        }
+    }
+    free(f);
+    return rc;
+}

@@ -2,8 +2,19 @@
  * sms.h - SMS channel over a Twilio-compatible Messages API (HTTPS, form
  * posts, Basic auth).
  *
- * One channel instance is one account (sms.account_sid + its auth token)
- * and one sender (sms.from, an E.164 number, or sms.messaging_service_sid).
+ * A sender is one account (sms.account_sid + its auth token) and one
+ * sender id (sms.from, an E.164 number, or sms.messaging_service_sid).
+ * Several senders in one hub (channel.h, "several credentials"): the main
+ * config is one; each *.conf in sms.tenants_dir is another in the same
+ * sms.* keys, with sms.prefixes naming the destinations it serves ("+1,
+ * +44"). The longest matching prefix wins; the main sender with no
+ * sms.prefixes takes every number no other claims, otherwise such a number
+ * is dropped "NoSenderForNumber: +<first digits>".
+ *
+ * Delivery status: with sms.status_poll set, every accepted message is
+ * polled (GET .../Messages/{SID}.json) until a final status (delivered,
+ * undelivered, failed, canceled, read) or sms.status_poll_for, and each
+ * change is reported to channel_env.status with Twilio's ErrorCode.
  * Messages leave at most sms.rate per second (a token bucket holding one
  * second's worth); the rest wait in a bounded FIFO on the loop. A 429 /
  * 20429 pauses the whole sender for its Retry-After.
@@ -44,11 +55,19 @@ struct sms_config {
     char from[SMS_E164_MAX + 1];    /* sms.from: E.164 sender */
     char messaging_service_sid[65]; /* sms.messaging_service_sid: MG... */
     char status_callback_url[256];  /* sms.status_callback_url: optional */
+    char inbound_url[256];          /* sms.inbound_url: the incoming-message webhook URL */
     char ca_file[512];              /* sms.ca_file */
     uint64_t timeout_ms;            /* sms.timeout */
     int64_t rate;                   /* sms.rate: messages per second for this sender */
     int64_t queue_max;              /* sms.queue_max: sends waiting for the rate limit */
+    char prefixes[256];             /* sms.prefixes: destinations this sender serves */
+    char tenants_dir[512];          /* sms.tenants_dir: more senders, one *.conf each */
+    uint64_t status_poll_ms;        /* sms.status_poll: poll interval; 0 = no polling */
+    uint64_t status_poll_for_ms;    /* sms.status_poll_for: give up on a message after */
+    int64_t status_poll_max;        /* sms.status_poll_max: messages watched at once */
 };
+
+#define SMS_PREFIXES_MAX 32 /* destination prefixes per sender */
 
 extern const struct channel_ops sms_channel;
 
@@ -88,17 +107,88 @@ int sms_form_encode(const char *s, size_t len, char *out, size_t cap);
 /*
  * Pure mapping of one Messages API answer to an outcome. body: the JSON
  * (the created message on 201, {"code":..,"message":..} on errors);
- * retry_after: the header value or NULL.
+ * retry_after: the header value or NULL (seconds or an HTTP-date, measured
+ * from now_ms, Unix ms).
  */
 void sms_map_answer(int status, const char *body, size_t body_len, const char *retry_after,
-                    struct channel_outcome *out);
+                    int64_t now_ms, struct channel_outcome *out);
 
 struct sms_stats {
     uint64_t sent, ok, retry, drop;
+    uint64_t polls;          /* status requests made */
+    uint64_t polled_final;   /* messages whose final status was seen */
+    uint64_t poll_gave_up;   /* messages given up (status_poll_for, or status_poll_max full) */
+    unsigned watching;       /* messages being polled now */
     uint64_t rate_waits; /* sends that waited for the token bucket */
     uint64_t queue_full; /* sends refused (retry) because the wait queue was full */
     unsigned queued;     /* waiting now */
 };
+/* Counters of the main sender. */
 void sms_get_stats(void *state, struct sms_stats *out);
+/* Counters of sender i (0 = main config, then the files in name order).
+ * 0, or -ENOENT beyond the last. */
+int sms_get_tenant_stats(void *state, unsigned i, struct sms_stats *out);
+
+/*
+ * A Twilio message resource (GET .../Messages/{SID}.json) -> its status and
+ * error code (0 when null). 0, or TDG_EINVAL_INPUT when the body has no
+ * status. final is set for delivered, undelivered, failed, canceled, read.
+ */
+int sms_parse_status(const char *body, size_t len, char *status, size_t cap, int *error_code,
+                     bool *final);
+
+/* --- what the provider posts back (sms_hook.c) ------------------------------
+ *
+ * Delivery status callbacks (the StatusCallback URL) and incoming messages
+ * (the number's webhook) are form posts signed with X-Twilio-Signature:
+ * base64(HMAC-SHA1(auth token, the exact URL the provider posted to, then
+ * every parameter's name and value, sorted by name)). */
+
+#define SMS_FORM_MAX 48      /* parameters in one post (Twilio sends ~20) */
+#define SMS_FORM_BUF 8192    /* their decoded names and values */
+
+struct sms_form {
+    unsigned n;
+    const char *name[SMS_FORM_MAX], *value[SMS_FORM_MAX]; /* into buf */
+    char buf[SMS_FORM_BUF];
+};
+
+/* Parse an application/x-www-form-urlencoded body. 0, -E2BIG (more than
+ * SMS_FORM_MAX parameters) or -EINVAL (a bad %-escape, or over SMS_FORM_BUF). */
+int sms_form_parse(const char *body, size_t len, struct sms_form *f);
+/* The first value of name, or NULL. */
+const char *sms_form_get(const struct sms_form *f, const char *name);
+/* X-Twilio-Signature of url + f under auth_token into out (>= 29 bytes). */
+int sms_signature(const char *auth_token, const char *url, const struct sms_form *f, char *out,
+                  size_t cap);
+/* Does signature match (compared in constant time)? */
+bool sms_signature_valid(const char *auth_token, const char *url, const struct sms_form *f,
+                         const char *signature);
+
+enum sms_keyword { SMS_KEYWORD_NONE = 0, SMS_KEYWORD_OPT_OUT, SMS_KEYWORD_OPT_IN };
+/* An incoming message that is only an opt-out word (STOP, STOPALL,
+ * UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPTOUT) or opt-in word (START,
+ * YES, UNSTOP), any case, blanks and a final '.'/'!' ignored. */
+enum sms_keyword sms_keyword(const char *text);
+
+/*
+ * A status callback post (body, and the X-Twilio-Signature header or NULL)
+ * for the channel in state: checked against the sender of its AccountSid
+ * and that sender's sms.status_callback_url, then MessageSid, MessageStatus
+ * and ErrorCode go to channel_env.status (idempotent there). Returns the
+ * HTTP status to answer: 200 recorded, 403 signature missing or wrong (or
+ * no sender with that account / callback URL), 400 fields missing; why says
+ * what was wrong.
+ */
+int sms_status_callback(void *state, const char *body, size_t len, const char *signature,
+                        char *why, size_t cap);
+
+/*
+ * An incoming message post, checked like a status callback against the
+ * sender's sms.inbound_url. 200 with *from (E.164) and *kw set (NONE for an
+ * ordinary reply), 403, or 400.
+ */
+int sms_inbound(void *state, const char *body, size_t len, const char *signature, char *from,
+                size_t from_cap, enum sms_keyword *kw, char *why, size_t cap);
 
 #endif

@@ -567,7 +567,7 @@ static void test_21610_opted_out(void **state)
 {
     (void)state;
     expect_answer("to +15550000003 error 21610\n", "+15550000003", CHANNEL_DROP, 400,
-                  "opted_out:21610", CHANNEL_DEVICE_FLAG);
+                  "opted_out:21610", CHANNEL_DEVICE_DISABLE);
 }
 
 static void test_500_retry(void **state)

@@ -141,10 +141,14 @@ void apns_record_write(apns_record *r, const apns_record_entry *e)
     put_headers(f, e->headers, e->nheaders);
     fputs(",\"body\":", f);
     jsonlite_put_string(f, e->body.p, e->body.n);
+    fprintf(f, ",\"jwt\":\"%s\",\"team\":", e->jwt);
+    jsonlite_put_string(f, e->team ? e->team : "", e->team ? strlen(e->team) : 0);
+    fprintf(f, ",\"cert\":\"%s\",\"cert_uid\":", e->cert ? e->cert : "");
+    jsonlite_put_string(f, e->cert_uid ? e->cert_uid : "", e->cert_uid ? strlen(e->cert_uid) : 0);
     fprintf(f,
-            ",\"jwt\":\"%s\",\"status\":%d,\"reason\":\"%s\",\"apns_id\":\"%s\","
+            ",\"status\":%d,\"reason\":\"%s\",\"apns_id\":\"%s\","
             "\"action\":\"%s\"}\n",
-            e->jwt, e->status, e->reason, e->apns_id, e->action);
+            e->status, e->reason, e->apns_id, e->action);
     r->dirty = true;
 }
 

@@ -41,6 +41,9 @@ typedef struct apns_record_entry {
     size_t nheaders;
     apns_bytes body;
     const char *jwt;    /* "ok" "missing" "invalid" "expired" */
+    const char *team;   /* team of the key that signed the token; "" when none */
+    const char *cert;   /* client certificate: "ok" "bad" "none"; "" without --client-ca */
+    const char *cert_uid; /* its subject UID (bundle id); "" when none */
     int status;         /* 0 when no answer was sent (drop, goaway) */
     const char *reason; /* "" for 200 */
     const char *apns_id;

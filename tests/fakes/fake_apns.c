@@ -23,6 +23,7 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <errno.h>
 #include <getopt.h>
@@ -103,6 +104,7 @@ typedef struct req {
     uint16_t arena_len;
     uint32_t body_len; /* bytes received; the first BODY_LIMIT_VOIP are kept */
     enum apns_jwt_verdict jwt;
+    const char *team; /* team id of the key that signed the token; "" for none */
     int status;
     int64_t timestamp_ms;  /* 410 only */
     int64_t retry_after_s; /* -1: no header */
@@ -148,7 +150,11 @@ struct conn {
     req *reqs;
     jwt_entry jwt[JWT_CACHE];
     unsigned jwt_next;
+    int cert;            /* with --client-ca: CERT_* (decided after the handshake) */
+    char cert_uid[256];  /* the client certificate's UID (bundle id), "" when none */
 };
+
+enum { CERT_UNKNOWN = 0, CERT_NONE, CERT_OK, CERT_BAD };
 
 typedef struct options {
     const char *listen;
@@ -161,6 +167,9 @@ typedef struct options {
     int n_key_ids;
     int n_team_ids;
     const char *topic;
+    const char *team_topics[APNS_JWT_MAX_KEYS]; /* "TEAMID=topic,topic" */
+    int n_team_topics;
+    const char *client_ca;
     const char *record;
     bool no_record;
     const char *script;
@@ -434,6 +443,20 @@ static apns_bytes req_header(const req *r, const char *name)
 
 /* ---- the record --------------------------------------------------------- */
 
+static const char *cert_name(int v)
+{
+    switch (v) {
+    case CERT_NONE:
+        return "none";
+    case CERT_OK:
+        return "ok";
+    case CERT_BAD:
+        return "bad";
+    default:
+        return "";
+    }
+}
+
 static void record_req(conn *c, const req *r, const char *action)
 {
     server *s = c->srv;
@@ -480,6 +503,9 @@ static void record_req(conn *c, const req *r, const char *action)
     e.body.p = r->body;
     e.body.n = r->body_len < BODY_LIMIT_VOIP ? r->body_len : BODY_LIMIT_VOIP;
     e.jwt = apns_jwt_verdict_name(r->jwt);
+    e.team = r->team != NULL ? r->team : "";
+    e.cert = cert_name(c->cert);
+    e.cert_uid = c->cert_uid;
     e.status = r->status;
     e.reason = r->reason;
     e.apns_id = r->apns_id;
@@ -587,7 +613,7 @@ static void set_answer(req *r, int status, const char *reason)
  * exact token was seen before on it. *too_soon is set when
  * --strict-token-refresh refuses the token as a refresh within 20 minutes.
  */
-static enum apns_jwt_verdict check_auth(conn *c, const req *r, bool *too_soon)
+static enum apns_jwt_verdict check_auth(conn *c, const req *r, bool *too_soon, int *key)
 {
     server *s = c->srv;
     apns_bytes auth = req_header(r, "authorization");
@@ -599,6 +625,7 @@ static enum apns_jwt_verdict check_auth(conn *c, const req *r, bool *too_soon)
     enum apns_jwt_verdict v;
 
     *too_soon = false;
+    *key = -1;
     if (auth.p == NULL) {
         return APNS_JWT_MISSING;
     }
@@ -635,6 +662,7 @@ static enum apns_jwt_verdict check_auth(conn *c, const req *r, bool *too_soon)
     if (e->sig != APNS_JWT_OK) {
         return APNS_JWT_INVALID;
     }
+    *key = e->key;
     now_s = now_real_ms() / 1000;
     v = apns_jwt_check_time(e->iat, now_s);
     if (v == APNS_JWT_OK && s->opt->strict_refresh &&
@@ -694,6 +722,61 @@ static bool all_digits(apns_bytes b, size_t max)
     return true;
 }
 
+/* With --team-topics: the team that owns topic t, or NULL when no team
+ * claims it (then any configured key may push to it). */
+static const char *topic_team(const server *s, apns_bytes t, size_t *team_len)
+{
+    int i;
+
+    for (i = 0; i < s->opt->n_team_topics; i++) {
+        const char *spec = s->opt->team_topics[i];
+        const char *eq = strchr(spec, '=');
+        const char *p = eq + 1;
+        while (*p) {
+            size_t n = strcspn(p, ",");
+            if (n == t.n && memcmp(p, t.p, n) == 0) {
+                *team_len = (size_t)(eq - spec);
+                return spec;
+            }
+            p += n;
+            if (*p == ',') {
+                p++;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* The client certificate's verdict, once per connection (--client-ca). */
+static void check_cert(conn *c)
+{
+    X509 *x;
+    X509_NAME *name;
+    int idx;
+
+    if (c->cert != CERT_UNKNOWN) {
+        return;
+    }
+    x = SSL_get1_peer_certificate(c->ssl);
+    if (x == NULL) {
+        c->cert = CERT_NONE;
+        return;
+    }
+    c->cert = SSL_get_verify_result(c->ssl) == X509_V_OK ? CERT_OK : CERT_BAD;
+    name = X509_get_subject_name(x);
+    idx = X509_NAME_get_index_by_NID(name, NID_userId, -1);
+    if (idx >= 0) {
+        ASN1_STRING *d = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
+        int n = ASN1_STRING_length(d);
+        if (n > 0 && (size_t)n < sizeof(c->cert_uid)) {
+            memcpy(c->cert_uid, ASN1_STRING_get0_data(d), (size_t)n);
+            c->cert_uid[n] = '\0';
+        }
+    }
+    X509_free(x);
+}
+
+
 /*
  * Checks a request in the order documented in docs/fakes.md and sets its
  * answer (200 when all is well). Returns false when the first failure was
@@ -712,6 +795,10 @@ static bool validate(conn *c, req *r, apns_bytes *token)
     apns_bytes id = req_header(r, "apns-id");
     size_t limit = BODY_LIMIT;
     bool too_soon;
+    int key;
+    const char *owner;
+    size_t owner_len = 0;
+    bool by_cert;
 
     token->p = NULL;
     token->n = 0;
@@ -722,7 +809,16 @@ static bool validate(conn *c, req *r, apns_bytes *token)
     }
     /* The verdict is worked out even when an earlier check fails, so the
      * record always says what the token was. */
-    r->jwt = check_auth(c, r, &too_soon);
+    r->jwt = check_auth(c, r, &too_soon, &key);
+    r->team = key >= 0 ? s->opt->team_ids[key] : "";
+    if (s->opt->client_ca != NULL) {
+        check_cert(c);
+    }
+    /* A verified client certificate authenticates the connection; the
+     * authorization header is then not looked at (Apple: certificate or
+     * token). */
+    by_cert = c->cert == CERT_OK;
+    owner = topic.p != NULL ? topic_team(s, topic, &owner_len) : NULL;
 
     if (token->p == NULL) {
         set_answer(r, 404, "BadPath");
@@ -730,6 +826,14 @@ static bool validate(conn *c, req *r, apns_bytes *token)
         set_answer(r, 405, "MethodNotAllowed");
     } else if (r->dup_headers) {
         set_answer(r, 400, "DuplicateHeaders");
+    } else if (!by_cert && c->cert == CERT_BAD) {
+        set_answer(r, 403, "BadCertificate");
+    } else if (by_cert && c->cert_uid[0] && topic.p != NULL && topic.n > 0 &&
+               !topic_allowed(c->cert_uid, topic)) {
+        /* a certificate serves its own bundle id (and its suffixed forms) */
+        set_answer(r, 400, "TopicDisallowed");
+    } else if (by_cert) {
+        goto common;
     } else if (r->jwt == APNS_JWT_MISSING) {
         set_answer(r, 403, "MissingProviderToken");
     } else if (r->jwt == APNS_JWT_INVALID) {
@@ -738,7 +842,16 @@ static bool validate(conn *c, req *r, apns_bytes *token)
         set_answer(r, 403, "ExpiredProviderToken");
     } else if (too_soon) {
         set_answer(r, 429, "TooManyProviderTokenUpdates");
-    } else if (topic.p == NULL || topic.n == 0) {
+    } else if (owner != NULL &&
+               (strlen(r->team) != owner_len || memcmp(r->team, owner, owner_len) != 0)) {
+        /* the topic belongs to another team: this team's key is no good */
+        set_answer(r, 403, "InvalidProviderToken");
+    } else {
+        goto common;
+    }
+    return false;
+common:
+    if (topic.p == NULL || topic.n == 0) {
         set_answer(r, 400, "MissingTopic");
     } else if (s->opt->topic != NULL && !topic_allowed(s->opt->topic, topic)) {
         set_answer(r, 400, "TopicDisallowed");
@@ -1431,6 +1544,13 @@ static int client_hello_cb(SSL *ssl, int *al, void *arg)
     return SSL_CLIENT_HELLO_SUCCESS;
 }
 
+static int accept_any_cert(int ok, X509_STORE_CTX *x)
+{
+    (void)ok;
+    (void)x;
+    return 1; /* the verdict is read per connection with SSL_get_verify_result */
+}
+
 static SSL_CTX *make_tls(const options *o)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -1459,6 +1579,21 @@ static SSL_CTX *make_tls(const options *o)
         logmsg("--key %s: %s", o->key, buf);
         SSL_CTX_free(ctx);
         return NULL;
+    }
+    if (o->client_ca != NULL) {
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(o->client_ca);
+        if (names == NULL || SSL_CTX_load_verify_locations(ctx, o->client_ca, NULL) != 1) {
+            ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+            logmsg("--client-ca %s: %s", o->client_ca, buf);
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+        SSL_CTX_set_client_CA_list(ctx, names);
+        /* Ask for a certificate, accept the handshake whatever comes, and
+         * answer per request (MissingProviderToken, BadCertificate) as
+         * Apple does, instead of failing the handshake. */
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_any_cert);
     }
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
     SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, NULL);
@@ -1691,7 +1826,8 @@ static void usage(FILE *f)
 {
     fputs("usage: fake-apns --listen HOST:PORT --cert FILE --key FILE\n"
           "                 --auth-key PEM --key-id ID --team-id ID [...more triples]\n"
-          "                 [--topic BUNDLE_ID] [--record FILE | --no-record]\n"
+          "                 [--topic BUNDLE_ID] [--team-topics TEAMID=topic,...]\n"
+          "                 [--client-ca PEM] [--record FILE | --no-record]\n"
           "                 [--script FILE] [--port-file FILE] [--strict-token-refresh]\n"
           "                 [--verbose]\n"
           "A fake APNs (HTTP/2 over TLS, ALPN h2) for tests; see docs/fakes.md.\n",
@@ -1709,6 +1845,8 @@ static int parse_args(int argc, char **argv, options *o)
         OPT_KEY_ID,
         OPT_TEAM_ID,
         OPT_TOPIC,
+        OPT_TEAM_TOPICS,
+        OPT_CLIENT_CA,
         OPT_RECORD,
         OPT_NO_RECORD,
         OPT_SCRIPT,
@@ -1725,6 +1863,8 @@ static int parse_args(int argc, char **argv, options *o)
         {"key-id", required_argument, NULL, OPT_KEY_ID},
         {"team-id", required_argument, NULL, OPT_TEAM_ID},
         {"topic", required_argument, NULL, OPT_TOPIC},
+        {"team-topics", required_argument, NULL, OPT_TEAM_TOPICS},
+        {"client-ca", required_argument, NULL, OPT_CLIENT_CA},
         {"record", required_argument, NULL, OPT_RECORD},
         {"no-record", no_argument, NULL, OPT_NO_RECORD},
         {"script", required_argument, NULL, OPT_SCRIPT},
@@ -1771,6 +1911,23 @@ static int parse_args(int argc, char **argv, options *o)
             }
             o->topic = optarg;
             break;
+        case OPT_TEAM_TOPICS: {
+            const char *eq = strchr(optarg, '=');
+            if (eq == NULL || eq == optarg || eq[1] == '\0' || strstr(optarg, ",,") != NULL ||
+                eq[strlen(eq) - 1] == ',') {
+                logmsg("--team-topics: TEAMID=topic[,topic...]");
+                return -1;
+            }
+            if (o->n_team_topics == APNS_JWT_MAX_KEYS) {
+                logmsg("--team-topics: at most %d", APNS_JWT_MAX_KEYS);
+                return -1;
+            }
+            o->team_topics[o->n_team_topics++] = optarg;
+            break;
+        }
+        case OPT_CLIENT_CA:
+            o->client_ca = optarg;
+            break;
         case OPT_RECORD:
             o->record = optarg;
             break;
@@ -1814,8 +1971,8 @@ static int parse_args(int argc, char **argv, options *o)
         logmsg("--key is required");
         return -1;
     }
-    if (o->n_auth_keys == 0) {
-        logmsg("--auth-key is required (with --key-id and --team-id)");
+    if (o->n_auth_keys == 0 && o->client_ca == NULL) {
+        logmsg("--auth-key is required (with --key-id and --team-id), or --client-ca");
         return -1;
     }
     if (o->n_key_ids != o->n_auth_keys || o->n_team_ids != o->n_auth_keys) {

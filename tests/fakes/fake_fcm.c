@@ -125,6 +125,7 @@ typedef struct req {
     char error[48];
     char name[200];
     char claims[CLAIMS_MAX];
+    int acct; /* the service account the token (request) or access token (send) is of */
     char devtok[FCM_REG_TOKEN_MAX + 1];
     hdr_ref hdr[MAX_HDRS];
     char arena[HDR_ARENA];
@@ -162,11 +163,15 @@ struct conn {
     int64_t h1_seq;
 };
 
+#define FCM_MAX_ACCOUNTS 8 /* --service-account may repeat: one project each */
+
 typedef struct options {
     const char *listen;
     const char *cert;
     const char *key;
-    const char *account;
+    const char *account;            /* the first --service-account */
+    const char *accounts[FCM_MAX_ACCOUNTS];
+    int n_accounts;
     const char *account_pub;
     const char *client_email;
     const char *project;
@@ -192,8 +197,11 @@ struct server {
     ev_handle signal_ev;
     SSL_CTX *ctx;
     nghttp2_session_callbacks *cbs;
-    fcm_auth *auth;
-    const char *project;
+    fcm_auth *auth;      /* == auths[0] */
+    const char *project; /* == projects[0] */
+    fcm_auth *auths[FCM_MAX_ACCOUNTS];
+    const char *projects[FCM_MAX_ACCOUNTS];
+    int nauth;
     fcm_rules rules;
     fcm_record *rec;
     bool rec_failed;
@@ -815,6 +823,19 @@ static bool check_token(conn *c, req *r)
         int rc = fcm_auth_check_assertion(s->auth, assertion, al, aud, now_real_ms() / 1000, oerr,
                                           sizeof(oerr), desc, sizeof(desc), r->claims,
                                           sizeof(r->claims));
+        /* Several accounts: the one the assertion's iss names answers. */
+        r->acct = 0;
+        for (int i = 1; i < s->nauth; i++) {
+            char iss[300];
+            snprintf(iss, sizeof(iss), "\"iss\":\"%s\"", fcm_auth_client_email(s->auths[i]));
+            if (strstr(r->claims, iss) != NULL) {
+                r->acct = i;
+                rc = fcm_auth_check_assertion(s->auths[i], assertion, al, aud,
+                                              now_real_ms() / 1000, oerr, sizeof(oerr), desc,
+                                              sizeof(desc), r->claims, sizeof(r->claims));
+                break;
+            }
+        }
         free(assertion);
         if (rc != 0) {
             answer_oauth_error(r, 400, oerr, desc);
@@ -831,7 +852,7 @@ static void answer_token_ok(server *s, req *r)
     char tok[FCM_AUTH_TOKEN_LEN];
     cJSON *j = cJSON_CreateObject();
 
-    fcm_auth_issue(s->auth, now_real_ms(), s->opt->token_ttl_s * 1000, tok);
+    fcm_auth_issue(s->auths[r->acct], now_real_ms(), s->opt->token_ttl_s * 1000, tok);
     cJSON_AddStringToObject(j, "access_token", tok);
     cJSON_AddNumberToObject(j, "expires_in", (double)s->opt->expires_in_s);
     cJSON_AddStringToObject(j, "token_type", "Bearer");
@@ -881,7 +902,8 @@ static void answer_send_ok(server *s, req *r, bool validate_only)
     uint64_t rnd = 0;
 
     if (validate_only) {
-        snprintf(r->name, sizeof(r->name), "projects/%s/messages/fake_message_id", s->project);
+        snprintf(r->name, sizeof(r->name), "projects/%s/messages/fake_message_id",
+                 s->projects[r->acct]);
     } else {
         s->messages++;
         if (getrandom(&rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
@@ -889,7 +911,7 @@ static void answer_send_ok(server *s, req *r, bool validate_only)
         }
         /* Google's shape: 0:<16 digits>%<16 hex>. */
         snprintf(r->name, sizeof(r->name), "projects/%s/messages/0:%016" PRIu64 "%%%016" PRIx64,
-                 s->project, (uint64_t)now_real_ms() * 1000 + s->messages % 1000, rnd);
+                 s->projects[r->acct], (uint64_t)now_real_ms() * 1000 + s->messages % 1000, rnd);
     }
     cJSON_AddStringToObject(j, "name", r->name);
     r->status = 200;
@@ -923,7 +945,16 @@ static bool check_send(conn *c, req *r, bool *validate_only)
     } else if (auth.n <= 7 || strncasecmp(auth.p, "Bearer ", 7) != 0) {
         v = FCM_TOK_INVALID;
     } else {
-        v = fcm_auth_check_token(s->auth, auth.p + 7, auth.n - 7, now_real_ms());
+        /* Each account knows the tokens it issued; the best verdict wins. */
+        v = FCM_TOK_INVALID;
+        for (int i = 0; i < s->nauth && v != FCM_TOK_OK; i++) {
+            enum fcm_token_verdict vi =
+                fcm_auth_check_token(s->auths[i], auth.p + 7, auth.n - 7, now_real_ms());
+            if (vi == FCM_TOK_OK || vi == FCM_TOK_EXPIRED) {
+                v = vi;
+                r->acct = i;
+            }
+        }
     }
     r->auth = fcm_token_verdict_name(v);
     if (v == FCM_TOK_MISSING) {
@@ -939,7 +970,9 @@ static bool check_send(conn *c, req *r, bool *validate_only)
         r->www_auth = true;
         return false;
     }
-    if (project.n != strlen(s->project) || memcmp(project.p, s->project, project.n) != 0) {
+    /* An access token is good for its own project only. */
+    if (project.n != strlen(s->projects[r->acct]) ||
+        memcmp(project.p, s->projects[r->acct], project.n) != 0) {
         snprintf(msg, sizeof(msg),
                  "Permission 'cloudmessaging.messages.create' denied on resource "
                  "'//cloudresourcemanager.googleapis.com/projects/%.*s' (or it may not exist).",
@@ -2188,7 +2221,12 @@ static int parse_args(int argc, char **argv, options *o)
             o->key = optarg;
             break;
         case OPT_ACCOUNT:
-            o->account = optarg;
+            if (o->n_accounts == FCM_MAX_ACCOUNTS) {
+                logmsg("--service-account: at most %d", FCM_MAX_ACCOUNTS);
+                return -1;
+            }
+            o->accounts[o->n_accounts++] = optarg;
+            o->account = o->accounts[0];
             break;
         case OPT_ACCOUNT_PUB:
             o->account_pub = optarg;
@@ -2260,6 +2298,10 @@ static int parse_args(int argc, char **argv, options *o)
         logmsg("--service-account-pub needs --client-email and --project");
         return -1;
     }
+    if (o->n_accounts > 1 && o->project != NULL) {
+        logmsg("--project goes with one service account (several: each key names its project)");
+        return -1;
+    }
     if (o->account != NULL && o->client_email != NULL) {
         logmsg("--client-email goes with --service-account-pub (the key names its own)");
         return -1;
@@ -2288,6 +2330,15 @@ static bool project_valid(const char *p)
     return i > 0;
 }
 
+static uint64_t issued_total(const server *s)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < s->nauth; i++) {
+        n += fcm_auth_issued(s->auths[i]);
+    }
+    return n;
+}
+
 static int setup(server *s, const options *o)
 {
     char err[512];
@@ -2299,22 +2350,34 @@ static int setup(server *s, const options *o)
     s->lfd = -1;
     s->sfd = -1;
     s->ep = -1;
-    s->auth = fcm_auth_create();
-    if (s->auth == NULL) {
-        logmsg("out of memory");
-        return 1;
+    s->nauth = o->n_accounts > 0 ? o->n_accounts : 1;
+    for (int i = 0; i < s->nauth; i++) {
+        s->auths[i] = fcm_auth_create();
+        if (s->auths[i] == NULL) {
+            logmsg("out of memory");
+            return 1;
+        }
+        if (o->account != NULL
+                ? fcm_auth_load_account(s->auths[i], o->accounts[i], err, sizeof(err)) != 0
+                : fcm_auth_load_pub(s->auths[i], o->account_pub, o->client_email, err,
+                                    sizeof(err)) != 0) {
+            logmsg("--service-account%s: %s", o->account != NULL ? "" : "-pub", err);
+            return 2;
+        }
+        s->projects[i] = o->project != NULL ? o->project : fcm_auth_project(s->auths[i]);
+        if (!project_valid(s->projects[i])) {
+            logmsg("--project: missing or not a project id (and the key names none)");
+            return 2;
+        }
+        for (int j = 0; j < i; j++) {
+            if (strcmp(s->projects[i], s->projects[j]) == 0) {
+                logmsg("--service-account: two keys of project %s", s->projects[i]);
+                return 2;
+            }
+        }
     }
-    if (o->account != NULL
-            ? fcm_auth_load_account(s->auth, o->account, err, sizeof(err)) != 0
-            : fcm_auth_load_pub(s->auth, o->account_pub, o->client_email, err, sizeof(err)) != 0) {
-        logmsg("--service-account%s: %s", o->account != NULL ? "" : "-pub", err);
-        return 2;
-    }
-    s->project = o->project != NULL ? o->project : fcm_auth_project(s->auth);
-    if (!project_valid(s->project)) {
-        logmsg("--project: missing or not a project id (and the key names none)");
-        return 2;
-    }
+    s->auth = s->auths[0];
+    s->project = s->projects[0];
     if (o->script != NULL && fcm_rules_load(o->script, &s->rules, err, sizeof(err)) != 0) {
         logmsg("%s", err);
         return 2;
@@ -2394,7 +2457,9 @@ static void teardown(server *s)
     }
     SSL_CTX_free(s->ctx);
     fcm_rules_free(&s->rules);
-    fcm_auth_destroy(s->auth);
+    for (int i = 0; i < s->nauth; i++) {
+        fcm_auth_destroy(s->auths[i]);
+    }
     free(s->heap);
     if (s->lfd >= 0) {
         close(s->lfd);
@@ -2429,7 +2494,7 @@ int main(int argc, char **argv)
         rc = run(s) == 0 ? 0 : 1;
         logmsg("stopping: %" PRIu64 " requests (%" PRIu64 " messages, %" PRIu64
                " access tokens) on %" PRIu64 " connections",
-               s->requests, s->messages, fcm_auth_issued(s->auth), s->next_conn_id);
+               s->requests, s->messages, issued_total(s), s->next_conn_id);
     }
     teardown(s);
     free(s);

@@ -99,9 +99,18 @@ def segments(text):
     return enc, units, segs
 
 
+# Delivery statuses a message can move through after "queued"/"accepted",
+# and the ones after which nothing changes any more.
+FLOW_STATES = ("queued", "accepted", "sending", "sent", "delivered", "undelivered", "failed",
+               "read", "canceled")
+FINAL_STATES = ("delivered", "undelivered", "failed", "read", "canceled")
+DEFAULT_FLOW = ("sent", "delivered")
+
+
 class Rule:
     """to <+E164|*> [error <code>] [status <http>] [retry-after <s>]
-    [delay <ms>] [drop] [times <N>]"""
+    [retry-after-date <s>] [delay <ms>] [drop] [flow <s1,s2,..>]
+    [error-code <n>] [times <N>]"""
 
     def __init__(self, lineno, to):
         self.lineno = lineno
@@ -109,8 +118,11 @@ class Rule:
         self.code = None
         self.status = None
         self.retry_after = None
+        self.retry_after_date = False
         self.delay_ms = 0
         self.drop = False
+        self.flow = None        # statuses after creation; None = DEFAULT_FLOW
+        self.error_code = None  # ErrorCode of a final undelivered/failed
         self.times = None  # None = forever
 
 
@@ -141,6 +153,16 @@ def parse_script(path):
                 if i + 1 >= len(words):
                     bad("%s needs a value" % key)
                 val = words[i + 1]
+                if key == "flow":
+                    flow = tuple(val.split(","))
+                    for st_ in flow:
+                        if st_ not in FLOW_STATES:
+                            bad("flow: '%s' is not one of %s" % (st_, " ".join(FLOW_STATES)))
+                    if any(st_ in FINAL_STATES for st_ in flow[:-1]):
+                        bad("flow: a final status must come last")
+                    rule.flow = flow
+                    i += 2
+                    continue
                 if not val.isdigit():
                     bad("%s: '%s' is not a number" % (key, val))
                 n = int(val)
@@ -155,6 +177,13 @@ def parse_script(path):
                     rule.status = n
                 elif key == "retry-after":
                     rule.retry_after = n
+                elif key == "retry-after-date":
+                    rule.retry_after = n
+                    rule.retry_after_date = True
+                elif key == "error-code":
+                    if not 1 <= n <= 99999:
+                        bad("error-code must be 1..99999")
+                    rule.error_code = n
                 elif key == "delay":
                     if n > 3600000:
                         bad("delay at most 3600000 ms")
@@ -194,6 +223,7 @@ class State:
         if not self.auth_token:
             raise ValueError("--auth-token or --auth-token-file is required")
         self.senders = set(args.sender or [])
+        self.messages = {}  # sid -> dict(status, flow, step, error_code, to, from, callback)
         if args.record:
             self.record = open(args.record, "a", encoding="utf-8")
         if args.script:
@@ -223,6 +253,66 @@ class State:
                         r.times -= 1
                     return r
         return None
+
+    def advance(self, sid):
+        """One step along the message's flow; posts the status callback
+        (with --callbacks) when the status changed."""
+        with self.lock:
+            m = self.messages[sid]
+            if m["step"] >= len(m["flow"]):
+                return False
+            status = m["flow"][m["step"]]
+            m["step"] += 1
+            obj = m["obj"]
+            obj["status"] = status
+            obj["date_updated"] = formatdate(usegmt=False)[:-5] + "+0000"
+            if status in ("undelivered", "failed"):
+                obj["error_code"] = m["error_code"] or 30003
+                obj["error_message"] = "Unreachable destination handset"
+            cb = m["callback"]
+            params = {"AccountSid": self.account_sid, "MessageSid": sid, "SmsSid": sid,
+                      "MessageStatus": status, "SmsStatus": status, "To": obj["to"],
+                      "From": obj["from"] or "", "ApiVersion": "2010-04-01"}
+            if obj["error_code"]:
+                params["ErrorCode"] = str(obj["error_code"])
+        if cb and self.args.callbacks:
+            self.post_callback(cb, params)
+        return True
+
+    def run_flow(self, sid):
+        while True:
+            time.sleep(self.args.status_step_ms / 1000.0)
+            if not self.advance(sid):
+                return
+
+    def post_callback(self, url, params):
+        """POST the status callback as Twilio does: form body, and
+        X-Twilio-Signature = base64(HMAC-SHA1(auth token, URL + each
+        parameter name and value, sorted by name))."""
+        import hashlib
+        import http.client
+        signed = url + "".join(k + params[k] for k in sorted(params))
+        sig = base64.b64encode(hmac.new(self.auth_token.encode(), signed.encode(),
+                                        hashlib.sha1).digest()).decode()
+        body = urllib.parse.urlencode(params)
+        u = urllib.parse.urlsplit(url)
+        rec = {"method": "CALLBACK", "path": url, "params": params, "status": 0,
+               "action": "callback"}
+        try:
+            if u.scheme == "https":
+                ctx = ssl.create_default_context(cafile=self.args.callback_ca)
+                conn = http.client.HTTPSConnection(u.hostname, u.port or 443, timeout=10,
+                                                   context=ctx)
+            else:
+                conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=10)
+            conn.request("POST", u.path + ("?" + u.query if u.query else ""), body,
+                         {"Content-Type": "application/x-www-form-urlencoded",
+                          "X-Twilio-Signature": sig, "User-Agent": "TwilioProxy/1.1"})
+            rec["status"] = conn.getresponse().status
+            conn.close()
+        except (OSError, ssl.SSLError, http.client.HTTPException) as e:
+            rec["error"] = str(e)
+        self.write_record(rec)
 
     def write_record(self, rec):
         with self.lock:
@@ -295,9 +385,6 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def do_GET(self):
-        self.refuse_method()
-
     def do_PUT(self):
         self.refuse_method()
 
@@ -340,6 +427,19 @@ class Handler(BaseHTTPRequestHandler):
             sid == self.state.account_sid
         return "ok" if ok else "invalid"
 
+    def authorized(self, sid, rec):
+        """Check Basic auth for account sid; answer 401 20003 (recorded) and
+        return False when it fails."""
+        auth = self.check_auth(sid)
+        rec["auth"] = auth
+        if auth == "ok":
+            return True
+        status, err = twilio_error(20003)
+        rec.update(status=status, code=20003)
+        self.state.write_record(rec)
+        self.answer(status, err, [("WWW-Authenticate", 'Basic realm="Twilio API"')])
+        return False
+
     def do_POST(self):
         st = self.state
         raw = self.read_body()
@@ -363,13 +463,7 @@ class Handler(BaseHTTPRequestHandler):
             self.answer(status, err)
             return
         sid = m.group(1)
-        auth = self.check_auth(sid)
-        rec["auth"] = auth
-        if auth != "ok":
-            status, err = twilio_error(20003)
-            rec.update(status=status, code=20003)
-            st.write_record(rec)
-            self.answer(status, err, [("WWW-Authenticate", 'Basic realm="Twilio API"')])
+        if not self.authorized(sid, rec):
             return
 
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -442,7 +536,11 @@ class Handler(BaseHTTPRequestHandler):
                 status = rule.status
                 err["status"] = status
                 extra = []
-                if rule.retry_after is not None:
+                if rule.retry_after is not None and rule.retry_after_date:
+                    # an HTTP-date (IMF-fixdate) that many seconds ahead
+                    extra.append(("Retry-After",
+                                  formatdate(time.time() + rule.retry_after, usegmt=True)))
+                elif rule.retry_after is not None:
                     extra.append(("Retry-After", str(rule.retry_after)))
                 rec.update(status=status, code=rule.code)
                 st.write_record(rec)
@@ -481,7 +579,44 @@ class Handler(BaseHTTPRequestHandler):
         st.write_record(rec)
         with st.lock:
             st.counts["created"] += 1
+            st.messages[msg_sid] = {
+                "obj": obj, "flow": rule.flow if rule is not None and rule.flow else DEFAULT_FLOW,
+                "step": 0, "error_code": rule.error_code if rule is not None else None,
+                "callback": cb}
         self.answer(201, obj)
+        if st.args.status_step_ms > 0:
+            threading.Thread(target=st.run_flow, args=(msg_sid,), daemon=True).start()
+
+    def do_GET(self):
+        """GET .../Messages/{Sid}.json: the message resource, its status one
+        step further along its flow per request (or per --status-step-ms)."""
+        st = self.state
+        self.read_body()
+        path = urllib.parse.urlsplit(self.path).path
+        m = re.match(r"^/2010-04-01/Accounts/([^/]+)/Messages/([A-Za-z0-9]+)\.json$", path)
+        rec = {"method": "GET", "path": self.path, "auth": "", "params": {}, "status": 0,
+               "code": None, "action": "reply"}
+        if not m:
+            return self.refuse_method()
+        if not self.authorized(m.group(1), rec):
+            return
+        sid = m.group(2)
+        with st.lock:
+            known = sid in st.messages
+        if not known:
+            status, err = twilio_error(20404, path)
+            rec.update(status=status, code=20404, sid=sid)
+            st.write_record(rec)
+            self.answer(status, err)
+            return
+        if st.args.status_step_ms == 0:
+            st.advance(sid)
+        with st.lock:
+            obj = dict(st.messages[sid]["obj"])
+        rec.update(status=200, sid=sid, message_status=obj["status"],
+                   error_code=obj["error_code"])
+        st.write_record(rec)
+        self.answer(200, obj)
 
 
 def main():
@@ -497,8 +632,16 @@ def main():
     ap.add_argument("--record", help="append one JSON line per request")
     ap.add_argument("--script", help="answer rules; reloaded on SIGHUP")
     ap.add_argument("--port-file", help="write the port here (atomically) once listening")
+    ap.add_argument("--status-step-ms", type=int, default=0,
+                    help="move each message one status along its flow this often; 0 (default) "
+                         "= one step per status GET")
+    ap.add_argument("--callbacks", action="store_true",
+                    help="POST each status change to the message's StatusCallback")
+    ap.add_argument("--callback-ca", help="CA file to verify https status callback URLs")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
+    if args.status_step_ms < 0 or args.status_step_ms > 3600000:
+        ap.error("--status-step-ms must be 0..3600000")
 
     host, _, port = args.listen.rpartition(":")
     host = host.strip("[]")

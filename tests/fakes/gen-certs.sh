@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # gen-certs.sh DIR [KEYID] — test certificates and an APNs auth key.
+# gen-certs.sh --apns-cert DIR BUNDLE_ID PASSWORD [self-signed]
+#                          — an APNs provider certificate for BUNDLE_ID.
 #
 # Makes, in DIR (created if missing):
 #   ca.crt ca.key              EC P-256 test CA
@@ -9,7 +11,65 @@
 # KEYID defaults to ABC123DEFG (Apple's key ids are 10 characters).
 # Keys are mode 0600. Idempotent: files that exist and fit together are kept;
 # a missing or broken piece is remade (with whatever depends on it).
+#
+# --apns-cert makes, in DIR, a test "Apple push CA" (push_ca.crt/.key, made
+# once; fake-apns --client-ca push_ca.crt) and a client certificate for
+# BUNDLE_ID signed by it, subject UID=BUNDLE_ID like Apple's (with
+# "self-signed": signed by nobody the fake trusts, for BadCertificate):
+#   apns-BUNDLE_ID.pem          certificate and key in one PEM file
+#   apns-BUNDLE_ID.crt/.key     the same apart (PEM)
+#   apns-BUNDLE_ID.p12          PKCS#12 with PASSWORD
+# Always remade.
 set -euo pipefail
+
+if [ "${1:-}" = "--apns-cert" ]; then
+    if [ $# -lt 4 ] || [ $# -gt 5 ]; then
+        echo "usage: gen-certs.sh --apns-cert DIR BUNDLE_ID PASSWORD [self-signed]" >&2
+        exit 2
+    fi
+    dir=$2 bundle=$3 pass=$4 mode=${5:-}
+    if ! [[ $bundle =~ ^[A-Za-z0-9.-]{1,200}$ ]]; then
+        echo "gen-certs.sh: BUNDLE_ID '$bundle' is not 1..200 of [A-Za-z0-9.-]" >&2
+        exit 2
+    fi
+    mkdir -p "$dir"
+    cd "$dir"
+    umask 077
+    tmp=$(mktemp -d .gen-certs.XXXXXX)
+    trap 'rm -rf "$tmp"' EXIT
+    if ! [ -s push_ca.key ] || ! [ -s push_ca.crt ]; then
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out push_ca.key 2>/dev/null
+        openssl req -x509 -new -key push_ca.key -sha256 -days 3650 \
+            -subj "/CN=Tidings test Apple push CA" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" -out push_ca.crt 2>/dev/null
+    fi
+    out="apns-$bundle"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tmp/key" 2>/dev/null
+    subj="/UID=$bundle/CN=Apple Push Services: $bundle/OU=TESTTEAM01/O=Tidings tests/C=US"
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' \
+        > "$tmp/ext.cnf"
+    if [ "$mode" = "self-signed" ]; then
+        openssl req -x509 -new -key "$tmp/key" -sha256 -days 365 -subj "$subj" \
+            -out "$tmp/crt" 2>/dev/null
+    else
+        openssl req -new -key "$tmp/key" -subj "$subj" -out "$tmp/csr" 2>/dev/null
+        openssl x509 -req -in "$tmp/csr" -CA push_ca.crt -CAkey push_ca.key \
+            -set_serial "0x$(openssl rand -hex 8)" -days 365 -sha256 \
+            -extfile "$tmp/ext.cnf" -out "$tmp/crt" 2>/dev/null
+    fi
+    # the password goes through the environment, never the command line
+    P12PASS=$pass openssl pkcs12 -export -inkey "$tmp/key" -in "$tmp/crt" \
+        -passout env:P12PASS -out "$tmp/p12" 2>/dev/null
+    cat "$tmp/crt" "$tmp/key" > "$tmp/pem"
+    mv -f "$tmp/key" "$out.key"
+    mv -f "$tmp/crt" "$out.crt"
+    mv -f "$tmp/pem" "$out.pem"
+    mv -f "$tmp/p12" "$out.p12"
+    chmod 600 push_ca.key "$out.key" "$out.pem" "$out.p12"
+    chmod 644 push_ca.crt "$out.crt"
+    exit 0
+fi
 
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
     echo "usage: gen-certs.sh DIR [KEYID]" >&2

@@ -257,6 +257,7 @@ broker.host = 127.0.0.1
 broker.port = ${UPLINK_PORT:-$BROKER_PORT}
 bootstrap.user = alice
 bootstrap.tz = Europe/Berlin
+bootstrap.agents = ${HUB_BOOTSTRAP_AGENTS:-${AGENT_ID:-gw1}}
 bootstrap.ios_token = $APNS_TOKEN
 bootstrap.ios_app = $APNS_TOPIC
 apns.url = https://127.0.0.1:$APNS_PORT
@@ -318,4 +319,126 @@ hub_state_is() { [ "$(hub_sql "SELECT state FROM notifications WHERE id = '$1'")
 hub_state() {
     sqlite3 -readonly "$STACK_DIR/hub/hub.db" \
         "SELECT state || '|' || reason FROM notifications WHERE id = '$1'" 2>/dev/null
+}
+
+# --- a broker with passwords and ACLs (tidingsctl, issue 6) ---------------
+# stack_secret: a fresh random password (never stored in the repo).
+stack_secret() { head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+# stack_acl_agent AGENT: the ACL lines an agent needs on the central broker
+# (the same lines `tidingsctl agent add` prints).
+stack_acl_agent() {
+    printf '%s\n' "user $1" "topic write tidings/v1/agents/$1/up" \
+        "topic readwrite tidings/v1/agents/$1/status" "topic read tidings/v1/agents/$1/ack" \
+        "topic read tidings/v1/agents/$1/down" "topic read tidings/v1/agents/$1/policy" \
+        "topic read tidings/v1/agents/$1/receipts" "topic read tidings/v1/hubs/+/status"
+}
+
+# stack_broker_auth [NAME]: a broker that takes only the users of a password
+# file, each limited by an ACL file, as production should run: "hub" (the
+# hub's topics), "admin" (tidingsctl: tidings/v1/admin/#) and "viewer" (only
+# the read-only admin commands status and log). Sets BROKER_PORT,
+# HUB_PASSWORD and ADMIN_PASSWORD, and makes stack_hub log in as "hub".
+# Add agents with stack_broker_add_user + their ACL lines, then
+# stack_broker_reload.
+stack_broker_auth() {
+    local name=${1:-broker} tries conf="$STACK_DIR/mosquitto.conf"
+    HUB_PASSWORD=$(stack_secret)
+    ADMIN_PASSWORD=$(stack_secret)
+    VIEWER_PASSWORD=$(stack_secret)
+    mosquitto_passwd -c -b "$STACK_DIR/passwd" hub "$HUB_PASSWORD" >/dev/null
+    mosquitto_passwd -b "$STACK_DIR/passwd" admin "$ADMIN_PASSWORD" >/dev/null
+    mosquitto_passwd -b "$STACK_DIR/passwd" viewer "$VIEWER_PASSWORD" >/dev/null
+    chmod 600 "$STACK_DIR/passwd"
+    cat >"$STACK_DIR/acl" <<ACL
+user hub
+topic readwrite tidings/v1/#
+topic read \$share/+/tidings/v1/#
+
+user admin
+topic readwrite tidings/v1/admin/#
+
+user viewer
+topic write tidings/v1/admin/request/status
+topic write tidings/v1/admin/request/log
+topic read tidings/v1/admin/reply/#
+
+ACL
+    chmod 600 "$STACK_DIR/acl"
+    for tries in 1 2 3 4 5; do
+        BROKER_PORT=$(stack_free_port) || stack_die "no free port"
+        cat >"$conf" <<CONF
+listener $BROKER_PORT 127.0.0.1
+allow_anonymous false
+password_file $STACK_DIR/passwd
+acl_file $STACK_DIR/acl
+persistence false
+user $(id -un)
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+max_queued_messages 100000
+set_tcp_nodelay true
+CONF
+        stack_start "$name" mosquitto -c "$conf"
+        if wait_until 10 "mosquitto on port $BROKER_PORT" port_open "$BROKER_PORT"; then
+            export BROKER_PORT HUB_PASSWORD ADMIN_PASSWORD VIEWER_PASSWORD
+            HUB_EXTRA+="broker.username = hub
+broker.password = $HUB_PASSWORD
+"
+            return 0
+        fi
+        stack_stop "$name" KILL
+    done
+    stack_die "mosquitto did not start"
+}
+
+# stack_broker_add_user USER PASSWORD [ACL lines on stdin]: add a user to the
+# password file and append ACL lines; stack_broker_reload applies them.
+stack_broker_add_user() {
+    mosquitto_passwd -b "$STACK_DIR/passwd" "$1" "$2" >/dev/null
+    { echo; cat; } >>"$STACK_DIR/acl"
+}
+
+# The broker rereads its password and ACL files on SIGHUP.
+stack_broker_reload() { kill -HUP "$(stack_pid "${1:-broker}")"; }
+
+# --- fanout engine: metrics endpoint, a backup APNs (docs/engine.md) -------
+# stack_metrics: pick a free port for the hub's metrics.listen (call before
+# stack_hub); sets METRICS_PORT.
+stack_metrics() {
+    METRICS_PORT=$(stack_free_port) || stack_die "no free port"
+    export METRICS_PORT
+    HUB_EXTRA+="metrics.listen = 127.0.0.1:$METRICS_PORT
+"
+}
+
+# hub_metric 'name{labels}': that series' value from GET /metrics (0 when
+# absent). Labels exactly as the hub prints them.
+hub_metric() {
+    curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" |
+        awk -v k="$1" '$1 == k { v = $2; f = 1 } END { print f ? v : 0 }'
+}
+
+# metric_ge 'name{labels}' N: the series is at least N (for wait_until).
+metric_ge() { [ "$(hub_metric "$1" | cut -d. -f1)" -ge "$2" ]; }
+
+# stack_fake_apns_backup: a second fake APNs (same keys; own record, port
+# and script $APNS2_SCRIPT) as the hub's backup provider for apns. Call
+# after stack_fake_apns, before stack_hub. Sets APNS2_PORT.
+stack_fake_apns_backup() {
+    local script_args=()
+    [ -n "${APNS2_SCRIPT:-}" ] && script_args=(--script "$APNS2_SCRIPT")
+    stack_start fake-apns2 "$BUILD/tests/fakes/fake-apns" --listen 127.0.0.1:0 \
+        --cert "$STACK_DIR/certs/server.crt" --key "$STACK_DIR/certs/server.key" \
+        --auth-key "$STACK_DIR/certs/authkey_pub.pem" --key-id "$APNS_KEY_ID" \
+        --team-id "$APNS_TEAM_ID" --topic "$APNS_TOPIC" \
+        --record "$STACK_DIR/apns2-record.jsonl" --port-file "$STACK_DIR/apns2.port" \
+        "${script_args[@]}"
+    wait_until 10 "backup fake APNs port file" test -s "$STACK_DIR/apns2.port"
+    APNS2_PORT=$(cat "$STACK_DIR/apns2.port")
+    export APNS2_PORT
+    HUB_EXTRA+="apns.backup.url = https://127.0.0.1:$APNS2_PORT
+"
 }

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -440,6 +441,29 @@ static void test_sandbox_and_missing_topic(void **state)
     fixture_free(&f);
 }
 
+/* "kid/iss" of the provider token in req, or "none". */
+static void token_ids(const struct channel_request *req, char *out, size_t cap)
+{
+    snprintf(out, cap, "none");
+    for (unsigned i = 0; i < req->nheaders; i++) {
+        if (strncmp(req->headers[i], "authorization: bearer ", 22) != 0) {
+            continue;
+        }
+        const char *tok = req->headers[i] + 22;
+        const char *d1 = strchr(tok, '.');
+        const char *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
+        assert_non_null(d2);
+        char hdr[128], claims[128];
+        int n = jwt_b64url_decode(tok, (size_t)(d1 - tok), hdr, sizeof(hdr) - 1);
+        assert_true(n > 0);
+        hdr[n] = '\0';
+        n = jwt_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), claims, sizeof(claims) - 1);
+        assert_true(n > 0);
+        claims[n] = '\0';
+        snprintf(out, cap, "%s %s", hdr, claims);
+    }
+}
+
 /* The bearer token in a formatted request is a valid ES256 JWT with our kid,
  * iss and the clock's iat. */
 static void test_authorization_token(void **state)
@@ -451,6 +475,11 @@ static void test_authorization_token(void **state)
     f.n.title = "t";
     fake_now = T0_MS + 5000;
     assert_int_equal(run_format(*state, &f, &req, &o), 0);
+    char ids[256];
+    token_ids(&req, ids, sizeof(ids));
+    /* Signed at set_clock time (T0), not re-signed 5 s later. */
+    assert_string_equal(ids, "{\"alg\":\"ES256\",\"kid\":\"ABC123DEFG\"} "
+                             "{\"iss\":\"DEF123GHIJ\",\"iat\":1700000000}");
     const char *tok = NULL;
     for (unsigned i = 0; i < req.nheaders; i++) {
         if (strncmp(req.headers[i], "authorization: bearer ", 22) == 0) {
@@ -458,19 +487,7 @@ static void test_authorization_token(void **state)
         }
     }
     assert_non_null(tok);
-    const char *d1 = strchr(tok, '.');
-    const char *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
-    assert_non_null(d2);
-    char hdr[128], claims[128];
-    int n = jwt_b64url_decode(tok, (size_t)(d1 - tok), hdr, sizeof(hdr) - 1);
-    assert_true(n > 0);
-    hdr[n] = '\0';
-    n = jwt_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), claims, sizeof(claims) - 1);
-    assert_true(n > 0);
-    claims[n] = '\0';
-    assert_string_equal(hdr, "{\"alg\":\"ES256\",\"kid\":\"ABC123DEFG\"}");
-    /* Signed at set_clock time (T0), not re-signed 5 s later. */
-    assert_string_equal(claims, "{\"iss\":\"DEF123GHIJ\",\"iat\":1700000000}");
+    const char *d2 = strrchr(tok, '.');
     unsigned char sig[80];
     assert_int_equal(jwt_b64url_decode(d2 + 1, strlen(d2 + 1), sig, sizeof(sig)), 64);
     fixture_free(&f);
@@ -557,7 +574,13 @@ static void test_map_answers(void **state)
         {429, "{\"reason\":\"TooManyRequests\"}", "5", CHANNEL_RETRY, "TooManyRequests",
          CHANNEL_DEVICE_NONE, 0, 5000},
         {429, "{\"reason\":\"TooManyRequests\"}", "Wed, 21 Oct 2015 07:28:00 GMT", CHANNEL_RETRY,
-         "TooManyRequests", CHANNEL_DEVICE_NONE, 0, 0},
+         "TooManyRequests", CHANNEL_DEVICE_NONE, 0, 0}, /* in the past */
+        {429, "{\"reason\":\"TooManyRequests\"}", "Tue, 14 Nov 2023 22:14:20 GMT", CHANNEL_RETRY,
+         "TooManyRequests", CHANNEL_DEVICE_NONE, 0, 60000}, /* an HTTP-date a minute ahead */
+        {503, "{\"reason\":\"ServiceUnavailable\"}", "Fri, 01 Mar 2024 00:00:00 GMT",
+         CHANNEL_RETRY, "ServiceUnavailable", CHANNEL_DEVICE_NONE, 0, 86400000}, /* clamped */
+        {503, "{\"reason\":\"ServiceUnavailable\"}", "Tue, 14 Nov 2023 22:14:20 UTC",
+         CHANNEL_RETRY, "ServiceUnavailable", CHANNEL_DEVICE_NONE, 0, 0}, /* not GMT */
         {429, "{\"reason\":\"TooManyRequests\"}", "99999999999", CHANNEL_RETRY, "TooManyRequests",
          CHANNEL_DEVICE_NONE, 0, 86400000},
         {500, "{\"reason\":\"InternalServerError\"}", NULL, CHANNEL_RETRY, "InternalServerError",
@@ -573,7 +596,7 @@ static void test_map_answers(void **state)
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
         struct channel_outcome o;
         apns_map_answer(v[i].status, v[i].body, strlen(v[i].body), "4A8E7B1C-0000-1111-2222",
-                        v[i].retry_after, &o);
+                        v[i].retry_after, T0_MS, &o);
         if (o.result != v[i].result || strcmp(o.reason, v[i].reason) != 0 ||
             o.device_action != v[i].action || o.token_invalid_since_ms != v[i].since ||
             o.retry_after_ms != v[i].retry_ms || o.status != v[i].status) {
@@ -638,6 +661,110 @@ static void test_init_errors(void **state)
     expect_init_fails(&c, "token_refresh");
 }
 
+
+/* --- several credentials: selection by topic ------------------------------------ */
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_golden_tenant_selection(void **state)
+{
+    (void)state;
+    char dir[300], key2[400], conf[400], text[1024];
+    snprintf(dir, sizeof(dir), "%s/tenants", tmpdir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    snprintf(key2, sizeof(key2), "%s/AuthKey_TEAM2KEY01.p8", tmpdir);
+    gen_ec_key(key2);
+    snprintf(conf, sizeof(conf), "%s/team2.conf", dir);
+    snprintf(text, sizeof(text),
+             "# the second team's key\napns.key_file = %s\napns.key_id = TEAM2KEY01\n"
+             "apns.team_id = TEAM2XXXXX\napns.topics = com.team2.app, com.team2.other\n",
+             key2);
+    write_file(conf, text);
+
+    struct apns_config c;
+    config_for_test(&c);
+    snprintf(c.tenants_dir, sizeof(c.tenants_dir), "%s", dir);
+    void *st = make_channel(&c);
+    assert_int_equal(channel_set_count(st), 2);
+    static struct channel_request req;
+    struct channel_outcome o;
+    struct fixture f;
+    char all[4096], ids[256];
+    size_t off = 0;
+    /* the main key has no apns.topics: it takes every topic the file does
+     * not claim, and devices without an app get apns.topic */
+    const char *const apps[] = {"com.team2.app", "com.team2.other", "com.example.tidings", ""};
+    for (size_t i = 0; i < sizeof(apps) / sizeof(apps[0]); i++) {
+        fixture_init(&f, "sel");
+        f.n.title = "t";
+        f.dev.app = apps[i];
+        assert_int_equal(run_format(st, &f, &req, &o), 0);
+        token_ids(&req, ids, sizeof(ids));
+        const char *topic = "";
+        for (unsigned h = 0; h < req.nheaders; h++) {
+            if (strncmp(req.headers[h], "apns-topic: ", 12) == 0) {
+                topic = req.headers[h] + 12;
+            }
+        }
+        off += (size_t)snprintf(all + off, sizeof(all) - off, "app '%s' -> topic %s, %s\n",
+                                apps[i], topic, ids);
+    }
+    check_golden("tenant_selection", all);
+    apns_channel.destroy(st);
+
+    /* With topics of its own, the main key no longer takes the rest: a
+     * device of an app nobody serves is dropped with a clear reason. */
+    snprintf(c.topics, sizeof(c.topics), "com.example.tidings");
+    st = make_channel(&c);
+    fixture_init(&f, "sel");
+    f.n.title = "t";
+    f.dev.app = "com.unknown.app";
+    assert_true(run_format(st, &f, &req, &o) < 0);
+    assert_int_equal(o.result, CHANNEL_DROP);
+    assert_string_equal(o.reason, "NoCredentialForTopic: com.unknown.app");
+    assert_int_equal(o.device_action, CHANNEL_DEVICE_NONE);
+    f.dev.app = "com.team2.app";
+    assert_int_equal(run_format(st, &f, &req, &o), 0);
+    apns_channel.destroy(st);
+
+    /* Config mistakes name the file. */
+    config_for_test(&c);
+    snprintf(c.tenants_dir, sizeof(c.tenants_dir), "%s", dir);
+    snprintf(c.topics, sizeof(c.topics), "com.team2.app");
+    expect_init_fails(&c, "team2.conf: apns.topics: com.team2.app is already served by main");
+    c.topics[0] = '\0';
+    write_file(conf, "apns.key_id = TEAM2KEY01\napns.team_id = TEAM2XXXXX\n"
+                     "apns.topics = com.team2.app\n");
+    expect_init_fails(&c, "team2.conf: apns.key_file, apns.key_id and apns.team_id are required");
+    write_file(conf, "apns.topics = com.team2.app\napns.bogus = 1\n");
+    expect_init_fails(&c, "team2.conf:2: apns.bogus");
+    snprintf(text, sizeof(text),
+             "apns.key_file = %s\napns.key_id = TEAM2KEY01\napns.team_id = TEAM2XXXXX\n", key2);
+    write_file(conf, text);
+    expect_init_fails(&c, "team2.conf: apns.topics: required in a credential file");
+    snprintf(text, sizeof(text),
+             "apns.key_file = %s\napns.key_id = TEAM2KEY01\napns.team_id = TEAM2XXXXX\n"
+             "apns.topics = a.b, ,c.d\n",
+             key2);
+    write_file(conf, text);
+    expect_init_fails(&c, "team2.conf: apns.topics: an empty item");
+    snprintf(text, sizeof(text),
+             "apns.key_file = %s\napns.cert_file = %s\napns.topics = a.b\n", key2, key2);
+    write_file(conf, text);
+    expect_init_fails(&c, "team2.conf: apns.cert_file and apns.key_file");
+    snprintf(text, sizeof(text), "apns.cert_file = %s\napns.topics = a.b\n", key2);
+    write_file(conf, text);
+    expect_init_fails(&c, "neither a PEM certificate nor a PKCS#12 file");
+    assert_int_equal(unlink(conf), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     log_set_level(LOG_LVL_WARN);
@@ -652,6 +779,7 @@ int main(void)
         cmocka_unit_test(test_bad_inputs_drop),
         cmocka_unit_test(test_sandbox_and_missing_topic),
         cmocka_unit_test(test_authorization_token),
+        cmocka_unit_test(test_golden_tenant_selection),
         cmocka_unit_test(test_token_refresh_timeline),
         cmocka_unit_test(test_map_answers),
         cmocka_unit_test(test_init_errors),

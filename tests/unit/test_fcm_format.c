@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <unistd.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1215,6 +1217,62 @@ static void test_init_errors(void **state)
     assert_int_equal(c.rate, 600000);
 }
 
+
+/* --- several projects: selection by the device's app ---------------------------- */
+
+static void test_golden_tenant_selection(void **state)
+{
+    (void)state;
+    char dir[300], conf[400], text[1024];
+    snprintf(dir, sizeof(dir), "%s/projects", tmpdir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    snprintf(conf, sizeof(conf), "%s/two.conf", dir);
+    /* the same key under another project id is enough to see the routing;
+     * test_fcm_send runs two real service accounts */
+    snprintf(text, sizeof(text), "fcm.service_account_file = %s\nfcm.project_id = proj-two\n"
+             "fcm.rate = 60\n", sa_file);
+    write_file(conf, text);
+    struct fcm_config c;
+    config_for_test(&c);
+    set_key(&c, "fcm.tenants_dir", dir);
+    void *st = make_channel(&c);
+    assert_int_equal(channel_set_count(st), 2);
+    assert_string_equal(fcm_tenant_project(st, 1), "proj-two");
+    assert_null(fcm_tenant_project(st, 2));
+    static struct channel_request req;
+    struct channel_outcome o;
+    struct fixture f;
+    char all[2048];
+    size_t off = 0;
+    const char *const apps[] = {"proj-two", PROJECT, "", "proj-three"};
+    for (size_t i = 0; i < sizeof(apps) / sizeof(apps[0]); i++) {
+        fixture_init(&f, "01HF6Y1M6Z8Q3R4S5T6V7W8XA7");
+        f.n.title = "t";
+        f.dev.app = apps[i];
+        int rc = run_format(st, &f, &req, &o);
+        off += (size_t)snprintf(all + off, sizeof(all) - off, "app '%s' -> %s\n", apps[i],
+                                rc == 0 ? req.url : o.reason);
+        fixture_free(&f);
+    }
+    check_golden("tenant_selection", all);
+    fcm_channel.destroy(st);
+
+    /* two credentials for one project */
+    snprintf(text, sizeof(text), "fcm.service_account_file = %s\n", sa_file);
+    write_file(conf, text);
+    char err[256] = "";
+    struct channel_env env = {0};
+    st = NULL;
+    assert_int_equal(fcm_channel.init(&env, &c, &st, err, sizeof(err)), TDG_ECONFIG);
+    assert_non_null(strstr(err, "two.conf: fcm.project_id: project " PROJECT
+                                " is already served by main config"));
+    write_file(conf, "fcm.project_id = proj-two\n");
+    assert_int_equal(fcm_channel.init(&env, &c, &st, err, sizeof(err)), TDG_ECONFIG);
+    assert_non_null(strstr(err, "two.conf: fcm.service_account_file is required"));
+    assert_int_equal(unlink(conf), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     log_set_level(LOG_LVL_ERROR);
@@ -1232,6 +1290,7 @@ int main(void)
         cmocka_unit_test(test_golden_oversize),
         cmocka_unit_test(test_golden_bad_token),
         cmocka_unit_test(test_golden_project_mismatch),
+        cmocka_unit_test(test_golden_tenant_selection),
         cmocka_unit_test(test_payload_boundary),
         cmocka_unit_test(test_send_without_loop),
         cmocka_unit_test(test_map_answers),

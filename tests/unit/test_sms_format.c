@@ -643,7 +643,8 @@ static void test_basic_auth_header(void **state)
 
 static void answer(int status, const char *body, const char *retry_after, struct channel_outcome *o)
 {
-    sms_map_answer(status, body, body ? strlen(body) : 0, retry_after, o);
+    /* 2023-11-14T22:13:20Z, so HTTP-dates below are a known distance away */
+    sms_map_answer(status, body, body ? strlen(body) : 0, retry_after, INT64_C(1700000000000), o);
     assert_int_equal(o->status, status);
 }
 
@@ -680,7 +681,7 @@ static void test_answers(void **state)
     answer(400, twilio_err(21610, 400, "Attempt to send to unsubscribed recipient"), NULL, &o);
     assert_int_equal(o.result, CHANNEL_DROP);
     assert_string_equal(o.reason, "opted_out:21610");
-    assert_int_equal(o.device_action, CHANNEL_DEVICE_FLAG);
+    assert_int_equal(o.device_action, CHANNEL_DEVICE_DISABLE);
 
     answer(401, twilio_err(20003, 401, "Authenticate"), NULL, &o);
     assert_int_equal(o.result, CHANNEL_DROP);
@@ -696,7 +697,13 @@ static void test_answers(void **state)
     answer(429, "not json", NULL, &o);
     assert_int_equal(o.result, CHANNEL_RETRY);
     assert_int_equal(o.retry_after_ms, 0);
-    answer(429, "", "Wed, 21 Oct 2015 07:28:00 GMT", &o); /* a date: backoff decides */
+    answer(429, "", "Wed, 21 Oct 2015 07:28:00 GMT", &o); /* a date in the past: backoff */
+    assert_int_equal(o.retry_after_ms, 0);
+    answer(429, "", "Tue, 14 Nov 2023 22:14:20 GMT", &o); /* an HTTP-date a minute ahead */
+    assert_int_equal(o.retry_after_ms, 60000);
+    answer(503, "", "Fri, 01 Mar 2024 00:00:00 GMT", &o); /* months ahead: clamped */
+    assert_int_equal(o.retry_after_ms, 86400u * 1000u);
+    answer(503, "", "Tue, 14 Nov 2023 22:14:20 +0000", &o); /* not an HTTP-date */
     assert_int_equal(o.retry_after_ms, 0);
     answer(429, "", "99999999", &o);
     assert_int_equal(o.retry_after_ms, 86400u * 1000u);
@@ -795,6 +802,302 @@ static void test_init_token_file(void **state)
     assert_string_equal(from_file, req.headers[0]);
 }
 
+
+/* --- several senders: selection by destination prefix ------------------------------- */
+
+static char tdir[256];
+
+static void write_tenant(const char *name, const char *text)
+{
+    char path[400];
+    snprintf(path, sizeof(path), "%s/%s", tdir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void tenants_dir_fresh(void)
+{
+    snprintf(tdir, sizeof(tdir), "/tmp/test_sms_tenants.XXXXXX");
+    assert_non_null(mkdtemp(tdir));
+}
+
+static void tenants_dir_remove(void)
+{
+    static const char *const names[] = {"uk.conf", "us.conf", "ignored.txt", "a.conf", "b.conf"};
+    char path[400];
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", tdir, names[i]);
+        unlink(path);
+    }
+    assert_int_equal(rmdir(tdir), 0);
+}
+
+static void test_golden_tenant_selection(void **state)
+{
+    (void)state;
+    tenants_dir_fresh();
+    write_tenant("uk.conf", "sms.account_sid = " SID "\nsms.auth_token = " TOKEN
+                            "\nsms.from = +447700900123\nsms.prefixes = +44, +1242\n");
+    write_tenant("us.conf", "sms.account_sid = " SID "\nsms.auth_token = " TOKEN
+                            "\nsms.messaging_service_sid = MG0123456789abcdef0123456789abcdef\n"
+                            "sms.prefixes = +1\n");
+    write_tenant("ignored.txt", "not a credential\n");
+    struct sms_config c;
+    config_base(&c);
+    set(&c, "sms.tenants_dir", tdir);
+    void *st = open_channel(&c);
+    struct fixture f;
+    char text[32768], all[4 * 32768];
+    size_t off = 0;
+    /* +44 -> uk.conf, +1 -> us.conf, +1242 (Bahamas) -> the longer prefix
+     * (uk.conf's, over us.conf's +1), +49 -> the main sender (no
+     * sms.prefixes: the rest) */
+    const char *const numbers[] = {"+447700900456", "+15551230000", "+12425550000",
+                                   "+4915112345678"};
+    for (size_t i = 0; i < sizeof(numbers) / sizeof(numbers[0]); i++) {
+        fixture_init(&f, "Door open", NULL);
+        f.dev.token = numbers[i];
+        struct channel_outcome o;
+        int rc = run(st, &f, &o);
+        render(rc, &req, &o, text, sizeof(text));
+        off += (size_t)snprintf(all + off, sizeof(all) - off, "## %s\n%s", numbers[i], text);
+    }
+    check_golden("tenant_selection", all);
+    sms_channel.destroy(st);
+
+    /* The main sender with prefixes of its own: a number nobody serves is
+     * dropped with the reason, and only the country code is stored. */
+    set(&c, "sms.prefixes", "+49");
+    st = open_channel(&c);
+    fixture_init(&f, "Door open", NULL);
+    f.dev.token = "+33612345678";
+    struct channel_outcome o;
+    assert_true(run(st, &f, &o) < 0);
+    assert_int_equal(o.result, CHANNEL_DROP);
+    assert_string_equal(o.reason, "NoSenderForNumber: +336...");
+    sms_channel.destroy(st);
+    tenants_dir_remove();
+}
+
+static void test_tenant_config_errors(void **state)
+{
+    (void)state;
+    char err[CONFIG_ERR_MAX];
+    struct sms_config c;
+    tenants_dir_fresh();
+    config_base(&c);
+    set(&c, "sms.tenants_dir", tdir);
+    /* a file without prefixes */
+    write_tenant("a.conf", "sms.account_sid = " SID "\nsms.auth_token = " TOKEN
+                           "\nsms.from = +447700900123\n");
+    assert_int_equal(init_error(&c, err, sizeof(err)), TDG_ECONFIG);
+    assert_non_null(strstr(err, "a.conf: sms.prefixes: required"));
+    /* a bad key: file:line */
+    write_tenant("a.conf", "sms.account_sid = " SID "\nsms.from = +447700900123\n"
+                           "sms.prefixes = +44\nsms.nonsense = 1\n");
+    assert_int_equal(init_error(&c, err, sizeof(err)), TDG_ECONFIG);
+    assert_non_null(strstr(err, "a.conf:4: sms.nonsense"));
+    /* a duplicate key: file:line */
+    write_tenant("a.conf", "sms.prefixes = +44\nsms.prefixes = +45\n");
+    assert_int_equal(init_error(&c, err, sizeof(err)), TDG_ECONFIG);
+    assert_non_null(strstr(err, "a.conf:2"));
+    /* two senders claiming one prefix */
+    write_tenant("a.conf", "sms.account_sid = " SID "\nsms.auth_token = " TOKEN
+                           "\nsms.from = +447700900123\nsms.prefixes = +44\n");
+    write_tenant("b.conf", "sms.account_sid = " SID "\nsms.auth_token = " TOKEN
+                           "\nsms.from = +447700900124\nsms.prefixes = +44\n");
+    assert_int_equal(init_error(&c, err, sizeof(err)), TDG_ECONFIG);
+    assert_non_null(strstr(err, "b.conf: sms.prefixes: +44 is already served by"));
+    /* a nested tenants dir */
+    write_tenant("b.conf", "sms.account_sid = " SID "\nsms.auth_token = " TOKEN
+                           "\nsms.from = +447700900124\nsms.prefixes = +45\n"
+                           "sms.tenants_dir = /tmp\n");
+    assert_int_equal(init_error(&c, err, sizeof(err)), TDG_ECONFIG);
+    assert_non_null(strstr(err, "b.conf: sms.tenants_dir: only the main config"));
+    /* a bad prefix */
+    write_tenant("b.conf", "sms.account_sid = " SID "\nsms.auth_token = " TOKEN
+                           "\nsms.from = +447700900124\nsms.prefixes = 45\n");
+    assert_int_equal(init_error(&c, err, sizeof(err)), TDG_ECONFIG);
+    assert_non_null(strstr(err, "b.conf: sms.prefixes: '45'"));
+    tenants_dir_remove();
+    /* a directory that is not there */
+    set(&c, "sms.tenants_dir", "/nonexistent/tidings");
+    assert_int_equal(init_error(&c, err, sizeof(err)), TDG_ECONFIG);
+    assert_non_null(strstr(err, "sms.tenants_dir: /nonexistent/tidings"));
+}
+
+/* --- status and incoming-message posts ---------------------------------------------- */
+
+static void form(const char *body, struct sms_form *f)
+{
+    assert_int_equal(sms_form_parse(body, strlen(body), f), 0);
+}
+
+static void test_form_parse(void **state)
+{
+    (void)state;
+    struct sms_form f;
+    form("To=%2B4915112345678&Body=T%C3%BCr+%26+mehr%3D1&Empty=&Flag&A=1&A=2", &f);
+    assert_int_equal(f.n, 6);
+    assert_string_equal(sms_form_get(&f, "To"), "+4915112345678");
+    assert_string_equal(sms_form_get(&f, "Body"), "T\xc3\xbcr & mehr=1");
+    assert_string_equal(sms_form_get(&f, "Empty"), "");
+    assert_string_equal(sms_form_get(&f, "Flag"), "");
+    assert_string_equal(sms_form_get(&f, "A"), "1");
+    assert_null(sms_form_get(&f, "Missing"));
+    assert_int_equal(sms_form_parse("a=%4", 5, &f), -EINVAL);
+    assert_int_equal(sms_form_parse("a=%zz", 5, &f), -EINVAL);
+    char many[SMS_FORM_MAX * 4 + 16] = "";
+    for (int i = 0; i <= SMS_FORM_MAX; i++) {
+        strcat(many, "a=1&"); /* test code: bounded by the array above */
+    }
+    assert_int_equal(sms_form_parse(many, strlen(many), &f), -E2BIG);
+}
+
+static void test_signature(void **state)
+{
+    (void)state;
+    struct sms_form f;
+    char sig[64];
+    /* Twilio's documented example (auth token 12345) */
+    form("CallSid=CA1234567890ABCDE&Caller=%2B12349013030&Digits=1234&From=%2B12349013030&"
+         "To=%2B18005551212",
+         &f);
+    const char *url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+    assert_int_equal(sms_signature("12345", url, &f, sig, sizeof(sig)), 0);
+    assert_string_equal(sig, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
+    assert_true(sms_signature_valid("12345", url, &f, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+    assert_false(sms_signature_valid("12346", url, &f, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+    assert_false(sms_signature_valid("12345", "https://mycompany.com/myapp.php", &f,
+                                     "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+    assert_false(sms_signature_valid("12345", url, &f, "0/KCTR6DLpKmkAf8muzZqo1nDgQ"));
+    assert_false(sms_signature_valid("12345", url, &f, NULL));
+    /* unsorted input, UTF-8 and escapes; the value computed by Python's
+     * hmac/hashlib over the same rules */
+    form("MessageSid=SMabc&MessageStatus=delivered&AccountSid=AC1&Body=T%C3%BCr+%26+mehr%3D1&"
+         "A=z&A2=",
+         &f);
+    assert_int_equal(sms_signature("tok", "https://hub.example/v1/sms/status", &f, sig,
+                                   sizeof(sig)),
+                     0);
+    assert_string_equal(sig, "BGlpBZA5g0EEZu9tJ88cp8PSAlU=");
+}
+
+static void test_keywords(void **state)
+{
+    (void)state;
+    assert_int_equal(sms_keyword("STOP"), SMS_KEYWORD_OPT_OUT);
+    assert_int_equal(sms_keyword(" stop. "), SMS_KEYWORD_OPT_OUT);
+    assert_int_equal(sms_keyword("Unsubscribe"), SMS_KEYWORD_OPT_OUT);
+    assert_int_equal(sms_keyword("START"), SMS_KEYWORD_OPT_IN);
+    assert_int_equal(sms_keyword("unstop!"), SMS_KEYWORD_OPT_IN);
+    assert_int_equal(sms_keyword("yes"), SMS_KEYWORD_OPT_IN);
+    assert_int_equal(sms_keyword("please stop"), SMS_KEYWORD_NONE);
+    assert_int_equal(sms_keyword("STOPP"), SMS_KEYWORD_NONE);
+    assert_int_equal(sms_keyword(""), SMS_KEYWORD_NONE);
+    assert_int_equal(sms_keyword(NULL), SMS_KEYWORD_NONE);
+}
+
+static void test_parse_status(void **state)
+{
+    (void)state;
+    char st[24];
+    int code = -1;
+    bool fin = true;
+    const char *q = "{\"sid\":\"SM1\",\"status\":\"queued\",\"error_code\":null}";
+    assert_int_equal(sms_parse_status(q, strlen(q), st, sizeof(st), &code, &fin), 0);
+    assert_string_equal(st, "queued");
+    assert_int_equal(code, 0);
+    assert_false(fin);
+    const char *u = "{\"status\":\"undelivered\",\"error_code\":30003}";
+    assert_int_equal(sms_parse_status(u, strlen(u), st, sizeof(st), &code, &fin), 0);
+    assert_string_equal(st, "undelivered");
+    assert_int_equal(code, 30003);
+    assert_true(fin);
+    const char *d = "{\"status\":\"delivered\",\"error_code\":\"0\"}";
+    assert_int_equal(sms_parse_status(d, strlen(d), st, sizeof(st), &code, &fin), 0);
+    assert_true(fin);
+    assert_int_equal(code, 0);
+    assert_int_equal(sms_parse_status("{}", 2, st, sizeof(st), &code, &fin), TDG_EINVAL_INPUT);
+    assert_int_equal(sms_parse_status("nope", 4, st, sizeof(st), &code, &fin), TDG_EINVAL_INPUT);
+}
+
+struct sink {
+    int calls;
+    char sid[64], status[24];
+    int code;
+};
+
+static void sink_fn(void *arg, const char *channel, const char *sid, const char *status, int code)
+{
+    struct sink *k = arg;
+    assert_string_equal(channel, "sms");
+    k->calls++;
+    snprintf(k->sid, sizeof(k->sid), "%s", sid);
+    snprintf(k->status, sizeof(k->status), "%s", status);
+    k->code = code;
+}
+
+static void test_status_callback_and_inbound(void **state)
+{
+    (void)state;
+    struct sms_config c;
+    config_base(&c);
+    set(&c, "sms.status_callback_url", "https://hub.example/v1/sms/status?x=1");
+    set(&c, "sms.inbound_url", "https://hub.example/v1/sms/inbound");
+    struct sink k = {0};
+    struct channel_env env = {.loop = NULL, .status = sink_fn, .status_arg = &k};
+    void *st = NULL;
+    char err[256];
+    assert_int_equal(sms_channel.init(&env, &c, &st, err, sizeof(err)), 0);
+
+    const char *body = "AccountSid=" SID "&MessageSid=SM0123&MessageStatus=undelivered&"
+                       "ErrorCode=30003&To=%2B4915112345678";
+    struct sms_form f;
+    form(body, &f);
+    char sig[64], why[128];
+    assert_int_equal(sms_signature(TOKEN, c.status_callback_url, &f, sig, sizeof(sig)), 0);
+    assert_int_equal(sms_status_callback(st, body, strlen(body), sig, why, sizeof(why)), 200);
+    assert_int_equal(k.calls, 1);
+    assert_string_equal(k.sid, "SM0123");
+    assert_string_equal(k.status, "undelivered");
+    assert_int_equal(k.code, 30003);
+    /* a replay is passed on again: the store makes it idempotent */
+    assert_int_equal(sms_status_callback(st, body, strlen(body), sig, why, sizeof(why)), 200);
+    assert_int_equal(k.calls, 2);
+    /* wrong or missing signature, unknown account, missing fields */
+    assert_int_equal(sms_status_callback(st, body, strlen(body), "AAAA", why, sizeof(why)), 403);
+    assert_string_equal(why, "X-Twilio-Signature does not match");
+    assert_int_equal(sms_status_callback(st, body, strlen(body), NULL, why, sizeof(why)), 403);
+    const char *other = "AccountSid=ACother&MessageSid=SM1&MessageStatus=sent";
+    assert_int_equal(sms_status_callback(st, other, strlen(other), sig, why, sizeof(why)), 403);
+    const char *nosid = "AccountSid=" SID "&MessageStatus=sent";
+    form(nosid, &f);
+    assert_int_equal(sms_signature(TOKEN, c.status_callback_url, &f, sig, sizeof(sig)), 0);
+    assert_int_equal(sms_status_callback(st, nosid, strlen(nosid), sig, why, sizeof(why)), 400);
+    assert_int_equal(k.calls, 2);
+
+    /* an incoming START */
+    const char *in = "AccountSid=" SID "&From=%2B4915112345678&To=%2B15005550006&Body=Start";
+    form(in, &f);
+    assert_int_equal(sms_signature(TOKEN, c.inbound_url, &f, sig, sizeof(sig)), 0);
+    char from[32];
+    enum sms_keyword kw;
+    assert_int_equal(sms_inbound(st, in, strlen(in), sig, from, sizeof(from), &kw, why,
+                                 sizeof(why)),
+                     200);
+    assert_string_equal(from, "+4915112345678");
+    assert_int_equal(kw, SMS_KEYWORD_OPT_IN);
+    /* signed for the status URL, posted as inbound: refused */
+    assert_int_equal(sms_signature(TOKEN, c.status_callback_url, &f, sig, sizeof(sig)), 0);
+    assert_int_equal(sms_inbound(st, in, strlen(in), sig, from, sizeof(from), &kw, why,
+                                 sizeof(why)),
+                     403);
+    sms_channel.destroy(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -819,6 +1122,13 @@ int main(void)
         cmocka_unit_test(test_validity_period),
         cmocka_unit_test(test_basic_auth_header),
         cmocka_unit_test(test_answers),
+        cmocka_unit_test(test_golden_tenant_selection),
+        cmocka_unit_test(test_tenant_config_errors),
+        cmocka_unit_test(test_form_parse),
+        cmocka_unit_test(test_signature),
+        cmocka_unit_test(test_keywords),
+        cmocka_unit_test(test_parse_status),
+        cmocka_unit_test(test_status_callback_and_inbound),
         cmocka_unit_test(test_init_errors),
         cmocka_unit_test(test_init_token_file),
     };

@@ -1,0 +1,120 @@
+/*
+ * policy.h - the hub's preference rules (pure: no I/O, time passed in).
+ *
+ * One user's preferences are a validated JSON document (docs/hub-policy.md):
+ * the per-user object of the agent snapshot (docs/policy.md) plus hub-only
+ * fields: frequency caps per category and a channel order with fallback.
+ *
+ * policy_decide() checks, in this order; the first rule that applies decides.
+ * Rule names are stable: they are stored with every decision and reported as
+ * the reason of a terminal state.
+ *   no preferences                                  -> ALLOW    "no_preference"
+ *   opted out of everything                         -> SUPPRESS "opt_out"
+ *   opted out of the notification's category        -> SUPPRESS "category_opt_out:<c>"
+ *   the category has this channel switched off      -> SUPPRESS "channel_off:<channel>"
+ *   inside quiet hours, priority critical           -> ALLOW    "critical_bypass" (marked)
+ *   inside quiet hours, mode hold                   -> HOLD     "quiet_hours" (until the end)
+ *   inside quiet hours, mode drop                   -> DROP     "quiet_hours_drop"
+ *   over the category's frequency cap               -> SUPPRESS "cap:<c>"
+ *   otherwise                                       -> ALLOW    "allow"
+ * The first seven are the agent's rules (agent/policy.c), in the same order,
+ * with the same quiet-hours arithmetic (DST gaps and overlaps: docs/policy.md).
+ *
+ * Not thread-safe only in that time zones come from the tz cache (loop thread).
+ */
+#ifndef TIDINGS_HUB_POLICY_H
+#define TIDINGS_HUB_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto.h"
+#include "tz.h"
+
+#define POLICY_PREFS_MAX 16384     /* bytes of one user's preference document */
+#define POLICY_CATEGORIES_MAX 64   /* categories (and caps) per user */
+#define POLICY_FALLBACK_MAX 3      /* steps of a channel order: push, sms, email */
+#define POLICY_RULE_MAX 64         /* "category_opt_out:" + 32-byte category */
+#define POLICY_USER_ID_MAX 122     /* as the <id> of "user:<id>" */
+#define POLICY_AFTER_MAX_MS (7 * 86400000LL)  /* latest fallback step */
+#define POLICY_WINDOW_MAX_MS (30 * 86400000LL) /* longest cap window */
+#define POLICY_CAP_MAX 1000000
+
+typedef struct policy_prefs policy_prefs_t;
+
+/* Why a document was refused: the field by its JSON path
+ * ("categories.marketing.channels_off[1]") and what is wrong with it. */
+struct policy_error {
+    char field[192];
+    char detail[128];
+};
+
+/* Parse and validate one user's preference document (buf need not be
+ * NUL-terminated). Unknown fields are refused (a typo must not pass as "no
+ * preference"), duplicate keys too. Returns 0 and *out (free with
+ * policy_prefs_free), TDG_ETOOBIG, TDG_EINVAL_INPUT with *err filled, or
+ * -ENOMEM. */
+int policy_prefs_parse(const char *buf, size_t len, policy_prefs_t **out,
+                       struct policy_error *err);
+void policy_prefs_free(policy_prefs_t *p);
+
+enum policy_action {
+    POLICY_ALLOW = 0, /* deliver now */
+    POLICY_SUPPRESS,  /* not on this channel: terminal "suppressed" when nothing else goes */
+    POLICY_HOLD,      /* ask again at hold_until_ms (preferences may change meanwhile) */
+    POLICY_DROP,      /* quiet hours in drop mode: terminal "dropped" */
+};
+/* "allow", "suppress", "hold", "drop". */
+const char *policy_action_name(enum policy_action a);
+
+struct policy_decision {
+    enum policy_action action;
+    char rule[POLICY_RULE_MAX]; /* always set */
+    int64_t hold_until_ms;      /* POLICY_HOLD: UTC ms the quiet window ends; else 0 */
+    bool critical_bypass;       /* critical priority went through quiet hours */
+    bool tz_fallback;           /* quiet hours with no zone loaded: UTC was used */
+};
+
+/* The frequency cap of category in p: true with *max and *window_ms, or
+ * false when there is none (p NULL, category NULL, no cap set). */
+bool policy_cap(const policy_prefs_t *p, const char *category, int64_t *max, int64_t *window_ms);
+
+/* Decide whether n may go to its recipient now on `channel` (one PROTO_CH_*
+ * bit). p: the user's preferences, NULL when none are set (allow). tz: the
+ * user's zone (NULL: UTC, and d->tz_fallback when quiet hours apply).
+ * cap_count: notifications of n's category let through to this user within
+ * the cap's window (policy_cap), not counting n. Returns 0 with *d filled,
+ * or TDG_EINVAL_INPUT for a NULL n or d. */
+int policy_decide(const policy_prefs_t *p, const tz_t *tz, const struct notification *n,
+                  enum proto_channel channel, int64_t now_ms, int64_t cap_count,
+                  struct policy_decision *d);
+
+/* The channel order with fallback. Step 0 is tried first; step i (i > 0)
+ * is tried when no channel of the earlier steps has had a provider success
+ * within after_ms of the first attempt. Returns the number of steps (0:
+ * no order set, every channel at once) and fills steps[0..n). */
+struct policy_step {
+    enum proto_channel channel; /* PROTO_CH_PUSH / _SMS / _EMAIL */
+    int64_t after_ms;           /* 0 for step 0; never decreasing */
+};
+size_t policy_fallback(const policy_prefs_t *p, struct policy_step steps[POLICY_FALLBACK_MAX]);
+
+/* The user's object of the agent snapshot (docs/policy.md): tz, opt_out,
+ * categories (opt_out, channels_off) and quiet_hours, hub-only fields left
+ * out. p may be NULL (then only tz). Appends compact JSON to out (bounded
+ * by cap: -ENOSPC when it does not fit, out unchanged). 0 or error. */
+int policy_snapshot_user(const policy_prefs_t *p, const char *tz_name, char *out, size_t cap,
+                         size_t *len);
+
+/* Resolve "deliver_at" to UTC ms for one recipient: the absolute time, or
+ * the wall time of "tz":"user" in tz (NULL: UTC; a wall time in a DST gap
+ * moves to the end of the gap, one in an overlap takes the earlier instant).
+ * 0 when n has no deliver_at. */
+int64_t policy_deliver_at(const struct notification *n, const tz_t *tz);
+
+/* Parse a duration "30s", "10m", "2h", "1d" (a number and one unit) into
+ * ms. 0 or TDG_EINVAL_INPUT. */
+int policy_parse_duration(const char *s, int64_t *ms);
+
+#endif

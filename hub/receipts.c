@@ -1,0 +1,287 @@
+/* receipts.c - the receipts outbox to MQTT (see receipts.h). */
+#include "receipts.h"
+
+#include "error.h"
+#include "log.h"
+#include "proto.h"
+#include "store_engine.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MOD "receipts"
+#define MAX_GROUPS 16  /* agents per flush */
+#define MAX_PENDING 64 /* messages awaiting PUBACK; beyond, wait */
+
+struct item {
+    struct proto_receipt x;
+    int64_t seq;
+    unsigned group;
+    bool have_ok[PROTO_RECEIPT_MAX_CHANNELS];
+};
+
+struct group {
+    char agent[PROTO_AGENT_MAX + 1];
+    unsigned n;
+};
+
+/* One published message: the receipts of one agent, seq from..to. */
+struct pending {
+    int mid;
+    unsigned n;
+    int64_t from, to;
+    char agent[PROTO_AGENT_MAX + 1];
+};
+
+struct receipts {
+    store_t *store;
+    unsigned batch;
+    int64_t cursor; /* highest seq published on this connection */
+    struct item *items;
+    struct proto_receipt *scratch; /* one group's receipts, for the encoder */
+    unsigned nitems;
+    struct group groups[MAX_GROUPS];
+    unsigned ngroups;
+    bool stop; /* the batch hit MAX_GROUPS: the rest waits */
+    struct pending pend[MAX_PENDING];
+    unsigned npend;
+    bool store_err_logged, pub_err_logged;
+    struct metric *m_published, *m_confirmed, *m_pending;
+};
+
+/* At scrape time only: a count over the outbox is too dear per iteration
+ * when a backlog has built up. */
+static void collect(void *arg)
+{
+    receipts_t *r = arg;
+    int64_t n = 0;
+    if (r->m_pending && store_receipts_pending(r->store, &n) == 0) {
+        r->m_pending->v = n;
+    }
+}
+
+receipts_t *receipts_create(store_t *store, metrics_t *metrics, unsigned batch)
+{
+    receipts_t *r = calloc(1, sizeof(*r));
+    if (!r) {
+        return NULL;
+    }
+    r->store = store;
+    r->batch = batch ? batch : 1;
+    r->items = calloc(r->batch, sizeof(*r->items));
+    r->scratch = calloc(r->batch, sizeof(*r->scratch));
+    if (!r->items || !r->scratch) {
+        receipts_destroy(r);
+        return NULL;
+    }
+    if (metrics) {
+        r->m_published =
+            metrics_series(metrics, METRIC_COUNTER, "tidings_hub_receipts_published_total",
+                           "Receipts published to agents (a resend counts again)", "");
+        r->m_confirmed =
+            metrics_series(metrics, METRIC_COUNTER, "tidings_hub_receipts_confirmed_total",
+                           "Receipts acknowledged by the broker and deleted", "");
+        r->m_pending = metrics_series(metrics, METRIC_GAUGE, "tidings_hub_receipts_pending",
+                                      "Receipts in the outbox, published or not", "");
+        if (metrics_on_collect(metrics, collect, r) < 0) {
+            receipts_destroy(r);
+            return NULL;
+        }
+    }
+    return r;
+}
+
+void receipts_destroy(receipts_t *r)
+{
+    if (!r) {
+        return;
+    }
+    free(r->items);
+    free(r->scratch);
+    free(r);
+}
+
+/* Count attempt a into item t's per-channel outcome. */
+static void add_attempt(struct item *t, const struct store_attempt_row *a)
+{
+    struct proto_receipt *x = &t->x;
+    unsigned i = 0;
+    while (i < x->nch && strcmp(x->ch[i].channel, a->channel) != 0) {
+        i++;
+    }
+    if (i == x->nch) {
+        if (x->nch == PROTO_RECEIPT_MAX_CHANNELS) {
+            return;
+        }
+        x->nch++;
+        snprintf(x->ch[i].channel, sizeof(x->ch[i].channel), "%s", a->channel);
+    }
+    struct proto_receipt_channel *c = &x->ch[i];
+    c->attempts++;
+    bool ok = strcmp(a->state, "ok") == 0;
+    /* The deciding attempt: the last success, else the last one. */
+    if (ok || !t->have_ok[i]) {
+        snprintf(c->result, sizeof(c->result), "%s", a->state);
+        snprintf(c->reason, sizeof(c->reason), "%s", a->reason);
+        c->status = a->status;
+        t->have_ok[i] = t->have_ok[i] || ok;
+    }
+}
+
+static void on_row(void *arg, const struct store_receipt *row, const struct store_attempt_row *a)
+{
+    receipts_t *r = arg;
+    if (r->stop) {
+        return;
+    }
+    struct item *t = r->nitems ? &r->items[r->nitems - 1] : NULL;
+    if (!t || t->seq != row->seq) {
+        if (r->nitems == r->batch) {
+            r->stop = true;
+            return;
+        }
+        unsigned g = 0;
+        while (g < r->ngroups && strcmp(r->groups[g].agent, row->agent) != 0) {
+            g++;
+        }
+        if (g == r->ngroups) {
+            if (r->ngroups == MAX_GROUPS) {
+                r->stop = true; /* this receipt and later ones: next flush */
+                return;
+            }
+            snprintf(r->groups[g].agent, sizeof(r->groups[g].agent), "%s", row->agent);
+            r->groups[g].n = 0;
+            r->ngroups++;
+        }
+        t = &r->items[r->nitems++];
+        memset(t, 0, sizeof(*t));
+        t->seq = row->seq;
+        t->group = g;
+        r->groups[g].n++;
+        snprintf(t->x.id, sizeof(t->x.id), "%s", row->id);
+        snprintf(t->x.state, sizeof(t->x.state), "%s", row->state);
+        snprintf(t->x.reason, sizeof(t->x.reason), "%s", row->reason);
+        t->x.at_ms = row->at_ms;
+    }
+    if (a->channel) {
+        add_attempt(t, a);
+    }
+}
+
+/* Publish group gi's receipts as one message. */
+static bool publish_group(receipts_t *r, mqtt_t *mqtt, unsigned gi, int64_t *max_seq)
+{
+    struct group *g = &r->groups[gi];
+    unsigned k = 0;
+    int64_t from = INT64_MAX, to = 0;
+    for (unsigned i = 0; i < r->nitems; i++) {
+        if (r->items[i].group == gi) {
+            r->scratch[k++] = r->items[i].x;
+            from = r->items[i].seq < from ? r->items[i].seq : from;
+            to = r->items[i].seq > to ? r->items[i].seq : to;
+        }
+    }
+    size_t len = 0;
+    char *payload = proto_receipts_serialize(r->scratch, k, &len);
+    char topic[160];
+    int mid = 0, rc = -ENOMEM;
+    if (payload && proto_topic(topic, sizeof(topic), PROTO_TOPIC_RECEIPTS, g->agent) == 0) {
+        rc = mqtt_publish(mqtt, topic, payload, len, 1, false, 0, NULL, &mid);
+    }
+    free(payload);
+    if (rc < 0) {
+        if (!r->pub_err_logged) {
+            LOG_WARN(MOD, "agent %s: %u receipt(s) not published (%s); kept for later", g->agent, k,
+                     tdg_strerror(rc));
+            r->pub_err_logged = true;
+        }
+        return false;
+    }
+    r->pub_err_logged = false;
+    /* Every row of this agent in [from, to] is in this message: the batch
+     * is contiguous in seq, and all its rows of one agent go to one group. */
+    struct pending *p = &r->pend[r->npend++];
+    *p = (struct pending){.mid = mid, .n = k, .from = from, .to = to};
+    /* Both live in r: copy with memcpy (snprintf's restrict forbids overlap,
+     * and GCC cannot prove there is none). */
+    size_t alen = strnlen(g->agent, sizeof(p->agent) - 1);
+    memcpy(p->agent, g->agent, alen);
+    p->agent[alen] = '\0';
+    *max_seq = to > *max_seq ? to : *max_seq;
+    if (r->m_published) {
+        r->m_published->v += k;
+    }
+    LOG_DEBUG(MOD, "agent %s: published %u receipt(s) mid=%d", g->agent, k, mid);
+    return true;
+}
+
+void receipts_flush(receipts_t *r, mqtt_t *mqtt)
+{
+    if (!mqtt || !mqtt_connected(mqtt) || r->npend + MAX_GROUPS > MAX_PENDING) {
+        return; /* wait for the connection, or for PUBACKs */
+    }
+    r->nitems = 0;
+    r->ngroups = 0;
+    r->stop = false;
+    int n = store_receipts_next(r->store, r->cursor, r->batch, on_row, r);
+    if (n < 0) {
+        if (!r->store_err_logged) {
+            LOG_ERROR(MOD, "cannot read receipts: %s", tdg_strerror(n));
+            r->store_err_logged = true;
+        }
+        return;
+    }
+    r->store_err_logged = false;
+    int64_t max_seq = r->cursor;
+    for (unsigned gi = 0; gi < r->ngroups; gi++) {
+        if (!publish_group(r, mqtt, gi, &max_seq)) {
+            /* What did go out is confirmed and deleted as usual; the rest
+             * is read again from the oldest (a duplicate is harmless: at
+             * least once). */
+            r->cursor = 0;
+            return;
+        }
+    }
+    r->cursor = max_seq;
+}
+
+void receipts_on_puback(receipts_t *r, int mid, int reason)
+{
+    for (unsigned i = 0; i < r->npend; i++) {
+        if (r->pend[i].mid != mid) {
+            continue;
+        }
+        struct pending p = r->pend[i];
+        r->pend[i] = r->pend[--r->npend];
+        if (reason >= 0x80) {
+            /* Refused by the broker (e.g. its ACL): keep the rows; they go
+             * out again after the next connect. */
+            LOG_WARN(MOD, "broker refused %u receipt(s) for agent %s (reason 0x%02x); kept", p.n,
+                     p.agent, reason);
+            return;
+        }
+        int rc = store_receipts_delete(r->store, p.agent, p.from, p.to);
+        if (rc < 0) {
+            LOG_ERROR(MOD, "cannot delete confirmed receipts: %s", tdg_strerror(rc));
+            return;
+        }
+        if (r->m_confirmed) {
+            r->m_confirmed->v += p.n;
+        }
+        return;
+    }
+}
+
+void receipts_on_connect(receipts_t *r)
+{
+    r->npend = 0;
+    r->cursor = 0;
+}
+
+unsigned receipts_inflight(const receipts_t *r)
+{
+    return r->npend;
+}

@@ -1,0 +1,58 @@
+/*
+ * store_engine.h - the fanout engine's part of the store (store_engine.c,
+ * schema v5): the receipts outbox, terminal-state counters, per-agent daily
+ * quota counts, and the queries behind queue-depth metrics.
+ *
+ * Receipts are written by SQLite triggers on notifications (AFTER INSERT,
+ * AFTER UPDATE OF state) whenever a notification reaches a terminal state
+ * (delivered, failed, suppressed, expired, dropped): in the same
+ * transaction as the state, whichever code path set it. The same triggers
+ * count terminal states in engine_counts (durable counters for metrics).
+ */
+#ifndef TIDINGS_STORE_ENGINE_H
+#define TIDINGS_STORE_ENGINE_H
+
+#include <stdint.h>
+
+#include "store.h"
+
+struct store_receipt {
+    int64_t seq; /* increasing, never reused */
+    const char *id, *agent, *state, *reason;
+    int64_t at_ms;
+};
+/* One of the notification's attempts (channel == NULL: none at all). */
+struct store_attempt_row {
+    const char *channel, *state, *reason;
+    int status;
+};
+typedef void (*store_receipt_cb)(void *arg, const struct store_receipt *r,
+                                 const struct store_attempt_row *a);
+/* Receipts with seq > after, oldest first, at most max, each joined with
+ * its notification's attempts (oldest first): cb runs once per attempt, or
+ * once with a->channel NULL when there is none; consecutive calls with the
+ * same r->seq belong together. Strings are valid during the call. One
+ * statement for the whole batch. Rows (calls) or a negative error. */
+int store_receipts_next(store_t *s, int64_t after, unsigned max, store_receipt_cb cb, void *arg);
+
+/* Delete the published receipts of agent with seq in [from, to] (in the
+ * iteration's transaction): the rows one receipts message carried. */
+int store_receipts_delete(store_t *s, const char *agent, int64_t from, int64_t to);
+/* Receipts not yet confirmed by the broker. */
+int store_receipts_pending(store_t *s, int64_t *n);
+
+/* Durable count of terminal states reached, per state. */
+typedef void (*store_state_count_cb)(void *arg, const char *state, int64_t n);
+int store_terminal_counts(store_t *s, store_state_count_cb cb, void *arg);
+
+/* Notifications waiting ('queued') and being delivered ('sending'). */
+int store_queue_depth(store_t *s, int64_t *queued, int64_t *sending);
+
+/* Per-agent count of accepted notifications on UTC day `day`. */
+int store_quota_get(store_t *s, const char *agent, int64_t day, int64_t *n);
+int store_quota_add(store_t *s, const char *agent, int64_t day, int64_t add);
+
+/* Is there a notification with this id? 1, 0 or a negative error. */
+int store_notification_known(store_t *s, const char *id);
+
+#endif

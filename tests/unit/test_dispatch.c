@@ -1,0 +1,341 @@
+/* test_dispatch.c - the dispatcher with scripted fake channels on a real
+ * loop: token bucket backpressure and wake-up, concurrency bound, breaker
+ * opening on 5xx, failover to the backup, fail-fast when all are open
+ * (outcome never from inside send), half-open probe, closing, metrics. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dispatch.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+
+/* --- a fake channel: answers each send after a 0 ms timer ------------------ */
+
+struct fake_call {
+    struct fake *f;
+    channel_done_cb done;
+    void *ctx;
+    uint64_t timer;
+};
+
+struct fake {
+    loop_t *loop;
+    int status;       /* answer: 200 ok, 503 retry, 400 drop, 0 transport error */
+    unsigned sends;   /* requests started */
+    unsigned pending; /* not answered yet */
+    bool hold;        /* do not answer until released */
+    struct fake_call *held[64];
+    unsigned nheld;
+    int destroyed;
+};
+
+static void answer(struct fake_call *c)
+{
+    struct channel_outcome o = {.status = c->f->status};
+    if (c->f->status == 200) {
+        o.result = CHANNEL_OK;
+    } else if (c->f->status == 400) {
+        o.result = CHANNEL_DROP;
+        snprintf(o.reason, sizeof(o.reason), "BadDeviceToken");
+    } else {
+        o.result = CHANNEL_RETRY;
+        snprintf(o.reason, sizeof(o.reason), c->f->status ? "ServiceUnavailable" : "connect");
+    }
+    c->f->pending--;
+    channel_done_cb done = c->done;
+    void *ctx = c->ctx;
+    free(c);
+    done(ctx, &o);
+}
+
+static void on_fake_timer(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    answer(arg);
+}
+
+static int fake_send(void *state, const struct channel_delivery *d, channel_done_cb done, void *ctx)
+{
+    (void)d;
+    struct fake *f = state;
+    struct fake_call *c = calloc(1, sizeof(*c));
+    c->f = f;
+    c->done = done;
+    c->ctx = ctx;
+    f->sends++;
+    f->pending++;
+    if (f->hold) {
+        f->held[f->nheld++] = c;
+        return 0;
+    }
+    c->timer = loop_timer_add(f->loop, 0, on_fake_timer, c);
+    return 0;
+}
+
+static void fake_destroy(void *state)
+{
+    struct fake *f = state;
+    f->destroyed++;
+}
+
+static const struct channel_ops fake_ops = {
+    .name = "apns", .send = fake_send, .destroy = fake_destroy};
+
+/* --- the fanout's side ---------------------------------------------------- */
+
+struct got {
+    int n;
+    bool in_send; /* set around dispatch_channel_ops.send */
+    bool called_inside;
+    struct channel_outcome last;
+};
+
+static struct got got;
+
+static void on_outcome(void *ctx, const struct channel_outcome *o)
+{
+    (void)ctx;
+    if (got.in_send) {
+        got.called_inside = true;
+    }
+    got.n++;
+    got.last = *o;
+}
+
+static int send_one(struct dispatch_chan *ch)
+{
+    static const struct channel_device dev = {.token = "t", .platform = "ios"};
+    struct channel_delivery cd = {.attempt_id = 1, .dev = &dev};
+    got.in_send = true;
+    int rc = dispatch_channel_ops.send(ch, &cd, on_outcome, NULL);
+    got.in_send = false;
+    return rc;
+}
+
+static void on_stop(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)id;
+    (void)arg;
+    loop_stop(loop);
+}
+
+/* Run the loop for about ms (timers and the fakes' answers fire). */
+static void run_for(loop_t *loop, uint64_t ms)
+{
+    loop_timer_add(loop, ms, on_stop, NULL);
+    loop_run(loop);
+}
+
+static struct dispatch_config cfg(void)
+{
+    return (struct dispatch_config){
+        .br_failures = 2, .br_window = 10, .br_ratio = 0, .br_open_ms = 60, .br_probes = 1};
+}
+
+static void test_rate_and_concurrency(void **state)
+{
+    (void)state;
+    loop_t *loop = loop_create();
+    dispatch_t *d = dispatch_create(loop, NULL);
+    struct fake p = {.loop = loop, .status = 200};
+    struct dispatch_config c = cfg();
+    c.rate = 20; /* one token per 50 ms */
+    c.burst = 2;
+    struct dispatch_chan *ch = dispatch_add(d, "apns", &fake_ops, &p, NULL, &c);
+    assert_non_null(ch);
+    memset(&got, 0, sizeof(got));
+    assert_int_equal(send_one(ch), 0);
+    assert_int_equal(send_one(ch), 0);
+    assert_int_equal(send_one(ch), -EBUSY); /* no token: backpressure, not an attempt */
+    assert_int_equal(p.sends, 2);
+    assert_int_equal(dispatch_inflight(d), 2);
+    run_for(loop, 80); /* the answers, and a token is due */
+    assert_int_equal(got.n, 2);
+    assert_false(got.called_inside);
+    assert_int_equal(dispatch_inflight(d), 0);
+    assert_int_equal(send_one(ch), 0);
+    run_for(loop, 5);
+    dispatch_destroy(d);
+    assert_int_equal(p.destroyed, 1);
+
+    /* concurrency bound */
+    d = dispatch_create(loop, NULL);
+    struct fake q = {.loop = loop, .status = 200, .hold = true};
+    c = cfg();
+    c.concurrency = 2;
+    ch = dispatch_add(d, "apns", &fake_ops, &q, NULL, &c);
+    assert_int_equal(send_one(ch), 0);
+    assert_int_equal(send_one(ch), 0);
+    assert_int_equal(send_one(ch), -EBUSY);
+    answer(q.held[0]);
+    assert_int_equal(send_one(ch), 0);
+    answer(q.held[1]);
+    answer(q.held[2]);
+    assert_int_equal(dispatch_inflight(d), 0);
+    dispatch_destroy(d);
+    loop_destroy(loop);
+}
+
+static void test_breaker_failover(void **state)
+{
+    (void)state;
+    loop_t *loop = loop_create();
+    metrics_t *m = metrics_create();
+    dispatch_t *d = dispatch_create(loop, m);
+    struct fake p = {.loop = loop, .status = 503}, b = {.loop = loop, .status = 200};
+    struct dispatch_config c = cfg();
+    struct dispatch_chan *ch = dispatch_add(d, "apns", &fake_ops, &p, &b, &c);
+    memset(&got, 0, sizeof(got));
+    /* two 503s in a row open the primary's breaker */
+    assert_int_equal(send_one(ch), 0);
+    assert_int_equal(send_one(ch), 0);
+    run_for(loop, 5);
+    assert_int_equal(got.n, 2);
+    assert_int_equal(got.last.result, CHANNEL_RETRY);
+    struct dispatch_provider_info pi[4];
+    assert_int_equal(dispatch_providers(d, pi, 4), 2);
+    assert_int_equal(pi[0].state, BREAKER_OPEN);
+    assert_string_equal(pi[1].provider, "backup");
+    assert_int_equal(pi[1].state, BREAKER_CLOSED);
+    /* failover: the backup takes the sends */
+    assert_int_equal(send_one(ch), 0);
+    run_for(loop, 5);
+    assert_int_equal(b.sends, 1);
+    assert_int_equal(p.sends, 2);
+    assert_int_equal(got.last.result, CHANNEL_OK);
+    /* 4xx answers are about a device: they never open a breaker */
+    b.status = 400;
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(send_one(ch), 0);
+    }
+    run_for(loop, 5);
+    dispatch_providers(d, pi, 4);
+    assert_int_equal(pi[1].state, BREAKER_CLOSED);
+    /* the backup fails too: both open -> fail fast, never inside send */
+    b.status = 0;
+    assert_int_equal(send_one(ch), 0);
+    assert_int_equal(send_one(ch), 0);
+    run_for(loop, 5);
+    dispatch_providers(d, pi, 4);
+    assert_int_equal(pi[1].state, BREAKER_OPEN);
+    unsigned before = p.sends + b.sends;
+    got.called_inside = false;
+    int n0 = got.n;
+    assert_int_equal(send_one(ch), 0);
+    assert_int_equal(got.n, n0); /* deferred */
+    run_for(loop, 2);
+    assert_int_equal(got.n, n0 + 1);
+    assert_false(got.called_inside);
+    assert_int_equal(p.sends + b.sends, before); /* nothing sent */
+    assert_int_equal(got.last.result, CHANNEL_RETRY);
+    assert_int_equal(got.last.status, 0);
+    assert_true(got.last.retry_after_ms >= 1 && got.last.retry_after_ms <= 60);
+    assert_non_null(strstr(got.last.reason, "circuit open"));
+    /* after open_ms: half-open, one probe to the primary, which recovered */
+    p.status = 200;
+    run_for(loop, 70);
+    p.hold = true;
+    assert_int_equal(send_one(ch), 0);
+    assert_int_equal(p.nheld, 1);
+    dispatch_providers(d, pi, 4);
+    assert_int_equal(pi[0].state, BREAKER_HALF_OPEN);
+    /* while the probe is out, the backup (half-open too, its probe free)
+     * takes the next send; then both have probes out: -EBUSY */
+    b.hold = true;
+    b.status = 200;
+    assert_int_equal(send_one(ch), 0);
+    assert_int_equal(send_one(ch), -EBUSY);
+    answer(p.held[0]);
+    dispatch_providers(d, pi, 4);
+    assert_int_equal(pi[0].state, BREAKER_CLOSED);
+    answer(b.held[0]);
+    p.hold = false;
+    assert_int_equal(send_one(ch), 0);
+    run_for(loop, 5);
+    assert_int_equal(got.last.result, CHANNEL_OK);
+    size_t len;
+    char *text = metrics_render(m, &len);
+    assert_non_null(strstr(text, "tidings_hub_attempts_total{channel=\"apns\",provider=\"backup\","
+                                 "result=\"ok\"} 2\n"));
+    assert_non_null(strstr(text, "tidings_hub_breaker_opens_total{channel=\"apns\","
+                                 "provider=\"primary\"} 1\n"));
+    assert_non_null(strstr(text, "tidings_hub_breaker_rejected_total{channel=\"apns\"} 1\n"));
+    assert_non_null(strstr(text, "tidings_hub_failures_total{channel=\"apns\","
+                                 "reason=\"ServiceUnavailable\"} 2\n"));
+    assert_non_null(
+        strstr(text, "tidings_hub_breaker_state{channel=\"apns\",provider=\"primary\"} 0\n"));
+    free(text);
+    dispatch_destroy(d);
+    metrics_destroy(m);
+    loop_destroy(loop);
+}
+
+static void test_backup_settings(void **state)
+{
+    (void)state;
+    /* a channel config of two strings and an int */
+    struct cc {
+        char url[64];
+        char key[64];
+        int64_t n;
+    };
+    static const struct config_entry table[] = {
+        {"apns.url", CONFIG_STRING, "https://primary", offsetof(struct cc, url), 64, "url", NULL, 0,
+         0},
+        {"apns.key", CONFIG_STRING, "", offsetof(struct cc, key), 64, "key", NULL, 0, 0},
+        {"apns.n", CONFIG_INT, "2", offsetof(struct cc, n), sizeof(int64_t), "n", NULL, 1, 9},
+    };
+    struct channel_ops ops = {
+        .name = "apns", .config = table, .config_n = 3, .config_size = sizeof(struct cc)};
+    struct config_entry out[3];
+    char *keys = NULL;
+    assert_int_equal(dispatch_backup_table(&ops, 1000, out, &keys), 0);
+    assert_string_equal(out[0].key, "apns.backup.url");
+    assert_string_equal(out[2].key, "apns.backup.n");
+    assert_int_equal(out[1].offset, 1000 + offsetof(struct cc, key));
+    free(keys);
+    struct config_entry e[DISPATCH_CONFIG_N];
+    assert_int_equal(dispatch_config_table("sms", 64, e, &keys), 0);
+    assert_string_equal(e[0].key, "sms.engine.rate");
+    assert_string_equal(e[DISPATCH_CONFIG_N - 1].key, "sms.backup.enabled");
+    free(keys);
+
+    struct cc prim = {"https://primary", "secret", 5}, bk;
+    char err[256];
+    /* nothing set: no backup */
+    assert_int_equal(config_defaults(table, 3, &bk, err, sizeof(err)), 0);
+    assert_int_equal(dispatch_backup_resolve(&ops, &prim, &bk, false), 0);
+    /* enabled alone: a copy of the primary */
+    assert_int_equal(dispatch_backup_resolve(&ops, &prim, &bk, true), 1);
+    assert_string_equal(bk.key, "secret");
+    assert_int_equal(bk.n, 5);
+    /* one key set: enabled, the rest inherited */
+    assert_int_equal(config_defaults(table, 3, &bk, err, sizeof(err)), 0);
+    snprintf(bk.url, sizeof(bk.url), "https://backup");
+    assert_int_equal(dispatch_backup_resolve(&ops, &prim, &bk, false), 1);
+    assert_string_equal(bk.url, "https://backup");
+    assert_string_equal(bk.key, "secret");
+    assert_int_equal(bk.n, 5);
+}
+
+int main(void)
+{
+    log_set_level(LOG_LVL_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rate_and_concurrency),
+        cmocka_unit_test(test_breaker_failover),
+        cmocka_unit_test(test_backup_settings),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
