@@ -17,13 +17,15 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <mosquitto.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #define OFF(f) offsetof(struct agent_config, f), sizeof(((struct agent_config *)0)->f)
 
@@ -96,6 +98,10 @@ const struct config_entry agent_config_table[] = {
      "Over budget: reject new notifications, or drop_oldest_lowest: drop the oldest of the "
      "lowest priority <= the new one's (recorded, counted in status queue.dropped)",
      full_policies, 0, 0},
+    {"outbox.cache_size", CONFIG_SIZE, "256K", OFF(outbox_cache_size),
+     "SQLite page cache of the outbox (PRAGMA cache_size); it is written at its end and read at "
+     "its front, so a small cache keeps memory flat however deep the queue",
+     NULL, 32 * 1024, 1024 * 1024 * 1024},
     {"outbox.reset_corrupt", CONFIG_BOOL, "false", OFF(reset_corrupt_db),
      "At start, move an outbox.db or policy.db that is not a database or is corrupt (and its "
      "-wal/-shm) aside to <name>.corrupt-<unix time> and start fresh (also: "
@@ -134,10 +140,18 @@ const struct config_entry agent_config_table[] = {
 };
 const size_t agent_config_table_len = sizeof(agent_config_table) / sizeof(agent_config_table[0]);
 
-/* How long a counted queue breakdown is reused: counting walks an index of
- * the whole outbox (about 90 ms per million rows here), and a client asking
- * for status in a tight loop must not stall the loop with it. */
+/* How long the local queue's counted breakdown is reused: counting walks an
+ * index (bounded by deliver.max_rows), and a client asking for status in a
+ * tight loop must not stall the loop with it. The outbox's breakdown is kept
+ * in memory (outbox_get_stats), never counted. */
 #define STATUS_COUNT_TTL_MS 1000
+
+/* After a burst of work (notifications committed, rows acked), once the
+ * agent has been quiet this long, freed heap is handed back to the system
+ * (malloc_trim): glibc keeps free chunks between live ones, which after
+ * filling 1M rows is about 200 KiB of RSS (docs/bench.md, agent-footprint).
+ * One timer per burst, none while idle. */
+#define TRIM_QUIET_MS 2000
 
 struct agent {
     loop_t *loop;
@@ -172,13 +186,10 @@ struct agent {
      * iteration. Measured from the first uncommitted message to its commit. */
     uint64_t window_start_us;
     uint64_t window_max_us, window_sum_us, window_commits;
-    /* status: a read-only connection of its own to the outbox (WAL lets it
-     * read the last commit while the outbox writes), opened on first use */
-    sqlite3 *ro;
-    sqlite3_stmt *st_count, *st_oldest;
-    uint64_t counted_at_ms;
-    bool counted;
-    uint64_t by_prio[4];
+    /* heap trim after a burst of work (TRIM_QUIET_MS) */
+    uint64_t trim_timer;
+    uint64_t last_work_ms;
+    uint64_t work_mark; /* outbox accepted + rows at the last look */
 };
 
 static uint64_t now_us(void)
@@ -206,6 +217,41 @@ int agent_socket_path(const struct agent_config *cfg, char *buf, size_t len)
  * messages were added as they arrived (an ack or a take in between may
  * already have committed some of them).
  */
+static void on_trim(loop_t *loop, uint64_t timer_id, void *arg)
+{
+    (void)timer_id;
+    agent_t *a = arg;
+    a->trim_timer = 0;
+    uint64_t quiet = loop_now_ms(loop) - a->last_work_ms;
+    if (quiet < TRIM_QUIET_MS) {
+        /* more work came since the timer was set: wait for its end */
+        a->trim_timer = loop_timer_add(loop, TRIM_QUIET_MS - quiet, on_trim, a);
+        return;
+    }
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
+/* Note work done in this iteration (rows committed or deleted) and make
+ * sure a trim follows once it is over. Keepalives and status requests are
+ * not work: an idle agent sets no timer. The first look after a start with
+ * rows queued counts as work too: opening the outbox read the whole table. */
+static void note_work(agent_t *a)
+{
+    struct outbox_stats os;
+    outbox_get_stats(a->ob, &os);
+    uint64_t mark = os.accepted + os.rows;
+    if (mark == a->work_mark) {
+        return;
+    }
+    a->work_mark = mark;
+    a->last_work_ms = loop_now_ms(a->loop);
+    if (!a->trim_timer) {
+        a->trim_timer = loop_timer_add(a->loop, TRIM_QUIET_MS, on_trim, a);
+    }
+}
+
 static void before_sleep(loop_t *loop, void *arg)
 {
     (void)loop;
@@ -258,6 +304,7 @@ static void before_sleep(loop_t *loop, void *arg)
     if (a->up) {
         uplink_pump(a->up);
     }
+    note_work(a);
 }
 
 /* Store a prepared notification in the open transaction: "to":"local" in
@@ -402,79 +449,6 @@ static void on_local_connect(void *arg)
 
 /* --- status ---------------------------------------------------------------- */
 
-static void status_close_db(agent_t *a)
-{
-    sqlite3_finalize(a->st_count);
-    sqlite3_finalize(a->st_oldest);
-    sqlite3_close(a->ro);
-    a->st_count = a->st_oldest = NULL;
-    a->ro = NULL;
-}
-
-static int status_open_db(agent_t *a)
-{
-    if (a->ro) {
-        return 0;
-    }
-    int rc = sqlite3_open_v2(a->db_path, &a->ro, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc == SQLITE_OK) {
-        /* A small cache: this connection only counts. */
-        rc = sqlite3_exec(a->ro, "PRAGMA cache_size = -256", NULL, NULL, NULL);
-    }
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_prepare_v2(a->ro,
-                                "SELECT priority, count(*) FROM outbox GROUP BY inflight, priority",
-                                -1, &a->st_count, NULL);
-    }
-    if (rc == SQLITE_OK) {
-        /* seq grows with every insert: the smallest is the oldest row. */
-        rc = sqlite3_prepare_v2(a->ro, "SELECT created_ms FROM outbox ORDER BY seq LIMIT 1", -1,
-                                &a->st_oldest, NULL);
-    }
-    if (rc != SQLITE_OK) {
-        LOG_WARN("agent", "status: cannot read %s: %s", a->db_path,
-                 a->ro ? sqlite3_errmsg(a->ro) : sqlite3_errstr(rc));
-        status_close_db(a);
-        return db_err(rc) ? db_err(rc) : TDG_EDB;
-    }
-    return 0;
-}
-
-/* Rows per priority (cached up to STATUS_COUNT_TTL_MS) and the oldest row's
- * acceptance time (0 when empty). 0 or a negative error. */
-static int status_query(agent_t *a, int64_t *oldest_ms)
-{
-    *oldest_ms = 0;
-    int rc = status_open_db(a);
-    if (rc < 0) {
-        return rc;
-    }
-    uint64_t now = loop_now_ms(a->loop);
-    if (!a->counted || now - a->counted_at_ms >= STATUS_COUNT_TTL_MS) {
-        uint64_t by[4] = {0};
-        int step;
-        while ((step = sqlite3_step(a->st_count)) == SQLITE_ROW) {
-            int p = sqlite3_column_int(a->st_count, 0);
-            if (p >= 0 && p < 4) {
-                by[p] += (uint64_t)sqlite3_column_int64(a->st_count, 1);
-            }
-        }
-        sqlite3_reset(a->st_count);
-        if (step != SQLITE_DONE) {
-            return db_err(step) ? db_err(step) : TDG_EDB;
-        }
-        memcpy(a->by_prio, by, sizeof(by));
-        a->counted = true;
-        a->counted_at_ms = now;
-    }
-    int step = sqlite3_step(a->st_oldest);
-    if (step == SQLITE_ROW) {
-        *oldest_ms = sqlite3_column_int64(a->st_oldest, 0);
-    }
-    sqlite3_reset(a->st_oldest);
-    return step == SQLITE_ROW || step == SQLITE_DONE ? 0 : (db_err(step) ? db_err(step) : TDG_EDB);
-}
-
 static bool add_time(cJSON *o, const char *key, int64_t ms)
 {
     char key_ms[48];
@@ -563,7 +537,7 @@ static cJSON *agent_status(void *arg)
     }
     int64_t now = clock_wall_ms();
     int64_t oldest = 0;
-    int qrc = status_query(a, &oldest);
+    int qrc = outbox_oldest(a->ob, &oldest);
 
     /* Children are attached as they are made: one delete frees everything. */
     cJSON *root = cJSON_CreateObject();
@@ -589,7 +563,7 @@ static cJSON *agent_status(void *arg)
         cJSON *byp = cJSON_AddObjectToObject(q, "by_priority");
         ok = byp != NULL;
         for (int p = 3; p >= 0 && ok; p--) {
-            ok = add_num(byp, names[p], a->by_prio[p]);
+            ok = add_num(byp, names[p], os.by_priority[p]);
         }
         ok = ok && (oldest > 0 ? cJSON_AddNumberToObject(q, "oldest_age_ms",
                                                          (double)(now > oldest ? now - oldest : 0))
@@ -806,7 +780,8 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
     struct outbox_limits lim = {.max_rows = (uint64_t)cfg->outbox_max_rows,
                                 .max_bytes = cfg->outbox_max_bytes,
                                 .full_policy =
-                                    (enum outbox_full_policy)cfg->outbox_full_policy};
+                                    (enum outbox_full_policy)cfg->outbox_full_policy,
+                                .cache_bytes = cfg->outbox_cache_size};
     struct open_outbox_arg oa = {.a = a, .lim = &lim};
     rc = open_db_or_reset(a, a->db_path, open_outbox_fn, &oa, err, errlen);
     if (rc < 0) {
@@ -869,6 +844,10 @@ void agent_destroy(agent_t *a)
     if (!a) {
         return;
     }
+    if (a->trim_timer) {
+        loop_timer_cancel(a->loop, a->trim_timer);
+        a->trim_timer = 0;
+    }
     mqtt_destroy(a->local);
     if (a->sock && a->ob) {
         /* Requests read in the last iteration: store, commit, and answer
@@ -883,7 +862,6 @@ void agent_destroy(agent_t *a)
         socket_server_get_stats(a->sock, &ss);
     }
     socket_server_destroy(a->sock);
-    status_close_db(a);
     uplink_destroy(a->up);
     /* Backends first: deliveries in flight are abandoned without callbacks
      * (their rows stay pending and run again at the next start), then the

@@ -50,6 +50,7 @@ struct agent_config {
     int64_t outbox_max_rows;
     uint64_t outbox_max_bytes;
     int outbox_full_policy; /* enum outbox_full_policy: index into {"reject", "drop_oldest_lowest"} */
+    uint64_t outbox_cache_size; /* SQLite page cache of the outbox, bytes (PRAGMA cache_size) */
     /* outbox.reset_corrupt / --reset-corrupt-db: move an unusable outbox.db
      * or policy.db aside (db_move_aside) and start fresh instead of refusing */
     bool reset_corrupt_db;

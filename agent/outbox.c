@@ -74,6 +74,7 @@ enum {
     ST_DROP_REC,
     ST_DROP_PRUNE,
     ST_DROP_COUNT,
+    ST_OLDEST,
     ST_N
 };
 
@@ -86,9 +87,12 @@ static const char *const sql[ST_N] = {
     [ST_MARK] = "UPDATE outbox SET inflight = 1 WHERE seq = ?",
     [ST_UNTAKE] = "UPDATE outbox SET inflight = 0 WHERE seq = ?",
     [ST_UNTAKE_ALL] = "UPDATE outbox SET inflight = 0 WHERE inflight = 1",
-    [ST_DELETE] = "DELETE FROM outbox WHERE id = ? RETURNING length(body)",
-    [ST_COUNT] = "SELECT count(*), coalesce(sum(length(body)), 0), "
-                 "coalesce(sum(inflight), 0) FROM outbox",
+    [ST_DELETE] = "DELETE FROM outbox WHERE id = ? RETURNING length(body), priority",
+    /* Once, at open: one pass over the table (no GROUP BY, so no sorter);
+     * from then on the counts are kept in memory. */
+    [ST_COUNT] = "SELECT count(*), coalesce(sum(length(body)), 0), coalesce(sum(inflight), 0), "
+                 "coalesce(sum(priority = 0), 0), coalesce(sum(priority = 1), 0), "
+                 "coalesce(sum(priority = 2), 0), coalesce(sum(priority = 3), 0) FROM outbox",
     /* The oldest row of one priority that is not in flight: over the send
      * index (inflight, priority DESC, seq), no sort. */
     [ST_VICTIM] = "SELECT seq, id, length(body), created_ms FROM outbox "
@@ -98,7 +102,17 @@ static const char *const sql[ST_N] = {
                     "VALUES (?, ?, 'outbox over budget', ?, ?)",
     [ST_DROP_PRUNE] = "DELETE FROM dropped WHERE seq <= ?",
     [ST_DROP_COUNT] = "SELECT count(*) FROM dropped",
+    /* seq grows with every insert: the smallest is the oldest row (rowid
+     * order: one descent to the leftmost leaf). */
+    [ST_OLDEST] = "SELECT created_ms FROM outbox ORDER BY seq LIMIT 1",
 };
+
+#define NPRIO 4 /* PROTO_PRIO_LOW .. PROTO_PRIO_CRITICAL */
+
+static unsigned prio_index(int p)
+{
+    return p >= 0 && p < NPRIO ? (unsigned)p : NPRIO; /* NPRIO: not counted */
+}
 
 struct outbox {
     sqlite3 *db;
@@ -110,6 +124,9 @@ struct outbox {
     uint64_t pending_rows, pending_bytes; /* added in the open transaction */
     /* committed rows dropped in the open transaction, and all its drops */
     uint64_t pend_del_rows, pend_del_bytes, pend_dropped;
+    /* rows per priority: committed, added and deleted in the open transaction
+     * (index NPRIO collects out-of-range priorities, never reported) */
+    uint64_t rows_p[NPRIO + 1], pend_rows_p[NPRIO + 1], pend_del_p[NPRIO + 1];
     int64_t tx_first_seq; /* first row inserted in the open transaction; 0: none */
     uint64_t accepted, duplicates, rejected_full;
     uint64_t dropped, dropped_rows;
@@ -143,6 +160,22 @@ int outbox_open(const char *path, enum db_sync sync, const struct outbox_limits 
         free(ob);
         return rc;
     }
+    /* Memory that must not grow with the queue (docs/bench.md,
+     * agent-footprint): a small page cache; no memory-mapped I/O (mapped
+     * pages of a 1M-row file would count as the agent's RSS); temporary
+     * tables and sorts, which no statement here needs, on disk; the WAL file
+     * cut back after checkpoints. */
+    uint64_t cache = lim->cache_bytes ? lim->cache_bytes : OUTBOX_CACHE_DEFAULT;
+    char pragmas[200];
+    snprintf(pragmas, sizeof(pragmas),
+             "PRAGMA cache_size=-%llu; PRAGMA mmap_size=0; PRAGMA temp_store=FILE; "
+             "PRAGMA journal_size_limit=%d",
+             (unsigned long long)((cache + 1023) / 1024), OUTBOX_WAL_LIMIT);
+    if ((rc = db_exec(ob->db, pragmas)) < 0) {
+        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(ob->db));
+        outbox_close(ob);
+        return rc;
+    }
     for (int i = 0; i < ST_N; i++) {
         if ((rc = db_prepare(ob->db, sql[i], &ob->st[i])) < 0) {
             snprintf(err, errlen, "%s: cannot prepare statements", path);
@@ -157,11 +190,23 @@ int outbox_open(const char *path, enum db_sync sync, const struct outbox_limits 
         return rc;
     }
     sqlite3_stmt *c = ob->st[ST_COUNT];
-    if (sqlite3_step(c) == SQLITE_ROW) {
+    if ((rc = sqlite3_step(c)) == SQLITE_ROW) {
         ob->rows = (uint64_t)sqlite3_column_int64(c, 0);
         ob->bytes = (uint64_t)sqlite3_column_int64(c, 1);
+        uint64_t counted = 0;
+        for (int p = 0; p < NPRIO; p++) {
+            ob->rows_p[p] = (uint64_t)sqlite3_column_int64(c, 3 + p);
+            counted += ob->rows_p[p];
+        }
+        ob->rows_p[NPRIO] = ob->rows >= counted ? ob->rows - counted : 0;
     }
     sqlite3_reset(c);
+    if (rc != SQLITE_ROW) {
+        /* As before the counts were kept in memory: start, and let the
+         * statements that meet a broken page report it. */
+        LOG_WARN("outbox", "%s: cannot count the outbox: %s; counts start at 0", path,
+                 sqlite3_errmsg(ob->db));
+    }
     if (sqlite3_step(ob->st[ST_DROP_COUNT]) == SQLITE_ROW) {
         ob->dropped_rows = (uint64_t)sqlite3_column_int64(ob->st[ST_DROP_COUNT], 0);
     }
@@ -218,10 +263,11 @@ static void log_full(outbox_t *ob, const char *what)
 
 /* Drop one row to make room: the oldest not in flight with priority p, not
  * the row `keep` (the one just inserted). 1 dropped, 0 none there, or a
- * negative error. Counts go to *rows and *bytes (committed rows) or straight to
- * the pending counts (rows of this transaction). */
+ * negative error. Counts go to *rows and *bytes (committed rows) or to *prow
+ * and *pbytes (rows of this transaction), and per priority to del_p / pdel_p. */
 static int drop_one(outbox_t *ob, int p, int64_t keep, int64_t now_ms, uint64_t *rows,
-                    uint64_t *bytes, uint64_t *prow, uint64_t *pbytes)
+                    uint64_t *bytes, uint64_t *prow, uint64_t *pbytes, uint64_t *del_p,
+                    uint64_t *pdel_p)
 {
     sqlite3_stmt *v = ob->st[ST_VICTIM];
     sqlite3_bind_int(v, 1, p);
@@ -264,9 +310,11 @@ static int drop_one(outbox_t *ob, int p, int64_t keep, int64_t now_ms, uint64_t 
     if (ob->tx_first_seq > 0 && seq >= ob->tx_first_seq) {
         (*prow)++;
         *pbytes += len;
+        pdel_p[prio_index(p)]++;
     } else {
         (*rows)++;
         *bytes += len;
+        del_p[prio_index(p)]++;
     }
     LOG_DEBUG("outbox", "dropped id=%s priority=%d (outbox over budget)", id, p);
     return 1;
@@ -290,6 +338,7 @@ static int add_dropping(outbox_t *ob, sqlite3_stmt *ins, int priority, int64_t n
     }
     int64_t keep = sqlite3_last_insert_rowid(ob->db);
     uint64_t rows = 0, bytes = 0, prow = 0, pbytes = 0, n = 0;
+    uint64_t del_p[NPRIO + 1] = {0}, pdel_p[NPRIO + 1] = {0};
     int p = 0;
     /* The new row counts as added from here: over_budget_n(.., 0, 0). */
     ob->pending_rows++;
@@ -307,7 +356,7 @@ static int add_dropping(outbox_t *ob, sqlite3_stmt *ins, int priority, int64_t n
         if (!over) {
             break;
         }
-        int d = drop_one(ob, p, keep, now_ms, &rows, &bytes, &prow, &pbytes);
+        int d = drop_one(ob, p, keep, now_ms, &rows, &bytes, &prow, &pbytes, del_p, pdel_p);
         if (d < 0) {
             rc = d;
         } else if (d == 0) {
@@ -337,6 +386,10 @@ static int add_dropping(outbox_t *ob, sqlite3_stmt *ins, int priority, int64_t n
     ob->pending_rows -= prow;
     ob->pending_bytes -= pbytes;
     ob->pend_dropped += n;
+    for (int i = 0; i <= NPRIO; i++) {
+        ob->pend_del_p[i] += del_p[i];
+        ob->pend_rows_p[i] -= pdel_p[i];
+    }
     log_full(ob, "full_policy=drop_oldest_lowest: dropping the oldest of the lowest priority "
                  "(<= the new one's) to make room, each recorded in table dropped");
     return 0;
@@ -391,6 +444,7 @@ int outbox_add(outbox_t *ob, const char *id, int priority, int64_t created_ms, i
     ob->pending++;
     ob->pending_rows++;
     ob->pending_bytes += len;
+    ob->pend_rows_p[prio_index(priority)]++;
     return 0;
 }
 
@@ -410,6 +464,10 @@ int outbox_commit(outbox_t *ob)
         ob->bytes += ob->pending_bytes - ob->pend_del_bytes;
         ob->dropped += ob->pend_dropped;
         ob->dropped_rows += ob->pend_dropped;
+        for (int i = 0; i <= NPRIO; i++) {
+            ob->rows_p[i] += ob->pend_rows_p[i];
+            ob->rows_p[i] -= ob->pend_del_p[i] <= ob->rows_p[i] ? ob->pend_del_p[i] : ob->rows_p[i];
+        }
         if (ob->dropped_rows > OUTBOX_DROPPED_KEEP) {
             ob->dropped_rows = OUTBOX_DROPPED_KEEP;
         }
@@ -417,6 +475,8 @@ int outbox_commit(outbox_t *ob)
     ob->pending = 0;
     ob->pending_rows = ob->pending_bytes = 0;
     ob->pend_del_rows = ob->pend_del_bytes = ob->pend_dropped = 0;
+    memset(ob->pend_rows_p, 0, sizeof(ob->pend_rows_p));
+    memset(ob->pend_del_p, 0, sizeof(ob->pend_del_p));
     ob->tx_first_seq = 0;
     if (ob->on_commit) {
         ob->on_commit(ob->on_commit_arg, rc);
@@ -554,11 +614,13 @@ int outbox_ack(outbox_t *ob, const char *const *ids, size_t n, size_t *deleted)
     }
     sqlite3_stmt *d = ob->st[ST_DELETE];
     uint64_t bytes = 0;
+    uint64_t del_p[NPRIO + 1] = {0};
     for (size_t i = 0; i < n; i++) {
         sqlite3_bind_text(d, 1, ids[i], -1, SQLITE_STATIC);
         int s = sqlite3_step(d);
         if (s == SQLITE_ROW) {
             bytes += (uint64_t)sqlite3_column_int64(d, 0);
+            del_p[prio_index(sqlite3_column_int(d, 1))]++;
             (*deleted)++;
             s = sqlite3_step(d);
         }
@@ -582,6 +644,9 @@ int outbox_ack(outbox_t *ob, const char *const *ids, size_t n, size_t *deleted)
     ob->rows -= *deleted <= ob->rows ? *deleted : ob->rows;
     ob->bytes -= bytes <= ob->bytes ? bytes : ob->bytes;
     ob->inflight -= *deleted <= ob->inflight ? *deleted : ob->inflight;
+    for (int i = 0; i <= NPRIO; i++) {
+        ob->rows_p[i] -= del_p[i] <= ob->rows_p[i] ? del_p[i] : ob->rows_p[i];
+    }
     if (ob->full_logged && !over_budget(ob, 0)) {
         LOG_INFO("outbox",
                  "below budget again: rows=%llu bytes=%llu (since start: rejected %llu, "
@@ -603,4 +668,21 @@ void outbox_get_stats(const outbox_t *ob, struct outbox_stats *st)
     st->rejected_full = ob->rejected_full;
     st->dropped = ob->dropped;
     st->dropped_rows = ob->dropped_rows;
+    memcpy(st->by_priority, ob->rows_p, sizeof(st->by_priority));
+}
+
+int outbox_oldest(outbox_t *ob, int64_t *ms)
+{
+    *ms = 0;
+    sqlite3_stmt *o = ob->st[ST_OLDEST];
+    int step = sqlite3_step(o);
+    if (step == SQLITE_ROW) {
+        *ms = sqlite3_column_int64(o, 0);
+    }
+    sqlite3_reset(o);
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+        LOG_WARN("outbox", "oldest row: %s", sqlite3_errmsg(ob->db));
+        return db_err(step) ? db_err(step) : TDG_EDB;
+    }
+    return 0;
 }

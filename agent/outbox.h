@@ -35,13 +35,26 @@ struct outbox_limits {
     uint64_t max_rows;  /* 0 = unlimited */
     uint64_t max_bytes; /* sum of stored notification sizes; 0 = unlimited */
     enum outbox_full_policy full_policy;
+    /* Ceiling of SQLite's page cache for the outbox's connection (PRAGMA
+     * cache_size), in bytes; 0 = OUTBOX_CACHE_DEFAULT. The outbox is written
+     * at its end and read at its front, so a small cache costs little speed
+     * and keeps memory flat however deep the queue is (docs/bench.md). */
+    uint64_t cache_bytes;
 };
+
+/* Default page cache: 256 KiB (SQLite's own default is 2 MiB per connection). */
+#define OUTBOX_CACHE_DEFAULT (256u * 1024u)
+/* The WAL file is truncated back to this size after a checkpoint resets it
+ * (PRAGMA journal_size_limit); SQLite checkpoints every 1000 pages (~4 MiB). */
+#define OUTBOX_WAL_LIMIT (4 * 1024 * 1024)
 
 struct outbox_stats {
     uint64_t rows, bytes, inflight;
     uint64_t accepted, duplicates, rejected_full;
-    uint64_t dropped;      /* rows deleted to make room, since open (committed) */
-    uint64_t dropped_rows; /* rows in the `dropped` table (kept across restarts) */
+    uint64_t dropped;        /* rows deleted to make room, since open (committed) */
+    uint64_t dropped_rows;   /* rows in the `dropped` table (kept across restarts) */
+    uint64_t by_priority[4]; /* committed rows per priority (PROTO_PRIO_LOW..CRITICAL),
+                              * in flight or not; kept in memory, never counted */
 };
 
 /* Rows kept in the `dropped` table; older records are pruned. */
@@ -89,6 +102,11 @@ int outbox_untake_all(outbox_t *ob);
 int outbox_ack(outbox_t *ob, const char *const *ids, size_t n, size_t *deleted);
 
 void outbox_get_stats(const outbox_t *ob, struct outbox_stats *st);
+
+/* created_ms of the oldest committed row (the smallest seq) in *ms, 0 when
+ * the outbox is empty. One b-tree descent on the outbox's own connection,
+ * whatever the queue's depth. 0 or a negative error. */
+int outbox_oldest(outbox_t *ob, int64_t *ms);
 
 /* --- sharing the write transaction ------------------------------------------
  * The local delivery queue (agent/localq.h) keeps its table in the outbox's

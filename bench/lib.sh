@@ -116,6 +116,19 @@ ticks_to_s() { calc "$1 / $CLK_TCK"; }
 # status_kb PID FIELD: a kB figure from /proc/PID/status (VmRSS, VmHWM, ...).
 status_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# mem_kb PID: "VmRSS RssAnon RssFile RssShmem Pss Private" in kB, from
+# /proc/PID/status and /proc/PID/smaps_rollup (Private = Private_Clean +
+# Private_Dirty: pages no other process maps, i.e. what stopping it frees).
+mem_kb() {
+    local st sm
+    st=$(awk '$1 ~ /^(VmRSS|RssAnon|RssFile|RssShmem):$/ { v[$1] = $2 }
+        END { printf "%d %d %d %d", v["VmRSS:"], v["RssAnon:"], v["RssFile:"], v["RssShmem:"] }' \
+        "/proc/$1/status" 2>/dev/null) || st="0 0 0 0"
+    sm=$(awk '$1 == "Pss:" { p = $2 } $1 ~ /^Private_(Clean|Dirty):$/ { q += $2 }
+        END { printf "%d %d", p, q }' "/proc/$1/smaps_rollup" 2>/dev/null) || sm="0 0"
+    echo "$st $sm"
+}
+
 # ctx_switches PID: voluntary + involuntary context switches of all threads.
 ctx_switches() {
     cat /proc/"$1"/task/*/status 2>/dev/null |
@@ -269,6 +282,7 @@ bootstrap.user = alice
 bootstrap.tz = UTC
 bootstrap.ios_token = $APNS_TOKEN
 bootstrap.ios_app = $APNS_TOPIC
+bootstrap.agents = *
 apns.url = https://127.0.0.1:$APNS_PORT
 apns.key_file = $RUN_DIR/certs/AuthKey_$APNS_KEY_ID.p8
 apns.key_id = $APNS_KEY_ID
@@ -295,6 +309,7 @@ hub_busy() { hub_sql "SELECT EXISTS (SELECT 1 FROM notifications WHERE state IN 
 # start_agent UPLINK_PORT [EXTRA_CONFIG_LINE...]: the agent with a fresh
 # outbox, local broker = the figure's broker, the uplink at UPLINK_PORT
 # (the broker, or a port nothing listens on). Product defaults otherwise.
+# AGENT_BIN runs another build of the agent (default: $BUILD's).
 start_agent() {
     local up=$1
     shift
@@ -314,7 +329,7 @@ CONF
         for l in "$@"; do echo "$l"; done
         [ -n "${BENCH_AGENT_CONF:-}" ] && printf '%s\n' "$BENCH_AGENT_CONF"
     } >"$FIG_DIR/agent.conf"
-    bstart agent "$BUILD/agent/tidings-agent" -c "$FIG_DIR/agent.conf"
+    bstart agent "${AGENT_BIN:-$BUILD/agent/tidings-agent}" -c "$FIG_DIR/agent.conf"
     AGENT_SOCK="$FIG_DIR/agent/agent.sock"
     wait_until 15 "agent socket" test -S "$AGENT_SOCK" || bdie "agent did not start"
     wait_until 15 "agent connected to the local broker" \

@@ -284,6 +284,110 @@ static void test_drop_within_transaction(void **state)
     outbox_close(ob);
 }
 
+/* The per-priority counts kept in memory equal a count of the table. */
+static void check_by_priority(outbox_t *ob)
+{
+    uint64_t db[4] = {0};
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(outbox_db(ob),
+                                        "SELECT priority, count(*) FROM outbox GROUP BY 1", -1, &st,
+                                        NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        int p = sqlite3_column_int(st, 0);
+        assert_true(p >= 0 && p < 4);
+        db[p] = (uint64_t)sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    struct outbox_stats os;
+    outbox_get_stats(ob, &os);
+    uint64_t sum = 0;
+    for (int p = 0; p < 4; p++) {
+        assert_int_equal(os.by_priority[p], db[p]);
+        sum += os.by_priority[p];
+    }
+    assert_int_equal(sum, os.rows);
+}
+
+/* Status reads by_priority and the oldest row without counting the table:
+ * adds, duplicates, drops (committed rows and rows of the open transaction)
+ * and acks keep the counts; a reopen counts once. */
+static void test_counts_and_oldest(void **state)
+{
+    (void)state;
+    outbox_t *ob = open_drop(4);
+    int64_t oldest = -1;
+    assert_int_equal(outbox_oldest(ob, &oldest), 0);
+    assert_int_equal(oldest, 0);
+    char json[32];
+    int n = snprintf(json, sizeof(json), "{}");
+    assert_int_equal(outbox_add(ob, "n1", 1, 5000, 0, json, (size_t)n), 0);
+    assert_int_equal(outbox_add(ob, "l1", 0, 6000, 0, json, (size_t)n), 0);
+    assert_int_equal(outbox_add(ob, "n1", 1, 7000, 0, json, (size_t)n), TDG_EDUPLICATE);
+    assert_int_equal(outbox_commit(ob), 0);
+    check_by_priority(ob);
+    assert_int_equal(outbox_oldest(ob, &oldest), 0);
+    assert_int_equal(oldest, 5000);
+    assert_int_equal(add(ob, "h1", 2), 0);
+    assert_int_equal(add(ob, "l2", 0), 0);
+    assert_int_equal(add(ob, "c1", 3), 0); /* drops l1 (committed) */
+    assert_int_equal(add(ob, "c2", 3), 0); /* drops l2 (this transaction) */
+    assert_int_equal(outbox_commit(ob), 0);
+    check_by_priority(ob);
+    struct outbox_stats os;
+    outbox_get_stats(ob, &os);
+    assert_int_equal(os.by_priority[0], 0);
+    assert_int_equal(os.by_priority[1], 1);
+    assert_int_equal(os.by_priority[2], 1);
+    assert_int_equal(os.by_priority[3], 2);
+    struct seen s = {.n = 0};
+    assert_int_equal(outbox_take(ob, 2, collect, &s), 2);
+    const char *ids[] = {"c1", "n1", "nope"};
+    size_t deleted = 0;
+    assert_int_equal(outbox_ack(ob, ids, 3, &deleted), 0);
+    assert_int_equal(deleted, 2);
+    check_by_priority(ob);
+    assert_int_equal(outbox_oldest(ob, &oldest), 0);
+    assert_int_equal(oldest, 1000); /* h1, added by add() */
+    outbox_close(ob);
+    ob = open_drop(4);
+    check_by_priority(ob);
+    outbox_get_stats(ob, &os);
+    assert_int_equal(os.rows, 2);
+    assert_int_equal(os.by_priority[2], 1);
+    assert_int_equal(os.by_priority[3], 1);
+    outbox_close(ob);
+}
+
+static int64_t pragma_int(outbox_t *ob, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(outbox_db(ob), sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* Memory must not grow with the queue: a small page cache (outbox.cache_size,
+ * in KiB for SQLite), no memory-mapped I/O, temporary storage on disk, a WAL
+ * cut back after checkpoints. */
+static void test_memory_pragmas(void **state)
+{
+    (void)state;
+    outbox_t *ob = open_ob(0);
+    assert_int_equal(pragma_int(ob, "PRAGMA cache_size"), -(int64_t)(OUTBOX_CACHE_DEFAULT / 1024));
+    assert_int_equal(pragma_int(ob, "PRAGMA mmap_size"), 0);
+    assert_int_equal(pragma_int(ob, "PRAGMA temp_store"), 1);
+    assert_int_equal(pragma_int(ob, "PRAGMA journal_size_limit"), OUTBOX_WAL_LIMIT);
+    outbox_close(ob);
+    struct outbox_limits lim = {.cache_bytes = 1000 * 1024 + 1};
+    char err[256];
+    assert_int_equal(outbox_open(path, DB_SYNC_NORMAL, &lim, &ob, err, sizeof(err)), 0);
+    assert_int_equal(pragma_int(ob, "PRAGMA cache_size"), -1001);
+    outbox_close(ob);
+}
+
 /* The default stays reject: nothing is ever dropped. */
 static void test_reject_is_default(void **state)
 {
@@ -357,6 +461,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drop_oldest_lowest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop_within_transaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reject_is_default, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_counts_and_oldest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_pragmas, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
