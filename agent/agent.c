@@ -10,6 +10,7 @@
 #include "mqtt.h"
 #include "outbox.h"
 #include "policy.h"
+#include "receipts.h"
 #include "socket.h"
 #include "tz.h"
 #include "uplink.h"
@@ -52,8 +53,15 @@ const struct config_entry agent_config_table[] = {
      "How long the local broker keeps queueing for a stopped agent (0: clean sessions; the "
      "local broker's max_queued_messages bounds the queue)",
      NULL, 0, 0},
+    {"local.keepalive", CONFIG_DURATION, "0", OFF(local_keepalive_ms),
+     "MQTT keepalive to the local broker (0: off; it runs on this box, so a dead broker closes "
+     "the socket and an idle agent is never woken). Set it (>= 5s) when local.host is another "
+     "machine",
+     NULL, 0, 65535000},
     {"uplink.host", CONFIG_STRING, "127.0.0.1", OFF(uplink_host),
-     "Central broker the hub listens on", NULL, 0, 0},
+     "Central broker the hub listens on (empty: no uplink; local delivery only, notifications "
+     "for the hub stay in the outbox)",
+     NULL, 0, 0},
     {"uplink.port", CONFIG_INT, "1883", OFF(uplink_port), "Central broker port", NULL, 1, 65535},
     {"uplink.username", CONFIG_STRING, "", OFF(uplink_username), "Central broker user", NULL, 0,
      0},
@@ -64,8 +72,15 @@ const struct config_entry agent_config_table[] = {
     {"uplink.certfile", CONFIG_STRING, "", OFF(uplink_certfile), "Client certificate (TLS)",
      NULL, 0, 0},
     {"uplink.keyfile", CONFIG_STRING, "", OFF(uplink_keyfile), "Client key (TLS)", NULL, 0, 0},
-    {"uplink.keepalive", CONFIG_DURATION, "60s", OFF(uplink_keepalive_ms), "MQTT keepalive",
-     NULL, 5000, 3600000},
+    {"uplink.keepalive", CONFIG_DURATION, "60s", OFF(uplink_keepalive_ms),
+     "MQTT keepalive to the central broker: one PINGREQ/PINGRESP per period when idle (two "
+     "wake-ups); the broker marks the agent offline after 1.5x this without a packet",
+     NULL, 5000, 65535000},
+    {"uplink.tcp_keepalive", CONFIG_DURATION, "30s", OFF(uplink_tcp_keepalive_ms),
+     "TCP keepalive idle time on the uplink (probes every third of it, 3 of them; also the "
+     "TCP_USER_TIMEOUT for unacknowledged data): the kernel finds a dead link without waking "
+     "the agent (0: off)",
+     NULL, 0, 86400000},
     {"uplink.reconnect_min", CONFIG_DURATION, "500ms", OFF(reconnect_min_ms),
      "First reconnect backoff (full jitter)", NULL, 1, 3600000},
     {"uplink.reconnect_max", CONFIG_DURATION, "60s", OFF(reconnect_max_ms),
@@ -133,6 +148,12 @@ const struct config_entry agent_config_table[] = {
      "A local delivery still answered retry/unavailable this long after acceptance fails "
      "(0: until its ttl)",
      NULL, 0, 31536000000},
+    {"receipts.max_rows", CONFIG_INT, "10000", OFF(receipts_max_rows),
+     "Hub receipts kept (the last outcome per notification id, for status --id); about the "
+     "newest this many",
+     NULL, 1, 10000000},
+    {"receipts.retention", CONFIG_DURATION, "7d", OFF(receipts_retention_ms),
+     "How long a hub receipt stays queryable after it arrived", NULL, 60000, 31536000000},
     {"policy.local_user", CONFIG_STRING, "", OFF(policy_local_user),
      "The user whose preferences (the hub's snapshot) apply to \"to\":\"local\" "
      "notifications (empty: none, delivered without preferences)",
@@ -173,6 +194,7 @@ struct agent {
     uint64_t policy_refused;
     deliver_t *dl;
     localq_t *lq;
+    receipts_t *rc;          /* the hub's receipts (status --id) */
     struct ingest_stats down; /* notifications the hub sent down */
     unsigned down_pending;
     uint64_t lcounted_at_ms;
@@ -433,6 +455,59 @@ static void on_down(void *arg, const char *payload, size_t len)
     }
 }
 
+/* One entry of a receipts message: stored, or logged (the first bad one of
+ * a message, with its field) and counted. */
+struct receipts_round {
+    agent_t *a;
+    int64_t now_ms;
+    unsigned n, bad, failed;
+    struct proto_error first_bad;
+};
+
+static void receipt_one(void *arg, const struct proto_receipt *r, const struct proto_error *bad)
+{
+    struct receipts_round *rr = arg;
+    rr->n++;
+    if (!r) {
+        if (rr->bad++ == 0) {
+            rr->first_bad = *bad;
+        }
+        return;
+    }
+    if (receipts_put(rr->a->rc, r, rr->now_ms) < 0) {
+        rr->failed++;
+        return;
+    }
+    LOG_DEBUG("receipts", "id=%s state=%s reason=%s channels=%u", r->id, r->state,
+              r->reason[0] ? r->reason : "-", r->nch);
+}
+
+/* A message on .../receipts: every valid entry is kept (committed with
+ * this round); bad entries are ignored, logged once per message. */
+static void on_receipts(void *arg, const char *payload, size_t len)
+{
+    agent_t *a = arg;
+    struct receipts_round rr = {.a = a, .now_ms = clock_wall_ms()};
+    struct proto_error e;
+    memset(&e, 0, sizeof(e));
+    int rc = proto_receipts_parse(payload, len, receipt_one, &rr, &e);
+    if (rc < 0) {
+        receipts_count_invalid(a->rc, 1);
+        LOG_WARN("receipts", "refused a receipts message (%zu bytes): %s field=%s %s", len,
+                 proto_reason_code(e.reason), e.field[0] ? e.field : "-", e.detail);
+        return;
+    }
+    if (rr.bad > 0) {
+        receipts_count_invalid(a->rc, rr.bad);
+        LOG_WARN("receipts", "ignored %u of %u receipts: first: field=%s %s: %s", rr.bad, rr.n,
+                 rr.first_bad.field, proto_reason_code(rr.first_bad.reason),
+                 rr.first_bad.detail);
+    }
+    if (rr.n > rr.bad + rr.failed) {
+        receipts_prune(a->rc, rr.now_ms);
+    }
+}
+
 static void on_receipt(void *arg, const struct deliver_receipt *r)
 {
     agent_t *a = arg;
@@ -546,7 +621,8 @@ static cJSON *agent_status(void *arg)
               add_time(root, "now", now) && add_time(root, "started", a->started_ms);
 
     cJSON *up = ok ? cJSON_AddObjectToObject(root, "uplink") : NULL;
-    ok = up && cJSON_AddBoolToObject(up, "connected", us.connected) &&
+    ok = up && cJSON_AddBoolToObject(up, "configured", a->up != NULL) &&
+         cJSON_AddBoolToObject(up, "connected", us.connected) &&
          add_time(up, "since", us.since_ms) && add_time(up, "last_sync", us.last_ack_ms) &&
          add_num(up, "batches_sent", us.batches_sent) && add_num(up, "rows_sent", us.rows_sent) &&
          add_num(up, "acked", us.acked) && add_num(up, "hub_rejected", us.rejected) &&
@@ -579,6 +655,13 @@ static cJSON *agent_status(void *arg)
     ok = ing && add_ingest(ing, "mqtt", &a->ist) && add_ingest(ing, "socket", &ss.in) &&
          add_ingest(ing, "down", &a->down);
     ok = ok && add_local(a, root);
+    if (ok && a->rc) {
+        struct receipts_stats rs;
+        receipts_get_stats(a->rc, &rs);
+        cJSON *ro = cJSON_AddObjectToObject(root, "receipts");
+        ok = ro && add_num(ro, "received", rs.received) && add_num(ro, "stored", rs.stored) &&
+             add_num(ro, "invalid", rs.invalid) && add_num(ro, "pruned", rs.pruned);
+    }
 
     cJSON *so = ok ? cJSON_AddObjectToObject(root, "socket") : NULL;
     ok = so && cJSON_AddStringToObject(so, "path", a->sock_path) &&
@@ -599,10 +682,62 @@ static int agent_queue(void *arg, const struct ingest_item *it)
     return agent_store(a, "socket", it, NULL);
 }
 
+/* What became of notification id, from every place the agent knows:
+ * {"local":[..] (local delivery rows, maybe empty), "outbox": null or
+ * {"state":"queued"|"in_flight"|"dropped",..}, "hub": null or the stored
+ * receipt}. TDG_ENOTFOUND when none of them knows it. */
 static int agent_lookup(void *arg, const char *id, cJSON **out)
 {
     agent_t *a = arg;
-    return localq_find(a->lq, id, out);
+    *out = NULL;
+    cJSON *local = NULL, *hub = NULL;
+    int lrc = localq_find(a->lq, id, &local);
+    if (lrc < 0 && lrc != TDG_ENOTFOUND) {
+        return lrc;
+    }
+    int hrc = a->rc ? receipts_find(a->rc, id, &hub) : TDG_ENOTFOUND;
+    if (hrc < 0 && hrc != TDG_ENOTFOUND) {
+        cJSON_Delete(local);
+        return hrc;
+    }
+    struct outbox_found f;
+    int orc = outbox_find(a->ob, id, &f);
+    if (orc < 0 && orc != TDG_ENOTFOUND) {
+        cJSON_Delete(local);
+        cJSON_Delete(hub);
+        return orc;
+    }
+    if (!local && !hub && orc == TDG_ENOTFOUND) {
+        return TDG_ENOTFOUND;
+    }
+    cJSON *o = cJSON_CreateObject();
+    if (!local) {
+        local = cJSON_CreateArray();
+    }
+    cJSON *ob = NULL;
+    bool ok = o && local;
+    if (ok && orc == 0) {
+        static const char *const names[] = {"", "queued", "in_flight", "dropped"};
+        ob = cJSON_CreateObject();
+        char at[32];
+        proto_format_rfc3339(f.at_ms, at, sizeof(at));
+        ok = ob && cJSON_AddStringToObject(ob, "state", names[f.state]) &&
+             cJSON_AddStringToObject(ob, f.state == OUTBOX_FOUND_DROPPED ? "dropped" : "accepted",
+                                     at) &&
+             (f.state != OUTBOX_FOUND_DROPPED || cJSON_AddStringToObject(ob, "reason", f.reason));
+    }
+    if (!ok) {
+        cJSON_Delete(o);
+        cJSON_Delete(local);
+        cJSON_Delete(hub);
+        cJSON_Delete(ob);
+        return -ENOMEM;
+    }
+    cJSON_AddItemToObject(o, "local", local);
+    cJSON_AddItemToObject(o, "outbox", ob ? ob : cJSON_CreateNull());
+    cJSON_AddItemToObject(o, "hub", hub ? hub : cJSON_CreateNull());
+    *out = o;
+    return 0;
 }
 
 /* policy.local_user: a user id as in "user:<id>" (docs/proto.md). */
@@ -793,6 +928,12 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
         agent_destroy(a);
         return rc;
     }
+    struct receipts_opts ro = {.max_rows = (uint64_t)cfg->receipts_max_rows,
+                               .retention_ms = cfg->receipts_retention_ms};
+    if ((rc = receipts_create(a->ob, &ro, &a->rc, err, errlen)) < 0) {
+        agent_destroy(a);
+        return rc;
+    }
     /* Registered before the MQTT clients' hooks: commit and queue publishes
      * first, then the clients flush their sockets. */
     if ((rc = loop_before_sleep(loop, before_sleep, a)) < 0) {
@@ -800,9 +941,12 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
         agent_destroy(a);
         return rc;
     }
-    struct uplink_hooks hooks = {.on_policy = on_policy, .on_down = on_down, .arg = a};
-    a->up = uplink_create(loop, &a->cfg, a->ob, &hooks);
-    if (!a->up) {
+    struct uplink_hooks hooks = {
+        .on_policy = on_policy, .on_down = on_down, .on_receipts = on_receipts, .arg = a};
+    if (!cfg->uplink_host[0]) {
+        LOG_WARN("agent", "no uplink (uplink.host is empty): local delivery only; notifications "
+                 "for the hub stay in the outbox");
+    } else if (!(a->up = uplink_create(loop, &a->cfg, a->ob, &hooks))) {
         snprintf(err, errlen, "cannot start the uplink");
         agent_destroy(a);
         return TDG_EMQTT;
@@ -816,7 +960,7 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
         .client_id = client_id,
         .username = a->cfg.local_username,
         .password = a->cfg.local_password,
-        .keepalive_s = 60,
+        .keepalive_s = (int)(cfg->local_keepalive_ms / 1000),
         .backoff_base_ms = 200,
         .backoff_cap_ms = 10000,
         /* The local broker keeps our subscription and queues QoS 1
@@ -833,7 +977,7 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
     }
     LOG_INFO("agent", "agent %s started: local %s:%lld topic %s, uplink %s:%lld, deliver %s",
              cfg->id, cfg->local_host, (long long)cfg->local_port, cfg->local_topic,
-             cfg->uplink_host, (long long)cfg->uplink_port,
+             cfg->uplink_host[0] ? cfg->uplink_host : "(none)", (long long)cfg->uplink_port,
              cfg->deliver.backends[0] ? cfg->deliver.backends : "(none)");
     *out = a;
     return 0;
@@ -879,6 +1023,7 @@ void agent_destroy(agent_t *a)
                  (unsigned long long)ls.rows);
     }
     localq_destroy(a->lq);
+    receipts_destroy(a->rc);
     struct outbox_stats os = {0};
     if (a->ob) {
         outbox_get_stats(a->ob, &os);

@@ -29,6 +29,7 @@ struct agent_config {
     char local_username[128];
     char local_password[256];
     uint64_t local_session_expiry_ms;
+    uint64_t local_keepalive_ms; /* 0: off */
     /* uplink broker (the hub listens there) */
     char uplink_host[256];
     int64_t uplink_port;
@@ -38,6 +39,7 @@ struct agent_config {
     char uplink_certfile[256];
     char uplink_keyfile[256];
     uint64_t uplink_keepalive_ms;
+    uint64_t uplink_tcp_keepalive_ms; /* 0: off */
     uint64_t reconnect_min_ms, reconnect_max_ms;
     int64_t batch_max;
     uint64_t batch_bytes;
@@ -65,6 +67,9 @@ struct agent_config {
     uint64_t local_retention_ms;
     uint64_t local_retry_min_ms, local_retry_max_ms;
     uint64_t local_retry_for_ms;
+    /* the hub's receipts kept for status --id (agent/receipts.h) */
+    int64_t receipts_max_rows;
+    uint64_t receipts_retention_ms;
     /* the offline preferences (docs/policy.md): whose apply to "to":"local" */
     char policy_local_user[POLICY_USER_ID_MAX + 1];
 };

@@ -673,19 +673,22 @@ static void status_usage(FILE *out)
 {
     fprintf(out, "usage: tidings-agent status [--json] [--id ID] [-c FILE | --socket PATH]\n"
                  "Show the running agent's uplink, queues, local delivery, preferences and\n"
-                 "counters; with --id, what became of one local notification.\n"
+                 "counters; with --id, what became of one notification.\n"
                  "\n"
                  "  --json                the status object as JSON (for scripts)\n"
-                 "  --id ID               a notification for this box (to:local, or sent down\n"
-                 "                        by the hub): its state on each delivery backend,\n"
-                 "                        the preference rule or failure reason\n"
+                 "  --id ID               what became of one notification: for this box\n"
+                 "                        (to:local, or sent down by the hub) its state on\n"
+                 "                        each delivery backend and the preference rule; for\n"
+                 "                        the hub, queued/in flight/dropped here, then the\n"
+                 "                        hub's receipt: delivered, failed (reason),\n"
+                 "                        suppressed (rule), expired or dropped, per channel\n"
                  "  -c, --config FILE     the agent's config file (to find its socket)\n"
                  "  --socket PATH         the agent's socket (default: socket.path, or\n"
                  "                        <state_dir>/agent.sock)\n"
                  "  --timeout DURATION    give up waiting for the agent (default 30s)\n"
                  "\n"
-                 "Exit: 0 shown, 2 bad option, 3 --id not found (never a local notification\n"
-                 "here, or pruned after deliver.retention), 4 agent not reachable.\n");
+                 "Exit: 0 shown, 2 bad option, 3 --id not found (never sent through this\n"
+                 "agent, no receipt yet, or pruned), 4 agent not reachable.\n");
 }
 
 static double jnum(const cJSON *o, const char *key)
@@ -872,11 +875,47 @@ static void print_local(const char *id, const cJSON *rows, double now_ms)
     }
 }
 
-/* status --id ID: {"op":"local","id":ID}. */
+/* Where it is in the outbox, and the hub's receipt, as lines. */
+static void print_hub(const cJSON *ob, const cJSON *hub)
+{
+    if (cJSON_IsObject(ob)) {
+        const char *st = jstr(ob, "state");
+        if (st && strcmp(st, "dropped") == 0) {
+            printf("outbox      dropped at %s: %s\n", jstr(ob, "dropped") ? jstr(ob, "dropped") : "?",
+                   jstr(ob, "reason") ? jstr(ob, "reason") : "");
+        } else {
+            printf("outbox      %s (accepted %s): %s\n", st ? st : "?",
+                   jstr(ob, "accepted") ? jstr(ob, "accepted") : "?",
+                   st && strcmp(st, "in_flight") == 0 ? "sent to the hub, not acknowledged yet"
+                                                      : "waiting to be sent to the hub");
+        }
+    }
+    if (!cJSON_IsObject(hub)) {
+        return;
+    }
+    const char *reason = jstr(hub, "reason");
+    printf("hub         %s%s%s at %s (receipt received %s)\n", jstr(hub, "state") ? jstr(hub, "state") : "?",
+           reason && *reason ? ": " : "", reason && *reason ? reason : "",
+           jstr(hub, "at") ? jstr(hub, "at") : "?", jstr(hub, "received") ? jstr(hub, "received") : "?");
+    const cJSON *chs = jobj(hub, "channels");
+    if (cJSON_GetArraySize(chs) == 0) {
+        return;
+    }
+    printf("%-9s %-11s %-7s %-8s %s\n", "channel", "result", "status", "attempts", "reason");
+    const cJSON *c;
+    cJSON_ArrayForEach(c, chs)
+    {
+        printf("%-9s %-11s %-7.0f %-8.0f %s\n", jstr(c, "channel") ? jstr(c, "channel") : "?",
+               jstr(c, "result") ? jstr(c, "result") : "?", jnum(c, "status"),
+               jnum(c, "attempts"), jstr(c, "reason") ? jstr(c, "reason") : "");
+    }
+}
+
+/* status --id ID: {"op":"lookup","id":ID}. */
 static int status_local(const char *path, const char *id, bool json, uint64_t timeout_ms)
 {
     cJSON *req = cJSON_CreateObject();
-    if (!req || !cJSON_AddStringToObject(req, "op", "local") ||
+    if (!req || !cJSON_AddStringToObject(req, "op", "lookup") ||
         !cJSON_AddStringToObject(req, "id", id)) {
         cJSON_Delete(req);
         fprintf(stderr, "tidings-agent status: out of memory\n");
@@ -892,7 +931,7 @@ static int status_local(const char *path, const char *id, bool json, uint64_t ti
     if (!cJSON_IsTrue(jobj(reply, "ok")) || !cJSON_IsArray(rows)) {
         const char *e = jstr(reply, "error");
         if (e && strcmp(e, "not_found") == 0) {
-            fprintf(stderr, "tidings-agent status: no local delivery of id %s (%s)\n", id,
+            fprintf(stderr, "tidings-agent status: id %s: %s\n", id,
                     jstr(reply, "detail") ? jstr(reply, "detail") : "not found");
             cJSON_Delete(reply);
             return CLI_REFUSED;
@@ -902,7 +941,8 @@ static int status_local(const char *path, const char *id, bool json, uint64_t ti
         return rc;
     }
     if (json) {
-        char *txt = cJSON_Print(rows);
+        cJSON_DeleteItemFromObjectCaseSensitive(reply, "ok");
+        char *txt = cJSON_Print(reply);
         if (!txt) {
             cJSON_Delete(reply);
             fprintf(stderr, "tidings-agent status: out of memory\n");
@@ -913,7 +953,12 @@ static int status_local(const char *path, const char *id, bool json, uint64_t ti
     } else {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        print_local(id, rows, (double)ts.tv_sec * 1000.0 + (double)(ts.tv_nsec / 1000000));
+        if (cJSON_GetArraySize(rows) > 0) {
+            print_local(id, rows, (double)ts.tv_sec * 1000.0 + (double)(ts.tv_nsec / 1000000));
+        } else {
+            printf("id %s\n", id);
+        }
+        print_hub(jobj(reply, "outbox"), jobj(reply, "hub"));
     }
     cJSON_Delete(reply);
     return fflush(stdout) == 0 ? CLI_OK : CLI_FAIL;

@@ -59,6 +59,21 @@ static const struct db_migration migrations[] = {
         "  created_ms INTEGER NOT NULL,"
         "  dropped_ms INTEGER NOT NULL"
         ");"},
+    /* The hub's receipts (agent/receipts.c, docs/agent.md "Receipts"): the
+     * last outcome per notification id, about the newest receipts.max_rows
+     * kept for receipts.retention; written in the outbox's transaction.
+     * And dropped records become findable by id (status --id). */
+    {4, "CREATE TABLE receipts ("
+        "  seq INTEGER PRIMARY KEY,"
+        "  id TEXT NOT NULL UNIQUE,"
+        "  state TEXT NOT NULL,"
+        "  reason TEXT NOT NULL,"
+        "  at_ms INTEGER NOT NULL,"
+        "  received_ms INTEGER NOT NULL,"
+        "  channels TEXT NOT NULL"
+        ");"
+        "CREATE INDEX receipts_received ON receipts(received_ms);"
+        "CREATE INDEX dropped_id ON dropped(id);"},
 };
 
 enum {
@@ -75,6 +90,8 @@ enum {
     ST_DROP_PRUNE,
     ST_DROP_COUNT,
     ST_OLDEST,
+    ST_FIND,
+    ST_FIND_DROPPED,
     ST_N
 };
 
@@ -105,6 +122,9 @@ static const char *const sql[ST_N] = {
     /* seq grows with every insert: the smallest is the oldest row (rowid
      * order: one descent to the leftmost leaf). */
     [ST_OLDEST] = "SELECT created_ms FROM outbox ORDER BY seq LIMIT 1",
+    [ST_FIND] = "SELECT inflight, created_ms FROM outbox WHERE id = ?",
+    [ST_FIND_DROPPED] = "SELECT reason, dropped_ms FROM dropped WHERE id = ? "
+                        "ORDER BY seq DESC LIMIT 1",
 };
 
 #define NPRIO 4 /* PROTO_PRIO_LOW .. PROTO_PRIO_CRITICAL */
@@ -685,4 +705,36 @@ int outbox_oldest(outbox_t *ob, int64_t *ms)
         return db_err(step) ? db_err(step) : TDG_EDB;
     }
     return 0;
+}
+
+int outbox_find(outbox_t *ob, const char *id, struct outbox_found *f)
+{
+    memset(f, 0, sizeof(*f));
+    sqlite3_stmt *q = ob->st[ST_FIND];
+    sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+    int step = sqlite3_step(q);
+    if (step == SQLITE_ROW) {
+        f->state = sqlite3_column_int(q, 0) ? OUTBOX_FOUND_IN_FLIGHT : OUTBOX_FOUND_QUEUED;
+        f->at_ms = sqlite3_column_int64(q, 1);
+    }
+    sqlite3_reset(q);
+    sqlite3_clear_bindings(q);
+    if (step == SQLITE_DONE) {
+        q = ob->st[ST_FIND_DROPPED];
+        sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+        step = sqlite3_step(q);
+        if (step == SQLITE_ROW) {
+            f->state = OUTBOX_FOUND_DROPPED;
+            const unsigned char *r = sqlite3_column_text(q, 0);
+            snprintf(f->reason, sizeof(f->reason), "%s", r ? (const char *)r : "");
+            f->at_ms = sqlite3_column_int64(q, 1);
+        }
+        sqlite3_reset(q);
+        sqlite3_clear_bindings(q);
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+        LOG_WARN("outbox", "find %s: %s", id, sqlite3_errmsg(ob->db));
+        return db_err(step) ? db_err(step) : TDG_EDB;
+    }
+    return f->state == OUTBOX_FOUND_NONE ? TDG_ENOTFOUND : 0;
 }

@@ -108,6 +108,24 @@ void outbox_get_stats(const outbox_t *ob, struct outbox_stats *st);
  * whatever the queue's depth. 0 or a negative error. */
 int outbox_oldest(outbox_t *ob, int64_t *ms);
 
+/* Where notification id is in this file: still queued, handed to the
+ * uplink and not acked yet, or dropped over budget (the `dropped` record,
+ * with its reason and time). A row of the open transaction counts. */
+enum outbox_found_state {
+    OUTBOX_FOUND_NONE = 0,
+    OUTBOX_FOUND_QUEUED,
+    OUTBOX_FOUND_IN_FLIGHT,
+    OUTBOX_FOUND_DROPPED,
+};
+struct outbox_found {
+    enum outbox_found_state state;
+    int64_t at_ms; /* created_ms (queued, in flight) or dropped_ms */
+    char reason[64];
+};
+/* Two lookups over unique/indexed ids. 0, TDG_ENOTFOUND (f->state NONE), or
+ * a database error. */
+int outbox_find(outbox_t *ob, const char *id, struct outbox_found *f);
+
 /* --- sharing the write transaction ------------------------------------------
  * The local delivery queue (agent/localq.h) keeps its table in the outbox's
  * file (migration 2) and writes through the outbox's connection, inside the

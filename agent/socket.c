@@ -376,8 +376,8 @@ static int render_status(struct conn *c)
     return rc;
 }
 
-/* {"ok":true,"id":"..","local":[...]} for a notification of the local
- * delivery queue, or not_found. */
+/* {"ok":true,"id":"..",<the lookup's members: "local", "outbox", "hub">}
+ * for what the agent knows of a notification, or not_found. */
 static int render_local(struct conn *c, const char *id)
 {
     socket_server_t *s = c->srv;
@@ -385,8 +385,8 @@ static int render_local(struct conn *c, const char *id)
     int rc = s->ops.lookup ? s->ops.lookup(s->ops.arg, id, &rows) : TDG_ENOTFOUND;
     if (rc == TDG_ENOTFOUND) {
         return render_error(c, "not_found", "id",
-                            "no local delivery of this id (not to:local nor sent down, or pruned "
-                            "after deliver.retention)",
+                            "not known here: never sent through this agent, no receipt from the "
+                            "hub yet, or pruned (deliver.retention, receipts.retention)",
                             id);
     }
     if (rc < 0) {
@@ -398,7 +398,12 @@ static int render_local(struct conn *c, const char *id)
         cJSON_Delete(o);
         return render_error(c, "internal", NULL, "out of memory", NULL);
     }
-    cJSON_AddItemToObject(o, "local", rows);
+    /* Move the lookup's members into the reply. */
+    while (rows && rows->child) {
+        cJSON *m = cJSON_DetachItemViaPointer(rows, rows->child);
+        cJSON_AddItemToObject(o, m->string, m); /* copies the key, then frees the old */
+    }
+    cJSON_Delete(rows);
     char *txt = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!txt) {
@@ -646,22 +651,22 @@ static void handle_line(struct conn *c, const char *p, size_t len)
     memset(&pe, 0, sizeof(pe));
     int rc = scan_request(p, len, &rq, &pe);
     if (rc == 0 && rq.op_type == 0) {
-        rc = bad_request(&pe, PROTO_R_MISSING_FIELD, "op", "op is required: send, status or local");
+        rc = bad_request(&pe, PROTO_R_MISSING_FIELD, "op", "op is required: send, status or lookup");
     } else if (rc == 0 && rq.op_type == 2) {
         rc = bad_request(&pe, PROTO_R_WRONG_TYPE, "op",
-                         "op must be a string: send, status or local");
+                         "op must be a string: send, status or lookup");
     }
     if (rc == 0 && key_is(rq.op, rq.op_len, "status")) {
         s->st.status_requests++;
         reply_new(c, R_STATUS);
         return;
     }
-    if (rc == 0 && key_is(rq.op, rq.op_len, "local")) {
+    if (rc == 0 && (key_is(rq.op, rq.op_len, "lookup") || key_is(rq.op, rq.op_len, "local"))) {
         /* Ids are 1..64 of [A-Za-z0-9._:-]: no escapes, so the bytes between
          * the quotes are the id. */
         char id[PROTO_ID_MAX + 1];
         if (rq.id_type == 0) {
-            rc = bad_request(&pe, PROTO_R_MISSING_FIELD, "id", "local needs the notification's id");
+            rc = bad_request(&pe, PROTO_R_MISSING_FIELD, "id", "lookup needs the notification's id");
         } else if (rq.id_type == 2) {
             rc = bad_request(&pe, PROTO_R_WRONG_TYPE, "id", "id must be a string");
         } else if (rq.id_len == 0 || rq.id_len > PROTO_ID_MAX) {
@@ -682,7 +687,7 @@ static void handle_line(struct conn *c, const char *p, size_t len)
     }
     if (rc == 0 && !key_is(rq.op, rq.op_len, "send")) {
         rc =
-            bad_request(&pe, PROTO_R_BAD_VALUE, "op", "unknown op; expected send, status or local");
+            bad_request(&pe, PROTO_R_BAD_VALUE, "op", "unknown op; expected send, status or lookup");
     } else if (rc == 0 && !rq.nt) {
         rc = bad_request(&pe, PROTO_R_MISSING_FIELD, "notification",
                          "send needs a notification object");

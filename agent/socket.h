@@ -12,8 +12,9 @@
  *          budget), "storage" (the add or the commit failed: not accepted)
  *   {"op":"status"}
  *       -> {"ok":true,"status":{...}}                 see docs/agent.md
- *   {"op":"local","id":".."}
- *       -> {"ok":true,"id":"..","local":[{...},...]}  its local delivery rows
+ *   {"op":"lookup","id":".."}    (also "op":"local", the older name)
+ *       -> {"ok":true,"id":"..","local":[..],"outbox":..,"hub":..}
+ *          its local delivery rows, where it is in the outbox, the hub's receipt
  *       -> {"ok":false,"error":"not_found","field":"id",...}
  *
  * Anything else gets ok:false naming the field "op" (malformed_json,
@@ -68,9 +69,11 @@ struct socket_ops {
     /* The status object for {"op":"status"}: a new cJSON object the server
      * takes ownership of, or NULL when out of memory. */
     struct cJSON *(*status)(void *arg);
-    /* What became of local notification id (docs/delivery.md): 0 and *out
-     * (a new JSON array the server takes), TDG_ENOTFOUND, or an error.
-     * Called after the round's commit. May be NULL (always not_found). */
+    /* What became of notification id ({"op":"lookup"}, also "local"): 0
+     * and *out, a new JSON object whose members ("local", "outbox", "hub":
+     * docs/agent.md) the server moves into the reply and then frees;
+     * TDG_ENOTFOUND, or an error. Called after the round's commit. May be
+     * NULL (always not_found). */
     int (*lookup)(void *arg, const char *id, struct cJSON **out);
     void *arg;
 };

@@ -32,7 +32,8 @@ struct uplink {
     outbox_t *ob;
     mqtt_t *mqtt;
     char agent[PROTO_AGENT_MAX + 1];
-    char topic_up[160], topic_ack[160], topic_status[160], topic_policy[160], topic_down[160];
+    char topic_up[160], topic_ack[160], topic_status[160], topic_policy[160], topic_down[160],
+        topic_receipts[160];
     struct uplink_hooks hooks;
     unsigned batch_max, window;
     size_t batch_bytes;
@@ -239,10 +240,16 @@ static void handle_ack(uplink_t *u, const char *payload, size_t len)
     if (rc < 0) {
         LOG_ERROR("uplink", "cannot delete acked rows: %s", tdg_strerror(rc));
     }
-    if (n > 0) {
-        for (unsigned i = 0; i < u->window; i++) {
-            struct batch *b = &u->batches[i];
-            if (b->used && strcmp(b->first_id, acks[0].id) == 0) {
+    /* The hub acks every batch it took in one loop iteration in one
+     * message, so one ack can cover several of ours: release each batch
+     * whose first id it names (a batch is always acked whole). */
+    for (unsigned i = 0; i < u->window && n > 0; i++) {
+        struct batch *b = &u->batches[i];
+        if (!b->used) {
+            continue;
+        }
+        for (size_t k = 0; k < n; k++) {
+            if (strcmp(b->first_id, acks[k].id) == 0) {
                 release(u, b);
                 break;
             }
@@ -305,6 +312,8 @@ static void on_message(void *arg, const struct mosquitto_message *msg,
         u->hooks.on_policy(u->hooks.arg, payload, len);
     } else if (u->hooks.on_down && strcmp(msg->topic, u->topic_down) == 0) {
         u->hooks.on_down(u->hooks.arg, payload, len);
+    } else if (u->hooks.on_receipts && strcmp(msg->topic, u->topic_receipts) == 0 && len > 0) {
+        u->hooks.on_receipts(u->hooks.arg, payload, len);
     }
 }
 
@@ -322,6 +331,9 @@ static void on_connect(void *arg)
     }
     if (u->hooks.on_down) {
         mqtt_subscribe(u->mqtt, u->topic_down, 1);
+    }
+    if (u->hooks.on_receipts) {
+        mqtt_subscribe(u->mqtt, u->topic_receipts, 1);
     }
     mqtt_publish(u->mqtt, u->topic_status, "online", 6, 1, true, 0, NULL, NULL);
     /* A clean session: whatever was in flight before will never be acked. */
@@ -375,7 +387,9 @@ uplink_t *uplink_create(loop_t *loop, const struct agent_config *cfg, outbox_t *
         proto_topic(u->topic_ack, sizeof(u->topic_ack), PROTO_TOPIC_ACK, cfg->id) < 0 ||
         proto_topic(u->topic_status, sizeof(u->topic_status), PROTO_TOPIC_STATUS, cfg->id) < 0 ||
         proto_topic(u->topic_policy, sizeof(u->topic_policy), PROTO_TOPIC_POLICY, cfg->id) < 0 ||
-        proto_topic(u->topic_down, sizeof(u->topic_down), PROTO_TOPIC_DOWN, cfg->id) < 0) {
+        proto_topic(u->topic_down, sizeof(u->topic_down), PROTO_TOPIC_DOWN, cfg->id) < 0 ||
+        proto_topic(u->topic_receipts, sizeof(u->topic_receipts), PROTO_TOPIC_RECEIPTS,
+                    cfg->id) < 0) {
         LOG_ERROR("uplink", "agent id '%s' cannot be used in a topic", cfg->id);
         free(u);
         return NULL;
@@ -405,6 +419,7 @@ uplink_t *uplink_create(loop_t *loop, const struct agent_config *cfg, outbox_t *
         .certfile = cfg->uplink_certfile,
         .keyfile = cfg->uplink_keyfile,
         .keepalive_s = (int)(cfg->uplink_keepalive_ms / 1000),
+        .tcp_keepalive_s = (int)((cfg->uplink_tcp_keepalive_ms + 999) / 1000),
         .will_topic = u->topic_status,
         .will_payload = "offline",
         .will_retain = true,

@@ -11,8 +11,9 @@
  *
  * Downstream, the uplink also subscribes (QoS 1) to the hub's retained
  * preference snapshot, tidings/v1/agents/{agent}/policy, and to
- * notifications the hub sends down for this box, .../down, and hands their
- * payloads to the owner's hooks: what they mean is the agent's business,
+ * notifications the hub sends down for this box, .../down, and to the
+ * hub's receipts, .../receipts, and hands their payloads to the owner's
+ * hooks: what they mean is the agent's business,
  * not the uplink's.
  */
 #ifndef TIDINGS_UPLINK_H
@@ -44,6 +45,8 @@ struct uplink_hooks {
     void (*on_policy)(void *arg, const char *payload, size_t len);
     /* A message on .../down. */
     void (*on_down)(void *arg, const char *payload, size_t len);
+    /* A message on .../receipts (the hub's receipts, QoS 1). */
+    void (*on_receipts)(void *arg, const char *payload, size_t len);
     void *arg;
 };
 

@@ -293,7 +293,11 @@ CONF
     # Experiments: extra settings from the environment (one per line),
     # recorded in the run's machine notes by bench/run.
     [ -n "${BENCH_HUB_CONF:-}" ] && printf '%s\n' "$BENCH_HUB_CONF" >>"$FIG_DIR/hub.conf"
-    bstart hub "$BUILD/hub/tidings-hub" -c "$FIG_DIR/hub.conf"
+    # BENCH_HUB_WRAP: a command line the hub runs under, e.g.
+    # 'valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p' (instructions
+    # per notification: unlike CPU time, not moved by other work on the machine).
+    # shellcheck disable=SC2086
+    bstart hub ${BENCH_HUB_WRAP:-} "$BUILD/hub/tidings-hub" -c "$FIG_DIR/hub.conf"
     [ "${1:-}" = noprobe ] && return 0
     local out
     out=$("$TOOLS/hub_load" --port "$BROKER_PORT" --probe-only --id-prefix probe --timeout 30) ||
@@ -310,6 +314,7 @@ hub_busy() { hub_sql "SELECT EXISTS (SELECT 1 FROM notifications WHERE state IN 
 # outbox, local broker = the figure's broker, the uplink at UPLINK_PORT
 # (the broker, or a port nothing listens on). Product defaults otherwise.
 # AGENT_BIN runs another build of the agent (default: $BUILD's).
+# (UP empty: no uplink configured, uplink.host empty.)
 start_agent() {
     local up=$1
     shift
@@ -322,8 +327,8 @@ state_dir = $FIG_DIR/agent
 log_level = info
 local.host = 127.0.0.1
 local.port = $BROKER_PORT
-uplink.host = 127.0.0.1
-uplink.port = $up
+uplink.host = ${up:+127.0.0.1}
+uplink.port = ${up:-1883}
 CONF
         local l
         for l in "$@"; do echo "$l"; done
@@ -432,7 +437,11 @@ profile_start() {
     command -v perf >/dev/null || return 0
     mkdir -p "$RUN_DIR/profiles"
     PROF_LABEL=$2
-    perf record -q -F 999 -p "$(bpid "$1")" -o "$FIG_DIR/perf-$2.data" >/dev/null 2>&1 &
+    # BENCH_PERF_ARGS: extra perf record options, e.g. '--call-graph dwarf'
+    # (the data stays in the run directory with --keep).
+    # shellcheck disable=SC2086
+    perf record -q -F 999 ${BENCH_PERF_ARGS:-} -p "$(bpid "$1")" -o "$FIG_DIR/perf-$2.data" \
+        >/dev/null 2>&1 &
     PROF_PID=$!
     sleep 0.3
 }

@@ -42,6 +42,11 @@ static const struct admin_command commands[] = {
     {"agent/list", "agent", false, admin_agent_list},
     {"agent/allow", "agent,subject,category", true, admin_agent_allow},
     {"agent/revoke", "agent,subject,category", true, admin_agent_revoke},
+    {"group/add", "group,members", true, admin_group_add},
+    {"group/remove", "group", true, admin_group_remove},
+    {"group/list", "group,limit", false, admin_group_list},
+    {"group/member/add", "group,user", true, admin_group_member_add},
+    {"group/member/remove", "group,user", true, admin_group_member_remove},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -219,11 +219,12 @@ int admin_user_remove(struct admin_call *c)
         return admin_fail(c, "not_found", "user", "no user %s", id);
     }
     int64_t erased = 0;
-    /* Preferences first (they need the user), then the directory, then
-     * the bodies of notifications to them. One savepoint: all or nothing. */
+    /* Preferences (through store_pref_set: it bumps the policy revision),
+     * then everything else that names them: directory, decisions, caps,
+     * timers, provider answers, notification bodies (store.h). One
+     * savepoint: all or nothing. */
     if ((rc = store_pref_set(c->store, id, NULL, 0, c->now_ms, NULL)) < 0 ||
-        (rc = store_user_remove(c->store, id)) < 0 ||
-        (rc = store_admin_erase_notifications(c->store, id, c->now_ms, &erased)) < 0) {
+        (rc = store_admin_forget_user(c->store, id, c->now_ms, &erased)) < 0) {
         return admin_fail_store(c, rc, "user", "remove user");
     }
     /* The audit trail names no one: the point was to forget them. */
@@ -858,71 +859,81 @@ static int dry_user(struct admin_call *c, const struct notification *n, const ch
     }
     int64_t now = c->now_ms;
     int result = 0;
-    if (n->has_deliver_at) {
-        int64_t at = policy_deliver_at(n, tz);
-        if (at > now) {
-            plan_row(plan, user, NULL, "", 0, "schedule", "deliver_at", at);
-            goto out;
-        }
-    }
     struct dry_eps eps = {.c = c, .n = n};
     if ((rc = store_user_devices(c->store, user, dry_endpoint, &eps)) < 0) {
         result = admin_fail_store(c, rc, "notification.to", "devices");
         goto out;
     }
-    struct policy_step steps[POLICY_FALLBACK_MAX];
-    size_t nsteps = policy_fallback(p, steps);
     int64_t cap_max = 0, cap_win = 0, cap_count = 0;
     if (policy_cap(p, n->category, &cap_max, &cap_win) &&
         store_cap_count(c->store, user, n->category, now - cap_win, &cap_count) < 0) {
         cap_count = 0;
     }
-    unsigned rows = 0;
-    for (unsigned step = 0; nsteps == 0 || step < nsteps; step++) {
-        unsigned classes = nsteps ? (unsigned)steps[step].channel
-                                  : (PROTO_CH_PUSH | PROTO_CH_SMS | PROTO_CH_EMAIL);
-        int64_t when = nsteps && step > 0 ? now + steps[step].after_ms : now;
-        for (unsigned bit = PROTO_CH_PUSH; bit <= PROTO_CH_EMAIL; bit <<= 1) {
-            if (!(classes & bit)) {
-                continue;
+    /* The classes the fanout would find endpoints for; the endpoints it
+     * would leave out are shown as skipped. */
+    unsigned classes = 0, rows = 0;
+    for (unsigned i = 0; i < eps.n_ep; i++) {
+        const struct dry_ep *e = &eps.ep[i];
+        if (e->restricted || e->disabled) {
+            char rule[64];
+            snprintf(rule, sizeof(rule), "%s%s", e->restricted ? "channels_restriction"
+                                                               : "channel_not_enabled:",
+                     e->restricted ? "" : e->route->channel);
+            plan_row(plan, user, e, proto_channel_name((enum proto_channel)e->route->proto_class),
+                     0, "skip", rule, 0);
+            rows++;
+        } else {
+            classes |= e->route->proto_class;
+        }
+    }
+    /* The planner's own function (policy_plan, as fanout.c plans): what
+     * happens now, then each later fallback step as it would be decided
+     * when it comes due (assuming no provider success before). */
+    struct policy_plan *pl = malloc(sizeof(*pl));
+    if (!pl) {
+        result = admin_fail(c, "storage", "", "out of memory");
+        goto out;
+    }
+    policy_plan(p, tz, n, classes, 0, false, 0, now, cap_count, pl);
+    if (pl->next == POLICY_PLAN_DELIVER_AT) {
+        plan_row(plan, user, NULL, "", 0, "schedule", "deliver_at", pl->at_ms);
+        free(pl);
+        goto out;
+    }
+    int64_t at = now;
+    for (unsigned round = 0; round <= POLICY_FALLBACK_MAX; round++) {
+        for (size_t k = 0; k < pl->n; k++) {
+            const struct policy_plan_item *it = &pl->items[k];
+            const char *cls = proto_channel_name(it->channel);
+            bool later = pl->nsteps && it->step > 0;
+            char rule[POLICY_RULE_MAX + 40];
+            if (later) {
+                snprintf(rule, sizeof(rule), "fallback:%s, then %s", cls, it->d.rule);
+            } else {
+                snprintf(rule, sizeof(rule), "%s", it->d.rule);
             }
-            const char *cls = proto_channel_name((enum proto_channel)bit);
-            struct policy_decision d;
-            policy_decide(p, tz, n, (enum proto_channel)bit, now, cap_count, &d);
             for (unsigned i = 0; i < eps.n_ep; i++) {
                 const struct dry_ep *e = &eps.ep[i];
-                if (e->route->proto_class != bit) {
+                if (e->restricted || e->disabled || e->route->proto_class != it->channel) {
                     continue;
                 }
                 rows++;
-                if (e->restricted) {
-                    plan_row(plan, user, e, cls, step, "skip", "channels_restriction", 0);
-                } else if (e->disabled) {
-                    char rule[64];
-                    snprintf(rule, sizeof(rule), "channel_not_enabled:%s", e->route->channel);
-                    plan_row(plan, user, e, cls, step, "skip", rule, 0);
-                } else {
-                    char rule[POLICY_RULE_MAX + 40];
-                    if (nsteps && step > 0) {
-                        snprintf(rule, sizeof(rule), "fallback:%s, then %s", cls, d.rule);
-                    } else {
-                        snprintf(rule, sizeof(rule), "%s", d.rule);
-                    }
-                    plan_row(plan, user, e, cls, step,
-                             nsteps && step > 0 && d.action == POLICY_ALLOW
-                                 ? "fallback"
-                                 : policy_action_name(d.action),
-                             rule,
-                             d.action == POLICY_HOLD    ? d.hold_until_ms
-                             : d.action == POLICY_ALLOW ? when
+                plan_row(plan, user, e, cls, it->step,
+                         later && it->d.action == POLICY_ALLOW ? "fallback"
+                                                               : policy_action_name(it->d.action),
+                         rule,
+                         it->d.action == POLICY_HOLD    ? it->d.hold_until_ms
+                         : it->d.action == POLICY_ALLOW ? at
                                                         : 0);
-                }
             }
         }
-        if (nsteps == 0) {
+        if (pl->next != POLICY_PLAN_FALLBACK) {
             break;
         }
+        at = pl->at_ms;
+        policy_plan(p, tz, n, classes, pl->step, true, pl->started_ms, at, cap_count, pl);
     }
+    free(pl);
     if (rows == 0) {
         plan_row(plan, user, NULL, "", 0, "none", "no_active_endpoint", 0);
     }
@@ -976,4 +987,252 @@ int admin_send_dry_run(struct admin_call *c, const struct notification *n)
         admin_add_int(c->out, "members_not_shown", rc - DRY_RUN_MEMBERS);
     }
     return 0;
+}
+
+/* --- groups -----------------------------------------------------------------
+ * "to": "group:<id>" reaches every member; a binding to group:<id> lets an
+ * agent notify the group and each member (docs/directory.md). Membership
+ * changes which users an agent may reach, so every agent's snapshot is
+ * refreshed after the commit (changed_user NULL). */
+
+#define GROUP_ID_MAX STORE_USER_ID_MAX
+
+static int group_arg(struct admin_call *c, const char **group)
+{
+    if (admin_str(c, "group", true, GROUP_ID_MAX, group) < 0) {
+        return -1;
+    }
+    if (!proto_id_valid(*group)) {
+        return admin_fail(c, "bad_value", "group", "group: 1-64 of A-Z a-z 0-9 . _ : -");
+    }
+    return 0;
+}
+
+/* The group must exist: 0, or -1 answered not_found naming "group". */
+static int group_must_exist(struct admin_call *c, const char *group)
+{
+    int rc = store_group_exists(c->store, group);
+    if (rc < 0) {
+        return admin_fail_store(c, rc, "group", "group");
+    }
+    return rc ? 0 : admin_fail(c, "not_found", "group", "no group %s", group);
+}
+
+static int group_audit(struct admin_call *c, const char *command, const char *group,
+                       const char *detail)
+{
+    int rc = store_admin_audit(c->store, c->now_ms, command, group, detail, c->client);
+    if (rc < 0) {
+        return admin_fail_store(c, rc, "", "audit");
+    }
+    c->changed = true;
+    c->changed_user = NULL;
+    return 0;
+}
+
+/* {"group": id, "members": [the first GROUP_SHOW_MAX ids], "total": n}
+ * into c->out (groups have no size limit; the answer has). */
+#define GROUP_SHOW_MAX 1000
+static int64_t group_count(store_t *s, const char *group);
+static int answer_group(struct admin_call *c, const char *group)
+{
+    admin_add_str(c->out, "group", group);
+    struct list_ctx l = {.arr = cJSON_AddArrayToObject(c->out, "members")};
+    if (!l.arr) {
+        return admin_fail(c, "storage", "", "out of memory");
+    }
+    int rc = store_group_members_page(c->store, group, "", GROUP_SHOW_MAX, list_name, &l);
+    int64_t total = rc < 0 ? rc : group_count(c->store, group);
+    if (total < 0) {
+        return admin_fail_store(c, (int)total, "group", "group members");
+    }
+    admin_add_int(c->out, "total", total);
+    return 0;
+}
+
+int admin_group_add(struct admin_call *c)
+{
+    const char *group;
+    const cJSON *members;
+    if (group_arg(c, &group) < 0 || str_array(c, "members", &members) < 0) {
+        return -1;
+    }
+    int rc = store_group_exists(c->store, group);
+    if (rc < 0) {
+        return admin_fail_store(c, rc, "group", "group");
+    }
+    if (rc > 0) {
+        return admin_fail(c, "exists", "group", "group %s exists (use group member add)", group);
+    }
+    if ((rc = store_group_add(c->store, group, c->now_ms)) < 0) {
+        return admin_fail_store(c, rc, "group", "group");
+    }
+    int i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, members)
+    {
+        char f[40];
+        snprintf(f, sizeof(f), "members[%d]", i++);
+        if (strlen(m->valuestring) > STORE_USER_ID_MAX || !proto_id_valid(m->valuestring)) {
+            return admin_fail(c, "bad_value", f, "%s: not a valid user id", f);
+        }
+        if ((rc = store_user_exists(c->store, m->valuestring)) <= 0) {
+            return rc < 0 ? admin_fail_store(c, rc, f, "user")
+                          : admin_fail(c, "not_found", f, "no user %s", m->valuestring);
+        }
+        if ((rc = store_group_member_add(c->store, group, m->valuestring, c->now_ms)) < 0) {
+            return admin_fail_store(c, rc, f, "member");
+        }
+    }
+    char detail[64];
+    snprintf(detail, sizeof(detail), "group created with %d member(s)", i);
+    if (group_audit(c, "group/add", group, detail) < 0) {
+        return -1;
+    }
+    return answer_group(c, group);
+}
+
+int admin_group_remove(struct admin_call *c)
+{
+    const char *group;
+    if (group_arg(c, &group) < 0) {
+        return -1;
+    }
+    int rc = store_group_remove(c->store, group);
+    if (rc < 0) {
+        return admin_fail_store(c, rc, "group", "group");
+    }
+    if (rc == 0) {
+        return admin_fail(c, "not_found", "group", "no group %s", group);
+    }
+    return group_audit(c, "group/remove", group, "group removed with its bindings");
+}
+
+struct group_rows {
+    struct admin_call *c;
+    cJSON *arr;
+    int64_t n, max;
+    int err;
+};
+
+struct page_count {
+    char last[STORE_USER_ID_MAX + 1];
+};
+
+static void count_name(void *arg, const char *name)
+{
+    struct page_count *p = arg;
+    snprintf(p->last, sizeof(p->last), "%s", name);
+}
+
+/* A group's member count, a page at a time (memory bounded by the page,
+ * whatever the group's size). Count or error. */
+static int64_t group_count(store_t *s, const char *group)
+{
+    struct page_count p = {""};
+    int64_t total = 0;
+    for (;;) {
+        int rc = store_group_members_page(s, group, p.last, STORE_GROUP_PAGE_MAX, count_name, &p);
+        if (rc < 0) {
+            return rc;
+        }
+        total += rc;
+        if (rc < STORE_GROUP_PAGE_MAX) {
+            return total;
+        }
+    }
+}
+
+static void group_row(void *arg, const char *name)
+{
+    struct group_rows *g = arg;
+    if (g->err < 0 || g->n++ >= g->max) {
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    if (!o) {
+        return;
+    }
+    admin_add_str(o, "id", name);
+    int64_t n = group_count(g->c->store, name);
+    if (n < 0) {
+        g->err = (int)n;
+    }
+    admin_add_int(o, "members", n < 0 ? 0 : n);
+    cJSON_AddItemToArray(g->arr, o);
+}
+
+int admin_group_list(struct admin_call *c)
+{
+    const char *group;
+    int64_t limit;
+    if (admin_str(c, "group", false, GROUP_ID_MAX, &group) < 0 ||
+        admin_int(c, "limit", 1, LIST_MAX, 100, &limit) < 0) {
+        return -1;
+    }
+    if (group) {
+        return group_must_exist(c, group) < 0 ? -1 : answer_group(c, group);
+    }
+    struct group_rows g = {.c = c, .arr = cJSON_AddArrayToObject(c->out, "items"), .max = limit};
+    if (!g.arr) {
+        return admin_fail(c, "storage", "", "out of memory");
+    }
+    int rc = store_group_list(c->store, group_row, &g);
+    if (rc < 0 || g.err < 0) {
+        return admin_fail_store(c, rc < 0 ? rc : g.err, "", "groups");
+    }
+    admin_add_int(c->out, "total", rc);
+    return 0;
+}
+
+static int member_args(struct admin_call *c, const char **group, const char **user)
+{
+    if (group_arg(c, group) < 0 || admin_user(c, "user", true, user) < 0) {
+        return -1;
+    }
+    return group_must_exist(c, *group);
+}
+
+int admin_group_member_add(struct admin_call *c)
+{
+    const char *group, *user;
+    if (member_args(c, &group, &user) < 0) {
+        return -1;
+    }
+    int rc = store_user_exists(c->store, user);
+    if (rc <= 0) {
+        return rc < 0 ? admin_fail_store(c, rc, "user", "user")
+                      : admin_fail(c, "not_found", "user", "no user %s", user);
+    }
+    if ((rc = store_group_member_add(c->store, group, user, c->now_ms)) < 0) {
+        return admin_fail_store(c, rc, "user", "member");
+    }
+    char detail[STORE_USER_ID_MAX + 32];
+    snprintf(detail, sizeof(detail), "member user:%s added", user);
+    if (group_audit(c, "group/member/add", group, detail) < 0) {
+        return -1;
+    }
+    return answer_group(c, group);
+}
+
+int admin_group_member_remove(struct admin_call *c)
+{
+    const char *group, *user;
+    if (member_args(c, &group, &user) < 0) {
+        return -1;
+    }
+    int rc = store_group_member_remove(c->store, group, user);
+    if (rc < 0) {
+        return admin_fail_store(c, rc, "user", "member");
+    }
+    if (rc == 0) {
+        return admin_fail(c, "not_found", "user", "user %s is not a member of group %s", user,
+                          group);
+    }
+    char detail[STORE_USER_ID_MAX + 32];
+    snprintf(detail, sizeof(detail), "member user:%s removed", user);
+    if (group_audit(c, "group/member/remove", group, detail) < 0) {
+        return -1;
+    }
+    return answer_group(c, group);
 }

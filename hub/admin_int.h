@@ -82,5 +82,10 @@ int admin_agent_add(struct admin_call *c);
 int admin_agent_list(struct admin_call *c);
 int admin_agent_allow(struct admin_call *c);
 int admin_agent_revoke(struct admin_call *c);
+int admin_group_add(struct admin_call *c);
+int admin_group_remove(struct admin_call *c);
+int admin_group_list(struct admin_call *c);
+int admin_group_member_add(struct admin_call *c);
+int admin_group_member_remove(struct admin_call *c);
 
 #endif

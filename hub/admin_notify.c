@@ -14,6 +14,7 @@
 
 #define STATUS_ATTEMPTS_MAX 200
 #define STATUS_AUDIT_MAX 50
+#define STATUS_RECEIPTS_MAX 50
 #define LOG_LIMIT_MAX 1000
 #define DLQ_RETRY_MAX 1000
 
@@ -201,11 +202,12 @@ out:
 /* --- status ------------------------------------------------------------ */
 
 struct story {
-    cJSON *attempts, *decisions, *audit;
+    cJSON *attempts, *decisions, *audit, *receipts;
     bool found;
     char state[16];
     char reason[256];
-    int64_t updated_ms;
+    int64_t updated_ms, expires_ms;
+    char drop_rule[64];
     /* for the explanation */
     char ok_channel[32], ok_provider[128];
     int64_t ok_ms;
@@ -225,6 +227,7 @@ static void story_row(void *arg, const struct store_admin_row *r)
     snprintf(st->state, sizeof(st->state), "%s", r->state);
     snprintf(st->reason, sizeof(st->reason), "%s", r->reason);
     st->updated_ms = r->updated_ms;
+    st->expires_ms = r->expires_ms;
 }
 
 static void story_attempt(void *arg, const struct store_admin_attempt *a)
@@ -274,6 +277,9 @@ static void story_decision(void *arg, const struct store_decision *d)
     admin_add_time(o, "until", d->until_ms);
     admin_add_time(o, "at", d->at_ms);
     cJSON_AddItemToArray(st->decisions, o);
+    if (strcmp(d->action, "drop") == 0 && !st->drop_rule[0]) {
+        snprintf(st->drop_rule, sizeof(st->drop_rule), "%s", d->rule);
+    }
     if (d->until_ms > 0) {
         snprintf(st->hold_rule, sizeof(st->hold_rule), "%s", d->rule);
         st->hold_until = d->until_ms;
@@ -292,6 +298,36 @@ static void story_audit(void *arg, const struct store_admin_audit *a)
     admin_add_str(o, "detail", a->detail);
     admin_add_str(o, "client", a->client);
     cJSON_AddItemToArray(st->audit, o);
+}
+
+/* A receipt to the sending agent: confirmed (the broker had it; from
+ * receipt_log) or still in the outbox. */
+static void story_receipt(void *arg, const struct store_admin_receipt *r)
+{
+    struct story *st = arg;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) {
+        return;
+    }
+    char q[40] = "", t[40] = "", text[300];
+    proto_format_rfc3339(r->queued_ms, q, sizeof(q));
+    if (r->confirmed_ms > 0) {
+        proto_format_rfc3339(r->confirmed_ms, t, sizeof(t));
+        snprintf(text, sizeof(text),
+                 "receipt to agent %s: %s (queued at %s, confirmed by the broker at %s)", r->agent,
+                 r->state, q, t);
+    } else {
+        snprintf(text, sizeof(text),
+                 "receipt to agent %s: %s pending (queued at %s, not yet confirmed by the broker)",
+                 r->agent, r->state, q);
+    }
+    admin_add_str(o, "agent", r->agent);
+    admin_add_str(o, "state", r->state);
+    admin_add_time(o, "queued", r->queued_ms);
+    admin_add_time(o, "confirmed", r->confirmed_ms);
+    cJSON_AddBoolToObject(o, "pending", r->confirmed_ms <= 0);
+    admin_add_str(o, "text", text);
+    cJSON_AddItemToArray(st->receipts, o);
 }
 
 /* One sentence: why the notification is where it is. */
@@ -319,10 +355,30 @@ static void explain(const struct story *st, char *buf, size_t len)
         snprintf(buf, len, "suppressed by the recipient's preferences: rule %s",
                  st->reason[0] ? st->reason : "(none recorded)");
     } else if (strcmp(s, "expired") == 0) {
-        snprintf(buf, len, "expired: %s",
-                 st->reason[0] ? st->reason : "its ttl passed before it could be delivered");
+        char e[40] = "";
+        if (st->expires_ms) {
+            proto_format_rfc3339(st->expires_ms, e, sizeof(e));
+        }
+        char last[512] = "";
+        if (st->n_attempts) {
+            snprintf(last, sizeof(last), "; %u attempt(s), the last on %s ended %s (status %d%s%s)",
+                     st->n_attempts, st->last_channel, st->last_state, st->last_status,
+                     st->last_reason[0] ? ", " : "", st->last_reason);
+        } else {
+            snprintf(last, sizeof(last), "; no attempt was made");
+        }
+        snprintf(buf, len, "expired: %s%s%s%s%s",
+                 st->reason[0] ? st->reason : "its ttl passed before it could be delivered",
+                 e[0] ? " (ttl ended at " : "", e, e[0] ? ")" : "", last);
     } else if (strcmp(s, "dropped") == 0) {
-        snprintf(buf, len, "dropped: %s", st->reason[0] ? st->reason : "no reason recorded");
+        if (st->drop_rule[0] && strcmp(st->drop_rule, st->reason) == 0) {
+            snprintf(buf, len, "dropped by the recipient's preferences: rule %s%s", st->reason,
+                     strcmp(st->reason, "quiet_hours_drop") == 0
+                         ? " (inside quiet hours in mode drop: not held, not sent)"
+                         : "");
+        } else {
+            snprintf(buf, len, "dropped: %s", st->reason[0] ? st->reason : "no reason recorded");
+        }
     } else if (strcmp(s, "sending") == 0) {
         snprintf(buf, len, "being sent: %u attempt(s) in flight", st->n_open);
     } else if (strcmp(s, "scheduled") == 0 || st->hold_until > 0) {
@@ -351,9 +407,10 @@ int admin_status(struct admin_call *c)
     }
     struct story st = {.attempts = cJSON_CreateArray(),
                        .decisions = cJSON_CreateArray(),
-                       .audit = cJSON_CreateArray()};
+                       .audit = cJSON_CreateArray(),
+                       .receipts = cJSON_CreateArray()};
     int result = -1;
-    if (!st.attempts || !st.decisions || !st.audit) {
+    if (!st.attempts || !st.decisions || !st.audit || !st.receipts) {
         admin_fail(c, "storage", "", "out of memory");
         goto out;
     }
@@ -368,7 +425,8 @@ int admin_status(struct admin_call *c)
     }
     if ((rc = store_decisions_of(c->store, id, story_decision, &st)) < 0 ||
         (rc = store_admin_attempts(c->store, id, STATUS_ATTEMPTS_MAX, story_attempt, &st)) < 0 ||
-        (rc = store_admin_audit_of(c->store, id, STATUS_AUDIT_MAX, story_audit, &st)) < 0) {
+        (rc = store_admin_audit_of(c->store, id, STATUS_AUDIT_MAX, story_audit, &st)) < 0 ||
+        (rc = store_admin_receipts(c->store, id, STATUS_RECEIPTS_MAX, story_receipt, &st)) < 0) {
         admin_fail_store(c, rc, "", "notification story");
         goto out;
     }
@@ -379,7 +437,8 @@ int admin_status(struct admin_call *c)
     cJSON_AddItemToObject(c->out, "decisions", st.decisions);
     cJSON_AddItemToObject(c->out, "attempts", st.attempts);
     cJSON_AddItemToObject(c->out, "admin", st.audit);
-    st.decisions = st.attempts = st.audit = NULL;
+    cJSON_AddItemToObject(c->out, "receipts", st.receipts);
+    st.decisions = st.attempts = st.audit = st.receipts = NULL;
     bool terminal = in_list(
         (const char *const[]){"delivered", "failed", "suppressed", "expired", "dropped", NULL},
         st.state);
@@ -391,6 +450,7 @@ out:
     cJSON_Delete(st.attempts);
     cJSON_Delete(st.decisions);
     cJSON_Delete(st.audit);
+    cJSON_Delete(st.receipts);
     return result;
 }
 
@@ -553,8 +613,8 @@ int admin_stats(struct admin_call *c)
         return admin_fail(c, "storage", "", "out of memory");
     }
     cJSON_AddItemToObject(c->out, "queues", sc.queues);
-    const char *qs[] = {"queued", "sending", "failed", "dropped"};
-    for (size_t i = 0; i < 4; i++) {
+    const char *qs[] = {"queued", "sending", "scheduled", "failed", "dropped"};
+    for (size_t i = 0; i < sizeof(qs) / sizeof(qs[0]); i++) {
         cJSON_AddNumberToObject(sc.queues, qs[i], 0);
     }
     for (size_t i = 0; i < c->env->nroutes; i++) {

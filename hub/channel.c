@@ -212,6 +212,7 @@ struct channel_set {
     uint64_t unserved;
     struct set_deferred *deferred;
     bool logged_unserved;
+    void *peer; /* channel_set_link_peer; not owned */
 };
 
 int channel_split_list(char *buf, const char **items, unsigned max)
@@ -490,6 +491,16 @@ void channel_set_destroy(void *state)
         free(set->name[i]);
     }
     free(set);
+}
+
+void channel_set_link_peer(void *state, void *peer)
+{
+    ((struct channel_set *)state)->peer = peer;
+}
+
+void *channel_set_peer(const void *state)
+{
+    return state ? ((const struct channel_set *)state)->peer : NULL;
 }
 
 unsigned channel_set_count(const void *state)

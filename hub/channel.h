@@ -106,11 +106,25 @@ int64_t channel_parse_http_date(const char *v);
 typedef void (*channel_status_fn)(void *arg, const char *channel, const char *provider_id,
                                   const char *status, int error_code);
 
+/*
+ * Where a channel keeps what it still follows after a send, so that a
+ * restarted hub picks it up again (SMS: the messages whose status is being
+ * polled). until_ms > 0 (Unix ms): provider_id, sent by the sender whose
+ * account is `account`, is followed until then; until_ms == 0: it is no
+ * longer followed (final status, provider forgot it, gave up). Not called on
+ * destroy: what is followed at shutdown stays recorded. Called on the loop;
+ * may be NULL (nothing survives a restart).
+ */
+typedef void (*channel_watch_fn)(void *arg, const char *channel, const char *provider_id,
+                                 const char *account, int64_t until_ms);
+
 struct channel_env {
     loop_t *loop;
     struct http *http; /* shared HTTP/2 client on the loop */
     channel_status_fn status; /* delivery status sink; NULL = none */
     void *status_arg;
+    channel_watch_fn watch; /* durable follow-up records; NULL = none */
+    void *watch_arg;
 };
 
 struct channel_ops {
@@ -196,6 +210,15 @@ const char *channel_set_name(const void *set, unsigned i);
 /* Deliveries each tenant was chosen for, and those no tenant served. */
 uint64_t channel_set_selected(const void *set, unsigned i);
 uint64_t channel_set_unserved(const void *set);
+
+/* Another instance of the same channel whose tenants count as this one's
+ * for what providers post back (the dispatch layer's backup provider: a
+ * status callback for a message the backup sent is signed with the backup's
+ * credentials). peer (a channel_set of the same channel, or NULL) must stay
+ * alive as long as set is used; neither owns the other. */
+void channel_set_link_peer(void *set, void *peer);
+/* The linked peer, or NULL. */
+void *channel_set_peer(const void *set);
 
 /* Read the first line of path (a secret: a token, a password) into buf,
  * trailing blanks and line ending cut. 0, -errno, -ENODATA (empty file) or

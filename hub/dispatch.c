@@ -153,8 +153,11 @@ int dispatch_backup_table(const struct channel_ops *ops, size_t delta, struct co
         for (size_t i = 0; i < ops->config_n; i++) {
             out[i].offset += delta;
             if (out[i].help && strncmp(out[i].help, "Backup provider: ", 17) != 0) {
-                out[i].help = "Backup provider: as the primary's key of the same name "
-                              "(empty/default: the primary's value)";
+                out[i].help = dispatch_backup_inherits(ops->config[i].key) == 1
+                                  ? "Backup provider: as the primary's key of the same name "
+                                    "(empty/default: the primary's value)"
+                                  : "Backup provider: as the primary's key of the same name "
+                                    "(a credential: never taken from the primary)";
             }
         }
     }
@@ -168,6 +171,65 @@ static bool field_equal(const struct config_entry *e, const void *a, const void 
         return strncmp(pa, pb, e->size) == 0;
     }
     return memcmp(pa, pb, e->size) == 0;
+}
+
+/* Which backup keys left at their default take the primary's value
+ * (docs/engine.md "Backup provider"). Transport and tuning do: endpoints,
+ * the CA to verify them, timeouts, connection and queue bounds, rates,
+ * the hub's own callback URLs, the app's default topic and the email
+ * sender address. Credentials and what belongs to an account never do:
+ * keys, certificates, secrets, account and team ids, sender numbers,
+ * tenants (a backup with another authentication kind, or at another
+ * host, must never get the primary's secrets). A key not in this list
+ * never inherits, so a new credential key is safe by default;
+ * test_dispatch checks that every channel key is listed. */
+static const struct {
+    const char *key;
+    bool inherit;
+} backup_keys[] = {
+    {"apns.url", true},          {"apns.sandbox_url", true},
+    {"apns.ca_file", true},      {"apns.token_refresh", true},
+    {"apns.timeout", true},      {"apns.connections", true},
+    {"apns.max_streams", true},  {"apns.topic", true},
+    {"apns.key_file", false},    {"apns.key_id", false},
+    {"apns.team_id", false},     {"apns.cert_file", false},
+    {"apns.cert_key_file", false}, {"apns.cert_password_file", false},
+    {"apns.topics", false},      {"apns.tenants_dir", false},
+
+    {"fcm.send_url", true},      {"fcm.token_url", true},
+    {"fcm.ca_file", true},       {"fcm.timeout", true},
+    {"fcm.connections", true},   {"fcm.max_streams", true},
+    {"fcm.token_margin", true},  {"fcm.rate", true},
+    {"fcm.burst", true},         {"fcm.queue", true},
+    {"fcm.service_account_file", false}, {"fcm.project_id", false},
+    {"fcm.tenants_dir", false},
+
+    {"sms.api_url", true},       {"sms.ca_file", true},
+    {"sms.timeout", true},       {"sms.rate", true},
+    {"sms.queue_max", true},     {"sms.status_callback_url", true},
+    {"sms.inbound_url", true},   {"sms.status_poll", true},
+    {"sms.status_poll_for", true}, {"sms.status_poll_max", true},
+    {"sms.account_sid", false},  {"sms.auth_token", false},
+    {"sms.auth_token_file", false}, {"sms.from", false},
+    {"sms.messaging_service_sid", false}, {"sms.prefixes", false},
+    {"sms.tenants_dir", false},
+
+    {"email.smtp_url", true},    {"email.ca_file", true},
+    {"email.from", true},        {"email.helo", true},
+    {"email.timeout", true},     {"email.connections", true},
+    {"email.queue_max", true},
+    {"email.username", false},   {"email.password", false},
+    {"email.password_file", false}, {"email.auth", false},
+};
+
+int dispatch_backup_inherits(const char *key)
+{
+    for (size_t i = 0; i < sizeof(backup_keys) / sizeof(backup_keys[0]); i++) {
+        if (strcmp(backup_keys[i].key, key) == 0) {
+            return backup_keys[i].inherit ? 1 : 0;
+        }
+    }
+    return -1;
 }
 
 int dispatch_backup_resolve(const struct channel_ops *ops, const void *primary, void *backup,
@@ -189,7 +251,7 @@ int dispatch_backup_resolve(const struct channel_ops *ops, const void *primary, 
     if (any) {
         for (size_t i = 0; i < ops->config_n; i++) {
             const struct config_entry *e = &ops->config[i];
-            if (field_equal(e, backup, def)) {
+            if (field_equal(e, backup, def) && dispatch_backup_inherits(e->key) == 1) {
                 memcpy((char *)backup + e->offset, (const char *)primary + e->offset, e->size);
             }
         }

@@ -66,8 +66,14 @@ int dispatch_backup_table(const struct channel_ops *ops, size_t delta, struct co
 
 /* After loading the settings: is a backup configured (`enabled`, or any
  * backup key differs from its default)? When it is, every backup key left
- * at its default takes the primary's value (so a backup names only what
- * differs, e.g. its URL). 1, 0, or -ENOMEM. */
+ * at its default that dispatch_backup_inherits() allows takes the
+ * primary's value (transport and tuning: a backup names only what
+ * differs); credentials are never taken from the primary. 1, 0, or
+ * -ENOMEM. */
+/* Does channel key `key` ("apns.timeout") pass to a backup left at its
+ * default? 1 yes (transport, tuning), 0 never (credentials, account
+ * identity, tenants), -1 not a known key (treated as never). */
+int dispatch_backup_inherits(const char *key);
 int dispatch_backup_resolve(const struct channel_ops *ops, const void *primary, void *backup,
                             bool enabled);
 

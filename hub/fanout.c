@@ -66,7 +66,19 @@ struct fanout {
     struct fanout_stats st;
     sched_t *sched;        /* NULL: no policy timers (holds, deliver_at, fallback) */
     struct pref_entry *prefs; /* PREF_CACHE_SLOTS, policy section */
+    struct replan *replan;    /* users to re-plan after a preference change */
 };
+
+/* The wall clock of planning, timers and retries (fanout_opts.clock). */
+static int64_t fanout_now(const fanout_t *f)
+{
+    return f->o.clock ? f->o.clock(f->o.clock_arg) : clock_wall_ms();
+}
+
+/* d->timer while the delivery waits for a durable "retry" timer (scheduler):
+ * never a loop timer id (they count up from 1), so job_free's cancel of it
+ * finds nothing. */
+#define RETRY_DURABLE UINT64_MAX
 
 static void ready_push(fanout_t *f, struct delivery *d)
 {
@@ -210,6 +222,20 @@ static void on_outcome(void *ctx, const struct channel_outcome *o)
         f->st.retries++;
         LOG_INFO("fanout", "id=%s retry %u in %llums: %s", j->id, d->attempts,
                  (unsigned long long)delay, j->last_reason);
+        if (f->sched) {
+            /* Durable: a hub restarted before the retry time waits for it
+             * (store_timer_hold_retries) instead of sending at once. One
+             * row per retry; retries are rare. Payload: the device id. */
+            char payload[24];
+            snprintf(payload, sizeof(payload), "%lld", (long long)d->device_id);
+            int src = sched_add(f->sched, fanout_now(f) + (int64_t)delay, "retry", j->id, payload);
+            if (src == 0) {
+                d->timer = RETRY_DURABLE;
+                return;
+            }
+            LOG_WARN("fanout", "id=%s: retry not stored (%s); kept in memory only", j->id,
+                     tdg_strerror(src));
+        }
         d->timer = loop_timer_add(f->loop, delay, on_retry_timer, d);
         if (d->timer) {
             return;
@@ -304,8 +330,13 @@ static int user_prefs(fanout_t *f, const char *user, const struct pref_entry **o
     return 1;
 }
 
+static void replan_add(fanout_t *f, const char *user_id);
+
 void fanout_policy_changed(fanout_t *f, const char *user_id)
 {
+    if (user_id && f->sched) {
+        replan_add(f, user_id);
+    }
     if (!f->prefs) {
         return;
     }
@@ -447,7 +478,7 @@ static int plan_user(struct job *j, const char *user, int resume, unsigned step,
                      int64_t started_ms)
 {
     fanout_t *f = j->f;
-    int64_t now = clock_wall_ms();
+    int64_t now = fanout_now(f);
     const struct pref_entry *pe = NULL;
     int rc = user_prefs(f, user, &pe);
     if (rc < 0) {
@@ -568,7 +599,7 @@ static void fallback_success(struct job *j, const struct delivery *d)
     int n = sched_cancel(j->f->sched, j->id, "fallback", prefix);
     if (n > 0) {
         j->held = j->held >= (unsigned)n ? j->held - (unsigned)n : 0;
-        record(j, d->user, d->route->channel, "allow", "fallback_done", 0, clock_wall_ms());
+        record(j, d->user, d->route->channel, "allow", "fallback_done", 0, fanout_now(j->f));
     }
 }
 
@@ -587,7 +618,7 @@ static bool other_part_live(const struct job *j)
 static void finish_planned(struct job *j)
 {
     fanout_t *f = j->f;
-    int64_t now = clock_wall_ms();
+    int64_t now = fanout_now(f);
     const char *state = NULL, *reason = "";
     char buf[160];
     int64_t left = 0;
@@ -793,6 +824,48 @@ static void on_queued(void *arg, const char *id, const char *json, size_t len,
     job_start(j);
 }
 
+/* A durable retry came due. Normally its delivery waits in memory: send it
+ * again. After a restart (no such delivery; store_timer_hold_retries made the
+ * notification 'scheduled'): requeue it, so it is planned again now. */
+static int retry_due(fanout_t *f, const struct store_timer *t)
+{
+    char *end = NULL;
+    long long dev = strtoll(t->payload, &end, 10);
+    if (!end || end == t->payload || *end) {
+        LOG_WARN("fanout", "id=%s: retry timer with payload '%s' not understood; ignored",
+                 t->notification_id, t->payload);
+        return 0;
+    }
+    for (struct job *j = f->live; j; j = j->next) {
+        if (strcmp(j->id, t->notification_id) != 0) {
+            continue;
+        }
+        for (unsigned i = 0; i < j->ndev; i++) {
+            struct delivery *d = &j->dv[i];
+            if (d->device_id == dev && d->timer == RETRY_DURABLE && !d->done) {
+                d->timer = 0;
+                attempt(d);
+                return 0;
+            }
+        }
+    }
+    char state[16];
+    int64_t expires = 0;
+    char *body = malloc(PROTO_MAX_WIRE + 1);
+    if (!body) {
+        return -ENOMEM;
+    }
+    int rc = store_notification_get(f->store, t->notification_id, body, PROTO_MAX_WIRE + 1,
+                                    &expires, state, sizeof(state));
+    free(body);
+    if (rc > 0 && strcmp(state, "scheduled") == 0) {
+        LOG_INFO("fanout", "id=%s: retry time reached (the hub restarted meanwhile): planned "
+                           "again", t->notification_id);
+        rc = store_set_state(f->store, t->notification_id, "queued", "", fanout_now(f));
+    }
+    return rc < 0 ? rc : 0;
+}
+
 /* "alice\n1\n1700000000000" -> user, step, started. */
 static int parse_payload(const char *p, char *user, size_t ulen, unsigned *step, int64_t *started)
 {
@@ -818,7 +891,10 @@ static int parse_payload(const char *p, char *user, size_t ulen, unsigned *step,
 
 int fanout_timer(fanout_t *f, const struct store_timer *t)
 {
-    int64_t now = clock_wall_ms();
+    if (strcmp(t->kind, "retry") == 0) {
+        return retry_due(f, t);
+    }
+    int64_t now = fanout_now(f);
     int resume = strcmp(t->kind, "deliver_at") == 0 ? RESUME_DELIVER_AT
                  : strcmp(t->kind, "hold") == 0     ? RESUME_HOLD
                  : strcmp(t->kind, "fallback") == 0 ? RESUME_FALLBACK
@@ -855,6 +931,204 @@ int fanout_timer(fanout_t *f, const struct store_timer *t)
     plan_user(j, user, resume, resume == RESUME_NONE ? 0 : step, started);
     job_start(j);
     return 0;
+}
+
+/* --- re-planning after a preference change ---------------------------------
+ *
+ * A committed change of a user's preferences (or zone) reaches the
+ * notifications waiting for them now, not when their timers fire: a 0 ms loop
+ * timer takes the user's policy timers (store_timer_of_user, a batch at a
+ * time) and resumes the ones the change may affect, in the loop's next
+ * iteration (so the work rides in its transaction and sends follow its
+ * commit):
+ *   - hold: always (quiet hours gone or moved, opted out, ...): planned
+ *     again under the new preferences; still quiet means held again;
+ *   - deliver_at / fallback: only when every channel is suppressed now
+ *     (opt-out, category opt-out, every class off): they end suppressed now
+ *     rather than at their time; otherwise they keep their time.
+ * Each resumed timer gets a 'replan|pref_change' decision first. */
+
+#define REPLAN_USERS_MAX 64 /* users waiting to be re-planned */
+#define REPLAN_BATCH 128    /* timers looked at per user and wake-up */
+
+struct replan_user {
+    char id[STORE_USER_ID_MAX + 1];
+    int64_t cursor; /* timers up to this id are done */
+};
+
+struct replan {
+    struct replan_user u[REPLAN_USERS_MAX];
+    unsigned n;
+    uint64_t timer;
+    bool full_logged;
+};
+
+struct replan_row {
+    int64_t id, due;
+    char kind[16];
+    char nid[PROTO_ID_MAX + 1];
+    char payload[STORE_USER_ID_MAX + 48];
+};
+
+struct replan_rows {
+    struct replan_row *r;
+    unsigned n;
+};
+
+static void replan_collect(void *arg, const struct store_timer *t)
+{
+    struct replan_rows *rows = arg;
+    struct replan_row *r = &rows->r[rows->n++];
+    r->id = t->id;
+    r->due = t->due_ms;
+    snprintf(r->kind, sizeof(r->kind), "%s", t->kind);
+    snprintf(r->nid, sizeof(r->nid), "%s", t->notification_id);
+    snprintf(r->payload, sizeof(r->payload), "%s", t->payload);
+}
+
+/* Would the user's preferences now suppress this notification on every
+ * channel class? Then a wait for its time or next step is pointless. */
+static bool all_suppressed(fanout_t *f, const char *user, const char *nid, char *body,
+                           int64_t now)
+{
+    const struct pref_entry *pe = NULL;
+    if (user_prefs(f, user, &pe) <= 0 || !pe->prefs) {
+        return false;
+    }
+    int64_t expires = 0;
+    char state[16];
+    if (store_notification_get(f->store, nid, body, PROTO_MAX_WIRE + 1, &expires, state,
+                               sizeof(state)) <= 0) {
+        return false;
+    }
+    struct notification n;
+    struct proto_error perr;
+    if (proto_parse(body, strlen(body), &n, &perr) < 0) {
+        return false;
+    }
+    bool all = true;
+    for (unsigned bit = PROTO_CH_PUSH; bit <= PROTO_CH_EMAIL && all; bit <<= 1) {
+        struct policy_decision d;
+        policy_decide(pe->prefs, pe->tz, &n, (enum proto_channel)bit, now, 0, &d);
+        all = d.action == POLICY_SUPPRESS;
+    }
+    notification_free(&n);
+    return all;
+}
+
+/* One batch of one user's timers: 1 when more may remain, 0 done, or error. */
+static int replan_user(fanout_t *f, struct replan_user *u, char *body)
+{
+    struct replan_rows rows = {.r = calloc(REPLAN_BATCH, sizeof(struct replan_row))};
+    if (!rows.r) {
+        return -ENOMEM;
+    }
+    int rc = store_timer_of_user(f->store, u->id, u->cursor, REPLAN_BATCH, replan_collect, &rows);
+    int64_t now = fanout_now(f);
+    unsigned resumed = 0;
+    for (unsigned i = 0; rc >= 0 && i < rows.n; i++) {
+        struct replan_row *r = &rows.r[i];
+        u->cursor = r->id;
+        if (strcmp(r->kind, "hold") != 0 && !all_suppressed(f, u->id, r->nid, body, now)) {
+            continue;
+        }
+        int del = store_timer_delete(f->store, r->id);
+        if (del <= 0) {
+            rc = del < 0 ? del : rc; /* 0: fired meanwhile */
+            continue;
+        }
+        struct store_decision dec = {.notification_id = r->nid,
+                                     .user_id = u->id,
+                                     .channel = "",
+                                     .action = "replan",
+                                     .rule = "pref_change",
+                                     .until_ms = r->due,
+                                     .at_ms = now};
+        store_decision_add(f->store, &dec);
+        struct store_timer t = {.id = r->id,
+                                .due_ms = r->due,
+                                .kind = r->kind,
+                                .notification_id = r->nid,
+                                .payload = r->payload};
+        int frc = fanout_timer(f, &t);
+        if (frc < 0) {
+            LOG_ERROR("fanout", "id=%s: re-plan after a preference change: %s", r->nid,
+                      tdg_strerror(frc));
+        }
+        resumed++;
+    }
+    if (resumed) {
+        LOG_INFO("fanout", "user %s: preferences changed: %u waiting notification(s) planned "
+                           "again", u->id, resumed);
+    }
+    unsigned n = rows.n;
+    free(rows.r);
+    if (rc < 0) {
+        return rc;
+    }
+    return n == REPLAN_BATCH ? 1 : 0;
+}
+
+static void on_replan_timer(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    fanout_t *f = arg;
+    struct replan *rp = f->replan;
+    rp->timer = 0;
+    char *body = malloc(PROTO_MAX_WIRE + 1);
+    if (!body) {
+        rp->timer = loop_timer_add(f->loop, 100, on_replan_timer, f);
+        return;
+    }
+    unsigned keep = 0;
+    for (unsigned i = 0; i < rp->n; i++) {
+        int rc = replan_user(f, &rp->u[i], body);
+        if (rc < 0) {
+            LOG_ERROR("fanout", "user %s: cannot re-plan waiting notifications: %s; they "
+                                "follow the change when their timers fire",
+                      rp->u[i].id, tdg_strerror(rc));
+        } else if (rc > 0) {
+            rp->u[keep++] = rp->u[i]; /* more next wake-up */
+        }
+    }
+    free(body);
+    rp->n = keep;
+    if (rp->n > 0) {
+        rp->timer = loop_timer_add(f->loop, 0, on_replan_timer, f);
+    }
+}
+
+static void replan_add(fanout_t *f, const char *user_id)
+{
+    if (!f->replan && !(f->replan = calloc(1, sizeof(*f->replan)))) {
+        LOG_ERROR("fanout", "user %s: out of memory: waiting notifications follow the change "
+                            "when their timers fire", user_id);
+        return;
+    }
+    struct replan *rp = f->replan;
+    unsigned i = 0;
+    while (i < rp->n && strcmp(rp->u[i].id, user_id) != 0) {
+        i++;
+    }
+    if (i == rp->n) {
+        if (rp->n >= REPLAN_USERS_MAX) {
+            if (!rp->full_logged) {
+                LOG_WARN("fanout", "more than %d users with changed preferences at once: the "
+                                   "others' waiting notifications follow when their timers fire",
+                         REPLAN_USERS_MAX);
+                rp->full_logged = true;
+            }
+            return;
+        }
+        rp->n++;
+        rp->full_logged = false;
+    }
+    snprintf(rp->u[i].id, sizeof(rp->u[i].id), "%s", user_id);
+    rp->u[i].cursor = 0; /* a newer change: look at all of them again */
+    if (!rp->timer) {
+        rp->timer = loop_timer_add(f->loop, 0, on_replan_timer, f);
+    }
 }
 
 void fanout_pull(fanout_t *f)
@@ -945,6 +1219,10 @@ void fanout_destroy(fanout_t *f)
     }
     fanout_policy_changed(f, NULL);
     free(f->prefs);
+    if (f->replan && f->replan->timer) {
+        loop_timer_cancel(f->loop, f->replan->timer);
+    }
+    free(f->replan);
     free(f);
 }
 

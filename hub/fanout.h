@@ -27,6 +27,10 @@ struct fanout_opts {
     unsigned max_jobs;      /* notifications in memory at once */
     unsigned max_attempts;  /* per device delivery */
     uint64_t retry_base_ms, retry_cap_ms;
+    /* Wall clock (Unix ms) for planning, timers and retries; NULL:
+     * clock_wall_ms. Tests inject their own (the scheduler takes the same). */
+    int64_t (*clock)(void *arg);
+    void *clock_arg;
 };
 
 struct fanout_stats {
@@ -71,8 +75,14 @@ void fanout_set_sched(fanout_t *f, struct sched *s);
  * 0 or a negative error (the work is lost only for ENOMEM; logged). */
 struct store_timer;
 int fanout_timer(fanout_t *f, const struct store_timer *t);
-/* Preferences or the time zone of user_id (NULL: anyone) changed: forget
- * the cached copy, so the next decision reads them again. */
+/* Preferences or the time zone of user_id (NULL: anyone) changed and are
+ * committed: forget the cached copy, so the next decision reads them again,
+ * and re-plan that user's waiting notifications at once (a 0 ms loop timer:
+ * the work goes into the next iteration's transaction): held ones are
+ * planned again under the new preferences (released, held again, suppressed
+ * or dropped), deliver_at and fallback waits end at once when every channel
+ * is now suppressed (opt-out); each with a 'replan|pref_change' decision.
+ * With NULL only the cache is dropped (bindings: no preference changed). */
 void fanout_policy_changed(fanout_t *f, const char *user_id);
 
 unsigned fanout_jobs(const fanout_t *f);

@@ -255,6 +255,7 @@ struct hub {
     agentlimit_t *limits;
     bool store_ok, draining;
     uint64_t drain_started_ms, drain_timer;
+    uint64_t wake_timer; /* 0 ms: one more iteration for pending snapshot changes */
     unsigned drain_inflight; /* requests in flight when the drain began */
 };
 
@@ -320,6 +321,9 @@ static int engine_add_channel(hub_t *h, const hub_settings_t *s, size_t c,
         return -ENOMEM;
     }
     h->chan_state[c] = primary; /* owned by the dispatcher */
+    if (ops == &sms_channel && backup) {
+        sms_link_backup(primary, backup); /* callbacks signed by the backup's sender */
+    }
     route->ops = &dispatch_channel_ops;
     route->state = dch;
     return 0;
@@ -440,6 +444,9 @@ static void before_sleep(loop_t *loop, void *arg)
     if (!h->draining) {
         fanout_pull(h->fanout);
     }
+    if (h->cfg.policy_snapshots) {
+        snapshot_prepare(h->snap); /* the revision bump rides in this commit */
+    }
     int rc = store_commit(h->store);
     h->store_ok = rc == 0;
     if (rc < 0) {
@@ -453,6 +460,9 @@ static void before_sleep(loop_t *loop, void *arg)
     }
     intake_flush(h->intake, h->mqtt, rc == 0);
     admin_flush(h->admin, h->mqtt, rc == 0);
+    if (h->cfg.policy_snapshots && h->mqtt) {
+        snapshot_flush(h->snap, h->mqtt, rc == 0); /* published only once committed */
+    }
     if (rc == 0) {
         receipts_flush(h->receipts, h->mqtt);
     }
@@ -505,6 +515,19 @@ static void on_channel_status(void *arg, const char *channel, const char *provid
     }
 }
 
+/* A channel follows a message after the send (SMS status polling): recorded
+ * in the iteration's transaction, so a restarted hub goes on. */
+static void on_channel_watch(void *arg, const char *channel, const char *provider_id,
+                             const char *account, int64_t until_ms)
+{
+    hub_t *h = arg;
+    int rc = store_provider_watch(h->store, channel, provider_id, account, until_ms);
+    if (rc < 0) {
+        LOG_WARN("hub", "cannot record the %s watch of %s: %s", channel, provider_id,
+                 tdg_strerror(rc));
+    }
+}
+
 /* The SMS channel's state (a channel_set), or NULL when it is not enabled. */
 static void *sms_state(hub_t *h)
 {
@@ -514,6 +537,41 @@ static void *sms_state(hub_t *h)
         }
     }
     return NULL;
+}
+
+struct sms_resume_ctx {
+    hub_t *h;
+    int resumed, stale;
+};
+
+static void sms_resume_one(void *arg, const char *sid, const char *account, int64_t until_ms,
+                           const char *last)
+{
+    struct sms_resume_ctx *c = arg;
+    int rc = sms_watch_resume(sms_state(c->h), account, sid, until_ms, last);
+    if (rc == 0) {
+        c->resumed++;
+    } else if (rc != -ENOSPC && rc != -ENOMEM) {
+        /* no such sender any more, polling off, past its time: forget it */
+        store_provider_watch(c->h->store, "sms", sid, account, 0);
+        c->stale++;
+    }
+}
+
+/* At start: go on polling the SMS messages a previous run was watching. */
+static void sms_resume(hub_t *h)
+{
+    if (!sms_state(h)) {
+        return;
+    }
+    struct sms_resume_ctx c = {h, 0, 0};
+    int rc = store_provider_watch_each(h->store, "sms", clock_wall_ms(), sms_resume_one, &c);
+    if (rc < 0) {
+        LOG_WARN("hub", "sms: cannot read the watched messages: %s", tdg_strerror(rc));
+    } else if (rc > 0) {
+        LOG_INFO("hub", "sms: polling the status of %d message(s) again (%d forgotten)",
+                 c.resumed, c.stale);
+    }
 }
 
 /* POST /v1/sms/status: the provider's delivery status callback (signed). */
@@ -604,11 +662,22 @@ static void on_timer(void *arg, const struct store_timer *t)
     }
 }
 
+static void on_wake(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    hub_t *h = arg;
+    h->wake_timer = 0; /* before_sleep runs next: snapshot_prepare, commit, flush */
+}
+
 void hub_policy_changed(hub_t *h, const char *user_id)
 {
     fanout_policy_changed(h->fanout, user_id);
-    if (h->mqtt && h->cfg.policy_snapshots) {
-        snapshot_changed(h->snap, h->mqtt, user_id);
+    if (h->cfg.policy_snapshots) {
+        snapshot_changed(h->snap, user_id);
+        if (!h->wake_timer) {
+            h->wake_timer = loop_timer_add(h->loop, 0, on_wake, h);
+        }
     }
 }
 
@@ -829,6 +898,12 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         free(h);
         return rc;
     }
+    /* Notifications waiting for a provider retry keep waiting (the retry
+     * timer requeues them when due); the rest of 'sending' is requeued. */
+    int held = store_timer_hold_retries(h->store);
+    if (held > 0) {
+        LOG_INFO("hub", "%d notification(s) wait for their provider retry time", held);
+    }
     int requeued = store_recover(h->store, clock_wall_ms());
     if (requeued > 0) {
         LOG_WARN("hub", "recovered %d notification(s) that were being sent when the hub "
@@ -854,7 +929,8 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         return rc;
     }
     struct channel_env env = {
-        .loop = loop, .http = NULL, .status = on_channel_status, .status_arg = h};
+        .loop = loop, .http = NULL, .status = on_channel_status, .status_arg = h,
+        .watch = on_channel_watch, .watch_arg = h};
     struct fanout_route routes[N_CHANNELS];
     for (size_t c = 0; c < N_CHANNELS; c++) {
         routes[c] = (struct fanout_route){.platform = channel_defs[c].platform,
@@ -887,6 +963,7 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         hub_destroy(h);
         return rc;
     }
+    sms_resume(h);
     snprintf(h->sub_up, sizeof(h->sub_up), "$share/%s/tidings/v1/agents/+/up", h->cfg.share_group);
     h->sched = sched_create(loop, h->store, on_timer, h, NULL);
     h->snap = snapshot_create(h->store);
@@ -972,6 +1049,9 @@ void hub_destroy(hub_t *h)
     }
     mqtt_destroy(h->mqtt);
     h->mqtt = NULL;
+    if (h->wake_timer) {
+        loop_timer_cancel(h->loop, h->wake_timer);
+    }
     engine_destroy(h); /* the channels first: no outcome can reach a job */
     admin_destroy(h->admin);
     sched_destroy(h->sched);

@@ -75,8 +75,10 @@ void hub_destroy(hub_t *h);
 void hub_shutdown(hub_t *h);
 
 /* The preferences, time zone or agent bindings of user_id (NULL: of
- * anyone) changed and are committed: drop cached preferences and publish
- * the affected agents' policy snapshots again (docs/hub-policy.md). */
+ * anyone) changed and are committed: drop cached preferences, re-plan the
+ * user's waiting notifications, and publish the affected agents' policy
+ * snapshots again - in the next loop iteration, after its commit
+ * (docs/hub-policy.md). */
 void hub_policy_changed(hub_t *h, const char *user_id);
 
 #endif

@@ -31,8 +31,21 @@ struct intake {
     agentlimit_t *limits; /* not owned; NULL: no per-agent limits */
 };
 
+/* Recipient checks already made in this batch: the directory cannot change
+ * while one batch is handled (the loop runs nothing else meanwhile), and a
+ * batch usually repeats a few recipients. */
+#define RCPT_MEMO 8
+struct rcpt_memo {
+    char to[PROTO_TO_MAX + 1];
+    char category[PROTO_CATEGORY_MAX + 1];
+    bool has_category;
+    int known, ok;
+};
+
 struct item_ctx {
     intake_t *in;
+    struct rcpt_memo memo[RCPT_MEMO];
+    unsigned nmemo, memo_next;
     struct ack_group *g;
     const char *agent;
     bool agent_mismatch;
@@ -109,29 +122,59 @@ static void on_item(cJSON *item, void *arg)
         return;
     }
     /* Validate the item as it will be stored and forwarded: printed back
-     * to JSON, so the 4096-byte limit applies to exactly those bytes. */
-    char *json = cJSON_PrintUnformatted(item);
-    if (!json) {
-        return; /* ENOMEM: no ack, the agent resends */
+     * to compact JSON, so the 4096-byte limit applies to exactly those
+     * bytes; the printed text is what is stored, and the tree the batch
+     * parse built is checked in place (proto_item_check: no second parse).
+     * cJSON reserves room for a number before printing it, hence the slack;
+     * whatever does not fit is over the limit anyway. */
+    char json[PROTO_MAX_WIRE + 64];
+    size_t len = sizeof(json);
+    if (cJSON_PrintPreallocated(item, json, (int)sizeof(json), 0)) {
+        len = strlen(json);
     }
-    size_t len = strlen(json);
     struct notification n;
     struct proto_error perr;
-    if (proto_parse(json, len, &n, &perr) < 0) {
+    if (proto_item_check(item, len, &n, &perr) < 0) {
         in->st.rejected++;
         LOG_WARN("intake", "agent %s: rejected id=%s: %s field=%s %s", c->agent, id,
                  proto_reason_code(perr.reason), perr.field[0] ? perr.field : "-", perr.detail);
         add_ack(in, c->g, id, false, perr.reason, perr.field);
-        free(json);
         return;
     }
     if (n.to_kind == PROTO_TO_USER || n.to_kind == PROTO_TO_GROUP) {
         /* Existence first, then the agent's bindings (docs/directory.md):
          * unknown ids keep their unknown_recipient; an agent can tell them
          * from known recipients it is not bound to, but send to neither. */
-        int known = n.to_kind == PROTO_TO_USER ? store_user_exists(in->store, n.to_id)
+        struct rcpt_memo *m = NULL;
+        for (unsigned i = 0; i < c->nmemo; i++) {
+            struct rcpt_memo *e = &c->memo[i];
+            if (strcmp(e->to, n.to) == 0 && e->has_category == (n.category != NULL) &&
+                (!n.category || strcmp(e->category, n.category) == 0)) {
+                m = e;
+                break;
+            }
+        }
+        int known, ok;
+        if (m) {
+            known = m->known;
+            ok = m->ok;
+        } else {
+            known = n.to_kind == PROTO_TO_USER ? store_user_exists(in->store, n.to_id)
                                                : store_group_exists(in->store, n.to_id);
-        int ok = known > 0 ? store_agent_allowed(in->store, c->agent, n.to, n.category) : 1;
+            ok = known > 0 ? store_agent_allowed(in->store, c->agent, n.to, n.category) : 1;
+            if (known >= 0 && ok >= 0) {
+                m = &c->memo[c->memo_next];
+                c->memo_next = (c->memo_next + 1) % RCPT_MEMO;
+                if (c->nmemo < RCPT_MEMO) {
+                    c->nmemo++;
+                }
+                snprintf(m->to, sizeof(m->to), "%s", n.to);
+                m->has_category = n.category != NULL;
+                snprintf(m->category, sizeof(m->category), "%s", n.category ? n.category : "");
+                m->known = known;
+                m->ok = ok;
+            }
+        }
         if (ok == 0) {
             const char *field = "to";
             /* Bound to the recipient, but not for this category (or for
@@ -147,7 +190,6 @@ static void on_item(cJSON *item, void *arg)
                      field, what);
             add_ack(in, c->g, id, false, PROTO_R_NOT_ALLOWED, field);
             notification_free(&n);
-            free(json);
             return;
         }
         if (ok < 0) {
@@ -159,12 +201,10 @@ static void on_item(cJSON *item, void *arg)
                      n.to);
             add_ack(in, c->g, id, false, PROTO_R_UNKNOWN_RECIPIENT, "to");
             notification_free(&n);
-            free(json);
             return;
         }
         if (known < 0) {
             notification_free(&n);
-            free(json);
             return; /* store trouble: no ack, the agent resends */
         }
     }
@@ -193,14 +233,12 @@ static void on_item(cJSON *item, void *arg)
                 in->st.delayed++; /* over the rate (or a store error): no ack */
             }
             notification_free(&n);
-            free(json);
             return;
         }
     }
     bool inserted = false;
     int rc = store_add_notification(in->store, &n, c->agent, json, len, c->now, &inserted);
     notification_free(&n);
-    free(json);
     if (rc < 0) {
         LOG_ERROR("intake", "agent %s: cannot store id=%s: %s", c->agent, id, tdg_strerror(rc));
         return;

@@ -14,7 +14,8 @@ struct observe {
     metrics_t *m;
     struct observe_src src;
     struct metric *m_items[3], *m_rejected[PROTO_REASON_COUNT], *m_batches, *m_bad;
-    struct metric *m_queued, *m_sending, *m_jobs, *m_inflight, *m_retries, *m_backpressure;
+    struct metric *m_queued, *m_sending, *m_scheduled;
+    struct metric *m_jobs, *m_inflight, *m_retries, *m_backpressure;
     struct metric *m_broker, *m_store, *m_draining;
     struct metric *m_states[8];
     char state_names[8][16];
@@ -87,6 +88,10 @@ static void collect(void *arg)
         SET(o->m_queued, queued);
         SET(o->m_sending, sending);
     }
+    int64_t scheduled = 0;
+    if (store_count_scheduled(s->store, &scheduled) == 0) {
+        SET(o->m_scheduled, scheduled);
+    }
     store_terminal_counts(s->store, on_state_count, o);
     SET(o->m_broker, *s->mqtt && mqtt_connected(*s->mqtt));
     SET(o->m_store, *s->store_ok);
@@ -158,6 +163,7 @@ observe_t *observe_create(metrics_t *m, httpd_t *httpd, const struct observe_src
     static const char h_depth[] = "Notifications in the store by work state";
     o->m_queued = gauge(o, "tidings_hub_queue_depth", h_depth, "state=queued");
     o->m_sending = gauge(o, "tidings_hub_queue_depth", h_depth, "state=sending");
+    o->m_scheduled = gauge(o, "tidings_hub_queue_depth", h_depth, "state=scheduled");
     o->m_jobs = gauge(o, "tidings_hub_fanout_jobs", "Notifications being delivered, in memory", "");
     o->m_inflight =
         gauge(o, "tidings_hub_requests_inflight", "Provider requests in flight, all channels", "");

@@ -805,3 +805,80 @@ int64_t policy_deliver_at(const struct notification *n, const tz_t *tz)
     }
     return utc;
 }
+
+int policy_plan(const policy_prefs_t *p, const tz_t *tz, const struct notification *n,
+                unsigned classes, unsigned step, bool resumed, int64_t started_ms, int64_t now_ms,
+                int64_t cap_count, struct policy_plan *out)
+{
+    if (!n || !out) {
+        return TDG_EINVAL_INPUT;
+    }
+    memset(out, 0, sizeof(*out));
+    out->started_ms = started_ms > 0 ? started_ms : now_ms;
+    if (!resumed && n->has_deliver_at) {
+        int64_t at = policy_deliver_at(n, tz);
+        if (at > now_ms) {
+            out->next = POLICY_PLAN_DELIVER_AT;
+            out->at_ms = at;
+            return 0;
+        }
+    }
+    struct policy_step *steps = out->steps;
+    size_t nsteps = out->nsteps = policy_fallback(p, steps);
+    out->first_step = step;
+    const unsigned all = PROTO_CH_PUSH | PROTO_CH_SMS | PROTO_CH_EMAIL;
+    for (; nsteps == 0 || step < nsteps; step++) {
+        /* The classes of this step: every class at once without an order. */
+        unsigned want = nsteps ? (unsigned)steps[step].channel : all;
+        out->visited++;
+        unsigned allowed = 0;
+        bool held = false;
+        int64_t hold_until = 0;
+        for (unsigned bit = PROTO_CH_PUSH; bit <= PROTO_CH_EMAIL; bit <<= 1) {
+            if (!(want & bit) || !(classes & bit) || out->n >= POLICY_PLAN_ITEMS) {
+                continue;
+            }
+            struct policy_plan_item *it = &out->items[out->n++];
+            it->step = step;
+            it->channel = (enum proto_channel)bit;
+            policy_decide(p, tz, n, (enum proto_channel)bit, now_ms, cap_count, &it->d);
+            switch (it->d.action) {
+            case POLICY_ALLOW:
+                allowed++;
+                break;
+            case POLICY_HOLD:
+                held = true;
+                hold_until = it->d.hold_until_ms;
+                break;
+            case POLICY_DROP:
+                out->drop = true;
+                break;
+            case POLICY_SUPPRESS:
+                out->suppress = true;
+                break;
+            }
+        }
+        out->allowed += allowed;
+        if (held && allowed == 0) {
+            out->next = POLICY_PLAN_HOLD;
+            out->at_ms = hold_until;
+            out->step = step;
+            return 0;
+        }
+        if (nsteps == 0) {
+            return 0;
+        }
+        if (allowed > 0) {
+            if (step + 1 < nsteps) {
+                int64_t due = out->started_ms + steps[step + 1].after_ms;
+                out->next = POLICY_PLAN_FALLBACK;
+                out->at_ms = due > now_ms ? due : now_ms;
+                out->step = step + 1;
+            }
+            return 0;
+        }
+        /* Nothing to send on this step (no endpoint, or suppressed): the
+         * next step starts at once rather than after its delay. */
+    }
+    return 0;
+}

@@ -117,4 +117,49 @@ int64_t policy_deliver_at(const struct notification *n, const tz_t *tz);
  * ms. 0 or TDG_EINVAL_INPUT. */
 int policy_parse_duration(const char *s, int64_t *ms);
 
+/* Planning one recipient of a notification: the one pure function the
+ * fanout's planner and `tidingsctl send --dry-run` share (docs/hub-policy.md
+ * "Planning a notification"). */
+enum policy_plan_next {
+    POLICY_PLAN_DONE = 0,    /* nothing more for this user after the items */
+    POLICY_PLAN_DELIVER_AT,  /* wait until at_ms ("deliver_at" timer); no items */
+    POLICY_PLAN_HOLD,        /* quiet hours: look again at at_ms ("hold" timer, step) */
+    POLICY_PLAN_FALLBACK,    /* run fallback step `step` at at_ms ("fallback" timer) */
+};
+#define POLICY_PLAN_ITEMS (POLICY_FALLBACK_MAX * 3)
+struct policy_plan_item {
+    unsigned step;              /* fallback step (0 without a channel order) */
+    enum proto_channel channel; /* the class decided on */
+    struct policy_decision d;   /* ALLOW: send to every endpoint of the class */
+};
+struct policy_plan {
+    size_t n;                   /* items[0..n), in decision order */
+    struct policy_plan_item items[POLICY_PLAN_ITEMS];
+    unsigned allowed;           /* ALLOW items */
+    enum policy_plan_next next; /* what follows */
+    int64_t at_ms;              /* DELIVER_AT, HOLD, FALLBACK: when */
+    unsigned step;              /* HOLD: the step held; FALLBACK: the step to run */
+    int64_t started_ms;         /* when step 0 ran (the fallback "after" counts from it) */
+    size_t nsteps;              /* the channel order's steps (0: none, every class at once) */
+    struct policy_step steps[POLICY_FALLBACK_MAX];
+    unsigned first_step, visited; /* steps first_step.. +visited-1 were decided (with an
+                                   * order, each one > 0 is a "fallback:<ch>" record) */
+    bool drop, suppress;        /* a DROP / SUPPRESS item exists (first rule: the items) */
+};
+/* Plan one recipient at now_ms. p, tz: their preferences and zone (NULL:
+ * none / UTC). classes: the PROTO_CH_* classes the user has a usable
+ * endpoint for (enabled channel, allowed by the notification's channels).
+ * step: the fallback step to start at (0 at first; a resumed timer's: a
+ * step beyond the order, after a preference change, plans nothing);
+ * resumed: true when a timer resumes the plan (deliver_at is not looked at
+ * again); started_ms: when step 0 ran, for a resumed "fallback" (<= 0: now).
+ * cap_count as policy_decide. Mirrors the rules of docs/hub-policy.md:
+ * deliver_at in the future waits; per step, each available class of it is
+ * decided; a held step with nothing allowed waits for the hold; a step with
+ * something allowed schedules the next step; a step with nothing to send
+ * moves to the next at once. Pure: no I/O. 0 or TDG_EINVAL_INPUT. */
+int policy_plan(const policy_prefs_t *p, const tz_t *tz, const struct notification *n,
+                unsigned classes, unsigned step, bool resumed, int64_t started_ms, int64_t now_ms,
+                int64_t cap_count, struct policy_plan *out);
+
 #endif

@@ -17,11 +17,18 @@ struct agent_entry {
     bool published; /* since the last connect */
 };
 
+#define SNAPSHOT_PENDING_MAX 32 /* changed users remembered; beyond: every agent */
+
 struct snapshot {
     store_t *store;
     struct agent_entry *agents;
     size_t n;
     bool full_logged;
+    /* Changes waiting for the commit (snapshot_changed -> _prepare -> _flush). */
+    char (*pending)[STORE_USER_ID_MAX + 1];
+    size_t npending;
+    bool pending_all; /* a NULL user, or more than SNAPSHOT_PENDING_MAX */
+    bool bumped;      /* the revision bump is in the open transaction */
 };
 
 snapshot_t *snapshot_create(store_t *store)
@@ -31,7 +38,10 @@ snapshot_t *snapshot_create(store_t *store)
         return NULL;
     }
     sn->agents = calloc(SNAPSHOT_AGENTS_MAX, sizeof(*sn->agents));
-    if (!sn->agents) {
+    sn->pending = calloc(SNAPSHOT_PENDING_MAX, sizeof(*sn->pending));
+    if (!sn->agents || !sn->pending) {
+        free(sn->agents);
+        free(sn->pending);
         free(sn);
         return NULL;
     }
@@ -43,6 +53,7 @@ void snapshot_destroy(snapshot_t *sn)
 {
     if (sn) {
         free(sn->agents);
+        free(sn->pending);
         free(sn);
     }
 }
@@ -269,33 +280,72 @@ void snapshot_agent_seen(snapshot_t *sn, mqtt_t *mqtt, const char *agent)
     }
 }
 
-struct has_user {
-    const char *user;
+struct has_pending {
+    const snapshot_t *sn;
     bool found;
 };
 
-static void check_user(void *arg, const char *name)
+/* store_agent_users callback: is this user one of the changed ones? */
+static void check_pending(void *arg, const char *name)
 {
-    struct has_user *h = arg;
-    h->found = h->found || strcmp(h->user, name) == 0;
+    struct has_pending *h = arg;
+    for (size_t k = 0; k < h->sn->npending && !h->found; k++) {
+        h->found = strcmp(h->sn->pending[k], name) == 0;
+    }
 }
 
-void snapshot_changed(snapshot_t *sn, mqtt_t *mqtt, const char *user_id)
+void snapshot_changed(snapshot_t *sn, const char *user_id)
 {
+    if (!user_id || sn->npending >= SNAPSHOT_PENDING_MAX) {
+        sn->pending_all = true;
+        return;
+    }
+    for (size_t i = 0; i < sn->npending; i++) {
+        if (strcmp(sn->pending[i], user_id) == 0) {
+            return;
+        }
+    }
+    snprintf(sn->pending[sn->npending++], sizeof(sn->pending[0]), "%s", user_id);
+}
+
+bool snapshot_pending(const snapshot_t *sn)
+{
+    return sn->pending_all || sn->npending > 0;
+}
+
+void snapshot_prepare(snapshot_t *sn)
+{
+    if (!snapshot_pending(sn) || sn->bumped) {
+        return;
+    }
     int64_t rev;
     int rc = store_policy_revision_bump(sn->store, &rev);
     if (rc < 0) {
         LOG_ERROR("snapshot", "cannot bump the policy revision: %s", tdg_strerror(rc));
         return;
     }
+    sn->bumped = true;
+}
+
+void snapshot_flush(snapshot_t *sn, mqtt_t *mqtt, bool committed)
+{
+    if (!sn->bumped) {
+        return;
+    }
+    sn->bumped = false;
+    if (!committed) {
+        return; /* the bump was rolled back: bumped again before the next commit */
+    }
     learn_bound(sn);
     for (size_t i = 0; i < sn->n; i++) {
-        struct has_user h = {user_id, user_id == NULL};
-        if (user_id && store_agent_users(sn->store, sn->agents[i].id, check_user, &h) < 0) {
+        struct has_pending h = {sn, sn->pending_all};
+        if (!h.found && store_agent_users(sn->store, sn->agents[i].id, check_pending, &h) < 0) {
             continue;
         }
         if (h.found) {
             publish(sn, mqtt, &sn->agents[i]);
         }
     }
+    sn->npending = 0;
+    sn->pending_all = false;
 }

@@ -16,6 +16,7 @@
 #ifndef TIDINGS_SNAPSHOT_H
 #define TIDINGS_SNAPSHOT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,8 +43,20 @@ void snapshot_publish_all(snapshot_t *sn, mqtt_t *mqtt);
  * done since the connect. */
 void snapshot_agent_seen(snapshot_t *sn, mqtt_t *mqtt, const char *agent);
 /* The preferences, time zone or bindings of user_id (NULL: anyone's)
- * changed and are committed: bump the revision, publish for the agents
- * bound to that user. */
-void snapshot_changed(snapshot_t *sn, mqtt_t *mqtt, const char *user_id);
+ * changed and are committed. Nothing is written or published here:
+ * snapshot_prepare() bumps the revision in the next iteration's transaction
+ * and snapshot_flush() publishes, after that commit, for the agents bound to
+ * the changed users. So a retained snapshot never carries a revision the
+ * store does not have (a hub killed in between publishes it after the
+ * restart, on connect). */
+void snapshot_changed(snapshot_t *sn, const char *user_id);
+/* A change waits for snapshot_prepare()/snapshot_flush(): the caller makes
+ * sure another loop iteration runs (hub.c arms a 0 ms timer). */
+bool snapshot_pending(const snapshot_t *sn);
+/* Before the iteration's commit: bump the revision for pending changes. */
+void snapshot_prepare(snapshot_t *sn);
+/* After the commit (committed: it succeeded): publish the pending agents'
+ * snapshots; on a failed commit the bump is redone next iteration. */
+void snapshot_flush(snapshot_t *sn, mqtt_t *mqtt, bool committed);
 
 #endif

@@ -40,7 +40,7 @@ int store_add_notification(store_t *s, const struct notification *n, const char 
 
 typedef void (*store_notification_cb)(void *arg, const char *id, const char *json, size_t len,
                                       int64_t expires_ms);
-/* Move up to max queued notifications (priority first, then oldest) to
+/* Move up to max (at most 1024 per call) queued notifications (priority first, then oldest) to
  * 'sending' and hand each to cb. Returns how many, or a negative error. */
 int store_take_queued(store_t *s, unsigned max, store_notification_cb cb, void *arg);
 
@@ -187,6 +187,16 @@ int store_group_exists(store_t *s, const char *group);
 int store_group_member_add(store_t *s, const char *group, const char *user_id, int64_t now_ms);
 int store_group_member_remove(store_t *s, const char *group, const char *user_id);
 int store_group_members(store_t *s, const char *group, store_name_cb cb, void *arg);
+/* One page of a group's members, in user id order: the ones after `after`
+ * ("" or NULL: from the first), at most limit (1..STORE_GROUP_PAGE_MAX).
+ * Returns the count (< limit: that was the last page), or error. Keyset
+ * paging on the primary key (group_id, user_id): one index range scan per
+ * page, memory bounded by limit, and a member added or removed between
+ * pages never shifts another out of its page. For fanning out to groups of
+ * any size: pass the last id of one page as `after` of the next. */
+#define STORE_GROUP_PAGE_MAX 10000
+int store_group_members_page(store_t *s, const char *group, const char *after, unsigned limit,
+                             store_name_cb cb, void *arg);
 int store_group_list(store_t *s, store_name_cb cb, void *arg);
 /* Groups a user belongs to (for an export). */
 int store_user_groups(store_t *s, const char *user_id, store_name_cb cb, void *arg);
@@ -274,7 +284,7 @@ int store_pref_load(store_t *s, const char *user_id, char *buf, size_t len, char
 struct store_decision {
     const char *notification_id, *user_id;
     const char *channel; /* "push", "sms", "email", ...; "" for the whole user */
-    const char *action;  /* "allow", "suppress", "hold", "drop", "schedule", "fallback" */
+    const char *action;  /* "allow", "suppress", "hold", "drop", "schedule", "fallback", "replan" */
     const char *rule;    /* "quiet_hours", "category_opt_out:marketing", "fallback:sms", ... */
     int64_t until_ms;    /* hold / schedule / fallback: when it is looked at again; else 0 */
     int64_t at_ms;       /* when it was decided */
@@ -298,6 +308,9 @@ int store_cap_count(store_t *s, const char *user_id, const char *category, int64
  * the "version" of every published agent snapshot. */
 int store_policy_revision(store_t *s, int64_t *rev);
 int store_policy_revision_bump(store_t *s, int64_t *rev);
+/* Notifications in state 'scheduled' (waiting on a timer), counted on the
+ * partial index notifications_scheduled (metrics, `tidingsctl stats`). */
+int store_count_scheduled(store_t *s, int64_t *n);
 
 /* --- Scheduler (store_sched.c; docs/hub-policy.md) ------------------------
  * One durable table of timers: deliver_at, quiet-hours holds, fallback
@@ -327,6 +340,18 @@ int store_timer_cancel(store_t *s, const char *notification_id, const char *kind
                        const char *payload);
 /* How many timers a notification has left. */
 int store_timer_count_of(store_t *s, const char *notification_id, int64_t *count);
+/* A user's policy timers (kinds deliver_at, hold, fallback, whose payload
+ * starts with "<user>\n") with id > after_id, by id, at most max: each to cb
+ * (read only; cb must not write: collect, then act). How many, or error. A
+ * scan of the timers table: preference changes are rare. */
+int store_timer_of_user(store_t *s, const char *user_id, int64_t after_id, unsigned max,
+                        store_timer_cb cb, void *arg);
+/* Delete one timer by id: 1 deleted, 0 already gone, or error. */
+int store_timer_delete(store_t *s, int64_t id);
+/* At start, before store_recover(): notifications waiting for a provider
+ * retry (a "retry" timer) become 'scheduled', so they are not requeued and
+ * sent at once; the retry timer requeues them when it comes due. How many. */
+int store_timer_hold_retries(store_t *s);
 
 /* The stored body of a notification and its expiry, for work resumed by a
  * timer: 1 found (buf NUL-terminated), 0 not found, -ENOSPC, or error. */
@@ -368,6 +393,19 @@ int store_provider_status_get(store_t *s, const char *channel, const char *provi
  * Returns how many endpoints changed, or error. */
 int store_sms_opt(store_t *s, const char *number, bool opted_out, const char *keyword,
                   int64_t now_ms);
+/* What a channel follows after a send (channel_env.watch; SMS status
+ * polling), so a restarted hub goes on: until_ms > 0 records provider_id
+ * (sent under account) until then, until_ms == 0 forgets it. 0 or error. */
+int store_provider_watch(store_t *s, const char *channel, const char *provider_id,
+                         const char *account, int64_t until_ms);
+/* At start: forget the channel's records past their deadline (until_ms <=
+ * now_ms) or whose status is already final (provider_status rank >= 4),
+ * then call fn for each one left with the last status recorded ("" none).
+ * fn may write to the store. Returns how many, or error. */
+typedef void (*store_watch_fn)(void *arg, const char *provider_id, const char *account,
+                               int64_t until_ms, const char *last_status);
+int store_provider_watch_each(store_t *s, const char *channel, int64_t now_ms,
+                              store_watch_fn fn, void *arg);
 
 /* --- Admin (store_admin.c; docs/tidingsctl.md) ----------------------------
  * Reads of the admin API that no other domain owns, dead-letter requeue,
@@ -399,6 +437,17 @@ struct store_admin_attempt {
 typedef void (*store_admin_attempt_cb)(void *arg, const struct store_admin_attempt *a);
 /* Up to max attempts of a notification, oldest first. Count or error. */
 int store_admin_attempts(store_t *s, const char *id, unsigned max, store_admin_attempt_cb cb,
+                         void *arg);
+
+/* A receipt of a notification: in the outbox (confirmed_ms 0: not yet
+ * confirmed by the broker) or from receipt_log (kept 30 days, at most 1M). */
+struct store_admin_receipt {
+    const char *agent, *state;
+    int64_t queued_ms, confirmed_ms;
+};
+typedef void (*store_admin_receipt_cb)(void *arg, const struct store_admin_receipt *r);
+/* Up to max receipts of a notification, oldest first. Count or error. */
+int store_admin_receipts(store_t *s, const char *id, unsigned max, store_admin_receipt_cb cb,
                          void *arg);
 
 /* A log page. NULL strings and 0 times match anything. */
@@ -447,5 +496,22 @@ int store_admin_channel_stats(store_t *s, int64_t since_ms, store_admin_channel_
  * how many rows were redacted. */
 int store_admin_erase_notifications(store_t *s, const char *user_id, int64_t now_ms,
                                     int64_t *erased);
+
+/* GDPR: erase a user (`tidingsctl user remove`), in the iteration
+ * transaction: store_user_remove (devices, contact points, memberships,
+ * bindings), store_policy_forget_user, store_timer_forget_user, the
+ * provider reasons of attempts to the user's endpoints and notifications
+ * redacted, then store_admin_erase_notifications. Ids, states and times
+ * stay for the delivery log; STORE_REMOVED_USER stands where the user id
+ * was. docs/tidingsctl.md "GDPR". */
+#define STORE_REMOVED_USER "(removed)"
+int store_admin_forget_user(store_t *s, const char *user_id, int64_t now_ms, int64_t *erased);
+/* Preferences and cap events deleted; decisions kept with user_id
+ * STORE_REMOVED_USER (store_policy.c). */
+int store_policy_forget_user(store_t *s, const char *user_id);
+/* Timers whose payload names the user ("<user>\n...") name
+ * STORE_REMOVED_USER instead; they still fire (the planner finds no such
+ * user and that part ends). Returns how many (store_sched.c). */
+int store_timer_forget_user(store_t *s, const char *user_id);
 
 #endif

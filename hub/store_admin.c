@@ -15,7 +15,44 @@
  *   inserted once and started_ms never changes: no cost on updates.
  * - notifications_dlq: the dead letters (failed, dropped) by time. A
  *   partial index holds only those rows, so the hot path (queued ->
- *   sending -> delivered) pays one WHERE evaluation per update, no insert. */
+ *   sending -> delivered) pays one WHERE evaluation per update, no insert.
+ * - receipt_log: what became of each receipt (store_engine.c's outbox rows
+ *   are deleted on the broker's PUBACK, receipts.c): an AFTER DELETE
+ *   trigger on receipts copies the row with the time of its deletion (=
+ *   confirmed by the broker; nothing else deletes receipts). It lives here,
+ *   not in the engine's schema, so the outbox code stays as it is; it runs
+ *   after v5. Bounded: every 256th insert, when the oldest row is older
+ *   than RECEIPT_LOG_KEEP_MS or more than RECEIPT_LOG_MAX_ROWS back, up to
+ *   512 of the oldest such rows go (rowid order is time order: rows are
+ *   only appended, and pruned from the start). One row and one index entry
+ *   per receipt: its cost on the confirm path. */
+#define RECEIPT_LOG_KEEP_MS "2592000000" /* 30 days */
+#define RECEIPT_LOG_MAX_ROWS "1000000"
+/* Wall-clock ms, as clock_wall_ms() (SQLite reads the time once per statement). */
+#define SQL_NOW_MS "CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
+#define RECEIPT_LOG_DUE                                                                            \
+    " WHERE t < NEW.confirmed_ms - " RECEIPT_LOG_KEEP_MS                                           \
+    " OR r <= NEW.rowid - " RECEIPT_LOG_MAX_ROWS
+#define STORE_SQL_RECEIPT_LOG                                                                      \
+    "CREATE TABLE receipt_log ("                                                                   \
+    "  notification_id TEXT NOT NULL,"                                                             \
+    "  agent TEXT NOT NULL,"                                                                       \
+    "  state TEXT NOT NULL,"                                                                       \
+    "  queued_ms INTEGER NOT NULL,"   /* the receipt row's at_ms: the terminal state's time */     \
+    "  confirmed_ms INTEGER NOT NULL" /* deleted from the outbox: the broker had it */             \
+    ");"                                                                                           \
+    "CREATE INDEX receipt_log_by_id ON receipt_log(notification_id);"                              \
+    "CREATE TRIGGER receipt_log_on_delete AFTER DELETE ON receipts BEGIN"                          \
+    "  INSERT INTO receipt_log(notification_id, agent, state, queued_ms, confirmed_ms)"            \
+    "  VALUES (OLD.notification_id, OLD.agent, OLD.state, OLD.at_ms, " SQL_NOW_MS ");"             \
+    " END;"                                                                                        \
+    "CREATE TRIGGER receipt_log_prune AFTER INSERT ON receipt_log"                                 \
+    "  WHEN NEW.rowid % 256 = 0 AND EXISTS (SELECT 1 FROM (SELECT rowid AS r, confirmed_ms AS t"   \
+    "  FROM receipt_log ORDER BY rowid LIMIT 1)" RECEIPT_LOG_DUE ") BEGIN"                         \
+    "  DELETE FROM receipt_log WHERE rowid IN (SELECT r FROM (SELECT rowid AS r,"                  \
+    "  confirmed_ms AS t FROM receipt_log ORDER BY rowid LIMIT 512)" RECEIPT_LOG_DUE ");"          \
+    " END;"
+
 const char store_sql_admin[] = "CREATE TABLE admin_audit ("
                                "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
                                "  at_ms INTEGER NOT NULL,"
@@ -27,7 +64,7 @@ const char store_sql_admin[] = "CREATE TABLE admin_audit ("
                                "CREATE INDEX admin_audit_by_target ON admin_audit(target);"
                                "CREATE INDEX attempts_by_time ON attempts(started_ms);"
                                "CREATE INDEX notifications_dlq ON notifications(updated_ms)"
-                               "  WHERE state IN ('failed', 'dropped');";
+                               "  WHERE state IN ('failed', 'dropped');" STORE_SQL_RECEIPT_LOG;
 
 static const char SQL_SAVEPOINT[] = "SAVEPOINT admin";
 static const char SQL_RELEASE[] = "RELEASE admin";
@@ -156,6 +193,37 @@ int store_admin_attempts(store_t *s, const char *id, unsigned max, store_admin_a
     store_bind_text(st, 1, id);
     sqlite3_bind_int64(st, 2, max);
     return each_row(s, st, "admin attempts", attempt_row, (void *)cb, arg);
+}
+
+/* Receipts still in the outbox (a scan of it: no index on the hot path's
+ * table; it is small unless a backlog waits for the broker), then those
+ * confirmed (receipt_log, by index). */
+static const char SQL_RECEIPTS_OF[] =
+    "SELECT agent, state, at_ms, 0 FROM receipts WHERE notification_id = ?1"
+    " UNION ALL SELECT agent, state, queued_ms, confirmed_ms FROM receipt_log"
+    " WHERE notification_id = ?1 ORDER BY 3, 4 LIMIT ?2";
+
+static void receipt_row(sqlite3_stmt *st, void *cb, void *arg)
+{
+    struct store_admin_receipt r = {
+        .agent = col_text(st, 0),
+        .state = col_text(st, 1),
+        .queued_ms = sqlite3_column_int64(st, 2),
+        .confirmed_ms = sqlite3_column_int64(st, 3),
+    };
+    ((store_admin_receipt_cb)cb)(arg, &r);
+}
+
+int store_admin_receipts(store_t *s, const char *id, unsigned max, store_admin_receipt_cb cb,
+                         void *arg)
+{
+    sqlite3_stmt *st = store_stmt(s, SQL_RECEIPTS_OF);
+    if (!st) {
+        return TDG_EDB;
+    }
+    store_bind_text(st, 1, id);
+    sqlite3_bind_int64(st, 2, max);
+    return each_row(s, st, "admin receipts", receipt_row, (void *)cb, arg);
 }
 
 /* Filters are bound as NULL when unused: one statement serves every mix. */
@@ -323,6 +391,11 @@ int store_admin_queue_counts(store_t *s, store_admin_count_cb cb, void *arg)
     if (rc < 0) {
         return rc;
     }
+    int64_t scheduled = 0;
+    if ((rc = store_count_scheduled(s, &scheduled)) < 0) {
+        return rc;
+    }
+    cb(arg, "scheduled", scheduled);
     if (!(st = store_stmt(s, SQL_COUNT_DLQ))) {
         return TDG_EDB;
     }
@@ -353,8 +426,15 @@ static const char SQL_ERASE_PENDING[] =
     "UPDATE notifications SET state = 'dropped', reason = 'recipient removed', updated_ms = ?2"
     " WHERE recipient = ?1 AND state NOT IN ('delivered', 'failed', 'suppressed', 'expired',"
     " 'dropped')";
+/* A failed notification's reason is the provider's text (an SMS API's error
+ * may quote the number): redacted, in the receipts not yet published too.
+ * Other states' reasons are policy rules ("category_opt_out:marketing"). */
+static const char SQL_ERASE_RECEIPTS[] =
+    "UPDATE receipts SET reason = 'redacted' WHERE state = 'failed' AND reason <> ''"
+    " AND notification_id IN (SELECT id FROM notifications WHERE recipient = ?1)";
 static const char SQL_ERASE_BODIES[] =
     "UPDATE notifications SET body = '{\"redacted\":true}', recipient = 'erased',"
+    " reason = CASE WHEN state = 'failed' AND reason <> '' THEN 'redacted' ELSE reason END,"
     " updated_ms = ?2 WHERE recipient = ?1";
 /* The audit trail may name them too ("allow user:<id> ..."). */
 static const char SQL_ERASE_AUDIT[] =
@@ -370,8 +450,11 @@ int store_admin_erase_notifications(store_t *s, const char *user_id, int64_t now
     }
     char to[160];
     snprintf(to, sizeof(to), "user:%s", user_id);
-    const char *const sqls[] = {SQL_ERASE_PENDING, SQL_ERASE_AUDIT, SQL_ERASE_BODIES};
-    for (size_t i = 0; i < 3; i++) {
+    /* The bodies last: they forget the recipient the others select by, and
+     * sqlite3_changes() below counts them. */
+    const char *const sqls[] = {SQL_ERASE_PENDING, SQL_ERASE_AUDIT, SQL_ERASE_RECEIPTS,
+                                SQL_ERASE_BODIES};
+    for (size_t i = 0; i < sizeof(sqls) / sizeof(sqls[0]); i++) {
         sqlite3_stmt *st = store_stmt(s, sqls[i]);
         if (!st) {
             return TDG_EDB;
@@ -388,4 +471,36 @@ int store_admin_erase_notifications(store_t *s, const char *user_id, int64_t now
         *erased = sqlite3_changes(s->db);
     }
     return 0;
+}
+
+/* The provider's answers about the user's endpoints and notifications
+ * (attempts.reason: an SMS API's error text may quote the number). Run
+ * before the devices and the recipient are gone: they select the rows.
+ * A full scan of attempts, for a rare operation. */
+static const char SQL_ERASE_ATTEMPTS[] =
+    "UPDATE attempts SET reason = 'redacted' WHERE reason <> ''"
+    " AND (device_id IN (SELECT id FROM devices WHERE user_id = ?1)"
+    "      OR notification_id IN (SELECT id FROM notifications WHERE recipient = ?2))";
+
+int store_admin_forget_user(store_t *s, const char *user_id, int64_t now_ms, int64_t *erased)
+{
+    int rc = store_tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    char to[STORE_USER_ID_MAX + 8];
+    snprintf(to, sizeof(to), "user:%s", user_id);
+    sqlite3_stmt *st = store_stmt(s, SQL_ERASE_ATTEMPTS);
+    if (!st) {
+        return TDG_EDB;
+    }
+    store_bind_text(st, 1, user_id);
+    store_bind_text(st, 2, to);
+    if ((rc = store_run(s, st, "admin erase attempts")) < 0 ||
+        (rc = store_policy_forget_user(s, user_id)) < 0 ||
+        (rc = store_timer_forget_user(s, user_id)) < 0 ||
+        (rc = store_user_remove(s, user_id)) < 0) {
+        return rc;
+    }
+    return store_admin_erase_notifications(s, user_id, now_ms, erased);
 }

@@ -17,7 +17,11 @@
  */
 #include "store_int.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
@@ -33,7 +37,36 @@ const char store_sql_channels[] =
     "  updates INTEGER NOT NULL DEFAULT 1,"
     "  updated_ms INTEGER NOT NULL,"
     "  PRIMARY KEY (channel, provider_id)"
+    ") WITHOUT ROWID;"
+    /* what a channel still follows after a send (SMS status polling), so a
+     * restarted hub goes on: account names the sender, until_ms (Unix ms)
+     * when to give up */
+    "CREATE TABLE provider_watch ("
+    "  channel TEXT NOT NULL,"
+    "  provider_id TEXT NOT NULL,"
+    "  account TEXT NOT NULL,"
+    "  until_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (channel, provider_id)"
     ") WITHOUT ROWID;";
+
+static const char SQL_WATCH_PUT[] =
+    "INSERT INTO provider_watch(channel, provider_id, account, until_ms) VALUES (?1, ?2, ?3, ?4)"
+    " ON CONFLICT(channel, provider_id) DO UPDATE SET account = excluded.account,"
+    " until_ms = excluded.until_ms";
+
+static const char SQL_WATCH_DEL[] =
+    "DELETE FROM provider_watch WHERE channel = ?1 AND provider_id = ?2";
+
+/* Past their deadline, or already final (a callback said so while nobody
+ * polled): nothing left to follow. */
+static const char SQL_WATCH_PRUNE[] =
+    "DELETE FROM provider_watch WHERE channel = ?1 AND (until_ms <= ?2 OR provider_id IN"
+    " (SELECT provider_id FROM provider_status WHERE channel = ?1 AND rank >= 4))";
+
+static const char SQL_WATCH_LIST[] =
+    "SELECT w.provider_id, w.account, w.until_ms, COALESCE(p.status, '') FROM provider_watch w"
+    " LEFT JOIN provider_status p ON p.channel = w.channel AND p.provider_id = w.provider_id"
+    " WHERE w.channel = ?1 ORDER BY w.until_ms, w.provider_id";
 
 static const char SQL_STATUS_PUT[] =
     "INSERT INTO provider_status(channel, provider_id, status, rank, error_code, updated_ms)"
@@ -178,4 +211,94 @@ int store_sms_opt(store_t *s, const char *number, bool opted_out, const char *ke
         return c.rc;
     }
     return c.changed;
+}
+
+/* --- what channels follow after a send ------------------------------------ */
+
+int store_provider_watch(store_t *s, const char *channel, const char *provider_id,
+                         const char *account, int64_t until_ms)
+{
+    if (!channel || !*channel || !provider_id || !*provider_id ||
+        (until_ms > 0 && (!account || !*account))) {
+        return TDG_EINVAL_INPUT;
+    }
+    int rc = store_tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = store_stmt(s, until_ms > 0 ? SQL_WATCH_PUT : SQL_WATCH_DEL);
+    if (!st) {
+        return TDG_EDB;
+    }
+    store_bind_text(st, 1, channel);
+    store_bind_text(st, 2, provider_id);
+    if (until_ms > 0) {
+        store_bind_text(st, 3, account);
+        sqlite3_bind_int64(st, 4, until_ms);
+    }
+    return store_run(s, st, "provider watch");
+}
+
+struct watch_row {
+    char id[128], account[128], last[24];
+    int64_t until_ms;
+};
+
+int store_provider_watch_each(store_t *s, const char *channel, int64_t now_ms,
+                              store_watch_fn fn, void *arg)
+{
+    int rc = store_tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = store_stmt(s, SQL_WATCH_PRUNE);
+    if (!st) {
+        return TDG_EDB;
+    }
+    store_bind_text(st, 1, channel);
+    sqlite3_bind_int64(st, 2, now_ms);
+    if ((rc = store_run(s, st, "provider watch prune")) < 0) {
+        return rc;
+    }
+    st = store_stmt(s, SQL_WATCH_LIST);
+    if (!st) {
+        return TDG_EDB;
+    }
+    /* Rows are copied out first so that fn may write to the store (forget a
+     * stale row) without disturbing this read. */
+    store_bind_text(st, 1, channel);
+    struct watch_row *rows = NULL;
+    size_t n = 0, cap = 0;
+    int ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 64;
+            struct watch_row *r = ncap <= SIZE_MAX / sizeof(*r) ? realloc(rows, ncap * sizeof(*r))
+                                                                 : NULL;
+            if (!r) {
+                ret = -ENOMEM;
+                break;
+            }
+            rows = r;
+            cap = ncap;
+        }
+        const unsigned char *id = sqlite3_column_text(st, 0);
+        const unsigned char *acct = sqlite3_column_text(st, 1);
+        const unsigned char *last = sqlite3_column_text(st, 3);
+        snprintf(rows[n].id, sizeof(rows[n].id), "%s", id ? (const char *)id : "");
+        snprintf(rows[n].account, sizeof(rows[n].account), "%s", acct ? (const char *)acct : "");
+        snprintf(rows[n].last, sizeof(rows[n].last), "%s", last ? (const char *)last : "");
+        rows[n].until_ms = sqlite3_column_int64(st, 2);
+        n++;
+    }
+    if (ret == 0 && rc != SQLITE_DONE) {
+        ret = store_fail(s, rc, "provider watch list");
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    for (size_t i = 0; ret == 0 && i < n; i++) {
+        fn(arg, rows[i].id, rows[i].account, rows[i].until_ms, rows[i].last);
+    }
+    free(rows);
+    return ret < 0 ? ret : (int)(n > INT_MAX ? INT_MAX : n);
 }

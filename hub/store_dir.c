@@ -1204,6 +1204,26 @@ int store_group_members(store_t *s, const char *group, store_name_cb cb, void *a
     return each_name(s, st, cb, arg, "group members");
 }
 
+static const char SQL_MEMBERS_PAGE[] =
+    "SELECT user_id FROM group_members WHERE group_id = ?1 AND user_id > ?2"
+    " ORDER BY user_id LIMIT ?3";
+
+int store_group_members_page(store_t *s, const char *group, const char *after, unsigned limit,
+                             store_name_cb cb, void *arg)
+{
+    if (limit == 0 || limit > STORE_GROUP_PAGE_MAX) {
+        return TDG_EINVAL_INPUT;
+    }
+    sqlite3_stmt *st = store_stmt(s, SQL_MEMBERS_PAGE);
+    if (!st) {
+        return TDG_EDB;
+    }
+    store_bind_text(st, 1, group);
+    store_bind_text(st, 2, after ? after : "");
+    sqlite3_bind_int(st, 3, (int)limit);
+    return each_name(s, st, cb, arg, "group members page");
+}
+
 int store_group_list(store_t *s, store_name_cb cb, void *arg)
 {
     sqlite3_stmt *st = store_stmt(s, SQL_GROUPS);

@@ -36,6 +36,7 @@ struct store {
     bool in_tx;
     struct pii *pii;           /* store_dir.c: the keyring (not owned) */
     int64_t reencrypt_after;   /* store_dir.c: store_dir_reencrypt's cursor */
+    struct store_ckpt *ckpt;   /* store.c: WAL checkpoints off the loop (NULL: SQLite's own) */
 };
 
 /* The migrations of the other domains (store.c lists them in order). */

@@ -42,7 +42,13 @@ const char store_sql_policy[] =
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
     "  revision INTEGER NOT NULL"
     ");"
-    "INSERT INTO policy_meta(id, revision) VALUES (1, 0);";
+    "INSERT INTO policy_meta(id, revision) VALUES (1, 0);"
+    /* Notifications waiting on a timer (deliver_at, hold, fallback), for
+     * the queue depth metric: a partial index holds only those rows, so
+     * the count reads no other row, and the hot path (queued -> sending ->
+     * delivered) pays one WHERE evaluation per update, no index write. */
+    "CREATE INDEX notifications_scheduled ON notifications(state)"
+    "  WHERE state = 'scheduled';";
 
 static const char sql_pref_get[] = "SELECT json FROM prefs WHERE user_id = ?";
 static const char sql_pref_put[] =
@@ -388,4 +394,47 @@ int store_pref_load(store_t *s, const char *user_id, char *buf, size_t len, char
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return ret;
+}
+
+/* GDPR erasure (store_admin_forget_user). Preferences and cap events exist
+ * only for this user: deleted. Decisions are the delivery log of their
+ * notifications (which rule, when): kept, the user id replaced. */
+static const char sql_forget_prefs[] = "DELETE FROM prefs WHERE user_id = ?1";
+static const char sql_forget_caps[] = "DELETE FROM cap_events WHERE user_id = ?1";
+static const char sql_forget_decisions[] =
+    "UPDATE decisions SET user_id = '" STORE_REMOVED_USER "' WHERE user_id = ?1";
+
+int store_policy_forget_user(store_t *s, const char *user_id)
+{
+    int rc = store_tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    const char *const sqls[] = {sql_forget_prefs, sql_forget_caps, sql_forget_decisions};
+    for (size_t i = 0; i < sizeof(sqls) / sizeof(sqls[0]); i++) {
+        sqlite3_stmt *st = store_stmt(s, sqls[i]);
+        if (!st) {
+            return TDG_EDB;
+        }
+        store_bind_text(st, 1, user_id);
+        if ((rc = store_run(s, st, "policy forget user")) < 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static const char sql_count_scheduled[] =
+    "SELECT count(*) FROM notifications WHERE state = 'scheduled'";
+
+int store_count_scheduled(store_t *s, int64_t *n)
+{
+    sqlite3_stmt *st = store_stmt(s, sql_count_scheduled);
+    if (!st) {
+        return TDG_EDB;
+    }
+    int rc = sqlite3_step(st);
+    *n = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "scheduled count");
 }

@@ -212,3 +212,110 @@ int store_notification_get(store_t *s, const char *id, char *buf, size_t len,
     sqlite3_clear_bindings(st);
     return ret;
 }
+
+/* GDPR erasure: the user's timers (payload "<user>\n...") stay, so their
+ * notifications still end when the timer fires, but name no one: the
+ * planner finds no user "(removed)" and the part ends. ?1 = "<user>\n". */
+static const char sql_forget[] =
+    "UPDATE timers SET payload = '" STORE_REMOVED_USER "' || substr(payload, length(?1))"
+    " WHERE kind IN ('deliver_at', 'hold', 'fallback')"
+    " AND substr(payload, 1, length(?1)) = ?1";
+
+int store_timer_forget_user(store_t *s, const char *user_id)
+{
+    char prefix[STORE_USER_ID_MAX + 2];
+    int n = snprintf(prefix, sizeof(prefix), "%s\n", user_id);
+    if (n < 2 || (size_t)n >= sizeof(prefix)) {
+        return TDG_EINVAL_INPUT;
+    }
+    int rc = store_tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = store_stmt(s, sql_forget);
+    if (!st) {
+        return TDG_EDB;
+    }
+    store_bind_text(st, 1, prefix);
+    if ((rc = store_run(s, st, "timer forget user")) < 0) {
+        return rc;
+    }
+    return sqlite3_changes(s->db);
+}
+
+static const char sql_of_user[] =
+    "SELECT id, due_ms, kind, notification_id, payload FROM timers"
+    " WHERE kind IN ('deliver_at', 'hold', 'fallback') AND id > ?2"
+    " AND substr(payload, 1, length(?1)) = ?1 ORDER BY id LIMIT ?3";
+
+int store_timer_of_user(store_t *s, const char *user_id, int64_t after_id, unsigned max,
+                        store_timer_cb cb, void *arg)
+{
+    char prefix[STORE_USER_ID_MAX + 2];
+    int n = snprintf(prefix, sizeof(prefix), "%s\n", user_id);
+    if (n < 2 || (size_t)n >= sizeof(prefix)) {
+        return TDG_EINVAL_INPUT;
+    }
+    sqlite3_stmt *st = store_stmt(s, sql_of_user);
+    if (!st) {
+        return TDG_EDB;
+    }
+    store_bind_text(st, 1, prefix);
+    sqlite3_bind_int64(st, 2, after_id);
+    sqlite3_bind_int(st, 3, max > INT32_MAX ? INT32_MAX : (int)max);
+    int count = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *kind = (const char *)sqlite3_column_text(st, 2);
+        const char *nid = (const char *)sqlite3_column_text(st, 3);
+        const char *pl = (const char *)sqlite3_column_text(st, 4);
+        struct store_timer t = {.id = sqlite3_column_int64(st, 0),
+                                .due_ms = sqlite3_column_int64(st, 1),
+                                .kind = kind ? kind : "",
+                                .notification_id = nid ? nid : "",
+                                .payload = pl ? pl : ""};
+        cb(arg, &t);
+        count++;
+    }
+    int ret = rc == SQLITE_DONE ? count : store_fail(s, rc, "timers of user");
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return ret;
+}
+
+int store_timer_delete(store_t *s, int64_t id)
+{
+    int rc = store_tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = store_stmt(s, sql_del);
+    if (!st) {
+        return TDG_EDB;
+    }
+    sqlite3_bind_int64(st, 1, id);
+    if ((rc = store_run(s, st, "timer delete")) < 0) {
+        return rc;
+    }
+    return sqlite3_changes(s->db) > 0 ? 1 : 0;
+}
+
+static const char sql_hold_retries[] =
+    "UPDATE notifications SET state = 'scheduled', reason = ''"
+    " WHERE state IN ('queued', 'sending')"
+    " AND id IN (SELECT notification_id FROM timers WHERE kind = 'retry')";
+
+int store_timer_hold_retries(store_t *s)
+{
+    int rc = store_tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = store_stmt(s, sql_hold_retries);
+    if (!st) {
+        return TDG_EDB;
+    }
+    if ((rc = store_run(s, st, "hold retries")) < 0) {
+        return rc;
+    }
+    return sqlite3_changes(s->db);
+}

@@ -42,6 +42,8 @@ uint64_t backoff_delay(unsigned attempt, uint64_t base_ms, uint64_t cap_ms)
     if (ceiling > cap_ms) {
         ceiling = cap_ms;
     }
-    uint64_t d = rand_u64() % (ceiling + 1);
+    /* A ceiling of UINT64_MAX (cap_ms = UINT64_MAX) has no ceiling + 1: every
+     * 64-bit value is in range, and the modulo would divide by zero. */
+    uint64_t d = ceiling == UINT64_MAX ? rand_u64() : rand_u64() % (ceiling + 1);
     return d ? d : 1;
 }

@@ -8,8 +8,11 @@
 #include <errno.h>
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,13 +22,18 @@ struct mqtt {
     struct mqtt_handlers h;
     const char *name;
     const char *host;
-    int port, keepalive;
+    int port;
+    int keepalive;      /* seconds; 0 = off (what the broker granted, once connected) */
+    int keepalive_req;  /* what we ask for in CONNECT */
+    int tcp_keepalive;  /* seconds; 0 = off */
     uint32_t session_expiry;
     uint64_t backoff_base, backoff_cap;
     unsigned attempt;   /* consecutive failed connects, for backoff */
     int fd;             /* watched socket or -1 */
     unsigned events;    /* current watch */
     uint64_t misc_timer;
+    uint64_t misc_due;  /* monotonic ms the misc timer is armed for */
+    uint64_t last_in, last_out; /* monotonic ms of the last read / write on the socket */
     uint64_t retry_timer;
     bool connected;
     bool destroying;
@@ -45,16 +53,117 @@ static void drop_watch(mqtt_t *m)
         m->fd = -1;
         m->events = 0;
     }
+    if (m->misc_timer) {
+        loop_timer_cancel(m->loop, m->misc_timer);
+        m->misc_timer = 0;
+    }
 }
+
+/*
+ * Housekeeping (mosquitto_loop_misc). In libmosquitto 2.0.11 it does one
+ * thing: the keepalive check (send PINGREQ when `keepalive` seconds passed
+ * without traffic either way, or drop the connection when the last PINGREQ
+ * got no answer within `keepalive`). In-flight QoS 1 messages are not retried
+ * on a timer (MQTT 3.1.1 and 5 resend them only on reconnect), so with
+ * keepalive 0 there is nothing for it to do and no timer is armed: an idle
+ * connection then wakes the process never.
+ *
+ * With keepalive > 0 the timer is armed for the moment a PINGREQ is due,
+ * tracked from our own read/write times (mirroring libmosquitto's), plus one
+ * second because libmosquitto counts in whole seconds. An idle connection
+ * thus costs one timer wake-up (PINGREQ) and one socket wake-up (PINGRESP)
+ * per keepalive period, and the broker never waits longer than keepalive +
+ * 1 s for a packet from us (it allows 1.5 x keepalive).
+ */
+static uint64_t misc_deadline(const mqtt_t *m)
+{
+    uint64_t last = m->last_in < m->last_out ? m->last_in : m->last_out;
+    return last + (uint64_t)m->keepalive * 1000u + 1000u;
+}
+
+static void arm_misc(mqtt_t *m);
 
 static void on_misc(loop_t *loop, uint64_t id, void *arg)
 {
-    (void)loop;
     (void)id;
     mqtt_t *m = arg;
     m->misc_timer = 0;
-    mosquitto_loop_misc(m->mosq);
+    (void)loop;
+    uint64_t now = clock_mono_ms();
+    if (m->fd < 0 || m->keepalive <= 0) {
+        return;
+    }
+    if (now < misc_deadline(m)) {
+        /* Traffic since the timer was set: nothing is due yet. */
+        arm_misc(m);
+        return;
+    }
+    bool queued = mosquitto_want_write(m->mosq);
+    int rc = mosquitto_loop_misc(m->mosq);
+    if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN) {
+        LOG_DEBUG("mqtt", "%s: housekeeping: %s", m->name, mosquitto_strerror(rc));
+    }
+    if (mosquitto_socket(m->mosq) >= 0 && !queued && !mosquitto_want_write(m->mosq)) {
+        /* Our times are never earlier than libmosquitto's, so this is rare
+         * (a stamp taken late); look again in a second rather than a whole
+         * period, so the broker never waits too long for a packet. */
+        m->last_in = m->last_out = now - (uint64_t)m->keepalive * 1000u;
+    } else {
+        /* It queued a PINGREQ and, like libmosquitto, we count from now;
+         * or, with a PINGREQ unanswered, it closed the connection. */
+        m->last_in = m->last_out = now;
+    }
     sync_watch(m);
+}
+
+static void arm_misc(mqtt_t *m)
+{
+    if (m->destroying || m->fd < 0 || m->keepalive <= 0) {
+        if (m->misc_timer) {
+            loop_timer_cancel(m->loop, m->misc_timer);
+            m->misc_timer = 0;
+        }
+        return;
+    }
+    uint64_t due = misc_deadline(m);
+    if (m->misc_timer) {
+        /* An armed timer that fires early only re-arms (on_misc); one that
+         * would fire late is moved. */
+        if (m->misc_due <= due) {
+            return;
+        }
+        loop_timer_cancel(m->loop, m->misc_timer);
+        m->misc_timer = 0;
+    }
+    /* Timers count from the loop's clock, taken at this wake-up, so the
+     * delay from it ends at or after due. */
+    uint64_t now = loop_now_ms(m->loop);
+    m->misc_due = due > now ? due : now;
+    m->misc_timer = loop_timer_add(m->loop, m->misc_due - now, on_misc, m);
+}
+
+/* Kernel keepalive probes on a TCP socket: they cost the process no
+ * wake-up, and find a dead peer on an idle connection in about twice
+ * tcp_keepalive; TCP_USER_TIMEOUT bounds how long sent data (a batch, a
+ * PINGREQ) may stay unacknowledged before the kernel fails the socket. */
+static void set_tcp_keepalive(mqtt_t *m, int sock)
+{
+    if (m->tcp_keepalive <= 0) {
+        return;
+    }
+    int on = 1;
+    int idle = m->tcp_keepalive;
+    int intvl = idle / 3 > 0 ? idle / 3 : 1;
+    int cnt = 3;
+    unsigned user_timeout = (unsigned)(idle + intvl * cnt) * 1000u;
+    if (setsockopt(sock, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) < 0 ||
+        setsockopt(sock, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
+        setsockopt(sock, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) < 0 ||
+        setsockopt(sock, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0 ||
+        setsockopt(sock, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout)) <
+            0) {
+        LOG_WARN("mqtt", "%s: TCP keepalive: %s", m->name, strerror(errno));
+    }
 }
 
 static void handle_io_error(mqtt_t *m, int rc)
@@ -108,9 +217,11 @@ static void on_fd(loop_t *loop, int fd, unsigned events, void *arg)
                 break;
             }
         }
+        m->last_in = clock_mono_ms();
     }
     if (rc == MOSQ_ERR_SUCCESS && (events & LOOP_WRITE)) {
         rc = mosquitto_loop_write(m->mosq, 1);
+        m->last_out = clock_mono_ms();
     }
     if (rc != MOSQ_ERR_SUCCESS) {
         handle_io_error(m, rc);
@@ -137,16 +248,14 @@ static void sync_watch(mqtt_t *m)
         }
         m->fd = sock;
         m->events = LOOP_READ;
+        m->last_in = m->last_out = clock_mono_ms();
+        set_tcp_keepalive(m, sock);
     }
     unsigned want = LOOP_READ | (mosquitto_want_write(m->mosq) ? LOOP_WRITE : 0);
     if (want != m->events && loop_fd_mod(m->loop, m->fd, want) == 0) {
         m->events = want;
     }
-    if (!m->misc_timer) {
-        /* Keepalive pings: libmosquitto sends one when keepalive seconds pass
-         * without traffic, so checking twice per interval is enough. */
-        m->misc_timer = loop_timer_add(m->loop, (uint64_t)m->keepalive * 500u, on_misc, m);
-    }
+    arm_misc(m);
 }
 
 static void before_sleep(loop_t *loop, void *arg)
@@ -155,6 +264,7 @@ static void before_sleep(loop_t *loop, void *arg)
     mqtt_t *m = arg;
     if (m->fd >= 0 && mosquitto_want_write(m->mosq)) {
         int rc = mosquitto_loop_write(m->mosq, 1);
+        m->last_out = clock_mono_ms();
         if (rc != MOSQ_ERR_SUCCESS) {
             handle_io_error(m, rc);
             return;
@@ -170,9 +280,11 @@ static void before_sleep(loop_t *loop, void *arg)
 static int start_connect(mqtt_t *m, bool first)
 {
     if (m->session_expiry == 0) {
+        m->keepalive = m->keepalive_req;
         return first ? mosquitto_connect_async(m->mosq, m->host, m->port, m->keepalive)
                      : mosquitto_reconnect_async(m->mosq);
     }
+    m->keepalive = m->keepalive_req;
     mosquitto_property *props = NULL;
     int rc = mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
                                           m->session_expiry);
@@ -224,7 +336,6 @@ static void cb_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
 {
     (void)mosq;
     (void)flags;
-    (void)props;
     mqtt_t *m = obj;
     if (rc != 0) {
         LOG_WARN("mqtt", "%s: broker %s:%d refused the connection: %s", m->name, m->host, m->port,
@@ -237,6 +348,17 @@ static void cb_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
     m->connected = true;
     m->attempt = 0;
     m->inflight = 0;
+    /* An MQTT 5 broker may impose its own keepalive (Server Keep Alive,
+     * e.g. its max_keepalive when we asked for 0); libmosquitto adopts it,
+     * and so must the housekeeping timer. */
+    uint16_t server_ka = 0;
+    if (mosquitto_property_read_int16(props, MQTT_PROP_SERVER_KEEP_ALIVE, &server_ka, false)) {
+        if ((int)server_ka != m->keepalive) {
+            LOG_INFO("mqtt", "%s: broker %s:%d set keepalive %us (asked for %ds)", m->name,
+                     m->host, m->port, (unsigned)server_ka, m->keepalive_req);
+        }
+        m->keepalive = server_ka;
+    }
     LOG_INFO("mqtt", "%s: connected to %s:%d", m->name, m->host, m->port);
     m->logged_down = false;
     if (m->h.on_connect) {
@@ -304,7 +426,14 @@ mqtt_t *mqtt_create(loop_t *loop, const struct mqtt_opts *o, const struct mqtt_h
     m->name = o->name ? o->name : "mqtt";
     m->host = o->host;
     m->port = o->port;
-    m->keepalive = o->keepalive_s >= 5 ? o->keepalive_s : 60;
+    /* 0 (off) or 5..65535 s (MQTT's field is 16 bits; libmosquitto refuses
+     * 1..4). */
+    m->keepalive_req = o->keepalive_s == 0 ? 0
+                       : o->keepalive_s < 5 ? 5
+                       : o->keepalive_s > 65535 ? 65535
+                                                : o->keepalive_s;
+    m->keepalive = m->keepalive_req;
+    m->tcp_keepalive = o->tcp_keepalive_s > 0 ? o->tcp_keepalive_s : 0;
     m->backoff_base = o->backoff_base_ms ? o->backoff_base_ms : 500;
     m->backoff_cap = o->backoff_cap_ms ? o->backoff_cap_ms : 60000;
     m->fd = -1;

@@ -3,7 +3,9 @@
  *
  * libmosquitto is used through its "for use in other event loops" API: the
  * socket is watched by the loop, mosquitto_loop_read/write/misc are called
- * from loop callbacks, and no thread is started. Connections are made with
+ * from loop callbacks, and no thread is started. The keepalive timer is armed
+ * only while keepalive is on and a socket exists, for the moment a PINGREQ is
+ * due (not periodically): with keepalive 0 an idle client sets no timer. Connections are made with
  * the non-blocking mosquitto_connect_async so a dead uplink never stalls the
  * loop; lost connections are retried with capped full-jitter backoff.
  *
@@ -40,7 +42,17 @@ struct mqtt_opts {
     const char *cafile;    /* non-empty: TLS */
     const char *certfile;  /* client certificate (optional) */
     const char *keyfile;
-    int keepalive_s;       /* >= 5 */
+    /* MQTT keepalive, seconds: 0 = off, else 5..65535. Off suits a broker
+     * on this box only: a dead broker closes the socket (EOF wakes us), and
+     * an idle connection then wakes the process never. Over a network keep
+     * it on: it is how both ends find a dead link (one PINGREQ/PINGRESP per
+     * period; the broker drops us after 1.5 x keepalive of silence). */
+    int keepalive_s;
+    /* > 0: TCP keepalive (SO_KEEPALIVE, TCP_KEEPIDLE = this, TCP_KEEPINTVL =
+     * a third of it, TCP_KEEPCNT 3) and TCP_USER_TIMEOUT (the same total):
+     * the kernel probes an idle link without waking the process, and fails
+     * the socket when sent data stays unacknowledged. 0 = off. */
+    int tcp_keepalive_s;
     const char *will_topic; /* optional last will (QoS 1) */
     const char *will_payload;
     bool will_retain;

@@ -553,3 +553,247 @@ out:
     cJSON_Delete(root);
     return s;
 }
+
+/* --- receipts parsing --------------------------------------------------- */
+
+static const char *const receipt_states[] = {"delivered", "failed", "suppressed", "expired",
+                                             "dropped", NULL};
+static const char *const receipt_results[] = {"ok", "retry", "drop", "interrupted", "sending",
+                                              NULL};
+
+static bool in_set(const char *s, const char *const *set)
+{
+    for (size_t i = 0; set[i]; i++) {
+        if (strcmp(s, set[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* An optional string member: absent -> "" (0); else copied, truncated at a
+ * character boundary (reasons are for people; a long provider message must
+ * not cost the whole receipt). */
+static int opt_text(const cJSON *o, const char *key, const char *field, char *dst, size_t dstlen,
+                    struct proto_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    dst[0] = '\0';
+    if (!v) {
+        return 0;
+    }
+    if (!cJSON_IsString(v)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, field, "expected a string");
+        return TDG_EINVAL_INPUT;
+    }
+    proto_copy_trunc(dst, dstlen, v->valuestring);
+    return 0;
+}
+
+/* A required string member from a fixed set (or, with set NULL, 1..max-1
+ * bytes of [a-z0-9_-]). */
+static int req_word(const cJSON *o, const char *key, const char *field, const char *const *set,
+                    char *dst, size_t dstlen, struct proto_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v) {
+        proto_err_set(err, PROTO_R_MISSING_FIELD, field, "required");
+        return TDG_EINVAL_INPUT;
+    }
+    if (!cJSON_IsString(v)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, field, "expected a string");
+        return TDG_EINVAL_INPUT;
+    }
+    const char *s = v->valuestring;
+    size_t n = strlen(s);
+    if (n == 0) {
+        proto_err_set(err, PROTO_R_EMPTY, field, "must not be empty");
+        return TDG_EINVAL_INPUT;
+    }
+    if (set && !in_set(s, set)) {
+        proto_err_set(err, PROTO_R_BAD_VALUE, field, "unknown value");
+        return TDG_EINVAL_INPUT;
+    }
+    if (n >= dstlen) {
+        proto_err_set(err, PROTO_R_TOO_LONG, field, "%zu bytes max, got %zu", dstlen - 1, n);
+        return TDG_EINVAL_INPUT;
+    }
+    for (size_t i = 0; !set && i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) {
+            proto_err_set(err, PROTO_R_BAD_VALUE, field, "a-z 0-9 _ - only");
+            return TDG_EINVAL_INPUT;
+        }
+    }
+    memcpy(dst, s, n + 1);
+    return 0;
+}
+
+/* An optional integer member in [lo, hi]; absent -> 0. */
+static int opt_int(const cJSON *o, const char *key, const char *field, double lo, double hi,
+                   double *out, struct proto_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    *out = 0;
+    if (!v) {
+        return 0;
+    }
+    if (!cJSON_IsNumber(v)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, field, "expected an integer");
+        return TDG_EINVAL_INPUT;
+    }
+    if (!(v->valuedouble >= lo && v->valuedouble <= hi)) {
+        proto_err_set(err, PROTO_R_OUT_OF_RANGE, field, "%.0f..%.0f", lo, hi);
+        return TDG_EINVAL_INPUT;
+    }
+    /* In range, so the cast is defined. */
+    if (v->valuedouble != (double)(int64_t)v->valuedouble) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, field, "expected an integer");
+        return TDG_EINVAL_INPUT;
+    }
+    *out = v->valuedouble;
+    return 0;
+}
+
+static int parse_receipt_channel(const cJSON *o, int i, int c, struct proto_receipt_channel *ch,
+                                 struct proto_error *err)
+{
+    char f[48];
+    double num;
+    int rc;
+
+    snprintf(f, sizeof(f), "receipts[%d].channels[%d]", i, c);
+    if (!cJSON_IsObject(o)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, f, "expected an object");
+        return TDG_EINVAL_INPUT;
+    }
+    snprintf(f, sizeof(f), "receipts[%d].channels[%d].channel", i, c);
+    if ((rc = req_word(o, "channel", f, NULL, ch->channel, sizeof(ch->channel), err))) {
+        return rc;
+    }
+    snprintf(f, sizeof(f), "receipts[%d].channels[%d].result", i, c);
+    if ((rc = req_word(o, "result", f, receipt_results, ch->result, sizeof(ch->result), err))) {
+        return rc;
+    }
+    snprintf(f, sizeof(f), "receipts[%d].channels[%d].status", i, c);
+    if ((rc = opt_int(o, "status", f, 0, 999, &num, err))) {
+        return rc;
+    }
+    ch->status = (int)num;
+    snprintf(f, sizeof(f), "receipts[%d].channels[%d].attempts", i, c);
+    if ((rc = opt_int(o, "attempts", f, 0, 1000000, &num, err))) {
+        return rc;
+    }
+    ch->attempts = (unsigned)num;
+    snprintf(f, sizeof(f), "receipts[%d].channels[%d].reason", i, c);
+    return opt_text(o, "reason", f, ch->reason, sizeof(ch->reason), err);
+}
+
+static int parse_one_receipt(const cJSON *o, int i, struct proto_receipt *r,
+                             struct proto_error *err)
+{
+    char f[48];
+    const cJSON *id, *at, *chs, *c;
+    int rc, k = 0;
+
+    memset(r, 0, sizeof(*r));
+    snprintf(f, sizeof(f), "receipts[%d]", i);
+    if (!cJSON_IsObject(o)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, f, "expected an object");
+        return TDG_EINVAL_INPUT;
+    }
+    snprintf(f, sizeof(f), "receipts[%d].id", i);
+    id = cJSON_GetObjectItemCaseSensitive(o, "id");
+    if (!id) {
+        proto_err_set(err, PROTO_R_MISSING_FIELD, f, "required");
+        return TDG_EINVAL_INPUT;
+    }
+    if (!cJSON_IsString(id)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, f, "expected a string");
+        return TDG_EINVAL_INPUT;
+    }
+    if (!proto_id_valid(id->valuestring)) {
+        proto_err_set(err, PROTO_R_BAD_VALUE, f, "not a valid notification id");
+        return TDG_EINVAL_INPUT;
+    }
+    memcpy(r->id, id->valuestring, strlen(id->valuestring) + 1);
+    snprintf(f, sizeof(f), "receipts[%d].state", i);
+    if ((rc = req_word(o, "state", f, receipt_states, r->state, sizeof(r->state), err))) {
+        return rc;
+    }
+    snprintf(f, sizeof(f), "receipts[%d].reason", i);
+    if ((rc = opt_text(o, "reason", f, r->reason, sizeof(r->reason), err))) {
+        return rc;
+    }
+    snprintf(f, sizeof(f), "receipts[%d].at", i);
+    at = cJSON_GetObjectItemCaseSensitive(o, "at");
+    if (!at) {
+        proto_err_set(err, PROTO_R_MISSING_FIELD, f, "required");
+        return TDG_EINVAL_INPUT;
+    }
+    if (!cJSON_IsString(at)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, f, "expected a string");
+        return TDG_EINVAL_INPUT;
+    }
+    if (proto_parse_rfc3339(at->valuestring, &r->at_ms) != 0) {
+        proto_err_set(err, PROTO_R_BAD_TIME, f, "expected an RFC 3339 time");
+        return TDG_EINVAL_INPUT;
+    }
+    snprintf(f, sizeof(f), "receipts[%d].channels", i);
+    chs = cJSON_GetObjectItemCaseSensitive(o, "channels");
+    if (!chs) {
+        return 0;
+    }
+    if (!cJSON_IsArray(chs)) {
+        proto_err_set(err, PROTO_R_WRONG_TYPE, f, "expected an array");
+        return TDG_EINVAL_INPUT;
+    }
+    for (c = chs->child; c; c = c->next, k++) {
+        if (k >= PROTO_RECEIPT_MAX_CHANNELS) {
+            proto_err_set(err, PROTO_R_TOO_LONG, f, "%d channels max",
+                          PROTO_RECEIPT_MAX_CHANNELS);
+            return TDG_EINVAL_INPUT;
+        }
+        if ((rc = parse_receipt_channel(c, i, k, &r->ch[k], err))) {
+            return rc;
+        }
+    }
+    r->nch = (unsigned)k;
+    return 0;
+}
+
+int proto_receipts_parse(const char *buf, size_t len, proto_receipt_cb cb, void *arg,
+                         struct proto_error *err)
+{
+    cJSON *root, *arr;
+    const cJSON *o;
+    int rc, i = 0;
+    struct proto_receipt *r;
+
+    rc = parse_envelope(buf, len, &root, err);
+    if (rc) {
+        return rc;
+    }
+    rc = need_member(root, "receipts", cJSON_IsArray, "an array", &arr, err);
+    if (rc) {
+        cJSON_Delete(root);
+        return rc;
+    }
+    r = malloc(sizeof(*r));
+    if (!r) {
+        cJSON_Delete(root);
+        return -ENOMEM;
+    }
+    for (o = arr->child; o; o = o->next, i++) {
+        struct proto_error e;
+        memset(&e, 0, sizeof(e));
+        if (parse_one_receipt(o, i, r, &e) == 0) {
+            cb(arg, r, NULL);
+        } else {
+            cb(arg, NULL, &e);
+        }
+    }
+    free(r);
+    cJSON_Delete(root);
+    return 0;
+}

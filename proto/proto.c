@@ -1230,7 +1230,8 @@ static size_t count_numbers(const cJSON *item)
  * Validate obj (not freed here). raw_len is the wire size when known (0 when
  * the tree came from a caller), used to skip printing in the common case.
  */
-static int validate(cJSON *obj, size_t raw_len, struct notification *n, struct proto_error *err)
+static int validate(cJSON *obj, size_t raw_len, bool exact, struct notification *n,
+                    struct proto_error *err)
 {
     int rc;
 
@@ -1308,8 +1309,12 @@ static int validate(cJSON *obj, size_t raw_len, struct notification *n, struct p
          * (whitespace goes, escapes shrink or stay), so print only when the
          * numbers could push it over. */
         bool known_small =
-            raw_len > 0 && raw_len + 25 * count_numbers(obj->child) <= PROTO_MAX_WIRE;
-        if (!known_small) {
+            exact || (raw_len > 0 && raw_len + 25 * count_numbers(obj->child) <= PROTO_MAX_WIRE);
+        if (exact && raw_len > PROTO_MAX_WIRE) {
+            proto_err_set(err, PROTO_R_TOO_LARGE, NULL, "serialized form exceeds %d bytes",
+                          PROTO_MAX_WIRE);
+            rc = TDG_ETOOBIG;
+        } else if (!known_small) {
             size_t slen = serialized_len(obj, PROTO_MAX_WIRE);
             if (slen > PROTO_MAX_WIRE) {
                 proto_err_set(err, PROTO_R_TOO_LARGE, NULL, "serialized form exceeds %d bytes",
@@ -1342,7 +1347,7 @@ int proto_parse(const char *buf, size_t len, struct notification *n, struct prot
     if (rc) {
         return rc;
     }
-    rc = validate(obj, len, n, err);
+    rc = validate(obj, len, false, n, err);
     if (rc) {
         cJSON_Delete(obj);
     }
@@ -1361,7 +1366,7 @@ int proto_from_json(cJSON *obj, struct notification *n, struct proto_error *err)
                       "item is still part of another tree: copy or detach it first");
         return TDG_EINVAL_INPUT;
     }
-    rc = validate(obj, 0, n, err);
+    rc = validate(obj, 0, false, n, err);
 
     if (rc) {
         cJSON_Delete(obj);
@@ -1475,6 +1480,20 @@ char *proto_serialize(const struct notification *n, size_t *len)
         *len = strlen(s);
     }
     return s;
+}
+
+int proto_item_check(cJSON *item, size_t compact_len, struct notification *n,
+                     struct proto_error *err)
+{
+    if (compact_len > PROTO_MAX_WIRE) {
+        memset(n, 0, sizeof(*n));
+        proto_err_set(err, PROTO_R_TOO_LARGE, NULL, "%d bytes max, got %zu", PROTO_MAX_WIRE,
+                      compact_len);
+        return TDG_ETOOBIG;
+    }
+    int rc = validate(item, compact_len, true, n, err);
+    n->json = NULL; /* borrowed: never freed through n */
+    return rc;
 }
 
 void notification_free(struct notification *n)

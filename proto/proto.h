@@ -143,6 +143,15 @@ int proto_parse(const char *buf, size_t len, struct notification *n, struct prot
  * tree is refused with not_object and NOT freed. */
 int proto_from_json(struct cJSON *obj, struct notification *n, struct proto_error *err);
 
+/* Validate a borrowed tree in place (e.g. a batch item, see proto_item_cb)
+ * whose compact serialization is known to be exactly compact_len bytes
+ * (it was just printed): the same checks and results as proto_parse on that
+ * text, without parsing or printing again. item is neither owned nor freed;
+ * on success n points into it (valid while item lives) and n->json is NULL,
+ * so notification_free(n) leaves item alone. */
+int proto_item_check(struct cJSON *item, size_t compact_len, struct notification *n,
+                     struct proto_error *err);
+
 /* Give n the id `id` (replacing any; a new "id" member goes first). 0,
  * TDG_EINVAL_INPUT if id is invalid, TDG_ETOOBIG if the serialized
  * notification would then exceed PROTO_MAX_WIRE, or -ENOMEM; on failure n is
@@ -248,7 +257,8 @@ void proto_batch_free(struct proto_batch *b);
 /* Called for each item of a batch, in order; item is the raw element
  * (borrowed: it is freed when proto_batch_parse returns, and the callback
  * must not free or detach it). To keep it, copy it (cJSON_Duplicate(item, 1),
- * then proto_from_json on the copy) or print it and proto_parse the text. */
+ * then proto_from_json on the copy) or print it and proto_parse the text; or
+ * print it and check it in place with proto_item_check. */
 typedef void (*proto_item_cb)(struct cJSON *item, void *arg);
 /* Parse an "up" envelope; agent id copied to agent_out (may be NULL). 0, or
  * TDG_EINVAL_INPUT with err filled when the envelope itself is bad (then no
@@ -300,5 +310,21 @@ struct proto_receipt {
 };
 /* Serialize receipts. malloc'd string (free()) or NULL on ENOMEM. */
 char *proto_receipts_serialize(const struct proto_receipt *r, size_t n, size_t *len);
+/* Called once per entry of a receipts envelope, in order: with r (borrowed
+ * for the call) when the entry is valid, or with r NULL and bad naming the
+ * field (e.g. "receipts[2].state") when it is not. */
+typedef void (*proto_receipt_cb)(void *arg, const struct proto_receipt *r,
+                                 const struct proto_error *bad);
+/* Parse a receipts envelope. Each entry is checked on its own (a bad one
+ * never affects the others): id (a valid notification id), state (one of
+ * the five), at (RFC 3339) are required; reason is optional text, cut at
+ * 255 bytes on a character boundary; channels optional, at most
+ * PROTO_RECEIPT_MAX_CHANNELS, each with channel (1..15 of a-z 0-9 _ -),
+ * result (ok|retry|drop|interrupted|sending), optional integers status
+ * (0..999) and attempts, optional reason (cut at 127 bytes). Unknown members
+ * are ignored. 0, TDG_EINVAL_INPUT with err filled when the envelope itself
+ * is bad (then no callback ran), or -ENOMEM. */
+int proto_receipts_parse(const char *buf, size_t len, proto_receipt_cb cb, void *arg,
+                         struct proto_error *err);
 
 #endif

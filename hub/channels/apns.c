@@ -489,7 +489,7 @@ static void on_answer(void *ctx, const struct http_response *resp)
             LOG_ERROR(MOD, "%s (is apns.url an APNs endpoint?)", o.reason);
             a->logged_proto = true;
         }
-        LOG_DEBUG(MOD, "token=%s transport error: %s", c->tok, o.reason);
+        LOG_DEBUG(MOD, "transport error: %s", o.reason); /* no token in logs: PII */
         finish(c, &o);
         return;
     }
@@ -534,8 +534,8 @@ static void on_answer(void *ctx, const struct http_response *resp)
         a->logged_invalid_token = false;
         a->logged_young_expired = false;
     }
-    LOG_DEBUG(MOD, "token=%s status=%d result=%s reason=%s", c->tok, o.status,
-              channel_result_name(o.result), o.reason);
+    LOG_DEBUG(MOD, "status=%d result=%s reason=%s apns-id=%s", o.status,
+              channel_result_name(o.result), o.reason, o.provider_id);
     finish(c, &o);
 }
 

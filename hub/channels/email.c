@@ -631,6 +631,43 @@ static void queue_id(const char *reply, char *out, size_t cap)
     out[n] = '\0';
 }
 
+/* Copy a server reply to dst (cap bytes, terminated) with every address in
+ * it ("<bob@example.com>", "bob@example.com") replaced by "[address]":
+ * reasons are stored and logged, and "550 5.1.1 <bob@...>: no such user"
+ * quotes the recipient. */
+static void redact_addresses(char *dst, size_t cap, const char *src)
+{
+    size_t o = 0;
+    if (cap == 0) {
+        return;
+    }
+    for (size_t i = 0; src[i] && o + 1 < cap;) {
+        /* a word: up to a space or an angle bracket */
+        size_t j = i;
+        bool at = false;
+        while (src[j] && src[j] != ' ' && src[j] != '<' && src[j] != '>' && src[j] != '\t') {
+            at = at || src[j] == '@';
+            j++;
+        }
+        if (j == i) {
+            dst[o++] = src[i++];
+            continue;
+        }
+        if (at) {
+            static const char mark[] = "[address]";
+            for (size_t k = 0; mark[k] && o + 1 < cap; k++) {
+                dst[o++] = mark[k];
+            }
+        } else {
+            for (size_t k = i; k < j && o + 1 < cap; k++) {
+                dst[o++] = src[k];
+            }
+        }
+        i = j;
+    }
+    dst[o] = '\0';
+}
+
 void email_map_result(const struct smtp_result *r, struct channel_outcome *out)
 {
     memset(out, 0, sizeof(*out));
@@ -648,7 +685,7 @@ void email_map_result(const struct smtp_result *r, struct channel_outcome *out)
          * 552 too big). */
         out->result = r->code >= 400 && r->code < 500 ? CHANNEL_RETRY : CHANNEL_DROP;
         if (reply[0]) {
-            snprintf(out->reason, sizeof(out->reason), "%s", reply);
+            redact_addresses(out->reason, sizeof(out->reason), reply);
         } else {
             snprintf(out->reason, sizeof(out->reason), "SMTP %d", r->code);
         }

@@ -76,7 +76,6 @@ static const struct config_entry fcm_config_table[] = {
      NULL, 0, 0},
 };
 
-#define TOKEN_LOG_LEN 8         /* never log more of a registration token */
 #define SA_FILE_MAX (64 * 1024) /* service-account keys are ~2.3 KB */
 #define EXPIRY_SKEW_MS 10000        /* stop using a token this long before expiry */
 #define UNAUTH_REFRESH_MIN_MS 30000 /* 401-driven refreshes at most this often */
@@ -106,7 +105,7 @@ struct fcm_call {
     enum call_state state;
     uint64_t timer_id;  /* CALL_DEFERRED: the 0 ms timer that reports it */
     uint64_t token_gen; /* CALL_INFLIGHT: the access token it carried */
-    char tok[TOKEN_LOG_LEN + 1];
+    uint64_t attempt;   /* the hub's attempt id: logs name it, never the token (PII) */
     struct channel_outcome deferred;
     size_t body_len;
     char body[]; /* the formatted JSON message */
@@ -703,7 +702,7 @@ static void finish(struct fcm_call *c, const struct channel_outcome *o)
     struct fcm *f = c->f;
     call_unlink(f, c);
     count(f, o);
-    LOG_DEBUG(MOD, "token=%s status=%d result=%s reason=%s", c->tok, o->status,
+    LOG_DEBUG(MOD, "attempt=%" PRIu64 " status=%d result=%s reason=%s", c->attempt, o->status,
               channel_result_name(o->result), o->reason);
     channel_done_cb done = c->done;
     void *ctx = c->ctx;
@@ -1153,7 +1152,7 @@ static int fcm_send(void *state, const struct channel_delivery *d, channel_done_
     c->ctx = ctx;
     c->body_len = blen;
     memcpy(c->body, f->req.body, blen);
-    snprintf(c->tok, sizeof(c->tok), "%.*s", TOKEN_LOG_LEN, d->dev->token ? d->dev->token : "");
+    c->attempt = d->attempt_id;
 
     if (rc < 0) {
         /* Known now, reported on the next loop turn. */

@@ -76,7 +76,6 @@ static const struct config_entry sms_config_table[] = {
      1000000},
 };
 
-#define NUM_LOG_LEN 6 /* log "+49151" and no more of a number */
 #define ELLIPSIS "..." /* GSM-7: a U+2026 would force UCS-2 */
 #define ELLIPSIS_LEN 3
 #define TOKEN_MILLI 1000u /* the bucket counts thousandths of a message */
@@ -310,7 +309,7 @@ struct sms_call {
     uint64_t timer_id; /* CALL_DEFERRED */
     char *body;        /* CALL_QUEUED: the form body to post */
     size_t body_len;
-    char num[NUM_LOG_LEN + 1];
+    uint64_t attempt; /* the hub's attempt id: logs name it, never the number (PII) */
     char info[CHANNEL_REASON_MAX]; /* "gsm7 segments=1" for the ok outcome */
     struct channel_outcome deferred;
 };
@@ -321,6 +320,7 @@ struct sms_watch {
     struct sms_watch *qnext;       /* the poll FIFO (not in flight), by due time */
     struct sms *s;
     uint64_t due_ms, until_ms;     /* clock_mono_ms */
+    int64_t until_wall_ms;         /* the same deadline, Unix ms (what is recorded) */
     char sid[SID_MAX + 1];
     char last[24];                 /* last status reported */
 };
@@ -331,6 +331,8 @@ struct sms {
     http_t *http;
     channel_status_fn status; /* env's delivery status sink */
     void *status_arg;
+    channel_watch_fn watch; /* env's durable record of the watched messages */
+    void *watch_arg;
 
     char prefix_buf[sizeof(((struct sms_config *)0)->prefixes)];
     const char *prefixes[SMS_PREFIXES_MAX]; /* into prefix_buf */
@@ -542,6 +544,50 @@ static int sms_format(void *state, const struct channel_delivery *d, struct chan
 
 /* --- answers ------------------------------------------------------------------- */
 
+/* Copy src to dst (cap bytes, always terminated) with every phone number
+ * in it - 7 or more digits, with an optional "+" and the separators " -()."
+ * between digits - replaced by "[number]". Shorter runs (error codes such
+ * as 21211) stay. */
+static void sms_redact_numbers(char *dst, size_t cap, const char *src)
+{
+    size_t o = 0;
+    if (cap == 0) {
+        return;
+    }
+    for (size_t i = 0; src[i] && o + 1 < cap;) {
+        bool start = (src[i] >= '0' && src[i] <= '9') ||
+                     (src[i] == '+' && src[i + 1] >= '0' && src[i + 1] <= '9');
+        if (!start) {
+            dst[o++] = src[i++];
+            continue;
+        }
+        size_t j = src[i] == '+' ? i + 1 : i, end = j;
+        unsigned digits = 0;
+        while (src[j]) {
+            if (src[j] >= '0' && src[j] <= '9') {
+                digits++;
+                end = ++j;
+            } else if (strchr(" -().", src[j]) && src[j + 1] >= '0' && src[j + 1] <= '9') {
+                j++;
+            } else {
+                break;
+            }
+        }
+        if (digits >= 7) {
+            static const char mark[] = "[number]";
+            for (size_t k = 0; mark[k] && o + 1 < cap; k++) {
+                dst[o++] = mark[k];
+            }
+        } else {
+            for (size_t k = i; k < end && o + 1 < cap; k++) {
+                dst[o++] = src[k];
+            }
+        }
+        i = end;
+    }
+    dst[o] = '\0';
+}
+
 void sms_map_answer(int status, const char *body, size_t body_len, const char *retry_after,
                     int64_t now_ms, struct channel_outcome *out)
 {
@@ -598,7 +644,11 @@ void sms_map_answer(int status, const char *body, size_t body_len, const char *r
     } else if (status >= 400) {
         out->result = CHANNEL_DROP;
         if (code) {
-            snprintf(out->reason, sizeof(out->reason), "twilio:%ld %s", code, msg);
+            /* The provider's text may quote the number ("The 'To' number
+             * +1555... is not valid"): reasons are stored and logged. */
+            char clean[CHANNEL_REASON_MAX - 32]; /* "twilio:<code> " fits beside it */
+            sms_redact_numbers(clean, sizeof(clean), msg);
+            snprintf(out->reason, sizeof(out->reason), "twilio:%ld %s", code, clean);
         } else {
             snprintf(out->reason, sizeof(out->reason), "HTTP %d", status);
         }
@@ -750,8 +800,13 @@ int sms_parse_status(const char *body, size_t len, char *status, size_t cap, int
     return rc;
 }
 
-static void watch_free(struct sms *s, struct sms_watch *w)
+/* Stop watching w; forget: the watch ended (final status, 404, gave up),
+ * so its durable record goes too (not on destroy: it survives a restart). */
+static void watch_free(struct sms *s, struct sms_watch *w, bool forget)
 {
+    if (forget && s->watch) {
+        s->watch(s->watch_arg, "sms", w->sid, s->cfg.account_sid, 0);
+    }
     if (w->prev) {
         w->prev->next = w->next;
     } else {
@@ -778,22 +833,23 @@ static void watch_push(struct sms *s, struct sms_watch *w, uint64_t now)
 
 static void poll_arm(struct sms *s, uint64_t now);
 
-/* Follow sid's status from now on (after a 201). */
-static void watch_add(struct sms *s, const char *sid)
+static bool sid_valid(const char *sid)
 {
-    if (!s->cfg.status_poll_ms || !sid[0]) {
-        return;
-    }
     size_t n = strlen(sid);
-    bool ok = n <= SID_MAX;
+    bool ok = n > 0 && n <= SID_MAX;
     for (size_t i = 0; ok && i < n; i++) {
         char ch = sid[i];
         ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
     }
-    if (!ok) {
-        LOG_WARN(MOD, "message id '%.32s' is not a SID; its status is not polled", sid);
-        return;
-    }
+    return ok;
+}
+
+/* Watch sid until until_wall_ms (Unix ms), first poll after first_ms; last:
+ * the status already known ("" for none). 0, -ENOSPC (status_poll_max
+ * reached) or -ENOMEM; both counted as given up. */
+static int watch_start(struct sms *s, const char *sid, int64_t until_wall_ms, uint64_t first_ms,
+                       const char *last)
+{
     if (s->nwatch >= (unsigned)s->cfg.status_poll_max) {
         if (!s->logged_watch_full) {
             LOG_WARN(MOD, "status polling full (%u messages): new messages are not polled",
@@ -801,25 +857,86 @@ static void watch_add(struct sms *s, const char *sid)
             s->logged_watch_full = true;
         }
         s->st.poll_gave_up++;
-        return;
+        return -ENOSPC;
     }
     struct sms_watch *w = calloc(1, sizeof(*w));
     if (!w) {
         s->st.poll_gave_up++;
-        return;
+        return -ENOMEM;
     }
     w->s = s;
-    memcpy(w->sid, sid, n + 1);
+    snprintf(w->sid, sizeof(w->sid), "%s", sid);
+    snprintf(w->last, sizeof(w->last), "%s", last ? last : "");
     uint64_t now = clock_mono_ms();
-    w->until_ms = now + s->cfg.status_poll_for_ms;
+    int64_t left = until_wall_ms - clock_wall_ms();
+    w->until_ms = now + (left > 0 ? (uint64_t)left : 0);
+    w->until_wall_ms = until_wall_ms;
     w->next = s->watches;
     if (s->watches) {
         s->watches->prev = w;
     }
     s->watches = w;
     s->nwatch++;
-    watch_push(s, w, now);
+    if (first_ms >= s->cfg.status_poll_ms) {
+        watch_push(s, w, now);
+    } else {
+        /* due now: the front keeps the FIFO ordered by due time */
+        w->due_ms = now + first_ms;
+        w->qnext = s->whead;
+        s->whead = w;
+        if (!s->wtail) {
+            s->wtail = w;
+        }
+        if (s->poll_timer) { /* armed for a later head */
+            loop_timer_cancel(s->loop, s->poll_timer);
+            s->poll_timer = 0;
+        }
+    }
     poll_arm(s, now);
+    return 0;
+}
+
+/* Follow sid's status from now on (after a 201), recorded through the
+ * env's watch sink so a restarted hub goes on (sms_watch_resume). */
+static void watch_add(struct sms *s, const char *sid)
+{
+    if (!s->cfg.status_poll_ms || !sid[0]) {
+        return;
+    }
+    if (!sid_valid(sid)) {
+        LOG_WARN(MOD, "message id '%.32s' is not a SID; its status is not polled", sid);
+        return;
+    }
+    int64_t until = clock_wall_ms() + (int64_t)s->cfg.status_poll_for_ms;
+    if (watch_start(s, sid, until, s->cfg.status_poll_ms, "") == 0 && s->watch) {
+        s->watch(s->watch_arg, "sms", sid, s->cfg.account_sid, until);
+    }
+}
+
+int sms_watch_resume(void *state, const char *account, const char *sid, int64_t until_ms,
+                     const char *last_status)
+{
+    if (!account || !sid || !sid_valid(sid)) {
+        return TDG_EINVAL_INPUT;
+    }
+    /* the sender with that account, in this set or its peer (the backup) */
+    for (void *set = state; set; set = set == state ? channel_set_peer(state) : NULL) {
+        for (unsigned i = 0; i < channel_set_count(set); i++) {
+            struct sms *s = channel_set_tenant(set, i);
+            if (strcmp(s->cfg.account_sid, account) != 0) {
+                continue;
+            }
+            if (!s->cfg.status_poll_ms || !s->http) {
+                return -ENOTSUP;
+            }
+            if (until_ms <= clock_wall_ms()) {
+                return -ETIMEDOUT;
+            }
+            /* the status may have moved while the hub was down: poll at once */
+            return watch_start(s, sid, until_ms, 0, last_status);
+        }
+    }
+    return -ENOENT;
 }
 
 static void report_status(struct sms *s, struct sms_watch *w, const char *status, int code)
@@ -854,7 +971,7 @@ static void on_poll(void *ctx, const struct http_response *resp)
         LOG_WARN(MOD, "sid=%s: status poll answered 404; not polled again", w->sid);
         final = true;
         s->st.poll_gave_up++;
-        watch_free(s, w);
+        watch_free(s, w, true);
         poll_pump(s);
         return;
     } else if (!s->logged_poll) {
@@ -864,12 +981,12 @@ static void on_poll(void *ctx, const struct http_response *resp)
     }
     if (final) {
         s->st.polled_final++;
-        watch_free(s, w);
+        watch_free(s, w, true);
     } else if (now >= w->until_ms) {
         LOG_INFO(MOD, "sid=%s: no final status after %" PRIu64 " s (last: %s); not polled again",
                  w->sid, s->cfg.status_poll_for_ms / 1000, w->last[0] ? w->last : "none");
         s->st.poll_gave_up++;
-        watch_free(s, w);
+        watch_free(s, w, true);
     } else {
         watch_push(s, w, now);
     }
@@ -940,7 +1057,7 @@ static void on_answer(void *ctx, const struct http_response *resp)
         o.status = resp->status;
         snprintf(o.reason, sizeof(o.reason), "%s",
                  resp->error_text[0] ? resp->error_text : tdg_strerror(resp->error));
-        LOG_DEBUG(MOD, "to=%s transport error: %s", c->num, o.reason);
+        LOG_DEBUG(MOD, "attempt=%" PRIu64 " transport error: %s", c->attempt, o.reason);
         finish(c, &o);
         return;
     }
@@ -980,8 +1097,8 @@ static void on_answer(void *ctx, const struct http_response *resp)
             s->logged_paused = true;
         }
     }
-    LOG_DEBUG(MOD, "to=%s status=%d result=%s reason=%s sid=%s", c->num, o.status,
-              channel_result_name(o.result), o.reason, o.provider_id);
+    LOG_DEBUG(MOD, "attempt=%" PRIu64 " status=%d result=%s reason=%s sid=%s", c->attempt,
+              o.status, channel_result_name(o.result), o.reason, o.provider_id);
     finish(c, &o);
 }
 
@@ -1071,8 +1188,7 @@ static int sms_send(void *state, const struct channel_delivery *d, channel_done_
     c->s = s;
     c->done = done;
     c->ctx = ctx;
-    snprintf(c->num, sizeof(c->num), "%.*s", NUM_LOG_LEN,
-             d->dev && d->dev->token ? d->dev->token : "");
+    c->attempt = d->attempt_id;
     s->st.sent++;
 
     struct channel_outcome o;
@@ -1200,7 +1316,7 @@ static void tenant_destroy(void *state)
         loop_timer_cancel(s->loop, s->poll_timer);
     }
     while (s->watches) {
-        watch_free(s, s->watches);
+        watch_free(s, s->watches, false);
     }
     explicit_bzero(s, sizeof(*s)); /* the token and the header made from it */
     free(s);
@@ -1221,6 +1337,8 @@ static int tenant_init(const struct channel_env *env, const void *config, void *
     s->loop = env ? env->loop : NULL;
     s->status = env ? env->status : NULL;
     s->status_arg = env ? env->status_arg : NULL;
+    s->watch = env ? env->watch : NULL;
+    s->watch_arg = env ? env->watch_arg : NULL;
 
     int rc = TDG_ECONFIG;
     if (strncmp(s->cfg.api_url, "https://", 8) != 0 || !printable(s->cfg.api_url + 8, 240)) {
@@ -1496,16 +1614,21 @@ static int hook_sender(void *state, const char *body, size_t len, const char *si
         return 403;
     }
     bool known = false;
-    for (unsigned i = 0; i < channel_set_count(state); i++) {
-        struct sms *s = channel_set_tenant(state, i);
-        const char *url = inbound ? s->cfg.inbound_url : s->cfg.status_callback_url;
-        if (strcmp(s->cfg.account_sid, account) != 0 || !url[0]) {
-            continue;
-        }
-        known = true;
-        if (sms_signature_valid(s->cfg.auth_token, url, f, signature)) {
-            *out = s;
-            return 200;
+    /* The senders of this set, then of its peer (the dispatch layer's backup
+     * provider): a message the backup sent is reported signed with the
+     * backup's auth token, under the backup's account. */
+    for (void *set = state; set; set = set == state ? channel_set_peer(state) : NULL) {
+        for (unsigned i = 0; i < channel_set_count(set); i++) {
+            struct sms *s = channel_set_tenant(set, i);
+            const char *url = inbound ? s->cfg.inbound_url : s->cfg.status_callback_url;
+            if (strcmp(s->cfg.account_sid, account) != 0 || !url[0]) {
+                continue;
+            }
+            known = true;
+            if (sms_signature_valid(s->cfg.auth_token, url, f, signature)) {
+                *out = s;
+                return 200;
+            }
         }
     }
     snprintf(why, cap, "%s", known ? "X-Twilio-Signature does not match"
@@ -1568,4 +1691,9 @@ int sms_inbound(void *state, const char *body, size_t len, const char *signature
     }
     free(f);
     return rc;
+}
+
+void sms_link_backup(void *primary, void *backup)
+{
+    channel_set_link_peer(primary, backup);
 }

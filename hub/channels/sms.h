@@ -130,6 +130,29 @@ void sms_get_stats(void *state, struct sms_stats *out);
 int sms_get_tenant_stats(void *state, unsigned i, struct sms_stats *out);
 
 /*
+ * Go on polling a message that a previous run of the hub was watching (the
+ * records channel_env.watch kept): sid, sent by the sender of `account` in
+ * this channel or its linked backup (sms_link_backup), until until_ms (Unix
+ * ms); last_status: the status already recorded ("" or NULL for none; the
+ * same status is not reported again). The first poll is due at once.
+ * 0; -ENOENT no sender with that account (the record is stale); -ENOTSUP
+ * polling is off for it; -ETIMEDOUT until_ms has passed; -ENOSPC
+ * sms.status_poll_max reached; TDG_EINVAL_INPUT not a SID.
+ */
+int sms_watch_resume(void *state, const char *account, const char *sid, int64_t until_ms,
+                     const char *last_status);
+
+/*
+ * The dispatch layer's backup provider (sms.backup.*) is a second SMS
+ * channel instance: link it to the primary so that status callbacks and
+ * incoming messages signed with the backup's credentials are accepted
+ * (sms_status_callback / sms_inbound on the primary look at both) and
+ * sms_watch_resume finds its senders. Both states must be sms_channel's;
+ * backup may be NULL (unlinks). The backup must outlive the primary's use.
+ */
+void sms_link_backup(void *primary, void *backup);
+
+/*
  * A Twilio message resource (GET .../Messages/{SID}.json) -> its status and
  * error code (0 when null). 0, or TDG_EINVAL_INPUT when the body has no
  * status. final is set for delivered, undelivered, failed, canceled, read.

@@ -31,6 +31,7 @@ struct ctl_session {
     unsigned char corr[16];
     char *reply;
     bool oversize;
+    char tls_err[200]; /* the first OpenSSL error libmosquitto logged */
 };
 
 static int64_t now_ms(void)
@@ -52,6 +53,19 @@ static void cb_connect(struct mosquitto *m, void *obj, int rc, int flags,
     } else {
         s->refused = true;
         s->connack = rc;
+    }
+}
+
+/* libmosquitto reports why a TLS handshake failed only in its log
+ * ("OpenSSL Error[0]: error:0A000086:SSL routines::certificate verify
+ * failed"): keep the first such line for the error message. */
+static void cb_log(struct mosquitto *m, void *obj, int level, const char *str)
+{
+    (void)m;
+    struct ctl_session *s = obj;
+    if (level == MOSQ_LOG_ERR && !s->tls_err[0] && str && strncmp(str, "OpenSSL Error", 13) == 0) {
+        const char *p = strstr(str, "]: ");
+        snprintf(s->tls_err, sizeof(s->tls_err), "%s", p ? p + 3 : str);
     }
 }
 
@@ -217,9 +231,23 @@ static int fail_conn(struct ctl_session *s, const char *what, char *err, size_t 
                  s->reply_topic);
         return CTL_NOT_AUTHORIZED;
     }
+    if (s->lost && s->tls_err[0]) {
+        snprintf(err, errlen,
+                 "cannot %s broker %s:%d: TLS handshake failed: %s (check --cafile: the CA "
+                 "that signed the broker's certificate; --cert/--key if the broker requires a "
+                 "client certificate; the host name, or --insecure)",
+                 what, c->host, c->port, s->tls_err);
+        return CTL_NO_ANSWER;
+    }
     if (s->lost) {
-        snprintf(err, errlen, "cannot %s broker %s:%d: %s", what, c->host, c->port,
-                 detail && *detail ? detail : "connection lost");
+        /* Under TLS 1.3 a broker's "certificate required" alert may come
+         * after the handshake, as a broken connection: say what to check. */
+        bool tls_hint = !s->connected && c->cafile && *c->cafile && !(c->certfile && *c->certfile);
+        snprintf(err, errlen, "cannot %s broker %s:%d: %s%s", what, c->host, c->port,
+                 detail && *detail ? detail : "connection lost",
+                 tls_hint ? " (over TLS: does the broker require a client certificate? give "
+                            "--cert and --key)"
+                          : "");
         return CTL_NO_ANSWER;
     }
     snprintf(err, errlen, "cannot reach broker %s:%d within %d.%d s", c->host, c->port,
@@ -260,6 +288,7 @@ int ctl_connect(const struct ctl_conn *c, ctl_session_t **out, char *err, size_t
     mosquitto_subscribe_v5_callback_set(s->mosq, cb_subscribe);
     mosquitto_publish_v5_callback_set(s->mosq, cb_publish);
     mosquitto_message_v5_callback_set(s->mosq, cb_message);
+    mosquitto_log_callback_set(s->mosq, cb_log);
     int rc = MOSQ_ERR_SUCCESS;
     if (c->username && *c->username) {
         rc = mosquitto_username_pw_set(s->mosq, c->username,
@@ -288,10 +317,12 @@ int ctl_connect(const struct ctl_conn *c, ctl_session_t **out, char *err, size_t
     int64_t deadline = now_ms() + c->timeout_ms;
     rc = mosquitto_connect_async(s->mosq, c->host, c->port, 30);
     if (rc != MOSQ_ERR_SUCCESS) {
-        snprintf(err, errlen, "cannot connect to broker %s:%d: %s", c->host, c->port,
-                 rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+        /* (with TLS the handshake may already fail here) */
+        s->lost = true;
+        int code = fail_conn(s, "connect to", err, errlen,
+                             rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
         ctl_close(s);
-        return CTL_NO_ANSWER;
+        return code;
     }
     char detail[256] = "";
     if (pump(s, W_CONNECT, deadline, detail, sizeof(detail)) < 0) {

@@ -106,6 +106,8 @@ static void print_devices(const struct command *cmd, const cJSON *reply);
 static void print_device(const struct command *cmd, const cJSON *reply);
 static void print_pretty(const struct command *cmd, const cJSON *reply);
 static void print_bindings(const struct command *cmd, const cJSON *reply);
+static void print_group(const struct command *cmd, const cJSON *reply);
+static void print_groups(const struct command *cmd, const cJSON *reply);
 static void print_send(const struct command *cmd, const cJSON *reply);
 static void print_status(const struct command *cmd, const cJSON *reply);
 static void print_log(const struct command *cmd, const cJSON *reply);
@@ -245,6 +247,40 @@ static const struct command commands[] = {
       {NULL, "subject", K_STR, true, "SUBJECT", "user:<id>, group:<id> or *"},
       {"--category", "category", K_STR, false, "CATEGORY", "that category's binding (default: *)"}},
      print_ok,
+     NULL},
+    {"group add",
+     "group/add",
+     "create a group (\"to\": \"group:<id>\" reaches every member)",
+     {{NULL, "group", K_STR, true, "GROUP", "group id"},
+      {"--member", "members", K_LIST, false, "USER", "a member (repeatable, or u1,u2)"}},
+     print_group,
+     NULL},
+    {"group remove",
+     "group/remove",
+     "remove a group, its memberships and the agents' bindings naming it",
+     {{NULL, "group", K_STR, true, "GROUP", "group id"}},
+     print_ok,
+     NULL},
+    {"group list",
+     "group/list",
+     "groups with their member counts, or one group's members",
+     {{NULL, "group", K_STR, false, "GROUP", "only this group: list its members"},
+      {"--limit", "limit", K_INT, false, "N", "at most N groups (default 100)"}},
+     print_groups,
+     NULL},
+    {"group member add",
+     "group/member/add",
+     "add a user to a group",
+     {{NULL, "group", K_STR, true, "GROUP", "group id"},
+      {NULL, "user", K_STR, true, "USER", "user id"}},
+     print_group,
+     NULL},
+    {"group member remove",
+     "group/member/remove",
+     "take a user out of a group",
+     {{NULL, "group", K_STR, true, "GROUP", "group id"},
+      {NULL, "user", K_STR, true, "USER", "user id"}},
+     print_group,
      NULL},
     {"send",
      "send",
@@ -399,7 +435,7 @@ static void main_help(FILE *out)
             "Commands:\n",
             prog);
     for (size_t i = 0; i < N_COMMANDS; i++) {
-        fprintf(out, "  %-14s %s\n", commands[i].name, commands[i].summary);
+        fprintf(out, "  %-19s %s\n", commands[i].name, commands[i].summary);
     }
     fprintf(out, "\nExit codes: 0 ok, 1 the hub refused (error shown), 2 usage error, 3 no "
                  "answer / cannot connect, 4 not authorized.\n");
@@ -720,6 +756,31 @@ static void print_bindings(const struct command *cmd, const cJSON *reply)
     print_table(stdout, cJSON_GetObjectItemCaseSensitive(reply, "items"), cols, 4);
 }
 
+static void print_group(const struct command *cmd, const cJSON *reply)
+{
+    (void)cmd;
+    char buf[160], n[32];
+    printf("group %s: %s member(s)\n", print_cell(reply, "group", buf, sizeof(buf)),
+           print_cell(reply, "total", n, sizeof(n)));
+    const cJSON *m;
+    cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(reply, "members"))
+    {
+        if (cJSON_IsString(m)) {
+            printf("  %s\n", m->valuestring);
+        }
+    }
+}
+
+static void print_groups(const struct command *cmd, const cJSON *reply)
+{
+    if (cJSON_GetObjectItemCaseSensitive(reply, "group")) {
+        print_group(cmd, reply);
+        return;
+    }
+    static const struct col cols[] = {{"GROUP", "id", 0}, {"MEMBERS", "members", 0}};
+    print_table(stdout, cJSON_GetObjectItemCaseSensitive(reply, "items"), cols, 2);
+}
+
 static void print_send(const struct command *cmd, const cJSON *reply)
 {
     (void)cmd;
@@ -778,13 +839,17 @@ static void print_status(const struct command *cmd, const cJSON *reply)
     print_table(stdout, cJSON_GetObjectItemCaseSensitive(reply, "attempts"), ac,
                 sizeof(ac) / sizeof(ac[0]));
     const cJSON *rc = cJSON_GetObjectItemCaseSensitive(reply, "receipts");
-    if (rc) {
-        printf("\nreceipts\n");
-        static const struct col rcols[] = {{"AT", "at", 0},
-                                           {"CHANNEL", "channel", 0},
-                                           {"STATE", "state", 0},
-                                           {"DETAIL", "detail", 48}};
-        print_table(stdout, rc, rcols, 4);
+    printf("\nreceipts\n");
+    if (cJSON_GetArraySize(rc) > 0) {
+        const cJSON *r;
+        cJSON_ArrayForEach(r, rc)
+        {
+            printf("  %s\n", print_cell(r, "text", buf, sizeof(buf)));
+        }
+    } else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "terminal"))) {
+        printf("  (none on record: confirmed receipts are kept 30 days)\n");
+    } else {
+        printf("  (none yet: a receipt goes to the sending agent at the terminal state)\n");
     }
     const cJSON *adm = cJSON_GetObjectItemCaseSensitive(reply, "admin");
     if (cJSON_GetArraySize(adm) > 0) {
@@ -1114,21 +1179,26 @@ static int run_agent_add(const struct command *cmd, ctl_session_t *s, cJSON *req
 
 /* --- main ------------------------------------------------------------------ */
 
+/* The command whose words ("group member add") start argv; *used = how
+ * many words it took. */
 static const struct command *find_command(int argc, char **argv, int *used)
 {
     for (size_t i = 0; i < N_COMMANDS; i++) {
-        const char *name = commands[i].name;
-        const char *sp = strchr(name, ' ');
-        if (!sp) {
-            if (strcmp(argv[0], name) == 0) {
-                *used = 1;
+        const char *p = commands[i].name;
+        int w = 0;
+        while (*p && w < argc) {
+            size_t len = strcspn(p, " ");
+            if (strlen(argv[w]) != len || strncmp(argv[w], p, len) != 0) {
+                break;
+            }
+            w++;
+            p += len;
+            if (*p == ' ') {
+                p++;
+            } else {
+                *used = w;
                 return &commands[i];
             }
-        } else if (argc >= 2 && strlen(argv[0]) == (size_t)(sp - name) &&
-                   strncmp(argv[0], name, (size_t)(sp - name)) == 0 &&
-                   strcmp(argv[1], sp + 1) == 0) {
-            *used = 2;
-            return &commands[i];
         }
     }
     return NULL;
@@ -1145,7 +1215,7 @@ static bool noun_help(const char *noun, FILE *out)
             if (!any) {
                 fprintf(out, "%s commands:\n", noun);
             }
-            fprintf(out, "  %s %-14s %s\n", prog, name, commands[i].summary);
+            fprintf(out, "  %s %-19s %s\n", prog, name, commands[i].summary);
             any = true;
         }
     }

@@ -25,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -34,6 +33,7 @@
 #include "apns.h"
 #include "config.h"
 #include "error.h"
+#include "harness.h"
 #include "log.h"
 #include "loop.h"
 
@@ -49,13 +49,6 @@ static struct notification note;
 static struct channel_device dev;
 static struct channel_delivery del;
 static char token[65];
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
 
 /* CPU seconds (user + system) of this process, or of reaped children. */
 static double cpu_s(int who)
@@ -264,48 +257,35 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     log_set_level(LOG_LVL_WARN);
 
-    char dir[256] = "/tmp/tidings-rate-XXXXXX";
-    if (!mkdtemp(dir)) {
+    char dir[256];
+    if (harness_mkdtemp(dir, sizeof(dir), "rate") < 0) {
         perror("mkdtemp");
         return 1;
     }
-    char cmd[800];
-    snprintf(cmd, sizeof(cmd), "'%s' '%s' %s >/dev/null 2>&1", argv[2], dir, KEY_ID);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "gen-certs failed\n");
+    if (harness_gen_certs(argv[2], dir, KEY_ID) < 0) {
+        harness_rmtree(dir);
         return 1;
     }
-    char cert[300], key[300], pub[300], portf[300];
+    char cert[300], key[300], pub[300], portf[300], logf[300], why[256];
     snprintf(cert, sizeof(cert), "%s/server.crt", dir);
     snprintf(key, sizeof(key), "%s/server.key", dir);
     snprintf(pub, sizeof(pub), "%s/authkey_pub.pem", dir);
     snprintf(portf, sizeof(portf), "%s/port", dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        execl(argv[1], argv[1], "--listen", "127.0.0.1:0", "--cert", cert, "--key", key,
-              "--auth-key", pub, "--key-id", KEY_ID, "--team-id", TEAM_ID, "--no-record",
-              "--port-file", portf, (char *)NULL);
-        _exit(127);
-    }
+    snprintf(logf, sizeof(logf), "%s/fake.log", dir);
+    const char *fargv[] = {argv[1],      "--listen", "127.0.0.1:0", "--cert",      cert,
+                           "--key",      key,        "--auth-key",  pub,           "--key-id",
+                           KEY_ID,       "--team-id", TEAM_ID,      "--no-record", "--port-file",
+                           portf,        NULL};
+    struct harness_child fake = {.pid = -1};
+    pid_t pid = -1;
     int port = 0;
-    for (int i = 0; i < 1000 && port == 0; i++) {
-        FILE *f = fopen(portf, "r");
-        if (f) {
-            if (fscanf(f, "%d", &port) != 1) {
-                port = 0;
-            }
-            fclose(f);
-        }
-        if (!port) {
-            sleep_ms(10);
-        }
-    }
     int rc = 1;
-    if (!port) {
-        fprintf(stderr, "fake-apns did not start\n");
+    if (harness_start(&fake, "fake-apns", fargv, logf, portf, 10000, why, sizeof(why)) < 0) {
+        fprintf(stderr, "%s\n", why);
         goto out;
     }
+    pid = fake.pid;
+    port = fake.port;
 
     loop = loop_create();
     struct apns_config c;
@@ -380,10 +360,8 @@ out:
     if (loop) {
         loop_destroy(loop);
     }
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0) {
+    harness_stop(&fake);
+    if (harness_rmtree(dir) != 0) {
         rc = 1;
     }
     return rc;

@@ -27,12 +27,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <sys/wait.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -40,6 +38,7 @@
 #include <cjson/cJSON.h>
 
 #include "config.h"
+#include "harness.h"
 #include "email.h"
 #include "error.h"
 #include "log.h"
@@ -57,48 +56,26 @@ static char dir[256];
 static char pw_path[320], mail_dir[320];
 static loop_t *loop;
 
-static pid_t fake_pid = -1;
+static struct harness_child fake = {.pid = -1};
 static int fake_port;
 static void *chan;
 static char record_path[320], script_path[320], port_path[320], log_path[320];
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
-
 static void random_hex(char *out, size_t nbytes)
 {
-    unsigned char b[32];
-    assert_true(nbytes <= sizeof(b));
-    assert_int_equal(getrandom(b, nbytes, 0), (ssize_t)nbytes);
-    for (size_t i = 0; i < nbytes; i++) {
-        snprintf(out + 2 * i, 3, "%02x", b[i]);
-    }
+    assert_int_equal(harness_random_hex(out, nbytes), 0);
 }
 
 /* --- the fake as a child process ------------------------------------------- */
 
 static void dump_log(void)
 {
-    FILE *f = fopen(log_path, "r");
-    if (!f) {
-        return;
-    }
-    char line[512];
-    printf("--- fake-smtp log\n");
-    while (fgets(line, sizeof(line), f)) {
-        printf("%s", line);
-    }
-    fclose(f);
+    harness_dump_log(&fake);
 }
 
 /* Start the fake with script; extra is NULL or one more flag. */
 static void fake_start_with(const char *script, const char *pw_file, const char *extra)
 {
-    unlink(port_path);
     unlink(record_path);
     FILE *f = fopen(script_path, "w");
     assert_non_null(f);
@@ -113,42 +90,12 @@ static void fake_start_with(const char *script, const char *pw_file, const char 
         "--key",       key,         "--username", USER,          "--password-file", pw_file,
         "--record",    record_path, "--mail-dir", mail_dir,      "--script",        script_path,
         "--port-file", port_path,   extra,        NULL};
-    fflush(stdout);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(python, (char *const *)argv);
-        _exit(127);
+    char why[256];
+    if (harness_start(&fake, "fake-smtp", argv, log_path, port_path, 15000, why, sizeof(why)) <
+        0) {
+        fail_msg("%s", why);
     }
-    fake_pid = pid;
-    for (int tries = 0; tries < 1500; tries++) {
-        FILE *pf = fopen(port_path, "r");
-        if (pf) {
-            int port = 0;
-            int ok = fscanf(pf, "%d", &port);
-            fclose(pf);
-            if (ok == 1 && port > 0) {
-                fake_port = port;
-                return;
-            }
-        }
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            fake_pid = -1;
-            dump_log();
-            fail_msg("fake-smtp exited before listening (status %d)", st);
-        }
-        sleep_ms(10);
-    }
-    dump_log();
-    fail_msg("fake-smtp did not write its port file in 15 s");
+    fake_port = fake.port;
 }
 
 static void fake_start(const char *script)
@@ -158,21 +105,7 @@ static void fake_start(const char *script)
 
 static void fake_stop(void)
 {
-    if (fake_pid <= 0) {
-        return;
-    }
-    kill(fake_pid, SIGTERM);
-    for (int i = 0; i < 500; i++) {
-        int st;
-        if (waitpid(fake_pid, &st, WNOHANG) == fake_pid) {
-            fake_pid = -1;
-            return;
-        }
-        sleep_ms(10);
-    }
-    kill(fake_pid, SIGKILL);
-    waitpid(fake_pid, NULL, 0);
-    fake_pid = -1;
+    harness_stop(&fake);
 }
 
 /* --- the record --------------------------------------------------------------- */
@@ -619,10 +552,11 @@ static void test_tls_unverified(void **state)
     char v[512];
     snprintf(v, sizeof(v), "%s/other-ca.crt", dir);
     /* a CA that did not sign the server: make one with gen-certs.sh */
-    char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "'%s' '%s/other' >/dev/null 2>&1 && cp '%s/other/ca.crt' '%s'",
-             gen_certs, dir, dir, v);
-    assert_int_equal(system(cmd), 0);
+    char other[300];
+    snprintf(other, sizeof(other), "%s/other", dir);
+    assert_int_equal(mkdir(other, 0700), 0);
+    assert_int_equal(harness_gen_certs(gen_certs, other, NULL), 0);
+    snprintf(v, sizeof(v), "%s/other/ca.crt", dir);
     cfg_set(&c, "email.ca_file", v);
     chan_open(&c);
     /* status: the last reply before the handshake, STARTTLS's 220 */
@@ -838,15 +772,8 @@ static void test_fake_refuses_plaintext(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, sizeof(dir), "%s/tidings-mailsend-XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(dir)) {
-        return -1;
-    }
-    char cmd[700];
-    snprintf(cmd, sizeof(cmd), "'%s' '%s' >'%s/certs.log' 2>&1", gen_certs, dir, dir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "gen-certs.sh failed (see %s/certs.log)\n", dir);
+    if (harness_mkdtemp(dir, sizeof(dir), "mailsend") < 0 ||
+        harness_gen_certs(gen_certs, dir, NULL) < 0) {
         return -1;
     }
     char pw[40];
@@ -871,9 +798,7 @@ static int group_teardown(void **state)
     (void)state;
     fake_stop();
     loop_destroy(loop);
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return harness_rmtree(dir);
 }
 
 int main(int argc, char **argv)

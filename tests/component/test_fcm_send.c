@@ -25,9 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,6 +34,7 @@
 #include <cjson/cJSON.h>
 
 #include "config.h"
+#include "harness.h"
 #include "error.h"
 #include "fcm.h"
 #include "http.h"
@@ -67,7 +66,7 @@ struct waiter {
     struct call calls[MAX_SENDS];
 };
 
-static pid_t fake_pid = -1;
+static struct harness_child fake = {.pid = -1};
 static int fake_port;
 static void *chan;
 static char record_path[320], script_path[320], port_path[320], log_path[320], key_path[320];
@@ -87,13 +86,6 @@ static int64_t offset_clock(void *arg)
     return clock_frozen_ms ? clock_frozen_ms : real_now_ms() + clock_offset_ms;
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
-
 /* A registration token, distinct per c: "<c>...:APA91b...". */
 static void make_token(char *out, size_t cap, char c)
 {
@@ -105,16 +97,7 @@ static void make_token(char *out, size_t cap, char c)
 
 static void dump_log(void)
 {
-    FILE *f = fopen(log_path, "r");
-    if (!f) {
-        return;
-    }
-    char line[512];
-    printf("--- fake-fcm log\n");
-    while (fgets(line, sizeof(line), f)) {
-        printf("%s", line);
-    }
-    fclose(f);
+    harness_dump_log(&fake);
 }
 
 /* The generated key with token_uri set to this fake's endpoint. */
@@ -183,44 +166,13 @@ static void fake_start_args(const char *script, const char *account, const char 
         argv[i++] = *extra;
     }
     argv[i] = NULL;
-
-    fflush(stdout);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(fake_bin, (char *const *)argv);
-        _exit(127);
+    char why[256];
+    if (harness_start(&fake, "fake-fcm", argv, log_path, port_path, 10000, why, sizeof(why)) <
+        0) {
+        fail_msg("%s", why);
     }
-    fake_pid = pid;
-    for (int tries = 0; tries < 1000; tries++) {
-        FILE *pf = fopen(port_path, "r");
-        if (pf) {
-            int port = 0;
-            int ok = fscanf(pf, "%d", &port);
-            fclose(pf);
-            if (ok == 1 && port > 0) {
-                fake_port = port;
-                write_key_for_port(port);
-                return;
-            }
-        }
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            fake_pid = -1;
-            dump_log();
-            fail_msg("fake-fcm exited before listening (status %d)", st);
-        }
-        sleep_ms(10);
-    }
-    dump_log();
-    fail_msg("fake-fcm did not write its port file in 10 s");
+    fake_port = fake.port;
+    write_key_for_port(fake_port);
 }
 
 static void fake_start(const char *script)
@@ -230,21 +182,7 @@ static void fake_start(const char *script)
 
 static void fake_stop(void)
 {
-    if (fake_pid <= 0) {
-        return;
-    }
-    kill(fake_pid, SIGTERM);
-    for (int i = 0; i < 500; i++) {
-        int st;
-        if (waitpid(fake_pid, &st, WNOHANG) == fake_pid) {
-            fake_pid = -1;
-            return;
-        }
-        sleep_ms(10);
-    }
-    kill(fake_pid, SIGKILL);
-    waitpid(fake_pid, NULL, 0);
-    fake_pid = -1;
+    harness_stop(&fake);
 }
 
 /* --- the channel -------------------------------------------------------------- */
@@ -732,7 +670,7 @@ static void test_expired_access_token_one_refresh(void **state)
     struct channel_outcome o;
     send_one('n', &o);
     expect(&o, CHANNEL_OK, 200, "", CHANNEL_DEVICE_NONE);
-    sleep_ms(3100);
+    harness_sleep_ms(3100);
     for (int i = 0; i < 20; i++) {
         fixture(&FX[i], 'n', i);
     }
@@ -860,6 +798,88 @@ static void test_timeout_retries(void **state)
     send_one('t', &o);
     assert_int_equal(o.result, CHANNEL_RETRY);
     assert_non_null(strstr(o.reason, "imed out"));
+    assert_int_equal(o.device_action, CHANNEL_DEVICE_NONE);
+    /* The rule is spent: the next request is answered at once. */
+    send_one('t', &o);
+    expect(&o, CHANNEL_OK, 200, "", CHANNEL_DEVICE_NONE);
+}
+
+/*
+ * An answer the fake starts and then breaks off (script "cut", see
+ * docs/fakes.md): the channel must report a retry - never ok (a 200's body
+ * carries the message name), never a permanent drop, never a device action
+ * from half an answer - and the next request must succeed, over a new
+ * connection when the old one was closed.
+ */
+static void cut_case_args(const char *script, char tokc, bool new_connection,
+                          const char *const *extra)
+{
+    fake_start_args(script, "sa", extra);
+    chan_open_default();
+    struct channel_outcome o;
+    send_one(tokc, &o);
+    printf("%s  -> result=%d status=%d reason=%s\n", script, (int)o.result, o.status, o.reason);
+    if (o.result != CHANNEL_RETRY || o.device_action != CHANNEL_DEVICE_NONE) {
+        dump_log();
+        fail_msg("cut answer (%s): result %d (want retry %d) status %d reason '%s' action %d",
+                 script, (int)o.result, (int)CHANNEL_RETRY, o.status, o.reason,
+                 (int)o.device_action);
+    }
+    send_one(tokc, &o);
+    expect(&o, CHANNEL_OK, 200, "", CHANNEL_DEVICE_NONE);
+    struct rec_summary r;
+    read_record(&r);
+    assert_int_equal(r.sends, 2); /* the cut request was not sent twice */
+    if (new_connection) {
+        assert_int_equal(r.conns, 2);
+    }
+}
+
+static void cut_case(const char *script, char tokc, bool new_connection)
+{
+    cut_case_args(script, tokc, new_connection, NULL);
+}
+
+static void test_cut_200_after_headers_retries(void **state)
+{
+    (void)state;
+    cut_case("token * cut headers times 1\n", 'u', true);
+}
+
+static void test_cut_200_body_retries(void **state)
+{
+    (void)state;
+    /* Half of {"name": ...}: not a success. */
+    cut_case("token * status 200 cut body times 1\n", 'v', true);
+}
+
+static void test_cut_404_body_retries(void **state)
+{
+    (void)state;
+    /* Half of a 404 UNREGISTERED: the token must not be disabled. */
+    cut_case("token * status 404 cut body times 1\n", 'w', true);
+}
+
+static void test_cut_http1_body_retries(void **state)
+{
+    (void)state;
+    /* Over HTTP/1.1 (libcurl): the head and half the body, then the close. */
+    static const char *const extra[] = {"--alpn", "http/1.1", NULL};
+    cut_case_args("token * status 200 cut body times 1\n", 'z', true, extra);
+}
+
+static void test_cut_reset_retries(void **state)
+{
+    (void)state;
+    /* RST_STREAM INTERNAL_ERROR after the 200 HEADERS; the connection stays. */
+    cut_case("token * status 200 cut reset times 1\n", 'x', false);
+}
+
+static void test_cut_goaway_error_retries(void **state)
+{
+    (void)state;
+    /* GOAWAY INTERNAL_ERROR (last-stream-id = this stream) after the HEADERS. */
+    cut_case("token * status 404 cut goaway times 1\n", 'y', true);
 }
 
 static void test_wrong_project_drops(void **state)
@@ -933,18 +953,17 @@ static void test_destroy_with_waiting_and_inflight(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, sizeof(dir), "%s/tidings-fcm-XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(dir)) {
+    if (harness_mkdtemp(dir, sizeof(dir), "fcm") < 0 || harness_gen_certs(gen_certs, dir, NULL) < 0) {
         return -1;
     }
-    static char cmd[4096];
-    snprintf(cmd, sizeof(cmd),
-             "'%s' '%s' >'%s/gen.log' 2>&1 && '%s' '%s/sa' %s >>'%s/gen.log' 2>&1 && "
-             "'%s' '%s/other' %s >>'%s/gen.log' 2>&1",
-             gen_certs, dir, dir, gen_account, dir, PROJECT, dir, gen_account, dir, PROJECT, dir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "key generation failed: %s\n", cmd);
+    char sa[300], other[300], log[300];
+    snprintf(sa, sizeof(sa), "%s/sa", dir);
+    snprintf(other, sizeof(other), "%s/other", dir);
+    snprintf(log, sizeof(log), "%s/gen.log", dir);
+    const char *gen_sa[] = {gen_account, sa, PROJECT, NULL};
+    const char *gen_other[] = {gen_account, other, PROJECT, NULL};
+    if (harness_run(gen_sa, log) != 0 || harness_run(gen_other, log) != 0) {
+        fprintf(stderr, "key generation failed (see %s)\n", log);
         return -1;
     }
     loop = loop_create();
@@ -956,9 +975,7 @@ static int group_teardown(void **state)
     (void)state;
     fake_stop();
     loop_destroy(loop);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return harness_rmtree(dir);
 }
 
 int main(int argc, char **argv)
@@ -992,6 +1009,12 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_dropped_connection_retries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_goaway_retries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_retries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_200_after_headers_retries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_200_body_retries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_404_body_retries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_http1_body_retries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_reset_retries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_goaway_error_retries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_project_drops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_payload_too_large_never_sent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_with_waiting_and_inflight, setup, teardown),

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -39,6 +40,7 @@
 #include <openssl/ssl.h>
 
 #include "error.h"
+#include "harness.h"
 #include "http.h"
 #include "jwt.h"
 #include "log.h"
@@ -57,69 +59,16 @@ static char dir2[300]; /* a second CA */
 static loop_t *loop;
 static char jwt[JWT_TOKEN_MAX];
 
-static pid_t child_pid = -1;
-static pid_t child2_pid = -1;
+/* The fake (or the mini server, or the HTTP/1.1 server): one child at a
+ * time, started and stopped through tests/component/harness.c. */
+static struct harness_child child = {.pid = -1};
 static int port;
 static http_t *client;
 static char record_path[320], script_path[320], port_path[320], log_path[320];
 
-static void sleep_ms(long ms)
+static void dump_log(void)
 {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
-
-static void dump_file(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        return;
-    }
-    char line[512];
-    printf("--- %s\n", path);
-    while (fgets(line, sizeof(line), f)) {
-        printf("%s", line);
-    }
-    fclose(f);
-}
-
-static int wait_port_file(const char *path, pid_t pid)
-{
-    for (int tries = 0; tries < 1000; tries++) {
-        FILE *pf = fopen(path, "r");
-        if (pf) {
-            int p = 0;
-            int ok = fscanf(pf, "%d", &p);
-            fclose(pf);
-            if (ok == 1 && p > 0) {
-                return p;
-            }
-        }
-        if (waitpid(pid, NULL, WNOHANG) == pid) {
-            return -1;
-        }
-        sleep_ms(10);
-    }
-    return -1;
-}
-
-static void stop_child(pid_t *pid)
-{
-    if (*pid <= 0) {
-        return;
-    }
-    kill(*pid, SIGTERM);
-    for (int i = 0; i < 500; i++) {
-        if (waitpid(*pid, NULL, WNOHANG) == *pid) {
-            *pid = -1;
-            return;
-        }
-        sleep_ms(10);
-    }
-    kill(*pid, SIGKILL);
-    waitpid(*pid, NULL, 0);
-    *pid = -1;
+    harness_dump_log(&child);
 }
 
 /* --- fake-apns ------------------------------------------------------------ */
@@ -130,7 +79,6 @@ static void fake_start_on(const char *listen, const char *script, bool record)
     snprintf(port_path, sizeof(port_path), "%s/port", dir);
     snprintf(record_path, sizeof(record_path), "%s/record.jsonl", dir);
     snprintf(log_path, sizeof(log_path), "%s/fake.log", dir);
-    unlink(port_path);
     unlink(record_path);
     FILE *f = fopen(script_path, "w");
     assert_non_null(f);
@@ -140,55 +88,40 @@ static void fake_start_on(const char *listen, const char *script, bool record)
     snprintf(cert, sizeof(cert), "%s/server.crt", dir);
     snprintf(key, sizeof(key), "%s/server.key", dir);
     snprintf(pub, sizeof(pub), "%s/authkey_pub.pem", dir);
-    fflush(stdout);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        const char *argv[24];
-        int i = 0;
-        argv[i++] = fake_bin;
-        argv[i++] = "--listen";
-        argv[i++] = listen;
-        argv[i++] = "--cert";
-        argv[i++] = cert;
-        argv[i++] = "--key";
-        argv[i++] = key;
-        argv[i++] = "--auth-key";
-        argv[i++] = pub;
-        argv[i++] = "--key-id";
-        argv[i++] = KEY_ID;
-        argv[i++] = "--team-id";
-        argv[i++] = TEAM_ID;
-        argv[i++] = "--topic";
-        argv[i++] = TOPIC;
-        if (record) {
-            argv[i++] = "--record";
-            argv[i++] = record_path;
-        } else {
-            argv[i++] = "--no-record";
-        }
-        argv[i++] = "--script";
-        argv[i++] = script_path;
-        argv[i++] = "--port-file";
-        argv[i++] = port_path;
-        argv[i] = NULL;
-        execv(fake_bin, (char *const *)argv);
-        _exit(127);
+    const char *argv[24];
+    int i = 0;
+    argv[i++] = fake_bin;
+    argv[i++] = "--listen";
+    argv[i++] = listen;
+    argv[i++] = "--cert";
+    argv[i++] = cert;
+    argv[i++] = "--key";
+    argv[i++] = key;
+    argv[i++] = "--auth-key";
+    argv[i++] = pub;
+    argv[i++] = "--key-id";
+    argv[i++] = KEY_ID;
+    argv[i++] = "--team-id";
+    argv[i++] = TEAM_ID;
+    argv[i++] = "--topic";
+    argv[i++] = TOPIC;
+    if (record) {
+        argv[i++] = "--record";
+        argv[i++] = record_path;
+    } else {
+        argv[i++] = "--no-record";
     }
-    child_pid = pid;
-    port = wait_port_file(port_path, pid);
-    if (port < 0) {
-        child_pid = -1;
-        dump_file(log_path);
-        fail_msg("fake-apns did not start");
+    argv[i++] = "--script";
+    argv[i++] = script_path;
+    argv[i++] = "--port-file";
+    argv[i++] = port_path;
+    argv[i] = NULL;
+    char why[256];
+    if (harness_start(&child, "fake-apns", argv, log_path, port_path, 10000, why, sizeof(why)) <
+        0) {
+        fail_msg("%s", why);
     }
+    port = child.port;
 }
 
 static void fake_start(const char *script)
@@ -258,7 +191,7 @@ static void run_until_done(void)
     }
     loop_timer_cancel(loop, guard);
     if (timed_out) {
-        dump_file(log_path);
+        dump_log();
         fail_msg("only %d of %d answers in %d ms", got, expected, GUARD_MS);
     }
     run_for(50);
@@ -344,7 +277,7 @@ static void expect_all_ok(int n)
 {
     for (int i = 0; i < n; i++) {
         if (calls[i].error != 0 || calls[i].status != 200) {
-            dump_file(log_path);
+            dump_log();
             fail_msg("request %d: error %s status %d: %s", i, tdg_errname(calls[i].error),
                      calls[i].status, calls[i].text);
         }
@@ -414,8 +347,7 @@ static int teardown(void **state)
     (void)state;
     http_destroy(client);
     client = NULL;
-    stop_child(&child_pid);
-    stop_child(&child2_pid);
+    harness_stop(&child);
     return 0;
 }
 
@@ -642,7 +574,10 @@ static void mini_start(const struct mini_opts *o)
         mini_serve(lfd, o, record_path);
     }
     close(lfd);
-    child_pid = pid;
+    /* a fork of this test, not an exec: stopped like the others */
+    child.pid = pid;
+    snprintf(child.name, sizeof(child.name), "mini server");
+    child.log_path[0] = '\0';
 }
 
 static void mini_read(int *max_open, int *requests, int *refused)
@@ -874,7 +809,7 @@ static void test_connect_timeout_tcp_black_hole(void **state)
         fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
         connect(fill[i], (struct sockaddr *)&a, sizeof(a));
     }
-    sleep_ms(50);
+    harness_sleep_ms(50);
     struct http_opts o = default_opts();
     o.connect_timeout_ms = 300;
     client_open(&o);
@@ -914,7 +849,7 @@ static void test_tls_verification_fails(void **state)
     assert_non_null(strstr(calls[0].text, "issuer"));
     http_destroy(client);
     client = NULL;
-    stop_child(&child_pid);
+    harness_stop(&child);
 
     /* The right CA, but the certificate names 127.0.0.1 and localhost. */
     fake_start_on("127.0.0.2:0", "", true);
@@ -1003,9 +938,9 @@ static void test_dead_server_detected(void **state)
         send_one(&q, i, NULL);
     }
     run_for(100); /* on the wire, held by the fake */
-    kill(child_pid, SIGSTOP);
+    kill(child.pid, SIGSTOP);
     run_until_done();
-    kill(child_pid, SIGCONT);
+    kill(child.pid, SIGCONT);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(calls[i].error, -ETIMEDOUT);
         if (!strstr(calls[i].text, "PING")) {
@@ -1205,27 +1140,13 @@ static void test_http1_fallback(void **state)
     snprintf(key, sizeof(key), "%s/server.key", dir);
     snprintf(port_path, sizeof(port_path), "%s/port1", dir);
     snprintf(log_path, sizeof(log_path), "%s/http1.log", dir);
-    unlink(port_path);
-    fflush(stdout);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execl(py, py, "-c", http1_server, cert, key, port_path, (char *)NULL);
-        _exit(127);
+    const char *argv[] = {py, "-c", http1_server, cert, key, port_path, NULL};
+    char why[256];
+    if (harness_start(&child, "HTTP/1.1 test server", argv, log_path, port_path, 10000, why,
+                      sizeof(why)) < 0) {
+        fail_msg("%s", why);
     }
-    child_pid = pid;
-    port = wait_port_file(port_path, pid);
-    if (port < 0) {
-        dump_file(log_path);
-        fail_msg("HTTP/1.1 server did not start");
-    }
+    port = child.port;
     struct http_opts o = default_opts();
     client_open(&o);
     struct channel_request q;
@@ -1314,18 +1235,12 @@ static void test_bad_requests(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, sizeof(dir), "%s/tidings-h2-XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(dir)) {
+    if (harness_mkdtemp(dir, sizeof(dir), "h2") < 0) {
         return -1;
     }
     snprintf(dir2, sizeof(dir2), "%s/other", dir);
-    char cmd[2000];
-    int cl = snprintf(cmd, sizeof(cmd),
-                      "'%s' '%s' %s >'%s/gen.log' 2>&1 && '%s' '%s' >>'%s/gen.log' 2>&1", gen_certs,
-                      dir, KEY_ID, dir, gen_certs, dir2, dir);
-    if (cl < 0 || (size_t)cl >= sizeof(cmd) || system(cmd) != 0) {
-        fprintf(stderr, "gen-certs failed: %s\n", cmd);
+    if (mkdir(dir2, 0700) != 0 || harness_gen_certs(gen_certs, dir, KEY_ID) < 0 ||
+        harness_gen_certs(gen_certs, dir2, NULL) < 0) {
         return -1;
     }
     char keyf[320], err[128];
@@ -1351,11 +1266,9 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    stop_child(&child_pid);
+    harness_stop(&child);
     loop_destroy(loop);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return harness_rmtree(dir);
 }
 
 int main(int argc, char **argv)

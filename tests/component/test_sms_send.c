@@ -24,9 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/random.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,14 +32,17 @@
 #include <cjson/cJSON.h>
 
 #include "config.h"
+#include "harness.h"
 #include "error.h"
 #include "log.h"
 #include "loop.h"
 #include "sms.h"
+#include "store.h"
 
 #define FROM "+15005550006"
 #define MAX_SENDS 16
 #define GUARD_MS 30000
+#define SID_LEN_MAX 72
 
 static const char *python;
 static const char *fake_py;
@@ -51,48 +51,26 @@ static char dir[256];
 static char sid[40], token_path[320];
 static loop_t *loop;
 
-static pid_t fake_pid = -1;
+static struct harness_child fake = {.pid = -1};
 static int fake_port;
 static void *chan;
 static char record_path[320], script_path[320], port_path[320], log_path[320];
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
-
 static void random_hex(char *out, size_t nbytes)
 {
-    unsigned char b[32];
-    assert_true(nbytes <= sizeof(b));
-    assert_int_equal(getrandom(b, nbytes, 0), (ssize_t)nbytes);
-    for (size_t i = 0; i < nbytes; i++) {
-        snprintf(out + 2 * i, 3, "%02x", b[i]);
-    }
+    assert_int_equal(harness_random_hex(out, nbytes), 0);
 }
 
 /* --- the fake as a child process ------------------------------------------- */
 
 static void dump_log(void)
 {
-    FILE *f = fopen(log_path, "r");
-    if (!f) {
-        return;
-    }
-    char line[512];
-    printf("--- fake-sms log\n");
-    while (fgets(line, sizeof(line), f)) {
-        printf("%s", line);
-    }
-    fclose(f);
+    harness_dump_log(&fake);
 }
 
 /* Start the fake with script; token_file is the token it accepts. */
 static void fake_start_token(const char *script, const char *token_file)
 {
-    unlink(port_path);
     unlink(record_path);
     FILE *f = fopen(script_path, "w");
     assert_non_null(f);
@@ -102,61 +80,17 @@ static void fake_start_token(const char *script, const char *token_file)
     char cert[300], key[300];
     snprintf(cert, sizeof(cert), "%s/server.crt", dir);
     snprintf(key, sizeof(key), "%s/server.key", dir);
-    const char *argv[] = {python,
-                          fake_py,
-                          "--listen",
-                          "127.0.0.1:0",
-                          "--cert",
-                          cert,
-                          "--key",
-                          key,
-                          "--account-sid",
-                          sid,
-                          "--auth-token-file",
-                          token_file,
-                          "--record",
-                          record_path,
-                          "--script",
-                          script_path,
-                          "--port-file",
-                          port_path,
-                          NULL};
-    fflush(stdout);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(python, (char *const *)argv);
-        _exit(127);
+    const char *argv[] = {python,        fake_py,     "--listen",     "127.0.0.1:0",
+                          "--cert",      cert,        "--key",        key,
+                          "--account-sid", sid,       "--auth-token-file", token_file,
+                          "--record",    record_path, "--script",     script_path,
+                          "--port-file", port_path,   NULL};
+    char why[256];
+    if (harness_start(&fake, "fake-sms", argv, log_path, port_path, 15000, why, sizeof(why)) <
+        0) {
+        fail_msg("%s", why);
     }
-    fake_pid = pid;
-    for (int tries = 0; tries < 1500; tries++) {
-        FILE *pf = fopen(port_path, "r");
-        if (pf) {
-            int port = 0;
-            int ok = fscanf(pf, "%d", &port);
-            fclose(pf);
-            if (ok == 1 && port > 0) {
-                fake_port = port;
-                return;
-            }
-        }
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            fake_pid = -1;
-            dump_log();
-            fail_msg("fake-sms exited before listening (status %d)", st);
-        }
-        sleep_ms(10);
-    }
-    dump_log();
-    fail_msg("fake-sms did not write its port file in 15 s");
+    fake_port = fake.port;
 }
 
 static void fake_start(const char *script)
@@ -166,21 +100,7 @@ static void fake_start(const char *script)
 
 static void fake_stop(void)
 {
-    if (fake_pid <= 0) {
-        return;
-    }
-    kill(fake_pid, SIGTERM);
-    for (int i = 0; i < 500; i++) {
-        int st;
-        if (waitpid(fake_pid, &st, WNOHANG) == fake_pid) {
-            fake_pid = -1;
-            return;
-        }
-        sleep_ms(10);
-    }
-    kill(fake_pid, SIGKILL);
-    waitpid(fake_pid, NULL, 0);
-    fake_pid = -1;
+    harness_stop(&fake);
 }
 
 /* --- the record --------------------------------------------------------------- */
@@ -831,18 +751,226 @@ static void test_destroy_with_pending(void **state)
 
 /* --- main -------------------------------------------------------------------------------- */
 
+/* --- delivery status polling across a restart ---------------------------------------- */
+
+struct poll_sink {
+    store_t *store;
+    char statuses[8][24];
+    int n;
+    int watch_puts, watch_forgets;
+};
+static struct poll_sink PS;
+
+static void on_poll_status(void *arg, const char *channel, const char *id, const char *status,
+                           int code)
+{
+    struct poll_sink *p = arg;
+    (void)code;
+    assert_string_equal(channel, "sms");
+    assert_int_equal(store_provider_status(p->store, channel, id, status, code, clock_wall_ms()) >=
+                         0,
+                     1);
+    if (p->n < 8) {
+        snprintf(p->statuses[p->n++], sizeof(p->statuses[0]), "%s", status);
+    }
+    loop_stop(loop);
+}
+
+static void on_poll_watch(void *arg, const char *channel, const char *id, const char *account,
+                          int64_t until_ms)
+{
+    struct poll_sink *p = arg;
+    assert_int_equal(store_provider_watch(p->store, channel, id, account, until_ms), 0);
+    if (until_ms > 0) {
+        p->watch_puts++;
+    } else {
+        p->watch_forgets++;
+    }
+}
+
+static void poll_open(const struct sms_config *c, const char *db)
+{
+    char err[256] = "";
+    assert_int_equal(store_open(db, DB_SYNC_NORMAL, &PS.store, err, sizeof(err)), 0);
+    struct channel_env env = {.loop = loop,
+                              .status = on_poll_status,
+                              .status_arg = &PS,
+                              .watch = on_poll_watch,
+                              .watch_arg = &PS};
+    int rc = sms_channel.init(&env, c, &chan, err, sizeof(err));
+    if (rc != 0) {
+        fail_msg("init: %s: %s", tdg_strerror(rc), err);
+    }
+}
+
+/* The hub stops (channel destroyed, store committed and closed). */
+static void poll_close(void)
+{
+    sms_channel.destroy(chan);
+    chan = NULL;
+    assert_int_equal(store_commit(PS.store), 0);
+    store_close(PS.store);
+    PS.store = NULL;
+}
+
+/* Run the loop until the status sink has n statuses (or fail after GUARD_MS). */
+static void poll_wait(int n)
+{
+    memset(&W, 0, sizeof(W));
+    uint64_t guard = loop_timer_add(loop, GUARD_MS, on_guard, &W);
+    while (PS.n < n && !W.timed_out) {
+        assert_int_equal(loop_run(loop), 0);
+    }
+    loop_timer_cancel(loop, guard);
+    if (W.timed_out) {
+        dump_log();
+        fail_msg("only %d of %d statuses in %d ms", PS.n, n, GUARD_MS);
+    }
+}
+
+struct resumed {
+    int n;
+    char sid[SID_LEN_MAX];
+    char account[64];
+    char last[24];
+    int rc;
+};
+
+static void on_resume_row(void *arg, const char *id, const char *account, int64_t until_ms,
+                          const char *last)
+{
+    struct resumed *r = arg;
+    r->n++;
+    snprintf(r->sid, sizeof(r->sid), "%s", id);
+    snprintf(r->account, sizeof(r->account), "%s", account);
+    snprintf(r->last, sizeof(r->last), "%s", last);
+    assert_true(until_ms > clock_wall_ms());
+    r->rc = sms_watch_resume(chan, account, id, until_ms, last);
+}
+
+/* A message being polled when the hub stops is polled again after the
+ * restart, from the durable record, to its final status; the record is
+ * then gone. */
+static void test_poll_survives_restart(void **state)
+{
+    (void)state;
+    fake_start("to * flow sent,delivered\n");
+    char db[300];
+    snprintf(db, sizeof(db), "%s/poll.db", dir);
+    unlink(db);
+    memset(&PS, 0, sizeof(PS));
+    struct sms_config c;
+    config_for(&c, fake_port);
+    cfg_set(&c, "sms.status_poll", "100ms");
+    poll_open(&c, db);
+
+    const struct channel_outcome *o = send_one("+4915112345678", "t", "polled");
+    assert_int_equal(o->result, CHANNEL_OK);
+    char msg_sid[CHANNEL_PROVIDER_ID_MAX];
+    snprintf(msg_sid, sizeof(msg_sid), "%s", o->provider_id);
+    assert_int_equal(PS.watch_puts, 1);
+    poll_wait(1); /* the first poll: "sent" */
+    assert_string_equal(PS.statuses[0], "sent");
+    poll_close();
+
+    /* the restarted hub: a new store handle and a new channel */
+    memset(&PS, 0, sizeof(PS));
+    poll_open(&c, db);
+    struct resumed r = {0};
+    assert_int_equal(store_provider_watch_each(PS.store, "sms", clock_wall_ms(), on_resume_row,
+                                               &r),
+                     1);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.sid, msg_sid);
+    assert_string_equal(r.account, sid);
+    assert_string_equal(r.last, "sent");
+    assert_int_equal(r.rc, 0);
+    struct sms_stats st;
+    sms_get_stats(chan, &st);
+    assert_int_equal(st.watching, 1);
+    poll_wait(1);
+    assert_string_equal(PS.statuses[0], "delivered"); /* "sent" is not reported again */
+    sms_get_stats(chan, &st);
+    assert_int_equal(st.polled_final, 1);
+    assert_int_equal(st.watching, 0);
+    assert_int_equal(PS.watch_forgets, 1);
+    char got[24];
+    int ec = -1;
+    assert_int_equal(store_provider_status_get(PS.store, "sms", msg_sid, got, sizeof(got), &ec,
+                                               NULL),
+                     1);
+    assert_string_equal(got, "delivered");
+    poll_close();
+
+    /* nothing is left to resume */
+    memset(&PS, 0, sizeof(PS));
+    poll_open(&c, db);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(store_provider_watch_each(PS.store, "sms", clock_wall_ms(), on_resume_row,
+                                               &r),
+                     0);
+    /* stale records: an unknown account and a passed deadline */
+    assert_int_equal(sms_watch_resume(chan, "ACnobody", msg_sid, clock_wall_ms() + 60000, ""),
+                     -ENOENT);
+    assert_int_equal(sms_watch_resume(chan, sid, msg_sid, clock_wall_ms() - 1, ""), -ETIMEDOUT);
+    assert_int_equal(sms_watch_resume(chan, sid, "SM/../x", clock_wall_ms() + 60000, ""),
+                     TDG_EINVAL_INPUT);
+    /* a record past its deadline is pruned, not resumed */
+    assert_int_equal(store_provider_watch(PS.store, "sms", "SMold", sid, clock_wall_ms() - 1), 0);
+    assert_int_equal(store_provider_watch_each(PS.store, "sms", clock_wall_ms(), on_resume_row,
+                                               &r),
+                     0);
+    poll_close();
+}
+
+/* Status callbacks and inbound posts signed by the dispatch layer's backup
+ * sender (another account, another token) are accepted by the primary once
+ * the backup is linked (sms_link_backup), and refused before. */
+static void test_backup_callback_signature(void **state)
+{
+    (void)state;
+    struct sms_config pc, bc;
+    config_for(&pc, 1);
+    cfg_set(&pc, "sms.status_callback_url", "https://hub.example/v1/sms/status");
+    config_for(&bc, 2);
+    cfg_set(&bc, "sms.account_sid", "AC00000000000000000000000000000b0b");
+    cfg_set(&bc, "sms.auth_token_file", "");
+    cfg_set(&bc, "sms.auth_token", "backuptoken0123456789");
+    cfg_set(&bc, "sms.status_callback_url", "https://hub.example/v1/sms/status");
+    struct channel_env env = {.loop = loop, .status = NULL};
+    char err[256] = "";
+    void *backup = NULL;
+    assert_int_equal(sms_channel.init(&env, &pc, &chan, err, sizeof(err)), 0);
+    assert_int_equal(sms_channel.init(&env, &bc, &backup, err, sizeof(err)), 0);
+
+    static const char body[] = "AccountSid=AC00000000000000000000000000000b0b&MessageSid=SM1"
+                               "&MessageStatus=delivered";
+    struct sms_form f;
+    assert_int_equal(sms_form_parse(body, strlen(body), &f), 0);
+    char sig[64], why[128];
+    assert_int_equal(sms_signature("backuptoken0123456789", "https://hub.example/v1/sms/status",
+                                   &f, sig, sizeof(sig)),
+                     0);
+    assert_int_equal(sms_status_callback(chan, body, strlen(body), sig, why, sizeof(why)), 403);
+    sms_link_backup(chan, backup);
+    assert_int_equal(sms_status_callback(chan, body, strlen(body), sig, why, sizeof(why)), 200);
+    /* the primary's token does not sign for the backup's account */
+    char tok[129];
+    assert_int_equal(channel_read_secret(token_path, tok, sizeof(tok)), 0);
+    char bad[64];
+    assert_int_equal(sms_signature(tok, "https://hub.example/v1/sms/status", &f, bad,
+                                   sizeof(bad)),
+                     0);
+    assert_int_equal(sms_status_callback(chan, body, strlen(body), bad, why, sizeof(why)), 403);
+    sms_link_backup(chan, NULL);
+    sms_channel.destroy(backup);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, sizeof(dir), "%s/tidings-smssend-XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(dir)) {
-        return -1;
-    }
-    char cmd[700];
-    snprintf(cmd, sizeof(cmd), "'%s' '%s' >'%s/certs.log' 2>&1", gen_certs, dir, dir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "gen-certs.sh failed (see %s/certs.log)\n", dir);
+    if (harness_mkdtemp(dir, sizeof(dir), "smssend") < 0 ||
+        harness_gen_certs(gen_certs, dir, NULL) < 0) {
         return -1;
     }
     /* fresh random credentials for this run; the token only in a file */
@@ -869,9 +997,7 @@ static int group_teardown(void **state)
     (void)state;
     fake_stop();
     loop_destroy(loop);
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return harness_rmtree(dir);
 }
 
 int main(int argc, char **argv)
@@ -904,6 +1030,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_queue_full_retries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_and_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_with_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_poll_survives_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backup_callback_signature, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -23,7 +23,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -32,9 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,6 +41,7 @@
 
 #include "apns.h"
 #include "config.h"
+#include "harness.h"
 #include "error.h"
 #include "fcm.h"
 #include "http.h"
@@ -61,39 +59,18 @@ static loop_t *loop;
 
 /* --- processes ----------------------------------------------------------------- */
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
-
 /* Run argv to completion (output to DIR/cmd.log); its exit status. */
 static int run(const char *const *argv)
 {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        char log[300];
-        snprintf(log, sizeof(log), "%s/cmd.log", dir);
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    char log[300];
+    snprintf(log, sizeof(log), "%s/cmd.log", dir);
+    return harness_run(argv, log);
 }
 
 struct fake {
-    pid_t pid;
+    struct harness_child c;
     int port;
-    char log[300], port_file[300];
+    char port_file[300];
 };
 
 static void dump(const char *path)
@@ -113,61 +90,17 @@ static void dump(const char *path)
 /* Start argv (which names port_file as its --port-file) and wait for the port. */
 static void fake_start(struct fake *fk, const char *name, const char *const *argv)
 {
-    snprintf(fk->log, sizeof(fk->log), "%s/%s.log", dir, name);
-    fflush(stdout);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(fk->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
+    char log[300], why[256];
+    snprintf(log, sizeof(log), "%s/%s.log", dir, name);
+    if (harness_start(&fk->c, name, argv, log, fk->port_file, 15000, why, sizeof(why)) < 0) {
+        fail_msg("%s", why);
     }
-    fk->pid = pid;
-    for (int tries = 0; tries < 1500; tries++) {
-        FILE *pf = fopen(fk->port_file, "r");
-        if (pf) {
-            int port = 0;
-            int ok = fscanf(pf, "%d", &port);
-            fclose(pf);
-            if (ok == 1 && port > 0) {
-                fk->port = port;
-                return;
-            }
-        }
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            fk->pid = -1;
-            dump(fk->log);
-            fail_msg("%s exited before listening", name);
-        }
-        sleep_ms(10);
-    }
-    dump(fk->log);
-    fail_msg("%s did not write its port file", name);
+    fk->port = fk->c.port;
 }
 
 static void fake_stop(struct fake *fk)
 {
-    if (fk->pid <= 0) {
-        return;
-    }
-    kill(fk->pid, SIGTERM);
-    for (int i = 0; i < 500; i++) {
-        if (waitpid(fk->pid, NULL, WNOHANG) == fk->pid) {
-            fk->pid = -1;
-            return;
-        }
-        sleep_ms(10);
-    }
-    kill(fk->pid, SIGKILL);
-    waitpid(fk->pid, NULL, 0);
-    fk->pid = -1;
+    harness_stop(&fk->c);
 }
 
 static void write_file(const char *path, const char *fmt, ...)
@@ -908,14 +841,6 @@ static void test_sms_status_callbacks(void **state)
 
 /* --- main -------------------------------------------------------------------------------- */
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 int main(int argc, char **argv)
 {
     if (argc != 7) {
@@ -933,9 +858,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     log_set_level(LOG_LVL_WARN);
     srand((unsigned)time(NULL));
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, sizeof(dir), "%s/tidings-tenants-XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(dir)) {
+    if (harness_mkdtemp(dir, sizeof(dir), "tenants") < 0) {
         perror("mkdtemp");
         return 1;
     }
@@ -972,6 +895,6 @@ int main(int argc, char **argv)
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     loop_destroy(loop);
-    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    harness_rmtree(dir);
     return rc;
 }

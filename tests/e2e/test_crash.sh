@@ -87,7 +87,9 @@ echo "agent kill -9 (MQTT QoS 1 ingest): $N published, $got reached the hub, $lo
 bound=$(unconfirmed a)
 [ $((lines - unique)) -le "$bound" ] ||
     fail "$((lines - unique)) duplicates at APNs after an agent crash, $bound unconfirmed attempts"
-# The loss window is one loop iteration: it cannot exceed what one iteration
-# reads (64 events of at most a few hundred messages each).
-[ "$lost" -le 1000 ] || fail "$lost lost: far more than one loop iteration"
+# The loss window is one loop iteration: everything it read is committed in
+# its before-sleep hook, and one iteration reads at most
+# MQTT_READS_PER_WAKEUP (256, platform/mqtt.c) packets from the local broker.
+# test_agent_kill.sh checks the same bound over several kills.
+[ "$lost" -le 256 ] || fail "$lost lost: more than one loop iteration reads (256)"
 echo "PASS: crash"

@@ -45,6 +45,12 @@ stderr: $ERR"
 }
 # jget EXPR: evaluate a Python expression over the JSON in $OUT (as j).
 jget() { printf '%s' "$OUT" | $PY -c "import json,sys; j=json.load(sys.stdin); print($1)"; }
+# receipt_is ID AGENT STATE PENDING: status ID shows exactly one receipt, to
+# AGENT for STATE, pending (True) or confirmed by the broker (False).
+receipt_is() {
+    run_rc 0 ctl --json status "$1"
+    [ "$(jget "[(r['agent'], r['state'], r['pending']) for r in j['receipts']]")" = "[('$2', '$3', $4)]" ]
+}
 # refused FIELD CMD...: the hub refuses (exit 1) naming FIELD, in the text
 # and in the --json answer.
 refused() {
@@ -118,7 +124,9 @@ run_rc 2 ctl device remove notanumber
 refused device device remove 999999
 
 # --- preferences --------------------------------------------------------------
-run_rc 0 ctl pref set bob '{"categories":{"marketing":{"opt_out":true}}}'
+# (the cap is never reached: it makes the hub record cap events for bob,
+# which his removal must erase)
+run_rc 0 ctl pref set bob '{"categories":{"marketing":{"opt_out":true}},"caps":{"orders":{"max":100,"window":"1d"}}}'
 run_rc 0 ctl --json pref show bob
 [ "$(jget "j['preferences']['categories']['marketing']['opt_out']")" = True ] ||
     fail "pref show: $OUT"
@@ -156,6 +164,20 @@ apns_id=$(jget "j['attempts'][0]['provider_id']")
 [ "$(jget "j['notification']['notification']['data']['door']")" = front ] || fail "status body: $OUT"
 run_rc 0 ctl status ctl-1
 grep -q "^delivered: apns accepted it" <<<"$OUT" || fail "status table: $OUT"
+# Its receipt went to the sending agent ("admin" for tidingsctl) and the
+# broker confirmed it: the outbox row is gone, receipt_log keeps the story.
+wait_until 20 "ctl-1's receipt confirmed" receipt_is ctl-1 admin delivered False
+T='20[0-9-]*T[0-9:.]*Z'
+jget "j['receipts'][0]['text']" |
+    grep -qE "^receipt to agent admin: delivered \(queued at $T, confirmed by the broker at $T\)$" ||
+    fail "status ctl-1 receipt text: $OUT"
+[ "$(jget "j['receipts'][0]['queued'] <= j['receipts'][0]['confirmed']")" = True ] ||
+    fail "status ctl-1 receipt times: $OUT"
+[ "$(hub_sql "SELECT count(*) FROM receipts WHERE notification_id = 'ctl-1'")" = 0 ] ||
+    fail "ctl-1's receipt is still in the outbox"
+run_rc 0 ctl status ctl-1
+grep -qE "^  receipt to agent admin: delivered \(queued at $T, confirmed by the broker at $T\)$" <<<"$OUT" ||
+    fail "status table receipts: $OUT"
 refused id status no-such-id
 
 # Suppressed: the story names the rule.
@@ -231,6 +253,12 @@ run_rc 0 ctl --json stats
 [ "$(jget "[c['failed'] for c in j['channels'] if c['channel'] == 'apns'][0]")" = 1 ] ||
     fail "stats failed: $OUT"
 [ "$(jget "j['queues']['failed']")" = 0 ] || fail "stats dlq: $OUT"
+# the rates: sent / window, sent / (sent + failed)
+[ "$(jget "[abs(c['per_second'] - c['sent'] / j['window_s']) < 1e-9 and abs(c['success_rate'] - c['sent'] / (c['sent'] + c['failed'])) < 1e-9 and 0 < c['success_rate'] < 1 for c in j['channels'] if c['channel'] == 'apns'][0]")" = True ] ||
+    fail "stats rates: $OUT"
+run_rc 0 ctl --json stats --window 10m
+[ "$(jget "j['window_s'], [abs(c['per_second'] * 600 - c['sent']) < 1e-6 and c['sent'] >= 3 for c in j['channels'] if c['channel'] == 'apns'][0]")" = "600 True" ] ||
+    fail "stats --window 10m: $OUT"
 run_rc 0 ctl stats
 grep -q "^apns " <<<"$OUT" || fail "stats table: $OUT"
 refused window stats --window forever
@@ -271,6 +299,79 @@ mosquitto_pub -V mqttv5 -q 1 -h 127.0.0.1 -p "$LOCAL_PORT" -t tidings/v1/local/n
 wait_until 30 "ctl-gw7 delivered" hub_state_is ctl-gw7 delivered
 run_rc 0 ctl --json status ctl-gw7
 [ "$(jget "j['notification']['agent']")" = gw7 ] || fail "status ctl-gw7: $OUT"
+wait_until 20 "ctl-gw7's receipt confirmed" receipt_is ctl-gw7 gw7 delivered False
+run_rc 0 ctl status ctl-gw7
+grep -qE "^  receipt to agent gw7: delivered \(queued at $T, confirmed by the broker at $T\)$" <<<"$OUT" ||
+    fail "status ctl-gw7 receipts: $OUT"
+
+# --- receipts the broker refuses stay pending -------------------------------
+# The broker now refuses the hub's receipts to "admin" (PUBACK 0x87): they
+# stay in the outbox, and status says so.
+sed -i 's|^user hub$|user hub\ntopic deny tidings/v1/agents/admin/receipts|' "$STACK_DIR/acl"
+stack_broker_reload
+hub_denied() { # (mosquitto_pub reports a refused QoS 1 publish, exit 0)
+    mosquitto_pub -V mqttv5 -q 1 -h 127.0.0.1 -p "$BROKER_PORT" -u hub -P "$HUB_PASSWORD" \
+        -t tidings/v1/agents/admin/receipts -m probe 2>&1 | grep -q "Not authorized"
+}
+wait_until 10 "broker reloaded its ACL" hub_denied
+
+# --- expired and dropped, and why ---------------------------------------------
+# erin's phone answers 503 after 1.5 s; a notification with a ttl of 1 s
+# has expired by the time the retry is due. dana is inside her quiet hours
+# (mode drop) right now.
+EXP_TOKEN=$(printf 'e5%.0s' $(seq 1 32))
+DROP_TOKEN=$(printf 'd4%.0s' $(seq 1 32))
+printf 'token %s status 503 reason ServiceUnavailable delay 1500\n' "$EXP_TOKEN" >"$STACK_DIR/apns.script"
+kill -HUP "$(stack_pid fake-apns)"
+wait_until 10 "fake APNs reloaded" grep -q "reloaded 1 rules" "$STACK_DIR/fake-apns.log"
+run_rc 0 ctl user add erin --tz UTC
+run_rc 0 ctl device add erin --platform ios --token "$EXP_TOKEN" --app "$APNS_TOPIC"
+run_rc 0 ctl user add dana --tz UTC
+run_rc 0 ctl device add dana --platform ios --token "$DROP_TOKEN" --app "$APNS_TOPIC"
+quiet=$($PY -c 'import datetime as d; n = d.datetime.now(d.timezone.utc)
+print((n - d.timedelta(hours=1)).strftime("%H:%M"), (n + d.timedelta(hours=2)).strftime("%H:%M"))')
+run_rc 0 ctl pref set dana "{\"quiet_hours\":{\"start\":\"${quiet% *}\",\"end\":\"${quiet#* }\",\"mode\":\"drop\"}}"
+# (the hub's clock: everything received before T0 is outside "--since T0")
+run_rc 0 ctl --json ping
+T0=$(jget "j['time']")
+run_rc 0 ctl send --to user:erin --id ctl-exp --title "Soon stale" --category orders --ttl 1s
+run_rc 0 ctl send --to user:dana --id ctl-drop --title "At night" --category orders
+wait_until 20 "ctl-exp expired" hub_state_is ctl-exp expired
+wait_until 20 "ctl-drop dropped" hub_state_is ctl-drop dropped
+run_rc 0 ctl --json status ctl-exp
+jget "j['explanation']" |
+    grep -qE "^expired: ttl passed before delivery \(ttl ended at $T\); 1 attempt\(s\), the last on apns ended retry \(status 503, ServiceUnavailable\)$" ||
+    fail "status ctl-exp explanation: $OUT"
+[ "$(jget "j['terminal'], j['notification']['state'], j['attempts'][0]['status']")" = "True expired 503" ] ||
+    fail "status ctl-exp: $OUT"
+run_rc 0 ctl --json status ctl-drop
+[ "$(jget "j['explanation']")" = "dropped by the recipient's preferences: rule quiet_hours_drop (inside quiet hours in mode drop: not held, not sent)" ] ||
+    fail "status ctl-drop explanation: $OUT"
+[ "$(jget "[(d['action'], d['rule']) for d in j['decisions']]")" = "[('drop', 'quiet_hours_drop')]" ] ||
+    fail "status ctl-drop decisions: $OUT"
+[ "$(jget "len(j['attempts'])")" = 0 ] || fail "ctl-drop was sent: $OUT"
+wait_until 20 "the broker refused ctl-drop's receipt" \
+    grep -q "broker refused .* receipt(s) for agent admin" "$STACK_DIR/hub.log"
+receipt_is ctl-drop admin dropped True || fail "status ctl-drop receipt: $OUT"
+jget "j['receipts'][0]['text'], j['receipts'][0]['confirmed']" |
+    grep -qE "^receipt to agent admin: dropped pending \(queued at $T, not yet confirmed by the broker\) None$" ||
+    fail "status ctl-drop receipt text: $OUT"
+run_rc 0 ctl status ctl-drop
+grep -q "^  receipt to agent admin: dropped pending" <<<"$OUT" || fail "status ctl-drop table: $OUT"
+grep -q "^dropped by the recipient's preferences: rule quiet_hours_drop" <<<"$OUT" ||
+    fail "status ctl-drop table: $OUT"
+
+# --- log --since / --until: the window is on arrival time ---------------------
+run_rc 0 ctl --json log --since "$T0"
+[ "$(jget "sorted(r['id'] for r in j['items'])")" = "['ctl-drop', 'ctl-exp']" ] ||
+    fail "log --since $T0: $OUT"
+run_rc 0 ctl --json log --until "$T0"
+ids=$(jget "' '.join(r['id'] for r in j['items'])")
+case " $ids " in *" ctl-drop "* | *" ctl-exp "*) fail "log --until $T0 lists later ones: $ids" ;; esac
+case " $ids " in *" ctl-gw7 "*) ;; *) fail "log --until $T0 misses ctl-gw7: $ids" ;; esac
+run_rc 0 ctl --json log --since 1h --state expired
+[ "$(jget "[r['id'] for r in j['items']]")" = "['ctl-exp']" ] || fail "log --since 1h --state expired: $OUT"
+refused until log --since "$T0" --until 2000-01-01T00:00:00Z
 
 # --- ACLs: a viewer may only run status and log -----------------------------
 printf 'port = %s\nusername = viewer\npassword = %s\n' "$BROKER_PORT" "$VIEWER_PASSWORD" \
@@ -288,6 +389,17 @@ run_rc 0 ctl --json user export bob
 jget "[d['token'] for d in j['devices']]" | grep -q "$BAD_TOKEN" || fail "export lacks the token: $OUT"
 [ "$(jget "sorted(n['id'] for n in j['notifications'])")" = "['ctl-1', 'ctl-2', 'ctl-3', 'ctl-4', 'ctl-gw7']" ] ||
     fail "export notifications: $OUT"
+# Something still waiting for bob: a timer naming him and a decision.
+run_rc 0 ctl --json send --to user:bob --id ctl-5 --title "Later" --body "the safe is open" \
+    --category orders --deliver-at 2099-01-01T00:00:00Z
+wait_until 20 "ctl-5 scheduled" hub_state_is ctl-5 scheduled
+[ "$(hub_sql "SELECT count(*) FROM timers WHERE notification_id = 'ctl-5' AND payload LIKE 'bob%'")" = 1 ] ||
+    fail "ctl-5 has no timer for bob"
+[ "$(hub_sql "SELECT count(*) FROM cap_events WHERE user_id = 'bob'")" -ge 1 ] ||
+    fail "no cap events for bob before his removal"
+[ "$(hub_sql "SELECT count(*) FROM decisions WHERE user_id = 'bob'")" -ge 3 ] ||
+    fail "no decisions for bob before his removal"
+n_decisions=$(hub_sql "SELECT count(*) FROM decisions")
 run_rc 0 ctl user remove bob
 refused user user export bob
 refused user user remove bob
@@ -297,12 +409,34 @@ run_rc 0 ctl --json status ctl-1
 # Nothing about bob is left in the hub's database: no row names him, and
 # his phone, email and tokens appear nowhere (in plaintext or otherwise).
 dump=$(sqlite3 -readonly "$STACK_DIR/hub/hub.db" .dump)
-for secret in bob@example.com +4915100000001 "$GOOD_TOKEN" "$BAD_TOKEN" "user:bob" "Door"; do
+for secret in bob@example.com +4915100000001 "$GOOD_TOKEN" "$BAD_TOKEN" "user:bob" "Door" \
+    "the safe is open"; do
     if grep -qF -- "$secret" <<<"$dump"; then
         fail "after user remove the database still holds '$secret'"
     fi
 done
 [ "$(hub_sql "SELECT count(*) FROM users WHERE id = 'bob'")" = 0 ] || fail "users row left"
+# Decisions stay (the delivery log of each notification: rules, times),
+# naming no one; cap events and preferences are gone; the timer still
+# fires (ctl-5 is dropped already) but names no one; the provider's
+# answers about his endpoints are redacted; ids and states are kept.
+[ "$(hub_sql "SELECT count(*) FROM decisions")" = "$n_decisions" ] || fail "decisions deleted"
+[ "$(hub_sql "SELECT count(*) FROM decisions WHERE user_id = 'bob'")" = 0 ] ||
+    fail "decisions still name bob"
+[ "$(hub_sql "SELECT count(*) FROM cap_events WHERE user_id = 'bob'")" = 0 ] || fail "cap events left"
+[ "$(hub_sql "SELECT count(*) FROM prefs WHERE user_id = 'bob'")" = 0 ] || fail "prefs left"
+[ "$(hub_sql "SELECT count(*) FROM timers WHERE payload LIKE 'bob%'")" = 0 ] || fail "timer names bob"
+[ "$(hub_sql "SELECT state || ' ' || reason FROM notifications WHERE id = 'ctl-5'")" = "dropped recipient removed" ] ||
+    fail "ctl-5 after remove: $(hub_sql "SELECT state, reason FROM notifications WHERE id = 'ctl-5'")"
+[ "$(hub_sql "SELECT count(*) FROM attempts WHERE notification_id = 'ctl-3' AND status = 400 AND reason = 'redacted'")" -ge 1 ] ||
+    fail "ctl-3's attempts after remove: $(hub_sql "SELECT status, reason FROM attempts WHERE notification_id = 'ctl-3'")"
+[ "$(hub_sql "SELECT count(*) FROM attempts WHERE reason LIKE '%BadDeviceToken%'")" = 0 ] ||
+    fail "attempts still hold the provider's answers about bob's devices"
+# and no row names him at all: his id appears in no value of the dump
+# (a word of the user id's characters)
+if grep -qE "(^|[^A-Za-z0-9._@+/=-])bob([^A-Za-z0-9._@+/=-]|$)" <<<"$dump"; then
+    fail "after user remove the database still names bob: $(grep -E "(^|[^A-Za-z0-9._@+/=-])bob([^A-Za-z0-9._@+/=-]|$)" <<<"$dump" | head -5)"
+fi
 
 # --- failures: wrong password, no hub, no broker --------------------------------
 run_rc 4 timeout 60 "$CTLBIN" -c "$STACK_DIR/ctl.conf" -P wrong-password ping

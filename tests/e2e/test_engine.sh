@@ -7,6 +7,8 @@
 #  3. Circuit breaker: the primary fake APNs answers 503 -> breaker opens ->
 #     sends fail over to the backup fake APNs -> primary recovers ->
 #     half-open probe -> closed -> sends go to the primary again.
+#  3b. Gauges while the provider is slow (in flight per channel, queue
+#     depth), and the token-disable counters after 410 / BadDeviceToken.
 #  4. Per-agent intake limits: over the rate a batch waits un-acked and is
 #     resent; over the daily quota items are rejected with over_quota.
 #   usage: test_engine.sh BUILD_DIR SRC_DIR
@@ -30,6 +32,9 @@ apns.engine.breaker_failures = 3
 apns.engine.breaker_window = 10
 apns.engine.breaker_open = 1s
 "
+# debug logs: every provider answer is logged, and no device token (nor a
+# part of one) may be among them: PII never reaches the logs
+HUB_LOG_LEVEL=debug
 stack_hub
 AGENT_ACK_TIMEOUT=1s
 stack_agent
@@ -69,7 +74,9 @@ wait_until 10 "attempt counted" metric_ge "$OK_PRIMARY" $((before + 1))
 metric_ge 'tidings_hub_notifications_total{state="delivered"}' 1 || fail "no delivered count"
 metric_ge 'tidings_hub_send_latency_ms_count{channel="apns"}' 1 || fail "no latency sample"
 metric_ge 'tidings_hub_intake_items_total{result="accepted"}' 1 || fail "intake not counted"
-curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^# TYPE tidings_hub_send_latency_ms histogram$' ||
+# (not curl | grep -q: grep leaving early makes curl fail under pipefail)
+metrics_text=$(curl -s "http://127.0.0.1:$METRICS_PORT/metrics")
+grep -q '^# TYPE tidings_hub_send_latency_ms histogram$' <<<"$metrics_text" ||
     fail "latency is not a histogram"
 echo "metrics: $OK_PRIMARY went $before -> $(hub_metric "$OK_PRIMARY")"
 wait_until 10 "receipt for e-1" grep -q '"id":"e-1","state":"delivered"' "$STACK_DIR/receipts.txt"
@@ -120,6 +127,63 @@ grep -q 'apns: back on the primary provider' "$STACK_DIR/hub.log" || fail "failb
 [ "$(health | grep -c '"provider":"primary","breaker":"closed"')" = 1 ] || fail "health: $(health)"
 echo "breaker: open -> half_open -> closed after the primary recovered; d-* went to the primary ($prim_before before)"
 
+# --- 3b. gauges while the provider is slow; token disables -----------------
+# The primary answers alice's next 10 after 5 s: meanwhile they are in
+# flight (per channel and provider), their notifications 'sending'.
+reload_apns() { # the primary fake rereads $APNS_SCRIPT; wait until it has
+    local n
+    n=$(grep -c "reloaded" "$STACK_DIR/fake-apns.log" || true)
+    kill -HUP "$(stack_pid fake-apns)"
+    wait_until 10 "fake APNs reloaded" \
+        bash -c "[ \$(grep -c reloaded '$STACK_DIR/fake-apns.log') -gt $n ]"
+}
+echo "token $APNS_TOKEN delay 5000 times 10" >"$APNS_SCRIPT"
+reload_apns
+publish_ids w 1 10
+wait_until 10 "in flight at the slow provider" \
+    metric_ge 'tidings_hub_inflight{channel="apns",provider="primary"}' 1
+metric_ge 'tidings_hub_queue_depth{state="sending"}' 1 || fail "queue depth: nothing sending"
+metric_ge 'tidings_hub_requests_inflight' 1 || fail "requests_inflight is 0"
+metric_ge 'tidings_hub_fanout_jobs' 1 || fail "fanout_jobs is 0"
+echo "slow provider: inflight=$(hub_metric 'tidings_hub_inflight{channel="apns",provider="primary"}')" \
+    "sending=$(hub_metric 'tidings_hub_queue_depth{state="sending"}')"
+wait_until 30 "w-* delivered" all_state w delivered 10
+gauges_zero() {
+    [ "$(hub_metric 'tidings_hub_inflight{channel="apns",provider="primary"}')" = 0 ] &&
+        [ "$(hub_metric 'tidings_hub_queue_depth{state="sending"}')" = 0 ] &&
+        [ "$(hub_metric 'tidings_hub_queue_depth{state="queued"}')" = 0 ] &&
+        [ "$(hub_metric 'tidings_hub_requests_inflight')" = 0 ]
+}
+wait_until 10 "gauges back to 0" gauges_zero
+# 410 Unregistered disables a token, 400 BadDeviceToken flags one (through
+# tidingsctl: agent gw1 may send only to alice).
+GONE_TOKEN=$(printf 'a7%.0s' $(seq 1 32))
+BAD_TOKEN=$(printf 'b8%.0s' $(seq 1 32))
+printf 'token %s status 410 reason Unregistered\ntoken %s status 400 reason BadDeviceToken\n' \
+    "$GONE_TOKEN" "$BAD_TOKEN" >"$APNS_SCRIPT"
+reload_apns
+ctl() { timeout 60 "$BUILD/hub/ctl/tidingsctl" -h 127.0.0.1 -p "$BROKER_PORT" --timeout 10s "$@"; }
+DISABLED='tidings_hub_device_actions_total{channel="apns",action="disabled"}'
+FLAGGED='tidings_hub_device_actions_total{channel="apns",action="flagged"}'
+disabled0=$(hub_metric "$DISABLED")
+flagged0=$(hub_metric "$FLAGGED")
+ctl user add mel >/dev/null || fail "tidingsctl user add"
+gone_dev=$(ctl --json device add mel --platform ios --token "$GONE_TOKEN" --app "$APNS_TOPIC" |
+    /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["device"]["id"])')
+bad_dev=$(ctl --json device add mel --platform ios --token "$BAD_TOKEN" --app "$APNS_TOPIC" |
+    /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["device"]["id"])')
+ctl send --to user:mel --id x-1 --title "to two dead tokens" >/dev/null || fail "tidingsctl send"
+wait_until 20 "x-1 failed" all_state x failed 1
+wait_until 10 "token disable counted" metric_ge "$DISABLED" $((${disabled0%.*} + 1))
+wait_until 10 "token flag counted" metric_ge "$FLAGGED" $((${flagged0%.*} + 1))
+[ "$(hub_sql "SELECT state FROM devices WHERE id = $gone_dev")" = disabled ] ||
+    fail "410 did not disable device $gone_dev"
+[ "$(hub_sql "SELECT state FROM devices WHERE id = $bad_dev")" = flagged ] ||
+    fail "BadDeviceToken did not flag device $bad_dev"
+echo "token disables: $DISABLED=$(hub_metric "$DISABLED"), $FLAGGED=$(hub_metric "$FLAGGED")"
+: >"$APNS_SCRIPT"
+reload_apns
+
 # --- 4. per-agent intake limits ---------------------------------------------
 stack_stop hub
 used=$(hub_sql "SELECT coalesce(sum(n), 0) FROM agent_quota WHERE agent = 'gw1'")
@@ -145,4 +209,8 @@ wait_until 20 "3 of q delivered" all_state q delivered 3
 [ "$(hub_sql "SELECT n FROM agent_quota WHERE agent = 'gw1'")" = 33 ] || fail "quota count: $(hub_sql 'SELECT * FROM agent_quota')"
 metric_ge 'tidings_hub_intake_rejected_total{reason="over_quota"}' 2 || fail "over_quota not counted"
 echo "agent quota: 33 per day: 30 + 3 accepted, 2 rejected over_quota ($accepted accepted before the limits)"
+grep -q 'apns: status=200' "$STACK_DIR/hub.log" || fail "no debug line per provider answer"
+if grep -qF "${APNS_TOKEN:0:8}" "$STACK_DIR/hub.log"; then
+    fail "the hub's log holds (a part of) a device token: $(grep -F "${APNS_TOKEN:0:8}" "$STACK_DIR/hub.log" | head -3)"
+fi
 echo "PASS: engine"

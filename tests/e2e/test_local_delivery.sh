@@ -73,7 +73,7 @@ status_get() {
 local_rows() {
     "$AGENT" status -c "$CONF" --id "$1" --json 2>/dev/null | "$PY" -c '
 import json, sys
-rows = json.load(sys.stdin)
+rows = json.load(sys.stdin)["local"]
 print(" ".join(sorted("%s:%s:%s" % (r["backend"], r["state"], r["rule"] or "-") for r in rows)))'
 }
 rows_are() { [ "$(local_rows "$1")" = "$2" ]; }
@@ -102,9 +102,19 @@ wait_until 20 "ref-1 at the fake APNs" apns_has_id ref-1
 [ "$(hub_sql "SELECT count(*) FROM notifications WHERE id IN ('loc-1', 'mq-1')")" = 0 ] ||
     fail "a to:local notification reached the hub"
 ! grep -q -E 'loc-1|mq-1' "$STACK_DIR/hub.log" || fail "the hub log mentions loc-1 or mq-1"
+# A hub-bound id has no local rows; its outcome is the hub's receipt.
+hub_state_of() {
+    "$AGENT" status -c "$CONF" --id "$1" --json 2>/dev/null | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+print("%d:%s" % (len(d["local"]), (d["hub"] or {}).get("state")))'
+}
+hub_outcome_is() { [ "$(hub_state_of "$1")" = "$2" ]; }
+wait_until 20 "ref-1's receipt: no local rows, delivered by the hub" \
+    hub_outcome_is ref-1 0:delivered || fail "status --id ref-1: $(hub_state_of ref-1)"
 rc=0
-"$AGENT" status -c "$CONF" --id ref-1 >/dev/null 2>&1 || rc=$?
-[ "$rc" = 3 ] || fail "status --id of a hub-bound id: exit $rc, not 3 (not found)"
+"$AGENT" status -c "$CONF" --id never-sent-1 >/dev/null 2>&1 || rc=$?
+[ "$rc" = 3 ] || fail "status --id of an unknown id: exit $rc, not 3 (not found)"
 
 # 2. Quiet hours covering now (Europe/Berlin, hold) and a marketing opt-out.
 now=$(date +%s)
@@ -156,7 +166,7 @@ wait_until 10 "down-3 suppressed (alice opted out of marketing)" \
     rows_are down-3 "exec:suppressed:category_opt_out:marketing log:suppressed:category_opt_out:marketing"
 [ "$(hook_count down-1)" = 1 ] || fail "down-1 delivered $(hook_count down-1) times"
 [ "$("$AGENT" status -c "$CONF" --id down-1 --json | "$PY" -c \
-    'import json,sys; print(json.load(sys.stdin)[0]["source"])')" = down ] || fail "down-1 source"
+    'import json,sys; print(json.load(sys.stdin)["local"][0]["source"])')" = down ] || fail "down-1 source"
 [ "$(status_get 'd["ingest"]["down"]["duplicates"]')" -ge 1 ] || fail "down duplicate not counted"
 [ "$(status_get 'd["ingest"]["down"]["invalid"]')" -ge 1 ] || fail "bad down item not counted"
 
@@ -183,7 +193,7 @@ wait_until 10 "snapshot version 3 in force" policy_version_is 3
 send_local held-2 "Held over a crash" || fail "send held-2"
 wait_until 10 "held-2 held" rows_are held-2 "exec:pending:quiet_hours log:pending:quiet_hours"
 due=$("$AGENT" status -c "$CONF" --id held-2 --json | "$PY" -c \
-    'import json,sys; print(int(json.load(sys.stdin)[0]["due_ms"]) // 1000)')
+    'import json,sys; print(int(json.load(sys.stdin)["local"][0]["due_ms"]) // 1000)')
 [ "$due" = "$end" ] || fail "held-2 due at $due, not at the window's end $end"
 
 # 8. kill -9 while held; restarted, it is still held, then delivered at the end.

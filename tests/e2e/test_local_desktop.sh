@@ -96,7 +96,7 @@ CONF="$STACK_DIR/agent.conf"
 row() {
     "$AGENT" status -c "$CONF" --id "$1" --json 2>/dev/null | "$PY" -c '
 import json, sys
-for r in json.load(sys.stdin):
+for r in json.load(sys.stdin)["local"]:
     if r["backend"] == sys.argv[1]:
         print("|".join(str(r[k]) if r[k] is not None else "-" for k in ("state", "rule", "ref", "receipt")))' "$2"
 }
@@ -150,7 +150,7 @@ wait_until 10 "dunst gone" no_server
 wait_until 10 "dsk-3 logged" state_is dsk-3 log delivered
 attempted() { [ "$("$AGENT" status -c "$CONF" --id dsk-3 --json | "$PY" -c '
 import json,sys
-print([r["attempts"] for r in json.load(sys.stdin) if r["backend"] == "desktop"][0])')" -ge 2 ]; }
+print([r["attempts"] for r in json.load(sys.stdin)["local"] if r["backend"] == "desktop"][0])')" -ge 2 ]; }
 wait_until 15 "dsk-3 tried again on the desktop" attempted
 state_is dsk-3 desktop pending || fail "dsk-3 desktop: $(row dsk-3 desktop)"
 start_dunst

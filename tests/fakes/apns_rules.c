@@ -261,6 +261,12 @@ static int parse_rule(char **w, int nw, apns_rule *r, char *msg, size_t msglen)
                 snprintf(msg, msglen, "times '%s' is not a count >= 1", val);
                 return -1;
             }
+        } else if (strcmp(kw, "cut") == 0) {
+            r->cut = fake_cut_parse(val);
+            if (r->cut == FAKE_CUT_NONE) {
+                snprintf(msg, msglen, "cut '%s' is not headers, body, reset or goaway", val);
+                return -1;
+            }
         } else if (strcmp(kw, "goaway") == 0 || strcmp(kw, "drop") == 0) {
             if (r->action != APNS_ACT_REPLY) {
                 snprintf(msg, msglen, "one of goaway and drop, once");
@@ -274,7 +280,7 @@ static int parse_rule(char **w, int nw, apns_rule *r, char *msg, size_t msglen)
     }
 
     if (r->action != APNS_ACT_REPLY) {
-        if (has_status || has_delay || has_ts || has_ra ||
+        if (has_status || has_delay || has_ts || has_ra || r->cut != FAKE_CUT_NONE ||
             (has_reason && r->action == APNS_ACT_DROP)) {
             snprintf(msg, msglen, "%s takes only %s'times'",
                      r->action == APNS_ACT_GOAWAY ? "goaway" : "drop",
@@ -283,8 +289,12 @@ static int parse_rule(char **w, int nw, apns_rule *r, char *msg, size_t msglen)
         }
         return 0;
     }
-    if (!has_status && !has_delay) {
-        snprintf(msg, msglen, "a rule needs 'status', 'delay', 'goaway' or 'drop'");
+    if (!has_status && !has_delay && r->cut == FAKE_CUT_NONE) {
+        snprintf(msg, msglen, "a rule needs 'status', 'delay', 'cut', 'goaway' or 'drop'");
+        return -1;
+    }
+    if (r->cut == FAKE_CUT_BODY && r->status == 200) {
+        snprintf(msg, msglen, "cut body needs a status with a body (APNs' 200 has none)");
         return -1;
     }
     if (r->status == 200) {

@@ -8,6 +8,9 @@
  *   token <hex|*> delay <ms> [times <N>]          200 after a delay
  *   token <hex|*> goaway [reason <R>] [times <N>] GOAWAY, last-stream-id = this - 2
  *   token <hex|*> drop [times <N>]                close the TCP connection, no answer
+ *   token <hex|*> [status <code> ...] cut <headers|body|reset|goaway> [times <N>]
+ *                 start the answer (status 200 unless given), then break it
+ *                 off (fake_cut.h)
  *
  * Rules apply to requests that passed validation; the first rule that
  * matches and is not spent decides. "times N" spends a rule after N
@@ -19,6 +22,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "fake_cut.h"
 
 #define APNS_TOKEN_MIN_HEX 64
 #define APNS_TOKEN_MAX_HEX 200
@@ -39,6 +44,7 @@ typedef struct apns_rule {
     int64_t timestamp_ms;         /* 410 only; -1 means "now" */
     int64_t retry_after_s;        /* -1 means no retry-after header */
     int64_t delay_ms;             /* 0 means at once */
+    enum fake_cut cut;            /* APNS_ACT_REPLY: break the answer off this way */
     int64_t times_left;           /* -1 means unlimited */
     int line;                     /* where it came from, for messages */
 } apns_rule;

@@ -18,6 +18,7 @@
 #include "apns_jwt.h"
 #include "apns_record.h"
 #include "apns_rules.h"
+#include "h2server.h"
 #include "jsonlite.h"
 
 #include <nghttp2/nghttp2.h>
@@ -48,7 +49,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_CONNS 1024
 #define MAX_REQS 8192               /* request objects alive at once, all connections */
 #define MAX_CONCURRENT_STREAMS 1000 /* what we advertise per connection */
 #define HDR_ARENA 8192              /* header bytes kept per request; also advertised */
@@ -56,24 +56,12 @@
 #define BODY_LIMIT 4096      /* Apple: 4 KB for regular notifications */
 #define BODY_LIMIT_VOIP 5120 /* Apple: 5 KB for VoIP notifications */
 #define RESP_BODY_MAX 160
-#define OUT_HIGH (256 * 1024)     /* stop reading while this much output waits */
-#define OUT_MAX (8 * 1024 * 1024) /* hard ceiling of a connection's output buffer */
-#define READ_BUF (16 * 1024)
 #define JWT_CACHE 4 /* distinct tokens remembered per connection */
 #define MAX_TOPIC 255
 #define COLLAPSE_ID_MAX 64
-#define MAX_EVENTS 256
 
 #define PATH_PREFIX "/3/device/"
 #define PATH_PREFIX_LEN (sizeof(PATH_PREFIX) - 1)
-
-enum ev_kind { EV_LISTEN, EV_SIGNAL, EV_CONN };
-
-/* What epoll's data.ptr points at: what fired, and whose it is. */
-typedef struct ev_handle {
-    enum ev_kind kind;
-    void *owner; /* the conn for EV_CONN */
-} ev_handle;
 
 typedef struct server server;
 typedef struct conn conn;
@@ -96,8 +84,7 @@ typedef struct req {
     struct req *prev;
     conn *c;
     int32_t id;
-    int heap_idx; /* -1 unless waiting in the delay heap */
-    int64_t due_ms;
+    h2s_timer timer; /* queued while a delayed answer waits */
     bool dup_headers;
     bool answered;
     uint16_t nhdr;
@@ -108,6 +95,7 @@ typedef struct req {
     int status;
     int64_t timestamp_ms;  /* 410 only */
     int64_t retry_after_s; /* -1: no header */
+    enum fake_cut cut;     /* break the answer off after its start */
     char reason[APNS_REASON_MAX];
     char apns_id[37];
     char resp[RESP_BODY_MAX];
@@ -126,27 +114,10 @@ typedef struct jwt_entry {
     int64_t iat;
 } jwt_entry;
 
+/* A connection: the shared core's part first (h2server.h), then ours. */
 struct conn {
-    ev_handle ev;
+    h2s_conn base;
     server *srv;
-    conn *next; /* all live connections */
-    conn *prev;
-    conn *next_dead;
-    int fd;
-    SSL *ssl;
-    nghttp2_session *h2; /* NULL until the TLS handshake is done */
-    uint64_t id;
-    uint32_t events; /* what epoll watches now */
-    bool dead;
-    bool drop;   /* a drop rule fired: close without a word */
-    bool goaway; /* a goaway rule fired: answer nothing above goaway_last */
-    bool peer_gone;
-    bool ssl_want_write;
-    int32_t goaway_last;
-    uint8_t *out;
-    size_t out_off;
-    size_t out_len;
-    size_t out_cap;
     req *reqs;
     jwt_entry jwt[JWT_CACHE];
     unsigned jwt_next;
@@ -180,31 +151,18 @@ typedef struct options {
 
 struct server {
     const options *opt;
-    int ep;
-    int lfd;
-    int sfd;
-    ev_handle listen_ev;
-    ev_handle signal_ev;
+    h2s_server *h2s;
     SSL_CTX *ctx;
     nghttp2_session_callbacks *cbs;
     apns_keyring *keys;
     apns_rules rules;
     apns_record *rec;
     bool rec_failed;
-    conn *conns;
-    size_t nconns;
-    conn *dead;
-    uint64_t next_conn_id;
     uint64_t requests;
     req *free_reqs;
     size_t nreqs;
-    req **heap;
-    size_t heap_n;
     uint64_t rng;
-    bool stop;
-    bool warned_conns;
     bool warned_reqs;
-    uint8_t rbuf[READ_BUF];
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -220,22 +178,6 @@ static void logmsg(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
-}
-
-static int64_t now_mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t now_real_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* splitmix64: apns-ids only need to be unique, not secret. */
@@ -338,79 +280,12 @@ static void req_put(server *s, req *r)
     s->free_reqs = r;
 }
 
-static void heap_swap(server *s, size_t i, size_t j)
-{
-    req *t = s->heap[i];
-
-    s->heap[i] = s->heap[j];
-    s->heap[j] = t;
-    s->heap[i]->heap_idx = (int)i;
-    s->heap[j]->heap_idx = (int)j;
-}
-
-static void heap_up(server *s, size_t i)
-{
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (s->heap[p]->due_ms <= s->heap[i]->due_ms) {
-            break;
-        }
-        heap_swap(s, i, p);
-        i = p;
-    }
-}
-
-static void heap_down(server *s, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1;
-        size_t r = l + 1;
-        size_t m = i;
-        if (l < s->heap_n && s->heap[l]->due_ms < s->heap[m]->due_ms) {
-            m = l;
-        }
-        if (r < s->heap_n && s->heap[r]->due_ms < s->heap[m]->due_ms) {
-            m = r;
-        }
-        if (m == i) {
-            return;
-        }
-        heap_swap(s, i, m);
-        i = m;
-    }
-}
-
-/* The heap holds at most MAX_REQS entries, as many as there can be reqs. */
-static void heap_push(server *s, req *r)
-{
-    s->heap[s->heap_n] = r;
-    r->heap_idx = (int)s->heap_n;
-    s->heap_n++;
-    heap_up(s, s->heap_n - 1);
-}
-
-static void heap_remove(server *s, req *r)
-{
-    size_t i = (size_t)r->heap_idx;
-    size_t last = --s->heap_n;
-
-    if (i != last) {
-        s->heap[i] = s->heap[last];
-        s->heap[i]->heap_idx = (int)i;
-        heap_down(s, i);
-        heap_up(s, i);
-    }
-    r->heap_idx = -1;
-}
-
 /* Unlinks r from its connection and the heap and returns it to the pool. */
 static void req_release(server *s, req *r)
 {
     conn *c = r->c;
 
-    if (r->heap_idx >= 0) {
-        heap_remove(s, r);
-    }
+    h2s_timer_cancel(s->h2s, &r->timer);
     if (r->prev != NULL) {
         r->prev->next = r->next;
     } else {
@@ -481,7 +356,7 @@ static void record_req(conn *c, const req *r, const char *action)
         n++;
     }
     memset(&e, 0, sizeof(e));
-    e.conn = c->id;
+    e.conn = c->base.id;
     e.stream = r->id;
     e.method = req_header(r, ":method");
     e.path = path;
@@ -536,9 +411,11 @@ static ssize_t resp_read(nghttp2_session *h2, int32_t stream_id, uint8_t *buf, s
     req *r = source->ptr;
     size_t n = r->resp_len - r->resp_off;
 
-    (void)h2;
-    (void)stream_id;
     (void)user_data;
+    if (r->cut != FAKE_CUT_NONE) {
+        return h2s_cut_read(&r->c->base, h2, stream_id, r->cut, r->resp, r->resp_len,
+                            &r->resp_off, buf, length);
+    }
     if (n > length) {
         n = length;
     }
@@ -570,7 +447,7 @@ static int respond(conn *c, req *r)
     nghttp2_data_provider prd;
     int rv;
 
-    record_req(c, r, "reply");
+    record_req(c, r, fake_cut_action(r->cut));
     c->srv->requests++;
     r->answered = true;
     snprintf(status_str, sizeof(status_str), "%03d", r->status);
@@ -580,8 +457,16 @@ static int respond(conn *c, req *r)
         int l = snprintf(retry, sizeof(retry), "%" PRId64, r->retry_after_s);
         nva[n++] = (nghttp2_nv)NV("retry-after", retry, (size_t)l);
     }
+    r->resp_len = 0;
+    r->resp_off = 0;
+    if (r->status == 200 && r->cut == FAKE_CUT_NONE) {
+        return nghttp2_submit_response(c->base.h2, r->id, nva, n, NULL);
+    }
     if (r->status == 200) {
-        return nghttp2_submit_response(c->h2, r->id, nva, n, NULL);
+        /* a cut 200: HEADERS without END_STREAM, then cut_read decides */
+        prd.source.ptr = r;
+        prd.read_callback = resp_read;
+        return nghttp2_submit_response(c->base.h2, r->id, nva, n, &prd);
     }
     if (r->status == 410) {
         r->resp_len = (size_t)snprintf(r->resp, sizeof(r->resp),
@@ -598,7 +483,7 @@ static int respond(conn *c, req *r)
     }
     prd.source.ptr = r;
     prd.read_callback = resp_read;
-    rv = nghttp2_submit_response(c->h2, r->id, nva, n, &prd);
+    rv = nghttp2_submit_response(c->base.h2, r->id, nva, n, &prd);
     return rv;
 }
 
@@ -663,7 +548,7 @@ static enum apns_jwt_verdict check_auth(conn *c, const req *r, bool *too_soon, i
         return APNS_JWT_INVALID;
     }
     *key = e->key;
-    now_s = now_real_ms() / 1000;
+    now_s = h2s_now_real_ms() / 1000;
     v = apns_jwt_check_time(e->iat, now_s);
     if (v == APNS_JWT_OK && s->opt->strict_refresh &&
         apns_keyring_note_token(s->keys, e->key, tok, len, now_s) != 0) {
@@ -757,12 +642,12 @@ static void check_cert(conn *c)
     if (c->cert != CERT_UNKNOWN) {
         return;
     }
-    x = SSL_get1_peer_certificate(c->ssl);
+    x = SSL_get1_peer_certificate(c->base.ssl);
     if (x == NULL) {
         c->cert = CERT_NONE;
         return;
     }
-    c->cert = SSL_get_verify_result(c->ssl) == X509_V_OK ? CERT_OK : CERT_BAD;
+    c->cert = SSL_get_verify_result(c->base.ssl) == X509_V_OK ? CERT_OK : CERT_BAD;
     name = X509_get_subject_name(x);
     idx = X509_NAME_get_index_by_NID(name, NID_userId, -1);
     if (idx >= 0) {
@@ -909,10 +794,10 @@ static void send_goaway(conn *c, req *r, const apns_rule *rule)
         /* Apple puts {"reason":...} in GOAWAY debug data too. */
         dlen = (size_t)snprintf(dbg, sizeof(dbg), "{\"reason\":\"%s\"}", rule->reason);
     }
-    nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR,
+    nghttp2_submit_goaway(c->base.h2, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR,
                           dlen > 0 ? (const uint8_t *)dbg : NULL, dlen);
-    c->goaway = true;
-    c->goaway_last = last;
+    c->base.goaway = true;
+    c->base.goaway_last = last;
 }
 
 /*
@@ -928,7 +813,7 @@ static int handle_request(conn *c, req *r)
     const apns_rule *rule = NULL;
     int64_t delay_ms = 0;
 
-    if (c->goaway && r->id > c->goaway_last) {
+    if (c->base.goaway && r->id > c->base.goaway_last) {
         return 0; /* beyond our GOAWAY: the client replays it elsewhere */
     }
     r->retry_after_s = -1;
@@ -950,7 +835,7 @@ static int handle_request(conn *c, req *r)
             set_answer(r, 0, "");
             record_req(c, r, "drop");
             s->requests++;
-            c->drop = true;
+            c->base.drop = true;
             return NGHTTP2_ERR_CALLBACK_FAILURE;
         case APNS_ACT_GOAWAY:
             set_answer(r, 0, "");
@@ -961,7 +846,8 @@ static int handle_request(conn *c, req *r)
         case APNS_ACT_REPLY:
             set_answer(r, rule->status, rule->reason);
             r->retry_after_s = rule->retry_after_s;
-            r->timestamp_ms = rule->timestamp_ms >= 0 ? rule->timestamp_ms : now_real_ms();
+            r->cut = rule->cut;
+            r->timestamp_ms = rule->timestamp_ms >= 0 ? rule->timestamp_ms : h2s_now_real_ms();
             delay_ms = rule->delay_ms;
             break;
         }
@@ -969,8 +855,7 @@ static int handle_request(conn *c, req *r)
     if (delay_ms > 0) {
         /* Answer later without blocking the loop; the record line is
          * written when the answer goes out. */
-        r->due_ms = now_mono_ms() + delay_ms;
-        heap_push(s, r);
+        h2s_timer_add(s->h2s, &r->timer, h2s_now_mono_ms() + delay_ms);
         return 0;
     }
     if (respond(c, r) != 0) {
@@ -1002,7 +887,7 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, voi
     }
     r->c = c;
     r->id = frame->hd.stream_id;
-    r->heap_idx = -1;
+    r->timer.idx = -1;
     r->dup_headers = false;
     r->answered = false;
     r->nhdr = 0;
@@ -1010,6 +895,7 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, voi
     r->body_len = 0;
     r->jwt = APNS_JWT_MISSING;
     r->status = 0;
+    r->cut = FAKE_CUT_NONE;
     r->reason[0] = '\0';
     r->apns_id[0] = '\0';
     r->prev = NULL;
@@ -1128,380 +1014,41 @@ static int make_callbacks(server *s)
 
 /* ---- connections -------------------------------------------------------- */
 
-/* Marks c dead; it is freed at the end of the loop turn, never mid-callback. */
-static void conn_kill(conn *c)
+/* h2server hooks: a connection comes and goes. */
+static void conn_open(h2s_conn *hc)
 {
-    server *s = c->srv;
+    conn *c = (conn *)hc;
 
-    if (c->dead) {
-        return;
-    }
-    c->dead = true;
-    epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
-    c->next_dead = s->dead;
-    s->dead = c;
+    c->srv = h2s_user(hc->srv);
 }
 
-static void conn_free(conn *c)
+static void conn_free(h2s_conn *hc)
 {
-    server *s = c->srv;
+    conn *c = (conn *)hc;
     unsigned i;
 
-    /* nghttp2_session_del() calls no stream-close callbacks, so the
+    /* The session is gone and called no stream-close callbacks, so the
      * connection's request objects go back to the pool here. */
-    if (c->h2 != NULL) {
-        nghttp2_session_del(c->h2);
-    }
     while (c->reqs != NULL) {
-        req_release(s, c->reqs);
+        req_release(c->srv, c->reqs);
     }
-    SSL_free(c->ssl);
-    close(c->fd);
-    free(c->out);
     for (i = 0; i < JWT_CACHE; i++) {
         free(c->jwt[i].tok);
     }
-    if (c->prev != NULL) {
-        c->prev->next = c->next;
-    } else {
-        s->conns = c->next;
-    }
-    if (c->next != NULL) {
-        c->next->prev = c->prev;
-    }
-    s->nconns--;
-    free(c);
 }
 
-static size_t out_pending(const conn *c)
+/* After a GOAWAY: a stream we promised to answer is still unanswered. */
+static bool goaway_pending(h2s_conn *hc)
 {
-    return c->out_len - c->out_off;
-}
-
-static int out_append(conn *c, const uint8_t *d, size_t n)
-{
-    if (c->out_off > 0 && c->out_cap - c->out_len < n) {
-        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-        c->out_len -= c->out_off;
-        c->out_off = 0;
-    }
-    if (c->out_cap - c->out_len < n) {
-        size_t ncap = c->out_cap == 0 ? OUT_HIGH * 2 : c->out_cap * 2;
-        uint8_t *nb;
-        while (ncap - c->out_len < n) {
-            ncap *= 2;
-        }
-        if (ncap > OUT_MAX) {
-            return -1;
-        }
-        nb = realloc(c->out, ncap);
-        if (nb == NULL) {
-            return -1;
-        }
-        c->out = nb;
-        c->out_cap = ncap;
-    }
-    memcpy(c->out + c->out_len, d, n);
-    c->out_len += n;
-    return 0;
-}
-
-static void conn_watch(conn *c, uint32_t events)
-{
-    struct epoll_event ev;
-
-    if (c->dead || events == c->events) {
-        return;
-    }
-    ev.events = events;
-    ev.data.ptr = &c->ev;
-    if (epoll_ctl(c->srv->ep, EPOLL_CTL_MOD, c->fd, &ev) == 0) {
-        c->events = events;
-    } else {
-        conn_kill(c);
-    }
-}
-
-static void log_ssl_error(conn *c, const char *what)
-{
-    unsigned long e = ERR_get_error();
-    char buf[256];
-
-    if (!c->srv->opt->verbose) {
-        ERR_clear_error();
-        return;
-    }
-    if (e != 0) {
-        ERR_error_string_n(e, buf, sizeof(buf));
-    } else {
-        snprintf(buf, sizeof(buf), "%s", errno != 0 ? strerror(errno) : "connection closed");
-    }
-    logmsg("conn %" PRIu64 ": %s: %s", c->id, what, buf);
-    ERR_clear_error();
-}
-
-/*
- * Moves nghttp2's output into the connection buffer and the buffer into
- * TLS until nghttp2 has nothing more or the socket is full. The record
- * is flushed first, so every answer's line is on disk before it leaves.
- */
-static void conn_write(conn *c)
-{
-    for (;;) {
-        int w;
-        int e;
-        size_t pend;
-
-        while (out_pending(c) < OUT_HIGH) {
-            const uint8_t *d;
-            ssize_t n = nghttp2_session_mem_send(c->h2, &d);
-            if (n < 0) {
-                if (c->srv->opt->verbose) {
-                    logmsg("conn %" PRIu64 ": nghttp2: %s", c->id, nghttp2_strerror((int)n));
-                }
-                conn_kill(c);
-                return;
-            }
-            if (n == 0) {
-                break;
-            }
-            if (out_append(c, d, (size_t)n) != 0) {
-                logmsg("conn %" PRIu64 ": output over %d bytes, closing", c->id, OUT_MAX);
-                conn_kill(c);
-                return;
-            }
-        }
-        pend = out_pending(c);
-        if (pend == 0) {
-            return;
-        }
-        record_flush(c->srv);
-        ERR_clear_error();
-        w = SSL_write(c->ssl, c->out + c->out_off, pend > INT_MAX ? INT_MAX : (int)pend);
-        if (w > 0) {
-            c->ssl_want_write = false;
-            c->out_off += (size_t)w;
-            if (c->out_off == c->out_len) {
-                c->out_off = 0;
-                c->out_len = 0;
-            }
-            continue;
-        }
-        e = SSL_get_error(c->ssl, w);
-        if (e == SSL_ERROR_WANT_WRITE) {
-            c->ssl_want_write = true;
-            return;
-        }
-        if (e == SSL_ERROR_WANT_READ) {
-            return;
-        }
-        log_ssl_error(c, "write");
-        conn_kill(c);
-        return;
-    }
-}
-
-/*
- * Reads and feeds nghttp2 until TLS has no more input or too much output
- * waits. Answers are written between reads to keep latency low.
- */
-static void conn_read(conn *c)
-{
-    server *s = c->srv;
-
-    while (!c->dead && !c->peer_gone && out_pending(c) < OUT_HIGH) {
-        int n;
-        int e;
-
-        ERR_clear_error();
-        errno = 0;
-        n = SSL_read(c->ssl, s->rbuf, sizeof(s->rbuf));
-        if (n > 0) {
-            ssize_t rv = nghttp2_session_mem_recv(c->h2, s->rbuf, (size_t)n);
-            if (rv < 0) {
-                if (c->drop) {
-                    /* Answers already queued for earlier streams go out
-                     * (best effort) so the record stays true; nothing
-                     * after the dropped request was even parsed. */
-                    conn_write(c);
-                } else if (s->opt->verbose) {
-                    logmsg("conn %" PRIu64 ": nghttp2: %s", c->id, nghttp2_strerror((int)rv));
-                }
-                conn_kill(c);
-                return;
-            }
-            conn_write(c);
-            continue;
-        }
-        e = SSL_get_error(c->ssl, n);
-        if (e == SSL_ERROR_WANT_READ) {
-            return;
-        }
-        if (e == SSL_ERROR_WANT_WRITE) {
-            c->ssl_want_write = true;
-            return;
-        }
-        if (e != SSL_ERROR_ZERO_RETURN) {
-            log_ssl_error(c, "read");
-        }
-        c->peer_gone = true;
-    }
-}
-
-/* True when nothing is left to do on c and it may be closed politely. */
-static bool conn_done(conn *c)
-{
+    const conn *c = (const conn *)hc;
     const req *r;
 
-    if (out_pending(c) > 0 || nghttp2_session_want_write(c->h2)) {
-        return false;
-    }
-    if (c->goaway) {
-        /* Close once every stream we promised to answer is answered. */
-        for (r = c->reqs; r != NULL; r = r->next) {
-            if (r->id <= c->goaway_last) {
-                return false;
-            }
-        }
-        return true;
-    }
-    return !nghttp2_session_want_read(c->h2);
-}
-
-static int conn_start_h2(conn *c)
-{
-    nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS},
-        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, HDR_ARENA},
-    };
-
-    if (nghttp2_session_server_new(&c->h2, c->srv->cbs, c) != 0) {
-        return -1;
-    }
-    if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) != 0) {
-        return -1;
-    }
-    /* A large connection window spares a WINDOW_UPDATE every 32 KB. */
-    if (nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 1 << 24) != 0) {
-        return -1;
-    }
-    return 0;
-}
-
-static void conn_pump(conn *c)
-{
-    uint32_t ev;
-
-    if (c->dead) {
-        return;
-    }
-    if (c->h2 == NULL) {
-        int rc;
-        ERR_clear_error();
-        errno = 0;
-        rc = SSL_do_handshake(c->ssl);
-        if (rc != 1) {
-            int e = SSL_get_error(c->ssl, rc);
-            if (e == SSL_ERROR_WANT_READ) {
-                conn_watch(c, EPOLLIN);
-            } else if (e == SSL_ERROR_WANT_WRITE) {
-                conn_watch(c, EPOLLOUT);
-            } else {
-                log_ssl_error(c, "TLS handshake");
-                conn_kill(c);
-            }
-            return;
-        }
-        if (conn_start_h2(c) != 0) {
-            logmsg("conn %" PRIu64 ": cannot start an HTTP/2 session", c->id);
-            conn_kill(c);
-            return;
+    for (r = c->reqs; r != NULL; r = r->next) {
+        if (r->id <= hc->goaway_last) {
+            return true;
         }
     }
-    conn_read(c);
-    if (c->dead) {
-        return;
-    }
-    conn_write(c);
-    if (c->dead) {
-        return;
-    }
-    if (c->peer_gone || conn_done(c)) {
-        /* One polite try at close_notify; we never wait for the peer's. */
-        SSL_shutdown(c->ssl);
-        conn_kill(c);
-        return;
-    }
-    ev = 0;
-    if (out_pending(c) < OUT_HIGH) {
-        ev |= EPOLLIN;
-    }
-    if (out_pending(c) > 0 || c->ssl_want_write) {
-        ev |= EPOLLOUT;
-    }
-    conn_watch(c, ev);
-}
-
-static void on_accept(server *s)
-{
-    for (;;) {
-        int one = 1;
-        struct epoll_event ev;
-        conn *c;
-        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED) {
-                continue;
-            }
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                logmsg("accept: %s", strerror(errno));
-            }
-            return;
-        }
-        if (s->nconns >= MAX_CONNS) {
-            if (!s->warned_conns) {
-                s->warned_conns = true;
-                logmsg("%d connections open: refusing more (reported once)", MAX_CONNS);
-            }
-            close(fd);
-            continue;
-        }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        c = calloc(1, sizeof(*c));
-        if (c == NULL) {
-            close(fd);
-            continue;
-        }
-        c->ev.kind = EV_CONN;
-        c->ev.owner = c;
-        c->srv = s;
-        c->fd = fd;
-        c->id = ++s->next_conn_id;
-        c->ssl = SSL_new(s->ctx);
-        if (c->ssl == NULL || SSL_set_fd(c->ssl, fd) != 1) {
-            SSL_free(c->ssl);
-            free(c);
-            close(fd);
-            continue;
-        }
-        SSL_set_accept_state(c->ssl);
-        ev.events = EPOLLIN;
-        ev.data.ptr = &c->ev;
-        if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
-            SSL_free(c->ssl);
-            free(c);
-            close(fd);
-            continue;
-        }
-        c->events = EPOLLIN;
-        c->next = s->conns;
-        if (s->conns != NULL) {
-            s->conns->prev = c;
-        }
-        s->conns = c;
-        s->nconns++;
-    }
+    return false;
 }
 
 /* ---- TLS ---------------------------------------------------------------- */
@@ -1553,33 +1100,13 @@ static int accept_any_cert(int ok, X509_STORE_CTX *x)
 
 static SSL_CTX *make_tls(const options *o)
 {
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    SSL_CTX *ctx = h2s_tls_ctx_new("fake-apns", o->cert, o->key);
     char buf[256];
 
     if (ctx == NULL) {
         return NULL;
     }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    /* Clients (curl, h2load) often close without close_notify; that is an
-     * ordinary end of connection here, not an error worth a log line. */
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                                 SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_CTX_set_num_tickets(ctx, 0);
     SSL_CTX_set_read_ahead(ctx, 1);
-    if (SSL_CTX_use_certificate_chain_file(ctx, o->cert) != 1) {
-        ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
-        logmsg("--cert %s: %s", o->cert, buf);
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx, o->key, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1) {
-        ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
-        logmsg("--key %s: %s", o->key, buf);
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
     if (o->client_ca != NULL) {
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(o->client_ca);
         if (names == NULL || SSL_CTX_load_verify_locations(ctx, o->client_ca, NULL) != 1) {
@@ -1602,114 +1129,9 @@ static SSL_CTX *make_tls(const options *o)
 
 /* ---- listening, signals, the loop --------------------------------------- */
 
-/*
- * Splits "host:port" or "[v6]:port" and binds a non-blocking listener.
- * Returns the socket, with the bound address printed into where
- * ("127.0.0.1:PORT" or "[::1]:PORT"), or -1 after logging why.
- */
-static int make_listener(const char *spec, char *where, size_t wlen)
+static void reload_rules(h2s_server *hs)
 {
-    char host[256];
-    const char *colon;
-    const char *port;
-    size_t hlen;
-    struct addrinfo hints;
-    struct addrinfo *ai = NULL;
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    int fd;
-    int one = 1;
-    int rc;
-
-    if (spec[0] == '[') {
-        const char *rb = strchr(spec, ']');
-        if (rb == NULL || rb[1] != ':') {
-            logmsg("--listen %s: expected HOST:PORT or [V6ADDR]:PORT", spec);
-            return -1;
-        }
-        hlen = (size_t)(rb - spec - 1);
-        port = rb + 2;
-        spec++;
-    } else {
-        colon = strrchr(spec, ':');
-        if (colon == NULL) {
-            logmsg("--listen %s: expected HOST:PORT", spec);
-            return -1;
-        }
-        hlen = (size_t)(colon - spec);
-        port = colon + 1;
-    }
-    if (hlen == 0 || hlen >= sizeof(host) || port[0] == '\0') {
-        logmsg("--listen: expected HOST:PORT");
-        return -1;
-    }
-    memcpy(host, spec, hlen);
-    host[hlen] = '\0';
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    rc = getaddrinfo(host, port, &hints, &ai);
-    if (rc != 0) {
-        logmsg("--listen %s:%s: %s", host, port, gai_strerror(rc));
-        return -1;
-    }
-    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        logmsg("socket: %s", strerror(errno));
-        freeaddrinfo(ai);
-        return -1;
-    }
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0 ||
-        getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) {
-        logmsg("--listen %s:%s: %s", host, port, strerror(errno));
-        freeaddrinfo(ai);
-        close(fd);
-        return -1;
-    }
-    freeaddrinfo(ai);
-    {
-        char h[INET6_ADDRSTRLEN + 1];
-        char p[16];
-        if (getnameinfo((struct sockaddr *)&ss, sl, h, sizeof(h), p, sizeof(p),
-                        NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-            logmsg("getnameinfo failed");
-            close(fd);
-            return -1;
-        }
-        snprintf(where, wlen, ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
-    }
-    return fd;
-}
-
-/* Writes the port to path atomically: a temporary file, then rename(2). */
-static int write_port_file(const char *path, const char *port)
-{
-    char tmp[4096];
-    FILE *f;
-    int n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
-
-    if (n < 0 || (size_t)n >= sizeof(tmp)) {
-        logmsg("--port-file %s: path too long", path);
-        return -1;
-    }
-    f = fopen(tmp, "w");
-    if (f == NULL) {
-        logmsg("--port-file %s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    fprintf(f, "%s\n", port);
-    if (fclose(f) != 0 || rename(tmp, path) != 0) {
-        logmsg("--port-file %s: %s", path, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
-
-static void reload_rules(server *s)
-{
+    server *s = h2s_user(hs);
     apns_rules nr;
     char err[512];
 
@@ -1726,98 +1148,28 @@ static void reload_rules(server *s)
     logmsg("reloaded %zu rules from %s", nr.n, s->opt->script);
 }
 
-static void on_signal(server *s)
+/* h2server hook: a delayed answer is due. */
+static void on_timer(h2s_server *hs, h2s_timer *t)
 {
-    struct signalfd_siginfo si;
+    req *r = (req *)(void *)((char *)t - offsetof(req, timer));
+    conn *c = r->c;
 
-    while (read(s->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (si.ssi_signo == SIGHUP) {
-            reload_rules(s);
-        } else {
-            s->stop = true;
-        }
+    (void)hs;
+    if (c->base.dead || (c->base.goaway && r->id > c->base.goaway_last)) {
+        return;
     }
+    if (respond(c, r) != 0) {
+        h2s_conn_kill(&c->base);
+        return;
+    }
+    h2s_conn_pump(&c->base);
 }
 
-/* Milliseconds until the next delayed answer is due, or -1 for none. */
-static int next_timeout(server *s)
+/* h2server hooks: the record is on disk before any answer leaves, and at
+ * the end of every loop turn (before a dropped connection is closed). */
+static void before_write(h2s_server *hs)
 {
-    int64_t d;
-
-    if (s->heap_n == 0) {
-        return -1;
-    }
-    d = s->heap[0]->due_ms - now_mono_ms();
-    if (d < 0) {
-        return 0;
-    }
-    return d > INT_MAX ? INT_MAX : (int)d;
-}
-
-static void fire_timers(server *s)
-{
-    int64_t now = now_mono_ms();
-
-    while (s->heap_n > 0 && s->heap[0]->due_ms <= now) {
-        req *r = s->heap[0];
-        conn *c = r->c;
-        heap_remove(s, r);
-        if (c->dead || (c->goaway && r->id > c->goaway_last)) {
-            continue;
-        }
-        if (respond(c, r) != 0) {
-            conn_kill(c);
-            continue;
-        }
-        conn_pump(c);
-    }
-}
-
-static void free_dead(server *s)
-{
-    while (s->dead != NULL) {
-        conn *c = s->dead;
-        s->dead = c->next_dead;
-        conn_free(c);
-    }
-}
-
-static int run(server *s)
-{
-    struct epoll_event evs[MAX_EVENTS];
-
-    while (!s->stop) {
-        int n = epoll_wait(s->ep, evs, MAX_EVENTS, next_timeout(s));
-        int i;
-
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            logmsg("epoll_wait: %s", strerror(errno));
-            return -1;
-        }
-        for (i = 0; i < n; i++) {
-            ev_handle *h = evs[i].data.ptr;
-            switch (h->kind) {
-            case EV_LISTEN:
-                on_accept(s);
-                break;
-            case EV_SIGNAL:
-                on_signal(s);
-                break;
-            case EV_CONN:
-                conn_pump(h->owner);
-                break;
-            }
-        }
-        fire_timers(s);
-        /* Before closing sockets (a drop is seen by the client as the
-         * close) and before sleeping: the record is never behind. */
-        record_flush(s);
-        free_dead(s);
-    }
-    return 0;
+    record_flush(h2s_user(hs));
 }
 
 /* ---- command line ------------------------------------------------------- */
@@ -1992,17 +1344,12 @@ static int parse_args(int argc, char **argv, options *o)
 static int setup(server *s, const options *o)
 {
     char err[512];
-    struct epoll_event ev;
-    sigset_t mask;
-    char where[INET6_ADDRSTRLEN + 16];
+    h2s_config hc;
     int i;
 
     s->opt = o;
-    s->lfd = -1;
-    s->sfd = -1;
-    s->ep = -1;
     if (getrandom(&s->rng, sizeof(s->rng), 0) != (ssize_t)sizeof(s->rng)) {
-        s->rng = (uint64_t)now_real_ms() ^ ((uint64_t)getpid() << 32);
+        s->rng = (uint64_t)h2s_now_real_ms() ^ ((uint64_t)getpid() << 32);
     }
     s->keys = apns_keyring_create();
     if (s->keys == NULL) {
@@ -2031,62 +1378,38 @@ static int setup(server *s, const options *o)
             return 2;
         }
     }
-    s->heap = calloc(MAX_REQS, sizeof(*s->heap));
-    if (s->heap == NULL || make_callbacks(s) != 0) {
+    if (make_callbacks(s) != 0) {
         logmsg("out of memory");
         return 1;
     }
-    s->lfd = make_listener(o->listen, where, sizeof(where));
-    if (s->lfd < 0) {
-        return 2;
-    }
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGHUP);
-    if (sigprocmask(SIG_BLOCK, &mask, NULL) != 0) {
-        logmsg("sigprocmask: %s", strerror(errno));
-        return 1;
-    }
-    s->sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-    s->ep = epoll_create1(EPOLL_CLOEXEC);
-    if (s->sfd < 0 || s->ep < 0) {
-        logmsg("signalfd/epoll: %s", strerror(errno));
-        return 1;
-    }
-    s->listen_ev.kind = EV_LISTEN;
-    s->signal_ev.kind = EV_SIGNAL;
-    ev.events = EPOLLIN;
-    ev.data.ptr = &s->listen_ev;
-    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->lfd, &ev) != 0) {
-        logmsg("epoll_ctl: %s", strerror(errno));
-        return 1;
-    }
-    ev.data.ptr = &s->signal_ev;
-    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->sfd, &ev) != 0) {
-        logmsg("epoll_ctl: %s", strerror(errno));
-        return 1;
-    }
-    printf("fake-apns listening on %s\n", where);
-    fflush(stdout);
-    if (o->port_file != NULL && write_port_file(o->port_file, strrchr(where, ':') + 1) != 0) {
-        return 2;
-    }
-    return 0;
+    memset(&hc, 0, sizeof(hc));
+    hc.name = "fake-apns";
+    hc.listen = o->listen;
+    hc.port_file = o->port_file;
+    hc.verbose = o->verbose;
+    hc.ctx = s->ctx;
+    hc.cbs = s->cbs;
+    hc.max_concurrent_streams = MAX_CONCURRENT_STREAMS;
+    hc.max_header_list = HDR_ARENA;
+    hc.local_window = 1 << 24;
+    hc.out_initial = H2S_OUT_HIGH * 2;
+    hc.max_timers = MAX_REQS;
+    hc.conn_size = sizeof(conn);
+    hc.hooks.conn_open = conn_open;
+    hc.hooks.conn_free = conn_free;
+    hc.hooks.goaway_pending = goaway_pending;
+    hc.hooks.timer = on_timer;
+    hc.hooks.before_write = before_write;
+    hc.hooks.end_of_turn = before_write;
+    hc.hooks.reload = reload_rules;
+    hc.user = s;
+    return h2s_create(&hc, &s->h2s);
 }
 
 static void teardown(server *s)
 {
-    while (s->conns != NULL) {
-        conn *c = s->conns;
-        if (!c->dead) {
-            if (c->h2 != NULL) {
-                SSL_shutdown(c->ssl);
-            }
-            conn_kill(c);
-        }
-        free_dead(s);
-    }
+    h2s_destroy(s->h2s); /* connections first: their requests go back to the pool */
+    s->h2s = NULL;
     while (s->free_reqs != NULL) {
         req *r = s->free_reqs;
         s->free_reqs = r->next;
@@ -2095,20 +1418,12 @@ static void teardown(server *s)
     if (s->rec != NULL && apns_record_close(s->rec) != 0) {
         logmsg("closing the record failed");
     }
-    nghttp2_session_callbacks_del(s->cbs);
+    if (s->cbs != NULL) {
+        nghttp2_session_callbacks_del(s->cbs);
+    }
     SSL_CTX_free(s->ctx);
     apns_rules_free(&s->rules);
     apns_keyring_destroy(s->keys);
-    free(s->heap);
-    if (s->lfd >= 0) {
-        close(s->lfd);
-    }
-    if (s->sfd >= 0) {
-        close(s->sfd);
-    }
-    if (s->ep >= 0) {
-        close(s->ep);
-    }
 }
 
 int main(int argc, char **argv)
@@ -2131,9 +1446,9 @@ int main(int argc, char **argv)
     }
     rc = setup(s, &o);
     if (rc == 0) {
-        rc = run(s) == 0 ? 0 : 1;
+        rc = h2s_run(s->h2s) == 0 ? 0 : 1;
         logmsg("stopping: %" PRIu64 " requests on %" PRIu64 " connections", s->requests,
-               s->next_conn_id);
+               h2s_connections(s->h2s));
     }
     teardown(s);
     free(s);

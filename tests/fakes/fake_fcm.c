@@ -29,6 +29,7 @@
 #include "fcm_check.h"
 #include "fcm_record.h"
 #include "fcm_rules.h"
+#include "h2server.h"
 
 #include <cjson/cJSON.h>
 #include <nghttp2/nghttp2.h>
@@ -58,17 +59,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_CONNS 1024
 #define MAX_REQS 8192              /* requests alive at once, all connections */
 #define MAX_CONCURRENT_STREAMS 100 /* what we advertise per HTTP/2 connection */
 #define HDR_ARENA 8192             /* header bytes kept per request; also advertised */
 #define MAX_HDRS 64
 #define BODY_MAX (64 * 1024)      /* request bodies beyond this are refused */
-#define OUT_HIGH (256 * 1024)     /* stop reading while this much output waits */
-#define OUT_MAX (8 * 1024 * 1024) /* hard ceiling of a connection's output buffer */
-#define READ_BUF (16 * 1024)
 #define H1_IN_MAX (BODY_MAX + HDR_ARENA + 4096) /* one HTTP/1.1 request, buffered */
-#define MAX_EVENTS 256
 #define CLAIMS_MAX 1024
 #define DEFAULT_TTL_S 3599
 
@@ -77,14 +73,6 @@
 #define TOKEN_PATH "/token"
 #define GRANT_JWT "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #define WWW_AUTH "Bearer realm=\"https://accounts.google.com/\", error=\"invalid_token\""
-
-enum ev_kind { EV_LISTEN, EV_SIGNAL, EV_CONN };
-enum proto { P_NONE = 0, P_H2, P_H1 };
-
-typedef struct ev_handle {
-    enum ev_kind kind;
-    void *owner;
-} ev_handle;
 
 typedef struct server server;
 typedef struct conn conn;
@@ -103,8 +91,7 @@ typedef struct req {
     struct req *prev;
     conn *c;
     int64_t id; /* h2 stream id; h1 request number on the connection */
-    int heap_idx;
-    int64_t due_ms;
+    h2s_timer timer; /* queued while a delayed answer waits */
     bool answered;
     bool h1_close; /* h1: the client asked for Connection: close (or HTTP/1.0) */
     uint16_t nhdr;
@@ -119,6 +106,7 @@ typedef struct req {
     size_t resp_off;
     char retry_after[48];
     bool www_auth;
+    enum fake_cut cut; /* break the answer off after its start */
     /* for the record */
     const char *endpoint;
     const char *auth;
@@ -131,29 +119,11 @@ typedef struct req {
     char arena[HDR_ARENA];
 } req;
 
+/* A connection: the shared core's part first (h2server.h), then ours. */
 struct conn {
-    ev_handle ev;
+    h2s_conn base;
     server *srv;
-    conn *next;
-    conn *prev;
-    conn *next_dead;
-    int fd;
-    SSL *ssl;
-    enum proto proto;
-    nghttp2_session *h2;
-    uint64_t id;
-    uint32_t events;
-    bool dead;
-    bool drop;
-    bool goaway;
-    bool peer_gone;
-    bool ssl_want_write;
-    bool closing; /* h1: close once the output is written */
-    int32_t goaway_last;
-    uint8_t *out;
-    size_t out_off;
-    size_t out_len;
-    size_t out_cap;
+    bool closing;    /* h1: close once the output is written */
     req *reqs;
     /* HTTP/1.1 */
     char *in;
@@ -190,11 +160,7 @@ typedef struct options {
 
 struct server {
     const options *opt;
-    int ep;
-    int lfd;
-    int sfd;
-    ev_handle listen_ev;
-    ev_handle signal_ev;
+    h2s_server *h2s;
     SSL_CTX *ctx;
     nghttp2_session_callbacks *cbs;
     fcm_auth *auth;      /* == auths[0] */
@@ -205,19 +171,10 @@ struct server {
     fcm_rules rules;
     fcm_record *rec;
     bool rec_failed;
-    conn *conns;
-    size_t nconns;
-    conn *dead;
-    uint64_t next_conn_id;
     uint64_t requests;
     uint64_t messages;
     size_t nreqs;
-    req **heap;
-    size_t heap_n;
-    bool stop;
-    bool warned_conns;
     bool warned_reqs;
-    uint8_t rbuf[READ_BUF];
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -233,22 +190,6 @@ static void logmsg(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
-}
-
-static int64_t now_mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t now_real_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static bool bytes_is(fcm_bytes b, const char *lit)
@@ -343,7 +284,7 @@ static req *req_new(conn *c, int64_t id)
     s->nreqs++;
     r->c = c;
     r->id = id;
-    r->heap_idx = -1;
+    r->timer.idx = -1;
     r->endpoint = "other";
     r->auth = "missing";
     r->next = c->reqs;
@@ -354,78 +295,11 @@ static req *req_new(conn *c, int64_t id)
     return r;
 }
 
-static void heap_swap(server *s, size_t i, size_t j)
-{
-    req *t = s->heap[i];
-
-    s->heap[i] = s->heap[j];
-    s->heap[j] = t;
-    s->heap[i]->heap_idx = (int)i;
-    s->heap[j]->heap_idx = (int)j;
-}
-
-static void heap_up(server *s, size_t i)
-{
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (s->heap[p]->due_ms <= s->heap[i]->due_ms) {
-            break;
-        }
-        heap_swap(s, i, p);
-        i = p;
-    }
-}
-
-static void heap_down(server *s, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1;
-        size_t r = l + 1;
-        size_t m = i;
-        if (l < s->heap_n && s->heap[l]->due_ms < s->heap[m]->due_ms) {
-            m = l;
-        }
-        if (r < s->heap_n && s->heap[r]->due_ms < s->heap[m]->due_ms) {
-            m = r;
-        }
-        if (m == i) {
-            return;
-        }
-        heap_swap(s, i, m);
-        i = m;
-    }
-}
-
-/* The heap holds at most MAX_REQS entries, as many as there can be reqs. */
-static void heap_push(server *s, req *r)
-{
-    s->heap[s->heap_n] = r;
-    r->heap_idx = (int)s->heap_n;
-    s->heap_n++;
-    heap_up(s, s->heap_n - 1);
-}
-
-static void heap_remove(server *s, req *r)
-{
-    size_t i = (size_t)r->heap_idx;
-    size_t last = --s->heap_n;
-
-    if (i != last) {
-        s->heap[i] = s->heap[last];
-        s->heap[i]->heap_idx = (int)i;
-        heap_down(s, i);
-        heap_up(s, i);
-    }
-    r->heap_idx = -1;
-}
-
 static void req_free(server *s, req *r)
 {
     conn *c = r->c;
 
-    if (r->heap_idx >= 0) {
-        heap_remove(s, r);
-    }
+    h2s_timer_cancel(s->h2s, &r->timer);
     if (r->prev != NULL) {
         r->prev->next = r->next;
     } else {
@@ -466,9 +340,9 @@ static void record_req(conn *c, const req *r, const char *action)
         n++;
     }
     memset(&e, 0, sizeof(e));
-    e.conn = c->id;
+    e.conn = c->base.id;
     e.stream = r->id;
-    e.proto = c->proto == P_H2 ? "h2" : "http/1.1";
+    e.proto = c->base.proto == H2S_H2 ? "h2" : "http/1.1";
     e.method = req_header(r, ":method");
     e.path = req_header(r, ":path");
     if (e.method.p == NULL) {
@@ -572,9 +446,11 @@ static ssize_t resp_read(nghttp2_session *h2, int32_t stream_id, uint8_t *buf, s
     req *r = source->ptr;
     size_t n = r->resp_len - r->resp_off;
 
-    (void)h2;
-    (void)stream_id;
     (void)user_data;
+    if (r->cut != FAKE_CUT_NONE) {
+        return h2s_cut_read(&r->c->base, h2, stream_id, r->cut, r->resp, r->resp_len,
+                            &r->resp_off, buf, length);
+    }
     if (n > length) {
         n = length;
     }
@@ -588,8 +464,11 @@ static ssize_t resp_read(nghttp2_session *h2, int32_t stream_id, uint8_t *buf, s
     return (ssize_t)n;
 }
 
-static int out_append(conn *c, const uint8_t *d, size_t n);
-static void conn_kill(conn *c);
+/* Appends to the connection's output (HTTP/1.1 answers). */
+static int out_append(conn *c, const uint8_t *d, size_t n)
+{
+    return h2s_out_append(&c->base, d, n);
+}
 
 #define NV(n, v, vl)                                                                               \
     {                                                                                              \
@@ -640,12 +519,12 @@ static int respond(conn *c, req *r)
     char status_str[4];
     char clen[24];
 
-    record_req(c, r, "reply");
+    record_req(c, r, fake_cut_action(r->cut));
     c->srv->requests++;
     r->answered = true;
     snprintf(status_str, sizeof(status_str), "%03d", r->status);
     snprintf(clen, sizeof(clen), "%zu", r->resp_len);
-    if (c->proto == P_H2) {
+    if (c->base.proto == H2S_H2) {
         nghttp2_nv nva[6];
         size_t n = 0;
         nghttp2_data_provider prd;
@@ -660,7 +539,7 @@ static int respond(conn *c, req *r)
         }
         prd.source.ptr = r;
         prd.read_callback = resp_read;
-        return nghttp2_submit_response(c->h2, (int32_t)r->id, nva, n, &prd) == 0 ? 0 : -1;
+        return nghttp2_submit_response(c->base.h2, (int32_t)r->id, nva, n, &prd) == 0 ? 0 : -1;
     }
     {
         char head[512];
@@ -674,10 +553,18 @@ static int respond(conn *c, req *r)
                           r->h1_close ? "connection: close\r\n" : "");
         bool close_after = r->h1_close;
         int rc = 0;
+        /* A cut answer over HTTP/1.1: the head (and half the body for
+         * "body"), then the connection closes, whatever the variant. */
+        size_t blen = r->cut == FAKE_CUT_NONE ? r->resp_len
+                      : r->cut == FAKE_CUT_BODY ? r->resp_len / 2
+                                                : 0;
         if (hl < 0 || (size_t)hl >= sizeof(head) ||
             out_append(c, (const uint8_t *)head, (size_t)hl) != 0 ||
-            (r->resp_len > 0 && out_append(c, (const uint8_t *)r->resp, r->resp_len) != 0)) {
+            (blen > 0 && out_append(c, (const uint8_t *)r->resp, blen) != 0)) {
             rc = -1;
+        }
+        if (r->cut != FAKE_CUT_NONE) {
+            c->base.cut_close = true;
         }
         req_free(c->srv, r);
         c->h1_busy = false;
@@ -820,7 +707,7 @@ static bool check_token(conn *c, req *r)
     }
     {
         size_t al = form_decode(as.p, as.n, assertion, as.n + 1);
-        int rc = fcm_auth_check_assertion(s->auth, assertion, al, aud, now_real_ms() / 1000, oerr,
+        int rc = fcm_auth_check_assertion(s->auth, assertion, al, aud, h2s_now_real_ms() / 1000, oerr,
                                           sizeof(oerr), desc, sizeof(desc), r->claims,
                                           sizeof(r->claims));
         /* Several accounts: the one the assertion's iss names answers. */
@@ -831,7 +718,7 @@ static bool check_token(conn *c, req *r)
             if (strstr(r->claims, iss) != NULL) {
                 r->acct = i;
                 rc = fcm_auth_check_assertion(s->auths[i], assertion, al, aud,
-                                              now_real_ms() / 1000, oerr, sizeof(oerr), desc,
+                                              h2s_now_real_ms() / 1000, oerr, sizeof(oerr), desc,
                                               sizeof(desc), r->claims, sizeof(r->claims));
                 break;
             }
@@ -852,7 +739,7 @@ static void answer_token_ok(server *s, req *r)
     char tok[FCM_AUTH_TOKEN_LEN];
     cJSON *j = cJSON_CreateObject();
 
-    fcm_auth_issue(s->auths[r->acct], now_real_ms(), s->opt->token_ttl_s * 1000, tok);
+    fcm_auth_issue(s->auths[r->acct], h2s_now_real_ms(), s->opt->token_ttl_s * 1000, tok);
     cJSON_AddStringToObject(j, "access_token", tok);
     cJSON_AddNumberToObject(j, "expires_in", (double)s->opt->expires_in_s);
     cJSON_AddStringToObject(j, "token_type", "Bearer");
@@ -887,7 +774,7 @@ static void set_retry_after(req *r, const fcm_rule *rule)
         return;
     }
     if (rule->retry_after_date) {
-        time_t t = (time_t)(now_real_ms() / 1000 + rule->retry_after_s);
+        time_t t = (time_t)(h2s_now_real_ms() / 1000 + rule->retry_after_s);
         struct tm tm;
         gmtime_r(&t, &tm);
         strftime(r->retry_after, sizeof(r->retry_after), "%a, %d %b %Y %H:%M:%S GMT", &tm);
@@ -907,11 +794,11 @@ static void answer_send_ok(server *s, req *r, bool validate_only)
     } else {
         s->messages++;
         if (getrandom(&rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
-            rnd = (uint64_t)now_real_ms() * 2654435761u + s->messages;
+            rnd = (uint64_t)h2s_now_real_ms() * 2654435761u + s->messages;
         }
         /* Google's shape: 0:<16 digits>%<16 hex>. */
         snprintf(r->name, sizeof(r->name), "projects/%s/messages/0:%016" PRIu64 "%%%016" PRIx64,
-                 s->projects[r->acct], (uint64_t)now_real_ms() * 1000 + s->messages % 1000, rnd);
+                 s->projects[r->acct], (uint64_t)h2s_now_real_ms() * 1000 + s->messages % 1000, rnd);
     }
     cJSON_AddStringToObject(j, "name", r->name);
     r->status = 200;
@@ -949,7 +836,7 @@ static bool check_send(conn *c, req *r, bool *validate_only)
         v = FCM_TOK_INVALID;
         for (int i = 0; i < s->nauth && v != FCM_TOK_OK; i++) {
             enum fcm_token_verdict vi =
-                fcm_auth_check_token(s->auths[i], auth.p + 7, auth.n - 7, now_real_ms());
+                fcm_auth_check_token(s->auths[i], auth.p + 7, auth.n - 7, h2s_now_real_ms());
             if (vi == FCM_TOK_OK || vi == FCM_TOK_EXPIRED) {
                 v = vi;
                 r->acct = i;
@@ -1002,16 +889,16 @@ static bool check_send(conn *c, req *r, bool *validate_only)
  * (HTTP/1.1: nothing more is read; the connection closes once written). */
 static void send_goaway(conn *c, req *r)
 {
-    if (c->proto == P_H2) {
+    if (c->base.proto == H2S_H2) {
         int32_t last = (int32_t)r->id - 2;
         if (last < 0) {
             last = 0;
         }
-        nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR, NULL, 0);
-        c->goaway = true;
-        c->goaway_last = last;
+        nghttp2_submit_goaway(c->base.h2, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR, NULL, 0);
+        c->base.goaway = true;
+        c->base.goaway_last = last;
     } else {
-        c->goaway = true;
+        c->base.goaway = true;
         c->closing = true;
     }
 }
@@ -1028,7 +915,7 @@ static int handle_request(conn *c, req *r)
     const fcm_rule *rule = NULL;
     bool validate_only = false;
 
-    if (c->goaway && (c->proto != P_H2 || r->id > c->goaway_last)) {
+    if (c->base.goaway && (c->base.proto != H2S_H2 || r->id > c->base.goaway_last)) {
         return 0; /* beyond our GOAWAY: the client replays it elsewhere */
     }
     if (bytes_is(path, TOKEN_PATH)) {
@@ -1057,7 +944,7 @@ static int handle_request(conn *c, req *r)
             r->error[0] = '\0';
             record_req(c, r, "drop");
             s->requests++;
-            c->drop = true;
+            c->base.drop = true;
             return -1;
         case FCM_ACT_GOAWAY:
             r->status = 0;
@@ -1066,7 +953,7 @@ static int handle_request(conn *c, req *r)
             record_req(c, r, "goaway");
             s->requests++;
             send_goaway(c, r);
-            if (c->proto == P_H1) {
+            if (c->base.proto == H2S_H1) {
                 req_free(s, r);
             }
             return 0;
@@ -1083,11 +970,11 @@ static int handle_request(conn *c, req *r)
                 }
             }
             set_retry_after(r, rule);
+            r->cut = rule->cut;
             if (rule->delay_ms > 0) {
                 /* Answer later without blocking the loop; the record line
                  * is written when the answer goes out. */
-                r->due_ms = now_mono_ms() + rule->delay_ms;
-                heap_push(s, r);
+                h2s_timer_add(s->h2s, &r->timer, h2s_now_mono_ms() + rule->delay_ms);
                 return 0;
             }
             break;
@@ -1164,7 +1051,7 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
         return 0;
     }
     r = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
-    if (r == NULL || r->answered || r->heap_idx >= 0) {
+    if (r == NULL || r->answered || r->timer.idx >= 0) {
         return 0;
     }
     return handle_request(c, r) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -1340,7 +1227,7 @@ static const char *find_head_end(const char *p, size_t n)
  */
 static int h1_process(conn *c)
 {
-    while (!c->dead && !c->h1_busy && !c->closing && !c->drop) {
+    while (!c->base.dead && !c->h1_busy && !c->closing && !c->base.drop) {
         const char *he = find_head_end(c->in, c->in_len);
         size_t hlen, clen = 0;
         int status;
@@ -1391,186 +1278,56 @@ static int h1_process(conn *c)
 
 /* ---- connections -------------------------------------------------------- */
 
-/* Marks c dead; it is freed at the end of the loop turn, never mid-callback. */
-static void conn_kill(conn *c)
+/* h2server hooks: a connection comes and goes. */
+static void conn_open(h2s_conn *hc)
 {
-    server *s = c->srv;
+    conn *c = (conn *)hc;
 
-    if (c->dead) {
-        return;
-    }
-    c->dead = true;
-    epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
-    c->next_dead = s->dead;
-    s->dead = c;
+    c->srv = h2s_user(hc->srv);
 }
 
-static void conn_free(conn *c)
+static void conn_free(h2s_conn *hc)
 {
-    server *s = c->srv;
+    conn *c = (conn *)hc;
 
-    /* nghttp2_session_del() calls no stream-close callbacks, so the
+    /* The session is gone and called no stream-close callbacks, so the
      * connection's requests are freed here. */
-    if (c->h2 != NULL) {
-        nghttp2_session_del(c->h2);
-    }
     while (c->reqs != NULL) {
-        req_free(s, c->reqs);
+        req_free(c->srv, c->reqs);
     }
-    SSL_free(c->ssl);
-    close(c->fd);
-    free(c->out);
     free(c->in);
-    if (c->prev != NULL) {
-        c->prev->next = c->next;
-    } else {
-        s->conns = c->next;
-    }
-    if (c->next != NULL) {
-        c->next->prev = c->prev;
-    }
-    s->nconns--;
-    free(c);
 }
 
-static size_t out_pending(const conn *c)
+/* After a GOAWAY: a stream we promised to answer is still unanswered. */
+static bool goaway_pending(h2s_conn *hc)
 {
-    return c->out_len - c->out_off;
+    const conn *c = (const conn *)hc;
+    const req *r;
+
+    for (r = c->reqs; r != NULL; r = r->next) {
+        if (r->id <= hc->goaway_last) {
+            return true;
+        }
+    }
+    return false;
 }
 
-static int out_append(conn *c, const uint8_t *d, size_t n)
+/* h2server hooks for HTTP/1.1: ALPN chose http/1.1 (or the client offered
+ * none, possible only when --alpn allows http/1.1). */
+static int h1_start(h2s_conn *hc)
 {
-    if (c->out_off > 0 && c->out_cap - c->out_len < n) {
-        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-        c->out_len -= c->out_off;
-        c->out_off = 0;
-    }
-    if (c->out_cap - c->out_len < n) {
-        size_t ncap = c->out_cap == 0 ? 64 * 1024 : c->out_cap * 2;
-        uint8_t *nb;
-        while (ncap - c->out_len < n) {
-            ncap *= 2;
-        }
-        if (ncap > OUT_MAX) {
-            return -1;
-        }
-        nb = realloc(c->out, ncap);
-        if (nb == NULL) {
-            return -1;
-        }
-        c->out = nb;
-        c->out_cap = ncap;
-    }
-    memcpy(c->out + c->out_len, d, n);
-    c->out_len += n;
-    return 0;
+    conn *c = (conn *)hc;
+
+    c->in = malloc(H1_IN_MAX);
+    return c->in != NULL ? 0 : -1;
 }
 
-static void conn_watch(conn *c, uint32_t events)
+/* Bytes from TLS. -1: drop now. */
+static int h1_feed(h2s_conn *hc, const uint8_t *d, size_t n)
 {
-    struct epoll_event ev;
+    conn *c = (conn *)hc;
 
-    if (c->dead || events == c->events) {
-        return;
-    }
-    ev.events = events;
-    ev.data.ptr = &c->ev;
-    if (epoll_ctl(c->srv->ep, EPOLL_CTL_MOD, c->fd, &ev) == 0) {
-        c->events = events;
-    } else {
-        conn_kill(c);
-    }
-}
-
-static void log_ssl_error(conn *c, const char *what)
-{
-    unsigned long e = ERR_get_error();
-    char buf[256];
-
-    if (!c->srv->opt->verbose) {
-        ERR_clear_error();
-        return;
-    }
-    if (e != 0) {
-        ERR_error_string_n(e, buf, sizeof(buf));
-    } else {
-        snprintf(buf, sizeof(buf), "%s", errno != 0 ? strerror(errno) : "connection closed");
-    }
-    logmsg("conn %" PRIu64 ": %s: %s", c->id, what, buf);
-    ERR_clear_error();
-}
-
-/* Moves nghttp2's output (h2) into the connection buffer and the buffer
- * into TLS until there is nothing more or the socket is full. */
-static void conn_write(conn *c)
-{
-    for (;;) {
-        int w;
-        int e;
-        size_t pend;
-
-        while (c->proto == P_H2 && out_pending(c) < OUT_HIGH) {
-            const uint8_t *d;
-            ssize_t n = nghttp2_session_mem_send(c->h2, &d);
-            if (n < 0) {
-                if (c->srv->opt->verbose) {
-                    logmsg("conn %" PRIu64 ": nghttp2: %s", c->id, nghttp2_strerror((int)n));
-                }
-                conn_kill(c);
-                return;
-            }
-            if (n == 0) {
-                break;
-            }
-            if (out_append(c, d, (size_t)n) != 0) {
-                logmsg("conn %" PRIu64 ": output over %d bytes, closing", c->id, OUT_MAX);
-                conn_kill(c);
-                return;
-            }
-        }
-        pend = out_pending(c);
-        if (pend == 0) {
-            return;
-        }
-        ERR_clear_error();
-        w = SSL_write(c->ssl, c->out + c->out_off, pend > INT_MAX ? INT_MAX : (int)pend);
-        if (w > 0) {
-            c->ssl_want_write = false;
-            c->out_off += (size_t)w;
-            if (c->out_off == c->out_len) {
-                c->out_off = 0;
-                c->out_len = 0;
-            }
-            continue;
-        }
-        e = SSL_get_error(c->ssl, w);
-        if (e == SSL_ERROR_WANT_WRITE) {
-            c->ssl_want_write = true;
-            return;
-        }
-        if (e == SSL_ERROR_WANT_READ) {
-            return;
-        }
-        log_ssl_error(c, "write");
-        conn_kill(c);
-        return;
-    }
-}
-
-/* Feeds what TLS delivered to the connection's protocol. -1: drop now. */
-static int conn_feed(conn *c, const uint8_t *d, size_t n)
-{
-    if (c->proto == P_H2) {
-        ssize_t rv = nghttp2_session_mem_recv(c->h2, d, n);
-        if (rv < 0) {
-            if (!c->drop && c->srv->opt->verbose) {
-                logmsg("conn %" PRIu64 ": nghttp2: %s", c->id, nghttp2_strerror((int)rv));
-            }
-            return -1;
-        }
-        return 0;
-    }
-    if (c->closing || c->goaway) {
+    if (c->closing || c->base.goaway) {
         return 0; /* nothing after a close or GOAWAY is read */
     }
     if (n > H1_IN_MAX - c->in_len) {
@@ -1582,208 +1339,12 @@ static int conn_feed(conn *c, const uint8_t *d, size_t n)
     return h1_process(c);
 }
 
-static void conn_read(conn *c)
+/* Closing, and every answer written. */
+static bool h1_done(h2s_conn *hc)
 {
-    server *s = c->srv;
+    const conn *c = (const conn *)hc;
 
-    while (!c->dead && !c->peer_gone && out_pending(c) < OUT_HIGH) {
-        int n;
-        int e;
-
-        ERR_clear_error();
-        errno = 0;
-        n = SSL_read(c->ssl, s->rbuf, sizeof(s->rbuf));
-        if (n > 0) {
-            if (conn_feed(c, s->rbuf, (size_t)n) != 0) {
-                if (c->drop) {
-                    /* Answers already queued for earlier requests go out
-                     * (best effort) so the record stays true. */
-                    conn_write(c);
-                }
-                conn_kill(c);
-                return;
-            }
-            conn_write(c);
-            continue;
-        }
-        e = SSL_get_error(c->ssl, n);
-        if (e == SSL_ERROR_WANT_READ) {
-            return;
-        }
-        if (e == SSL_ERROR_WANT_WRITE) {
-            c->ssl_want_write = true;
-            return;
-        }
-        if (e != SSL_ERROR_ZERO_RETURN) {
-            log_ssl_error(c, "read");
-        }
-        c->peer_gone = true;
-    }
-}
-
-/* True when nothing is left to do on c and it may be closed politely. */
-static bool conn_done(conn *c)
-{
-    const req *r;
-
-    if (out_pending(c) > 0) {
-        return false;
-    }
-    if (c->proto == P_H1) {
-        return c->closing && c->reqs == NULL;
-    }
-    if (nghttp2_session_want_write(c->h2)) {
-        return false;
-    }
-    if (c->goaway) {
-        for (r = c->reqs; r != NULL; r = r->next) {
-            if (r->id <= c->goaway_last) {
-                return false;
-            }
-        }
-        return true;
-    }
-    return !nghttp2_session_want_read(c->h2);
-}
-
-static int conn_start(conn *c)
-{
-    const unsigned char *alpn = NULL;
-    unsigned int alen = 0;
-
-    SSL_get0_alpn_selected(c->ssl, &alpn, &alen);
-    if (alen == 2 && memcmp(alpn, "h2", 2) == 0) {
-        nghttp2_settings_entry iv[] = {
-            {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS},
-            {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, HDR_ARENA},
-        };
-        c->proto = P_H2;
-        if (nghttp2_session_server_new(&c->h2, c->srv->cbs, c) != 0 ||
-            nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) !=
-                0) {
-            return -1;
-        }
-        return 0;
-    }
-    /* http/1.1 chosen, or no ALPN at all (only possible when h1 is on). */
-    c->proto = P_H1;
-    c->in = malloc(H1_IN_MAX);
-    return c->in != NULL ? 0 : -1;
-}
-
-static void conn_pump(conn *c)
-{
-    uint32_t ev;
-
-    if (c->dead) {
-        return;
-    }
-    if (c->proto == P_NONE) {
-        int rc;
-        ERR_clear_error();
-        errno = 0;
-        rc = SSL_do_handshake(c->ssl);
-        if (rc != 1) {
-            int e = SSL_get_error(c->ssl, rc);
-            if (e == SSL_ERROR_WANT_READ) {
-                conn_watch(c, EPOLLIN);
-            } else if (e == SSL_ERROR_WANT_WRITE) {
-                conn_watch(c, EPOLLOUT);
-            } else {
-                log_ssl_error(c, "TLS handshake");
-                conn_kill(c);
-            }
-            return;
-        }
-        if (conn_start(c) != 0) {
-            logmsg("conn %" PRIu64 ": cannot start a session", c->id);
-            conn_kill(c);
-            return;
-        }
-    }
-    conn_read(c);
-    if (c->dead) {
-        return;
-    }
-    conn_write(c);
-    if (c->dead) {
-        return;
-    }
-    if (c->peer_gone || conn_done(c)) {
-        SSL_shutdown(c->ssl);
-        conn_kill(c);
-        return;
-    }
-    ev = 0;
-    if (out_pending(c) < OUT_HIGH) {
-        ev |= EPOLLIN;
-    }
-    if (out_pending(c) > 0 || c->ssl_want_write) {
-        ev |= EPOLLOUT;
-    }
-    conn_watch(c, ev);
-}
-
-static void on_accept(server *s)
-{
-    for (;;) {
-        int one = 1;
-        struct epoll_event ev;
-        conn *c;
-        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED) {
-                continue;
-            }
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                logmsg("accept: %s", strerror(errno));
-            }
-            return;
-        }
-        if (s->nconns >= MAX_CONNS) {
-            if (!s->warned_conns) {
-                s->warned_conns = true;
-                logmsg("%d connections open: refusing more (reported once)", MAX_CONNS);
-            }
-            close(fd);
-            continue;
-        }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        c = calloc(1, sizeof(*c));
-        if (c == NULL) {
-            close(fd);
-            continue;
-        }
-        c->ev.kind = EV_CONN;
-        c->ev.owner = c;
-        c->srv = s;
-        c->fd = fd;
-        c->id = ++s->next_conn_id;
-        c->ssl = SSL_new(s->ctx);
-        if (c->ssl == NULL || SSL_set_fd(c->ssl, fd) != 1) {
-            SSL_free(c->ssl);
-            free(c);
-            close(fd);
-            continue;
-        }
-        SSL_set_accept_state(c->ssl);
-        ev.events = EPOLLIN;
-        ev.data.ptr = &c->ev;
-        if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
-            SSL_free(c->ssl);
-            free(c);
-            close(fd);
-            continue;
-        }
-        c->events = EPOLLIN;
-        c->next = s->conns;
-        if (s->conns != NULL) {
-            s->conns->prev = c;
-        }
-        s->conns = c;
-        s->nconns++;
-    }
+    return c->closing && c->reqs == NULL;
 }
 
 /* ---- TLS ---------------------------------------------------------------- */
@@ -1859,28 +1420,9 @@ static int client_hello_cb(SSL *ssl, int *al, void *arg)
 
 static SSL_CTX *make_tls(const options *o)
 {
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    char buf[256];
+    SSL_CTX *ctx = h2s_tls_ctx_new("fake-fcm", o->cert, o->key);
 
     if (ctx == NULL) {
-        return NULL;
-    }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                                 SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_CTX_set_num_tickets(ctx, 0);
-    if (SSL_CTX_use_certificate_chain_file(ctx, o->cert) != 1) {
-        ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
-        logmsg("--cert %s: %s", o->cert, buf);
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx, o->key, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1) {
-        ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
-        logmsg("--key %s: %s", o->key, buf);
-        SSL_CTX_free(ctx);
         return NULL;
     }
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, (void *)o);
@@ -1890,108 +1432,9 @@ static SSL_CTX *make_tls(const options *o)
 
 /* ---- listening, signals, the loop --------------------------------------- */
 
-static int make_listener(const char *spec, char *where, size_t wlen)
+static void reload_rules(h2s_server *hs)
 {
-    char host[256];
-    const char *colon;
-    const char *port;
-    size_t hlen;
-    struct addrinfo hints;
-    struct addrinfo *ai = NULL;
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    int fd;
-    int one = 1;
-    int rc;
-
-    if (spec[0] == '[') {
-        const char *rb = strchr(spec, ']');
-        if (rb == NULL || rb[1] != ':') {
-            logmsg("--listen %s: expected HOST:PORT or [V6ADDR]:PORT", spec);
-            return -1;
-        }
-        hlen = (size_t)(rb - spec - 1);
-        port = rb + 2;
-        spec++;
-    } else {
-        colon = strrchr(spec, ':');
-        if (colon == NULL) {
-            logmsg("--listen %s: expected HOST:PORT", spec);
-            return -1;
-        }
-        hlen = (size_t)(colon - spec);
-        port = colon + 1;
-    }
-    if (hlen == 0 || hlen >= sizeof(host) || port[0] == '\0') {
-        logmsg("--listen: expected HOST:PORT");
-        return -1;
-    }
-    memcpy(host, spec, hlen);
-    host[hlen] = '\0';
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    rc = getaddrinfo(host, port, &hints, &ai);
-    if (rc != 0) {
-        logmsg("--listen %s:%s: %s", host, port, gai_strerror(rc));
-        return -1;
-    }
-    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        logmsg("socket: %s", strerror(errno));
-        freeaddrinfo(ai);
-        return -1;
-    }
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0 ||
-        getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) {
-        logmsg("--listen %s:%s: %s", host, port, strerror(errno));
-        freeaddrinfo(ai);
-        close(fd);
-        return -1;
-    }
-    freeaddrinfo(ai);
-    {
-        char h[INET6_ADDRSTRLEN + 1];
-        char p[16];
-        if (getnameinfo((struct sockaddr *)&ss, sl, h, sizeof(h), p, sizeof(p),
-                        NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-            logmsg("getnameinfo failed");
-            close(fd);
-            return -1;
-        }
-        snprintf(where, wlen, ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
-    }
-    return fd;
-}
-
-static int write_port_file(const char *path, const char *port)
-{
-    char tmp[4096];
-    FILE *f;
-    int n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
-
-    if (n < 0 || (size_t)n >= sizeof(tmp)) {
-        logmsg("--port-file %s: path too long", path);
-        return -1;
-    }
-    f = fopen(tmp, "w");
-    if (f == NULL) {
-        logmsg("--port-file %s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    fprintf(f, "%s\n", port);
-    if (fclose(f) != 0 || rename(tmp, path) != 0) {
-        logmsg("--port-file %s: %s", path, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
-
-static void reload_rules(server *s)
-{
+    server *s = h2s_user(hs);
     fcm_rules nr;
     char err[512];
 
@@ -2008,99 +1451,27 @@ static void reload_rules(server *s)
     logmsg("reloaded %zu rules from %s", nr.n, s->opt->script);
 }
 
-static void on_signal(server *s)
+/* h2server hook: a delayed answer is due. */
+static void on_timer(h2s_server *hs, h2s_timer *t)
 {
-    struct signalfd_siginfo si;
+    req *r = (req *)(void *)((char *)t - offsetof(req, timer));
+    conn *c = r->c;
 
-    while (read(s->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (si.ssi_signo == SIGHUP) {
-            reload_rules(s);
-        } else {
-            s->stop = true;
-        }
+    (void)hs;
+    if (c->base.dead ||
+        (c->base.proto == H2S_H2 && c->base.goaway && r->id > c->base.goaway_last)) {
+        return;
     }
-}
-
-static int next_timeout(server *s)
-{
-    int64_t d;
-
-    if (s->heap_n == 0) {
-        return -1;
+    if (respond(c, r) != 0) {
+        h2s_conn_kill(&c->base);
+        return;
     }
-    d = s->heap[0]->due_ms - now_mono_ms();
-    if (d < 0) {
-        return 0;
+    /* HTTP/1.1: the next pipelined request may go now. */
+    if (c->base.proto == H2S_H1 && h1_process(c) != 0) {
+        h2s_conn_kill(&c->base);
+        return;
     }
-    return d > INT_MAX ? INT_MAX : (int)d;
-}
-
-static void fire_timers(server *s)
-{
-    int64_t now = now_mono_ms();
-
-    while (s->heap_n > 0 && s->heap[0]->due_ms <= now) {
-        req *r = s->heap[0];
-        conn *c = r->c;
-        heap_remove(s, r);
-        if (c->dead || (c->proto == P_H2 && c->goaway && r->id > c->goaway_last)) {
-            continue;
-        }
-        if (respond(c, r) != 0) {
-            conn_kill(c);
-            continue;
-        }
-        /* HTTP/1.1: the next pipelined request may go now. */
-        if (c->proto == P_H1 && h1_process(c) != 0) {
-            conn_kill(c);
-            continue;
-        }
-        conn_pump(c);
-    }
-}
-
-static void free_dead(server *s)
-{
-    while (s->dead != NULL) {
-        conn *c = s->dead;
-        s->dead = c->next_dead;
-        conn_free(c);
-    }
-}
-
-static int run(server *s)
-{
-    struct epoll_event evs[MAX_EVENTS];
-
-    while (!s->stop) {
-        int n = epoll_wait(s->ep, evs, MAX_EVENTS, next_timeout(s));
-        int i;
-
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            logmsg("epoll_wait: %s", strerror(errno));
-            return -1;
-        }
-        for (i = 0; i < n; i++) {
-            ev_handle *h = evs[i].data.ptr;
-            switch (h->kind) {
-            case EV_LISTEN:
-                on_accept(s);
-                break;
-            case EV_SIGNAL:
-                on_signal(s);
-                break;
-            case EV_CONN:
-                conn_pump(h->owner);
-                break;
-            }
-        }
-        fire_timers(s);
-        free_dead(s);
-    }
-    return 0;
+    h2s_conn_pump(&c->base);
 }
 
 /* ---- command line ------------------------------------------------------- */
@@ -2342,14 +1713,9 @@ static uint64_t issued_total(const server *s)
 static int setup(server *s, const options *o)
 {
     char err[512];
-    struct epoll_event ev;
-    sigset_t mask;
-    char where[INET6_ADDRSTRLEN + 16];
+    h2s_config hc;
 
     s->opt = o;
-    s->lfd = -1;
-    s->sfd = -1;
-    s->ep = -1;
     s->nauth = o->n_accounts > 0 ? o->n_accounts : 1;
     for (int i = 0; i < s->nauth; i++) {
         s->auths[i] = fcm_auth_create();
@@ -2393,62 +1759,39 @@ static int setup(server *s, const options *o)
             return 2;
         }
     }
-    s->heap = calloc(MAX_REQS, sizeof(*s->heap));
-    if (s->heap == NULL || make_callbacks(s) != 0) {
+    if (make_callbacks(s) != 0) {
         logmsg("out of memory");
         return 1;
     }
-    s->lfd = make_listener(o->listen, where, sizeof(where));
-    if (s->lfd < 0) {
-        return 2;
-    }
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGHUP);
-    if (sigprocmask(SIG_BLOCK, &mask, NULL) != 0) {
-        logmsg("sigprocmask: %s", strerror(errno));
-        return 1;
-    }
-    s->sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-    s->ep = epoll_create1(EPOLL_CLOEXEC);
-    if (s->sfd < 0 || s->ep < 0) {
-        logmsg("signalfd/epoll: %s", strerror(errno));
-        return 1;
-    }
-    s->listen_ev.kind = EV_LISTEN;
-    s->signal_ev.kind = EV_SIGNAL;
-    ev.events = EPOLLIN;
-    ev.data.ptr = &s->listen_ev;
-    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->lfd, &ev) != 0) {
-        logmsg("epoll_ctl: %s", strerror(errno));
-        return 1;
-    }
-    ev.data.ptr = &s->signal_ev;
-    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->sfd, &ev) != 0) {
-        logmsg("epoll_ctl: %s", strerror(errno));
-        return 1;
-    }
-    printf("fake-fcm listening on %s\n", where);
-    fflush(stdout);
-    if (o->port_file != NULL && write_port_file(o->port_file, strrchr(where, ':') + 1) != 0) {
-        return 2;
-    }
-    return 0;
+    memset(&hc, 0, sizeof(hc));
+    hc.name = "fake-fcm";
+    hc.listen = o->listen;
+    hc.port_file = o->port_file;
+    hc.verbose = o->verbose;
+    hc.ctx = s->ctx;
+    hc.cbs = s->cbs;
+    hc.max_concurrent_streams = MAX_CONCURRENT_STREAMS;
+    hc.max_header_list = HDR_ARENA;
+    hc.local_window = 0;
+    hc.out_initial = 64 * 1024;
+    hc.max_timers = MAX_REQS;
+    hc.conn_size = sizeof(conn);
+    hc.hooks.conn_open = conn_open;
+    hc.hooks.conn_free = conn_free;
+    hc.hooks.h1_start = h1_start;
+    hc.hooks.h1_feed = h1_feed;
+    hc.hooks.h1_done = h1_done;
+    hc.hooks.goaway_pending = goaway_pending;
+    hc.hooks.timer = on_timer;
+    hc.hooks.reload = reload_rules;
+    hc.user = s;
+    return h2s_create(&hc, &s->h2s);
 }
 
 static void teardown(server *s)
 {
-    while (s->conns != NULL) {
-        conn *c = s->conns;
-        if (!c->dead) {
-            if (c->proto != P_NONE) {
-                SSL_shutdown(c->ssl);
-            }
-            conn_kill(c);
-        }
-        free_dead(s);
-    }
+    h2s_destroy(s->h2s);
+    s->h2s = NULL;
     if (s->rec != NULL && fcm_record_close(s->rec) != 0) {
         logmsg("closing the record failed");
     }
@@ -2459,16 +1802,6 @@ static void teardown(server *s)
     fcm_rules_free(&s->rules);
     for (int i = 0; i < s->nauth; i++) {
         fcm_auth_destroy(s->auths[i]);
-    }
-    free(s->heap);
-    if (s->lfd >= 0) {
-        close(s->lfd);
-    }
-    if (s->sfd >= 0) {
-        close(s->sfd);
-    }
-    if (s->ep >= 0) {
-        close(s->ep);
     }
 }
 
@@ -2491,10 +1824,10 @@ int main(int argc, char **argv)
     }
     rc = setup(s, &o);
     if (rc == 0) {
-        rc = run(s) == 0 ? 0 : 1;
+        rc = h2s_run(s->h2s) == 0 ? 0 : 1;
         logmsg("stopping: %" PRIu64 " requests (%" PRIu64 " messages, %" PRIu64
                " access tokens) on %" PRIu64 " connections",
-               s->requests, s->messages, issued_total(s), s->next_conn_id);
+               s->requests, s->messages, issued_total(s), h2s_connections(s->h2s));
     }
     teardown(s);
     free(s);

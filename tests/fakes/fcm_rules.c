@@ -309,6 +309,12 @@ static int parse_rule(char **w, int nw, fcm_rule *r, char *msg, size_t msglen)
                 snprintf(msg, msglen, "times '%s' is not a count >= 1", val);
                 goto fail;
             }
+        } else if (strcmp(kw, "cut") == 0) {
+            r->cut = fake_cut_parse(val);
+            if (r->cut == FAKE_CUT_NONE) {
+                snprintf(msg, msglen, "cut '%s' is not headers, body, reset or goaway", val);
+                goto fail;
+            }
         } else if (strcmp(kw, "goaway") == 0 || strcmp(kw, "drop") == 0) {
             if (r->action != FCM_ACT_REPLY) {
                 snprintf(msg, msglen, "one of goaway and drop, once");
@@ -322,15 +328,16 @@ static int parse_rule(char **w, int nw, fcm_rule *r, char *msg, size_t msglen)
     }
 
     if (r->action != FCM_ACT_REPLY) {
-        if (has_status || has_delay || has_error || has_ra || has_msg) {
+        if (has_status || has_delay || has_error || has_ra || has_msg ||
+            r->cut != FAKE_CUT_NONE) {
             snprintf(msg, msglen, "%s takes only 'times'",
                      r->action == FCM_ACT_GOAWAY ? "goaway" : "drop");
             goto fail;
         }
         return 0;
     }
-    if (!has_status && !has_delay) {
-        snprintf(msg, msglen, "a rule needs 'status', 'delay', 'goaway' or 'drop'");
+    if (!has_status && !has_delay && r->cut == FAKE_CUT_NONE) {
+        snprintf(msg, msglen, "a rule needs 'status', 'delay', 'cut', 'goaway' or 'drop'");
         goto fail;
     }
     if (r->status == 200) {

@@ -8,6 +8,8 @@
  *   token <regtoken|*> delay <ms> [times <N>]     200 after a delay
  *   token <regtoken|*> goaway [times <N>]         GOAWAY, last-stream-id = this - 2
  *   token <regtoken|*> drop [times <N>]           close the TCP connection, no answer
+ *   token <regtoken|*> [status <code> ...] cut <headers|body|reset|goaway> [times <N>]
+ *                      start the answer (200 unless given), then break it off
  *   oauth status <code> [error <oauth_error>] [delay <ms>] [times <N>] [message <text...>]
  *   oauth delay <ms> | goaway | drop [times <N>]  the same for the token endpoint
  *
@@ -23,6 +25,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "fake_cut.h"
 
 #define FCM_RULES_MAX 4096
 #define FCM_RULE_LINE_MAX 1024
@@ -48,6 +52,7 @@ typedef struct fcm_rule {
     int64_t retry_after_s;         /* -1 means no retry-after header */
     bool retry_after_date;         /* send it as an HTTP-date now + retry_after_s */
     int64_t delay_ms;              /* 0 means at once */
+    enum fake_cut cut;             /* FCM_ACT_REPLY: break the answer off this way */
     int64_t times_left;            /* -1 means unlimited */
     int line;
 } fcm_rule;

@@ -199,10 +199,24 @@ static void test_rules_parse_and_match(void **state)
                           "token * status 429 retry-after 7\r\n"
                           "token " T64B " goaway reason Shutdown times 1\n"
                           "token * drop\n"
-                          "token * delay 250\n",
+                          "token * delay 250\n"
+                          "token * cut headers\n"
+                          "token * status 410 cut body delay 5 times 1\n"
+                          "token * status 200 cut reset\n"
+                          "token * status 400 reason BadDeviceToken cut goaway\n",
                           &r, err, sizeof(err), path, sizeof(path)),
                      0);
-    assert_int_equal(r.n, 5);
+    assert_int_equal(r.n, 9);
+    assert_int_equal(r.v[4].cut, FAKE_CUT_NONE);
+    assert_int_equal(r.v[5].action, APNS_ACT_REPLY);
+    assert_int_equal(r.v[5].status, 200); /* cut alone: a 200 broken off */
+    assert_int_equal(r.v[5].cut, FAKE_CUT_HEADERS);
+    assert_int_equal(r.v[6].cut, FAKE_CUT_BODY);
+    assert_string_equal(r.v[6].reason, "Unregistered");
+    assert_int_equal(r.v[6].delay_ms, 5);
+    assert_int_equal(r.v[7].cut, FAKE_CUT_RESET);
+    assert_int_equal(r.v[8].cut, FAKE_CUT_GOAWAY);
+    assert_string_equal(fake_cut_action(FAKE_CUT_BODY), "cut-body");
     assert_int_equal(r.v[0].line, 3);
     assert_string_equal(r.v[0].reason, "Unregistered"); /* the default for 410 */
     assert_int_equal(r.v[0].timestamp_ms, 17);
@@ -236,7 +250,12 @@ static void test_rules_errors(void **state)
         {"token * status 400 reason Nope\n", ":1: reason 'Nope' is not one of Apple's"},
         {"token * status 429 timestamp 5\n", ":1: timestamp goes with status 410 only"},
         {"token * status 200 reason BadPath\n", ":1: status 200 takes no reason"},
-        {"token *\n", ":1: a rule needs 'status', 'delay', 'goaway' or 'drop'"},
+        {"token *\n", ":1: a rule needs 'status', 'delay', 'cut', 'goaway' or 'drop'"},
+        {"token * cut sideways\n", ":1: cut 'sideways' is not headers, body, reset or goaway"},
+        {"token * cut body\n", ":1: cut body needs a status with a body"},
+        {"token * drop cut headers\n", ":1: drop takes only 'times'"},
+        {"token * goaway cut reset\n", ":1: goaway takes only 'reason' and 'times'"},
+        {"token * cut\n", ":1: 'cut' needs a value"},
         {"token * drop delay 5\n", ":1: drop takes only 'times'"},
         {"token * goaway drop\n", ":1: one of goaway and drop, once"},
         {"token * delay -1\n", ":1: delay '-1' is not 0..3600000 ms"},

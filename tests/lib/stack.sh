@@ -439,6 +439,11 @@ stack_fake_apns_backup() {
     wait_until 10 "backup fake APNs port file" test -s "$STACK_DIR/apns2.port"
     APNS2_PORT=$(cat "$STACK_DIR/apns2.port")
     export APNS2_PORT
+    # credentials never pass from the primary to a backup (docs/engine.md):
+    # the backup names its own (here the same key, team)
     HUB_EXTRA+="apns.backup.url = https://127.0.0.1:$APNS2_PORT
+apns.backup.key_file = $STACK_DIR/certs/AuthKey_$APNS_KEY_ID.p8
+apns.backup.key_id = $APNS_KEY_ID
+apns.backup.team_id = $APNS_TEAM_ID
 "
 }

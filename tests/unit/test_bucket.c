@@ -115,9 +115,34 @@ static void test_backoff_bounds(void **state)
         assert_true(max_seen > ceiling / 2);
     }
     assert_int_equal(backoff_delay(3, 0, 100), 0);
-    /* doubling never overflows (a cap of UINT64_MAX itself divides by zero in
-     * backoff.c; config bounds retry_cap to a day, reported to the lead) */
+    /* doubling never overflows */
     assert_true(backoff_delay(1000, UINT64_MAX / 2, UINT64_MAX - 1) >= 1);
+}
+
+/* A cap of UINT64_MAX ("no cap") once computed rand % (UINT64_MAX + 1), a
+ * division by zero (SIGFPE). Every attempt count, including ones that reach
+ * the ceiling, must give a delay >= 1 and below the uncapped ceiling. */
+static void test_backoff_uncapped(void **state)
+{
+    (void)state;
+    int big = 0;
+    for (unsigned attempt = 0; attempt < 200; attempt++) {
+        for (int i = 0; i < 50; i++) {
+            uint64_t d = backoff_delay(attempt, 100, UINT64_MAX);
+            assert_true(d >= 1);
+            if (attempt < 10) {
+                assert_true(d <= (100ull << attempt));
+            }
+            if (d > UINT64_MAX / 4) {
+                big++;
+            }
+        }
+    }
+    /* beyond 2^64 the whole 64-bit range is used, not only a small part */
+    assert_true(big > 0);
+    /* base already at UINT64_MAX: no doubling, still no division by zero */
+    assert_true(backoff_delay(0, UINT64_MAX, UINT64_MAX) >= 1);
+    assert_true(backoff_delay(5, UINT64_MAX, UINT64_MAX) >= 1);
 }
 
 int main(void)
@@ -128,6 +153,7 @@ int main(void)
         cmocka_unit_test(test_default_burst_and_clock_back),
         cmocka_unit_test(test_charge_debt),
         cmocka_unit_test(test_backoff_bounds),
+        cmocka_unit_test(test_backoff_uncapped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

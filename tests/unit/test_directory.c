@@ -10,6 +10,8 @@
 
 #include "error.h"
 #include "pii.h"
+#include "proto.h"
+#include "snapshot.h"
 #include "store.h"
 
 #include <sqlite3.h>
@@ -626,6 +628,208 @@ static void test_no_plaintext_and_erasure(void **state)
     open_all();
 }
 
+/* --- GDPR: forgetting a user everywhere (store_admin_forget_user) --- */
+
+static int64_t raw_int(const char *sql)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    }
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static void add_notif(const char *json)
+{
+    struct notification n;
+    struct proto_error pe;
+    if (proto_parse(json, strlen(json), &n, &pe) != 0) {
+        fail_msg("bad test notification %s: %s", json, pe.detail);
+    }
+    bool inserted = false;
+    assert_int_equal(store_add_notification(S, &n, "gw1", json, strlen(json), NOW, &inserted), 0);
+    assert_true(inserted);
+    notification_free(&n);
+}
+
+static void decide(const char *id, const char *user, const char *action, const char *rule)
+{
+    struct store_decision d = {.notification_id = id, .user_id = user, .channel = "push",
+                               .action = action, .rule = rule, .at_ms = NOW};
+    assert_int_equal(store_decision_add(S, &d), 0);
+}
+
+static void test_forget_user(void **state)
+{
+    (void)state;
+    static const char phone[] = "+4915187654321";
+    put_user("erika", phone, "erika.mustermann@example.org");
+    put_user("max", "+4915100000001", "max@example.org");
+    int64_t dev = 0, att = 0;
+    assert_int_equal(store_device_add(S, "erika", "ios", "ab12cd34ef56ab12cd34ef56ab12cd34",
+                                      "com.example", "", NOW, &dev), 0);
+    assert_int_equal(store_group_add(S, "g", NOW), 0);
+    assert_int_equal(store_group_member_add(S, "g", "erika", NOW), 0);
+    assert_int_equal(store_group_member_add(S, "g", "max", NOW), 0);
+    assert_int_equal(store_binding_add(S, "gw1", "user:erika", "*", NOW), 0);
+    assert_int_equal(store_binding_add(S, "gw1", "user:max", "*", NOW), 0);
+    static const char prefs[] = "{\"caps\":{\"orders\":{\"max\":5,\"window\":\"1d\"}}}";
+    assert_int_equal(store_pref_set(S, "erika", prefs, strlen(prefs), NOW, NULL), 0);
+    assert_int_equal(store_pref_set(S, "max", prefs, strlen(prefs), NOW, NULL), 0);
+
+    /* n1 to her, failed with a provider text quoting the number. */
+    add_notif("{\"id\":\"n1\",\"to\":\"user:erika\",\"category\":\"orders\","
+              "\"title\":\"Secret for Erika\",\"body\":\"door code 4711\"}");
+    decide("n1", "erika", "allow", "allow");
+    assert_int_equal(store_cap_record(S, "erika", "orders", "n1", NOW), 0);
+    assert_int_equal(store_attempt_begin(S, "n1", "sms", dev, NOW, &att), 0);
+    assert_int_equal(store_attempt_end(S, att, "drop", 400, "The 'To' number +4915187654321 is "
+                                       "not a valid phone number", "", NOW), 0);
+    assert_int_equal(store_set_state(S, "n1", "failed",
+                                     "sms: 400 The 'To' number +4915187654321 is not valid", NOW),
+                     0);
+    /* n2 to the group: her part waits on a fallback timer, max's too. */
+    add_notif("{\"id\":\"n2\",\"to\":\"group:g\",\"category\":\"orders\",\"title\":\"News\"}");
+    decide("n2", "erika", "allow", "allow");
+    decide("n2", "max", "allow", "allow");
+    assert_int_equal(store_cap_record(S, "max", "orders", "n2", NOW), 0);
+    assert_int_equal(store_attempt_begin(S, "n2", "apns", dev, NOW, &att), 0);
+    assert_int_equal(store_attempt_end(S, att, "retry", 0, "erika's phone +4915187654321 busy",
+                                       "", NOW), 0);
+    assert_int_equal(store_timer_add(S, NOW + 60000, "fallback", "n2", "erika\n1\n123", NULL), 0);
+    assert_int_equal(store_timer_add(S, NOW + 60000, "fallback", "n2", "max\n1\n123", NULL), 0);
+    /* a user whose id starts like hers is someone else */
+    assert_int_equal(store_timer_add(S, NOW + 60000, "hold", "n2", "erika.b\n0\n123", NULL), 0);
+    /* n3 to her, scheduled */
+    add_notif("{\"id\":\"n3\",\"to\":\"user:erika\",\"title\":\"Later\",\"body\":\"secret plan\"}");
+    assert_int_equal(store_set_state(S, "n3", "scheduled", "", NOW), 0);
+    decide("n3", "erika", "schedule", "deliver_at");
+    assert_int_equal(store_timer_add(S, NOW + 60000, "deliver_at", "n3", "erika\n", NULL), 0);
+    assert_int_equal(store_commit(S), 0);
+
+    char *snap = NULL;
+    size_t snap_len = 0;
+    assert_int_equal(snapshot_build(S, "gw1", 1, &snap, &snap_len), 0);
+    assert_non_null(strstr(snap, "\"erika\""));
+    free(snap);
+
+    int64_t erased = -1;
+    assert_int_equal(store_admin_forget_user(S, "erika", NOW + 1, &erased), 0);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(erased, 2); /* n1, n3 */
+    assert_int_equal(store_user_exists(S, "erika"), 0);
+
+    /* Decisions stay for the delivery log, naming no one; hers only. */
+    assert_int_equal(raw_int("SELECT count(*) FROM decisions WHERE user_id = 'erika'"), 0);
+    assert_int_equal(raw_int("SELECT count(*) FROM decisions WHERE user_id = '(removed)'"), 3);
+    assert_int_equal(raw_int("SELECT count(*) FROM decisions WHERE user_id = 'max'"), 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM decisions WHERE notification_id = 'n3'"
+                             " AND action = 'schedule' AND rule = 'deliver_at'"), 1);
+    /* Caps and preferences: gone for her, kept for max. */
+    assert_int_equal(raw_int("SELECT count(*) FROM cap_events WHERE user_id = 'erika'"), 0);
+    assert_int_equal(raw_int("SELECT count(*) FROM cap_events WHERE user_id = 'max'"), 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM prefs WHERE user_id = 'erika'"), 0);
+    assert_int_equal(raw_int("SELECT count(*) FROM prefs WHERE user_id = 'max'"), 1);
+    /* Timers still fire (so n2 ends) but name no one. */
+    assert_int_equal(raw_int("SELECT count(*) FROM timers"), 4);
+    assert_int_equal(raw_int("SELECT count(*) FROM timers WHERE instr(payload, 'erika' || char(10))"
+                             " = 1"), 0);
+    assert_int_equal(raw_int("SELECT count(*) FROM timers WHERE payload = '(removed)' || char(10)"
+                             " || '1' || char(10) || '123'"), 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM timers WHERE payload = '(removed)' || char(10)"),
+                     1);
+    assert_int_equal(raw_int("SELECT count(*) FROM timers WHERE payload = 'erika.b' || char(10)"
+                             " || '0' || char(10) || '123'"), 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM timers WHERE payload = 'max' || char(10)"
+                             " || '1' || char(10) || '123'"), 1);
+    /* Her notifications: ids, states and times kept; body, recipient and
+     * the provider's text gone. The group's notification keeps its body. */
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications WHERE id = 'n1' AND state ="
+                             " 'failed' AND reason = 'redacted' AND recipient = 'erased' AND body"
+                             " = '{\"redacted\":true}' AND received_ms > 0"), 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications WHERE id = 'n3' AND state ="
+                             " 'dropped' AND reason = 'recipient removed'"), 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications WHERE id = 'n2' AND recipient ="
+                             " 'group:g' AND instr(body, 'News') > 0"), 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM attempts WHERE reason <> 'redacted'"), 0);
+    assert_int_equal(raw_int("SELECT count(*) FROM attempts WHERE status = 400 AND state = 'drop'"),
+                     1);
+    assert_int_equal(raw_int("SELECT count(*) FROM receipts WHERE notification_id = 'n1'"
+                             " AND reason = 'redacted'"), 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM receipts WHERE instr(reason, '4915187654321')"),
+                     0);
+
+    /* Her agent's next snapshot leaves her out; max stays. */
+    assert_int_equal(snapshot_build(S, "gw1", 2, &snap, &snap_len), 0);
+    assert_null(strstr(snap, "erika"));
+    assert_non_null(strstr(snap, "\"max\""));
+    free(snap);
+
+    /* Nothing of it in the file (checkpointed at close; secure delete). */
+    close_all();
+    const char *gone[] = {"4915187654321", "Secret for Erika", "door code 4711", "secret plan",
+                          "user:erika", "mustermann"};
+    for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+        if (db_files_contain(gone[i], strlen(gone[i]))) {
+            fail_msg("the database file still holds '%s'", gone[i]);
+        }
+    }
+    open_all();
+}
+
+/* Groups beyond any fixed cap: keyset pages over the members. */
+static void test_group_pages(void **state)
+{
+    (void)state;
+    assert_int_equal(store_group_add(S, "big", NOW), 0);
+    char id[32];
+    for (int i = 0; i < 25; i++) {
+        snprintf(id, sizeof(id), "m%03d", (i * 7) % 25); /* added out of order */
+        assert_int_equal(store_user_upsert(S, id, "UTC", NOW), 0);
+        assert_int_equal(store_group_member_add(S, "big", id, NOW), 0);
+    }
+    assert_int_equal(store_commit(S), 0);
+    char after[80] = "";
+    int total = 0, pages = 0;
+    for (;;) {
+        struct names m = {0};
+        int n = store_group_members_page(S, "big", after, 10, collect_name, &m);
+        assert_true(n >= 0);
+        assert_int_equal(n, m.n);
+        for (int i = 0; i < m.n; i++) {
+            snprintf(id, sizeof(id), "m%03d", total + i);
+            assert_string_equal(m.v[i], id); /* in id order, none twice, none missed */
+        }
+        total += n;
+        pages++;
+        if (n < 10) {
+            break;
+        }
+        snprintf(after, sizeof(after), "%s", m.v[m.n - 1]);
+        if (pages == 1) {
+            /* a member added behind the cursor shifts no later page */
+            assert_int_equal(store_user_upsert(S, "a-first", "UTC", NOW), 0);
+            assert_int_equal(store_group_member_add(S, "big", "a-first", NOW), 0);
+        }
+    }
+    assert_int_equal(total, 25);
+    assert_int_equal(pages, 3);
+    struct names m = {0};
+    assert_int_equal(store_group_members_page(S, "big", "m024", 10, collect_name, &m), 0);
+    assert_int_equal(store_group_members_page(S, "none", NULL, 10, collect_name, &m), 0);
+    assert_int_equal(store_group_members_page(S, "big", NULL, 0, collect_name, &m),
+                     TDG_EINVAL_INPUT);
+    assert_int_equal(store_group_members_page(S, "big", NULL, STORE_GROUP_PAGE_MAX + 1,
+                                              collect_name, &m),
+                     TDG_EINVAL_INPUT);
+}
+
 static void test_rotation(void **state)
 {
     (void)state;
@@ -726,6 +930,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bindings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_binding_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_plaintext_and_erasure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forget_user, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_keyring, setup, teardown),

@@ -14,6 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "channels/apns.h"
+#include "channels/email.h"
+#include "channels/fcm.h"
+#include "channels/sms.h"
 #include "dispatch.h"
 #include "log.h"
 #include "loop.h"
@@ -281,6 +285,17 @@ static void test_breaker_failover(void **state)
     loop_destroy(loop);
 }
 
+static const struct config_entry *find_key(const struct channel_ops *ops, const char *key)
+{
+    for (size_t i = 0; i < ops->config_n; i++) {
+        if (strcmp(ops->config[i].key, key) == 0) {
+            return &ops->config[i];
+        }
+    }
+    fail_msg("no key %s in channel %s", key, ops->name);
+    return NULL;
+}
+
 static void test_backup_settings(void **state)
 {
     (void)state;
@@ -293,8 +308,9 @@ static void test_backup_settings(void **state)
     static const struct config_entry table[] = {
         {"apns.url", CONFIG_STRING, "https://primary", offsetof(struct cc, url), 64, "url", NULL, 0,
          0},
-        {"apns.key", CONFIG_STRING, "", offsetof(struct cc, key), 64, "key", NULL, 0, 0},
-        {"apns.n", CONFIG_INT, "2", offsetof(struct cc, n), sizeof(int64_t), "n", NULL, 1, 9},
+        {"apns.key_file", CONFIG_STRING, "", offsetof(struct cc, key), 64, "key", NULL, 0, 0},
+        {"apns.connections", CONFIG_INT, "2", offsetof(struct cc, n), sizeof(int64_t), "n", NULL,
+         1, 9},
     };
     struct channel_ops ops = {
         .name = "apns", .config = table, .config_n = 3, .config_size = sizeof(struct cc)};
@@ -302,7 +318,7 @@ static void test_backup_settings(void **state)
     char *keys = NULL;
     assert_int_equal(dispatch_backup_table(&ops, 1000, out, &keys), 0);
     assert_string_equal(out[0].key, "apns.backup.url");
-    assert_string_equal(out[2].key, "apns.backup.n");
+    assert_string_equal(out[2].key, "apns.backup.connections");
     assert_int_equal(out[1].offset, 1000 + offsetof(struct cc, key));
     free(keys);
     struct config_entry e[DISPATCH_CONFIG_N];
@@ -316,17 +332,115 @@ static void test_backup_settings(void **state)
     /* nothing set: no backup */
     assert_int_equal(config_defaults(table, 3, &bk, err, sizeof(err)), 0);
     assert_int_equal(dispatch_backup_resolve(&ops, &prim, &bk, false), 0);
-    /* enabled alone: a copy of the primary */
+    /* enabled alone: the primary's transport and tuning, never its
+     * credential (the key file) */
     assert_int_equal(dispatch_backup_resolve(&ops, &prim, &bk, true), 1);
-    assert_string_equal(bk.key, "secret");
+    assert_string_equal(bk.url, "https://primary");
+    assert_string_equal(bk.key, "");
     assert_int_equal(bk.n, 5);
-    /* one key set: enabled, the rest inherited */
+    /* one key set: enabled, the rest inherited but the credential */
     assert_int_equal(config_defaults(table, 3, &bk, err, sizeof(err)), 0);
     snprintf(bk.url, sizeof(bk.url), "https://backup");
     assert_int_equal(dispatch_backup_resolve(&ops, &prim, &bk, false), 1);
     assert_string_equal(bk.url, "https://backup");
-    assert_string_equal(bk.key, "secret");
+    assert_string_equal(bk.key, "");
     assert_int_equal(bk.n, 5);
+    /* its own credential stays its own */
+    assert_int_equal(config_defaults(table, 3, &bk, err, sizeof(err)), 0);
+    snprintf(bk.key, sizeof(bk.key), "backup-secret");
+    assert_int_equal(dispatch_backup_resolve(&ops, &prim, &bk, false), 1);
+    assert_string_equal(bk.key, "backup-secret");
+    assert_string_equal(bk.url, "https://primary");
+}
+
+/* Every key of every real channel is classified (a new key must be
+ * decided on: inherit or never), and the credentials of each are never
+ * inherited. The help of a backup credential key says so. */
+static void test_backup_key_classes(void **state)
+{
+    (void)state;
+    const struct channel_ops *chans[] = {&apns_channel, &fcm_channel, &sms_channel,
+                                         &email_channel};
+    for (size_t c = 0; c < 4; c++) {
+        for (size_t i = 0; i < chans[c]->config_n; i++) {
+            const char *k = chans[c]->config[i].key;
+            if (dispatch_backup_inherits(k) < 0) {
+                fail_msg("channel key %s: not classified for backups (hub/dispatch.c)", k);
+            }
+        }
+    }
+    const char *never[] = {"apns.key_file", "apns.key_id", "apns.team_id", "apns.cert_file",
+                           "apns.cert_key_file", "apns.cert_password_file", "apns.topics",
+                           "apns.tenants_dir", "fcm.service_account_file", "fcm.project_id",
+                           "fcm.tenants_dir", "sms.account_sid", "sms.auth_token",
+                           "sms.auth_token_file", "sms.from", "sms.messaging_service_sid",
+                           "sms.tenants_dir", "email.username", "email.password",
+                           "email.password_file"};
+    for (size_t i = 0; i < sizeof(never) / sizeof(never[0]); i++) {
+        if (dispatch_backup_inherits(never[i]) != 0) {
+            fail_msg("%s must never pass to a backup", never[i]);
+        }
+    }
+    const char *inherit[] = {"apns.url", "apns.timeout", "apns.ca_file", "apns.connections",
+                             "fcm.timeout", "sms.timeout", "sms.api_url", "email.timeout",
+                             "email.smtp_url"};
+    for (size_t i = 0; i < sizeof(inherit) / sizeof(inherit[0]); i++) {
+        assert_int_equal(dispatch_backup_inherits(inherit[i]), 1);
+    }
+    assert_int_equal(dispatch_backup_inherits("apns.no_such_key"), -1);
+}
+
+/* The real APNs table: a certificate-based primary with tenants, a
+ * key-based backup that names only its URL and key. The backup gets the
+ * primary's transport settings, but no certificate, topics or tenants
+ * (which made its init fail: "cert_file and key_file"). */
+static void test_backup_apns_auth_kinds(void **state)
+{
+    (void)state;
+    const struct channel_ops *ops = &apns_channel;
+    char *prim = calloc(1, ops->config_size), *bk = calloc(1, ops->config_size);
+    assert_non_null(prim);
+    assert_non_null(bk);
+    char err[256];
+    assert_int_equal(config_defaults(ops->config, ops->config_n, prim, err, sizeof(err)), 0);
+    assert_int_equal(config_defaults(ops->config, ops->config_n, bk, err, sizeof(err)), 0);
+    const struct config_entry *e;
+#define SETSTR(base, k, v)                                                                         \
+    do {                                                                                           \
+        e = find_key(ops, k);                                                                      \
+        snprintf((base) + e->offset, e->size, "%s", v);                                            \
+    } while (0)
+    SETSTR(prim, "apns.cert_file", "/etc/tidings/apns.crt");
+    SETSTR(prim, "apns.cert_key_file", "/etc/tidings/apns.key");
+    SETSTR(prim, "apns.cert_password_file", "/etc/tidings/apns.pass");
+    SETSTR(prim, "apns.topics", "com.example.a");
+    SETSTR(prim, "apns.tenants_dir", "/etc/tidings/apns.d");
+    SETSTR(prim, "apns.ca_file", "/etc/tidings/ca.crt");
+    SETSTR(prim, "apns.topic", "com.example.a");
+    e = find_key(ops, "apns.timeout");
+    assert_int_equal(e->type, CONFIG_DURATION);
+    int64_t timeout = 12345;
+    memcpy(prim + e->offset, &timeout, sizeof(timeout));
+    SETSTR(bk, "apns.url", "https://relay.example.net");
+    SETSTR(bk, "apns.key_file", "/etc/tidings/AuthKey_K.p8");
+    SETSTR(bk, "apns.key_id", "K");
+    SETSTR(bk, "apns.team_id", "T");
+    assert_int_equal(dispatch_backup_resolve(ops, prim, bk, false), 1);
+    assert_string_equal(bk + find_key(ops, "apns.cert_file")->offset, "");
+    assert_string_equal(bk + find_key(ops, "apns.cert_key_file")->offset, "");
+    assert_string_equal(bk + find_key(ops, "apns.cert_password_file")->offset, "");
+    assert_string_equal(bk + find_key(ops, "apns.topics")->offset, "");
+    assert_string_equal(bk + find_key(ops, "apns.tenants_dir")->offset, "");
+    assert_string_equal(bk + find_key(ops, "apns.key_file")->offset, "/etc/tidings/AuthKey_K.p8");
+    assert_string_equal(bk + find_key(ops, "apns.url")->offset, "https://relay.example.net");
+    assert_string_equal(bk + find_key(ops, "apns.ca_file")->offset, "/etc/tidings/ca.crt");
+    assert_string_equal(bk + find_key(ops, "apns.topic")->offset, "com.example.a");
+    int64_t tmo = 0;
+    memcpy(&tmo, bk + find_key(ops, "apns.timeout")->offset, sizeof(tmo));
+    assert_int_equal(tmo, 12345);
+#undef SETSTR
+    free(prim);
+    free(bk);
 }
 
 int main(void)
@@ -336,6 +450,8 @@ int main(void)
         cmocka_unit_test(test_rate_and_concurrency),
         cmocka_unit_test(test_breaker_failover),
         cmocka_unit_test(test_backup_settings),
+        cmocka_unit_test(test_backup_key_classes),
+        cmocka_unit_test(test_backup_apns_auth_kinds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -739,7 +739,11 @@ static void test_results(void **state)
     result(SMTP_FAIL_REPLY, 550, "550 5.1.1 <bob@example.org>: Recipient address rejected",
            "RCPT failed: 550", &o);
     assert_int_equal(o.result, CHANNEL_DROP);
-    assert_string_equal(o.reason, "550 5.1.1 <bob@example.org>: Recipient address rejected");
+    /* reasons are stored and logged: the recipient's address is not in it */
+    assert_string_equal(o.reason, "550 5.1.1 <[address]>: Recipient address rejected");
+    result(SMTP_FAIL_REPLY, 550, "550 user bob.smith+x@mail.example.org unknown; see RFC 5321",
+           "", &o);
+    assert_string_equal(o.reason, "550 user [address] unknown; see RFC 5321");
     result(SMTP_FAIL_REPLY, 553, "553 5.1.3 Mailbox name not allowed", "", &o);
     assert_int_equal(o.result, CHANNEL_DROP);
     result(SMTP_FAIL_REPLY, 552, "", "", &o);

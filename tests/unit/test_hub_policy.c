@@ -551,6 +551,108 @@ static void test_caps_store(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* --- policy_plan: the planner's one function (fanout and --dry-run) ------- */
+
+static void test_plan(void **state)
+{
+    (void)state;
+    const unsigned PUSH = PROTO_CH_PUSH, SMS = PROTO_CH_SMS, MAIL = PROTO_CH_EMAIL;
+    const int64_t now = utc_ms(2024, 1, 10, 12, 0);
+    struct policy_plan pl;
+    struct notification *nt = notif("orders", NULL);
+
+    /* no preferences: every available class at once, nothing after */
+    assert_int_equal(policy_plan(NULL, NULL, nt, PUSH | SMS, 0, false, 0, now, 0, &pl), 0);
+    assert_int_equal(pl.n, 2);
+    assert_int_equal(pl.items[0].channel, PROTO_CH_PUSH);
+    assert_int_equal(pl.items[1].channel, PROTO_CH_SMS);
+    assert_int_equal(pl.items[0].d.action, POLICY_ALLOW);
+    assert_int_equal(pl.allowed, 2);
+    assert_int_equal(pl.next, POLICY_PLAN_DONE);
+    assert_int_equal(pl.nsteps, 0);
+
+    /* a channel order: step 0 now, step 1 at first attempt + after */
+    policy_prefs_t *p = parse_ok("{\"fallback\":[{\"channel\":\"push\"},{\"channel\":\"sms\","
+                                 "\"after\":\"10m\"},{\"channel\":\"email\",\"after\":\"30m\"}]}");
+    assert_int_equal(policy_plan(p, NULL, nt, PUSH | SMS | MAIL, 0, false, 0, now, 0, &pl), 0);
+    assert_int_equal(pl.n, 1);
+    assert_int_equal(pl.items[0].channel, PROTO_CH_PUSH);
+    assert_int_equal(pl.items[0].step, 0);
+    assert_int_equal(pl.next, POLICY_PLAN_FALLBACK);
+    assert_int_equal(pl.step, 1);
+    assert_int_equal(pl.at_ms, now + 600000);
+    assert_int_equal(pl.started_ms, now);
+    assert_int_equal(pl.first_step, 0);
+    assert_int_equal(pl.visited, 1);
+    /* ... the fallback timer resumes step 1; step 2 counts from step 0 */
+    int64_t later = now + 600000;
+    assert_int_equal(policy_plan(p, NULL, nt, PUSH | SMS | MAIL, 1, true, now, later, 0, &pl), 0);
+    assert_int_equal(pl.n, 1);
+    assert_int_equal(pl.items[0].channel, PROTO_CH_SMS);
+    assert_int_equal(pl.items[0].step, 1);
+    assert_int_equal(pl.next, POLICY_PLAN_FALLBACK);
+    assert_int_equal(pl.step, 2);
+    assert_int_equal(pl.at_ms, now + 1800000);
+    /* no push endpoint: step 0 has nothing, step 1 runs at once */
+    assert_int_equal(policy_plan(p, NULL, nt, SMS | MAIL, 0, false, 0, now, 0, &pl), 0);
+    assert_int_equal(pl.n, 1);
+    assert_int_equal(pl.items[0].channel, PROTO_CH_SMS);
+    assert_int_equal(pl.items[0].step, 1);
+    assert_int_equal(pl.visited, 2);
+    assert_int_equal(pl.next, POLICY_PLAN_FALLBACK);
+    assert_int_equal(pl.at_ms, now + 1800000);
+    /* a step beyond the order (the order shrank meanwhile): nothing */
+    assert_int_equal(policy_plan(p, NULL, nt, PUSH | SMS | MAIL, 5, true, now, now, 0, &pl), 0);
+    assert_int_equal(pl.n, 0);
+    assert_int_equal(pl.visited, 0);
+    assert_int_equal(pl.next, POLICY_PLAN_DONE);
+    /* the last step: done after it */
+    assert_int_equal(policy_plan(p, NULL, nt, MAIL, 2, true, now, now, 0, &pl), 0);
+    assert_int_equal(pl.n, 1);
+    assert_int_equal(pl.next, POLICY_PLAN_DONE);
+    policy_prefs_free(p);
+
+    /* channel off for push: suppressed on step 0, step 1 at once */
+    p = parse_ok("{\"categories\":{\"orders\":{\"channels_off\":[\"push\"]}},\"fallback\":[{"
+                 "\"channel\":\"push\"},{\"channel\":\"sms\",\"after\":\"10m\"}]}");
+    assert_int_equal(policy_plan(p, NULL, nt, PUSH | SMS, 0, false, 0, now, 0, &pl), 0);
+    assert_int_equal(pl.n, 2);
+    assert_int_equal(pl.items[0].d.action, POLICY_SUPPRESS);
+    assert_string_equal(pl.items[0].d.rule, "channel_off:push");
+    assert_int_equal(pl.items[1].d.action, POLICY_ALLOW);
+    assert_int_equal(pl.items[1].step, 1);
+    assert_true(pl.suppress);
+    assert_int_equal(pl.next, POLICY_PLAN_DONE);
+    policy_prefs_free(p);
+
+    /* quiet hours (UTC 11:00-13:00): held until 13:00, step 0 kept */
+    p = parse_ok("{\"quiet_hours\":{\"start\":\"11:00\",\"end\":\"13:00\",\"mode\":\"hold\"},"
+                 "\"fallback\":[{\"channel\":\"push\"},{\"channel\":\"sms\",\"after\":\"1m\"}]}");
+    assert_int_equal(policy_plan(p, NULL, nt, PUSH | SMS, 0, false, 0, now, 0, &pl), 0);
+    assert_int_equal(pl.n, 1);
+    assert_int_equal(pl.items[0].d.action, POLICY_HOLD);
+    assert_int_equal(pl.next, POLICY_PLAN_HOLD);
+    assert_int_equal(pl.step, 0);
+    assert_int_equal(pl.at_ms, utc_ms(2024, 1, 10, 13, 0));
+    assert_int_equal(pl.allowed, 0);
+    policy_prefs_free(p);
+    notif_free(nt);
+
+    /* deliver_at ahead: wait, no decision; resumed by its timer: planned */
+    nt = notif_json(
+        "{\"to\":\"user:alice\",\"title\":\"x\",\"deliver_at\":\"2024-01-10T15:00:00Z\"}");
+    assert_int_equal(policy_plan(NULL, NULL, nt, PUSH, 0, false, 0, now, 0, &pl), 0);
+    assert_int_equal(pl.next, POLICY_PLAN_DELIVER_AT);
+    assert_int_equal(pl.at_ms, utc_ms(2024, 1, 10, 15, 0));
+    assert_int_equal(pl.n, 0);
+    assert_int_equal(policy_plan(NULL, NULL, nt, PUSH, 0, true, 0, now, 0, &pl), 0);
+    assert_int_equal(pl.n, 1);
+    assert_int_equal(pl.items[0].d.action, POLICY_ALLOW);
+    notif_free(nt);
+    assert_int_equal(policy_plan(NULL, NULL, NULL, PUSH, 0, false, 0, now, 0, &pl),
+                     TDG_EINVAL_INPUT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -563,6 +665,7 @@ int main(void)
         cmocka_unit_test_teardown(test_snapshot_user, teardown),
         cmocka_unit_test_teardown(test_deliver_at, teardown),
         cmocka_unit_test_teardown(test_caps_store, teardown),
+        cmocka_unit_test(test_plan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1481,6 +1481,73 @@ static void test_batch_builder(void **state)
     free(a64);
 }
 
+/* proto_item_check on a batch item gives what proto_parse gives on the
+ * item's compact text (the hub's intake checks items in place). */
+struct item_check_ctx {
+    int n;
+    int rc[8], prc[8];
+    enum proto_reason r[8], pr[8];
+};
+
+static void item_check_cb(cJSON *item, void *arg)
+{
+    struct item_check_ctx *c = arg;
+    char json[PROTO_MAX_WIRE + 64];
+    size_t len = sizeof(json);
+    if (cJSON_PrintPreallocated(item, json, (int)sizeof(json), 0)) {
+        len = strlen(json);
+    }
+    struct notification n, pn;
+    struct proto_error e, pe;
+    memset(&e, 0, sizeof(e));
+    memset(&pe, 0, sizeof(pe));
+    c->rc[c->n] = proto_item_check(item, len, &n, &e);
+    c->r[c->n] = c->rc[c->n] ? e.reason : PROTO_OK;
+    if (c->rc[c->n] == 0) {
+        assert_null(n.json);
+        assert_non_null(n.to);
+        notification_free(&n); /* must leave the borrowed item alone */
+    }
+    c->prc[c->n] = len <= PROTO_MAX_WIRE ? proto_parse(json, len, &pn, &pe) : TDG_ETOOBIG;
+    c->pr[c->n] = c->prc[c->n] ? (len <= PROTO_MAX_WIRE ? pe.reason : PROTO_R_TOO_LARGE) : PROTO_OK;
+    if (c->prc[c->n] == 0) {
+        notification_free(&pn);
+    }
+    c->n++;
+}
+
+static void test_item_check(void **state)
+{
+    (void)state;
+    static char big[PROTO_MAX_WIRE + 200];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    char *buf = malloc(sizeof(big) + 1024);
+    assert_non_null(buf);
+    snprintf(buf, sizeof(big) + 1024,
+             "{\"v\":1,\"agent\":\"gw1\",\"items\":["
+             "{\"id\":\"a1\",\"to\":\"user:alice\",\"title\":\"hi\",\"data\":{\"k\":1e14}},"
+             "{\"id\":\"a2\",\"to\":\"user:alice\",\"body\":\"%s\"},"
+             "{\"id\":\"a3\",\"to\":\"nobody\",\"title\":\"x\"},"
+             "{\"id\":\"a4\",\"to\":\"user:alice\"},"
+             "\"not an object\"]}",
+             big);
+    struct item_check_ctx c = {0};
+    struct proto_error e;
+    char agent[PROTO_AGENT_MAX + 1];
+    assert_int_equal(proto_batch_parse(buf, strlen(buf), agent, sizeof(agent), item_check_cb, &c, &e),
+                     0);
+    assert_int_equal(c.n, 5);
+    assert_int_equal(c.rc[0], 0);
+    assert_int_equal(c.rc[1], TDG_ETOOBIG);
+    assert_int_equal(c.r[1], PROTO_R_TOO_LARGE);
+    for (int i = 0; i < c.n; i++) {
+        assert_int_equal(c.rc[i], c.prc[i]);
+        assert_int_equal(c.r[i], c.pr[i]);
+    }
+    free(buf);
+}
+
 static void test_batch_parse(void **state)
 {
     static const char *const bad[] = {
@@ -1673,6 +1740,159 @@ static void test_acks(void **state)
     }
 }
 
+/* --- receipts parsing --------------------------------------------------- */
+
+struct rcpt_seen {
+    struct proto_receipt r[8];
+    struct proto_error bad[8];
+    bool ok[8];
+    int n;
+};
+
+static void rcpt_cb(void *arg, const struct proto_receipt *r, const struct proto_error *bad)
+{
+    struct rcpt_seen *s = arg;
+    assert_true(s->n < 8);
+    assert_true((r == NULL) != (bad == NULL));
+    s->ok[s->n] = r != NULL;
+    if (r) {
+        s->r[s->n] = *r;
+    } else {
+        s->bad[s->n] = *bad;
+    }
+    s->n++;
+}
+
+static void test_receipts_parse(void **state)
+{
+    (void)state;
+    struct proto_receipt in[2];
+    struct proto_error e;
+    size_t len;
+    memset(in, 0, sizeof(in));
+    snprintf(in[0].id, sizeof(in[0].id), "order-7");
+    snprintf(in[0].state, sizeof(in[0].state), "delivered");
+    in[0].at_ms = 1795310605512;
+    in[0].nch = 2;
+    snprintf(in[0].ch[0].channel, sizeof(in[0].ch[0].channel), "apns");
+    snprintf(in[0].ch[0].result, sizeof(in[0].ch[0].result), "ok");
+    in[0].ch[0].status = 200;
+    in[0].ch[0].attempts = 1;
+    snprintf(in[0].ch[1].channel, sizeof(in[0].ch[1].channel), "sms");
+    snprintf(in[0].ch[1].result, sizeof(in[0].ch[1].result), "drop");
+    in[0].ch[1].status = 400;
+    in[0].ch[1].attempts = 2;
+    snprintf(in[0].ch[1].reason, sizeof(in[0].ch[1].reason), "21610 \"opted\" out");
+    snprintf(in[1].id, sizeof(in[1].id), "m-1");
+    snprintf(in[1].state, sizeof(in[1].state), "suppressed");
+    snprintf(in[1].reason, sizeof(in[1].reason), "category_opt_out:marketing");
+    in[1].at_ms = 1795310600000;
+
+    /* Round trip through the encoder. */
+    char *s = proto_receipts_serialize(in, 2, &len);
+    assert_non_null(s);
+    struct rcpt_seen seen;
+    memset(&seen, 0, sizeof(seen));
+    assert_int_equal(proto_receipts_parse(s, len, rcpt_cb, &seen, &e), 0);
+    free(s);
+    assert_int_equal(seen.n, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_true(seen.ok[i]);
+        assert_string_equal(seen.r[i].id, in[i].id);
+        assert_string_equal(seen.r[i].state, in[i].state);
+        assert_string_equal(seen.r[i].reason, in[i].reason);
+        assert_int_equal(seen.r[i].at_ms, in[i].at_ms);
+        assert_int_equal(seen.r[i].nch, in[i].nch);
+        for (unsigned c = 0; c < in[i].nch; c++) {
+            assert_string_equal(seen.r[i].ch[c].channel, in[i].ch[c].channel);
+            assert_string_equal(seen.r[i].ch[c].result, in[i].ch[c].result);
+            assert_int_equal(seen.r[i].ch[c].status, in[i].ch[c].status);
+            assert_int_equal(seen.r[i].ch[c].attempts, in[i].ch[c].attempts);
+            assert_string_equal(seen.r[i].ch[c].reason, in[i].ch[c].reason);
+        }
+    }
+
+    /* Bad entries are reported with their field; the good ones still count. */
+    static const char mixed[] =
+        "{\"v\":1,\"receipts\":["
+        "{\"id\":\"a\",\"state\":\"delivered\",\"at\":\"2026-11-22T01:00:00Z\",\"new\":1},"
+        "{\"id\":\"b\",\"state\":\"lost\",\"at\":\"2026-11-22T01:00:00Z\"},"
+        "{\"id\":\"c d\",\"state\":\"failed\",\"at\":\"2026-11-22T01:00:00Z\"},"
+        "{\"id\":\"e\",\"state\":\"failed\",\"at\":\"yesterday\"},"
+        "{\"id\":\"f\",\"state\":\"failed\",\"at\":\"2026-11-22T01:00:00Z\","
+        "\"channels\":[{\"channel\":\"apns\",\"result\":\"ok\",\"status\":1.5}]},"
+        "{\"id\":\"g\",\"state\":\"failed\",\"at\":\"2026-11-22T01:00:00Z\","
+        "\"channels\":[{\"channel\":\"APNS\",\"result\":\"ok\"}]},"
+        "{\"id\":\"h\",\"at\":\"2026-11-22T01:00:00Z\"},"
+        "7]}";
+    static const char *const field[] = {"", "receipts[1].state", "receipts[2].id",
+                                        "receipts[3].at", "receipts[4].channels[0].status",
+                                        "receipts[5].channels[0].channel", "receipts[6].state",
+                                        "receipts[7]"};
+    static const enum proto_reason why[] = {PROTO_OK,           PROTO_R_BAD_VALUE,
+                                            PROTO_R_BAD_VALUE,  PROTO_R_BAD_TIME,
+                                            PROTO_R_WRONG_TYPE, PROTO_R_BAD_VALUE,
+                                            PROTO_R_MISSING_FIELD, PROTO_R_WRONG_TYPE};
+    memset(&seen, 0, sizeof(seen));
+    assert_int_equal(proto_receipts_parse(mixed, strlen(mixed), rcpt_cb, &seen, &e), 0);
+    assert_int_equal(seen.n, 8);
+    assert_true(seen.ok[0]);
+    assert_string_equal(seen.r[0].id, "a");
+    assert_int_equal(seen.r[0].nch, 0);
+    for (int i = 1; i < 8; i++) {
+        assert_false(seen.ok[i]);
+        assert_string_equal(seen.bad[i].field, field[i]);
+        assert_int_equal(seen.bad[i].reason, why[i]);
+    }
+
+    /* Too many channels; a long reason is cut, not refused. */
+    {
+        char buf[4096];
+        size_t o = (size_t)snprintf(buf, sizeof(buf),
+                                    "{\"v\":1,\"receipts\":[{\"id\":\"x\",\"state\":\"failed\","
+                                    "\"at\":\"2026-11-22T01:00:00Z\",\"reason\":\"");
+        for (int i = 0; i < 300; i++) {
+            buf[o++] = 'r';
+        }
+        o += (size_t)snprintf(buf + o, sizeof(buf) - o, "\",\"channels\":[");
+        for (int i = 0; i < PROTO_RECEIPT_MAX_CHANNELS + 1; i++) {
+            o += (size_t)snprintf(buf + o, sizeof(buf) - o,
+                                  "%s{\"channel\":\"c%d\",\"result\":\"retry\"}", i ? "," : "", i);
+        }
+        o += (size_t)snprintf(buf + o, sizeof(buf) - o, "]}]}");
+        memset(&seen, 0, sizeof(seen));
+        assert_int_equal(proto_receipts_parse(buf, o, rcpt_cb, &seen, &e), 0);
+        assert_int_equal(seen.n, 1);
+        assert_false(seen.ok[0]);
+        assert_string_equal(seen.bad[0].field, "receipts[0].channels");
+        assert_int_equal(seen.bad[0].reason, PROTO_R_TOO_LONG);
+        /* the same with 8 channels: accepted, reason cut at 255 bytes */
+        char *cut = strstr(buf, ",{\"channel\":\"c8\"");
+        assert_non_null(cut);
+        o = (size_t)(cut - buf);
+        o += (size_t)snprintf(buf + o, sizeof(buf) - o, "]}]}");
+        memset(&seen, 0, sizeof(seen));
+        assert_int_equal(proto_receipts_parse(buf, o, rcpt_cb, &seen, &e), 0);
+        assert_true(seen.ok[0]);
+        assert_int_equal(seen.r[0].nch, PROTO_RECEIPT_MAX_CHANNELS);
+        assert_int_equal(strlen(seen.r[0].reason), 255);
+    }
+
+    /* Bad envelopes: no callback. */
+    static const char *const bad[] = {"{\"v\":2,\"receipts\":[]}", "{\"v\":1}",
+                                      "{\"v\":1,\"receipts\":{}}", "[]", "{\"v\":1,"};
+    static const enum proto_reason bwhy[] = {PROTO_R_BAD_VERSION, PROTO_R_MISSING_FIELD,
+                                             PROTO_R_WRONG_TYPE, PROTO_R_NOT_OBJECT,
+                                             PROTO_R_MALFORMED_JSON};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(&seen, 0, sizeof(seen));
+        assert_int_equal(proto_receipts_parse(bad[i], strlen(bad[i]), rcpt_cb, &seen, &e),
+                         TDG_EINVAL_INPUT);
+        assert_int_equal(seen.n, 0);
+        assert_int_equal(e.reason, bwhy[i]);
+    }
+}
+
 /* --- errors ----------------------------------------------------------- */
 
 static void test_error_text(void **state)
@@ -1797,7 +2017,9 @@ int main(void)
         cmocka_unit_test(test_topics),
         cmocka_unit_test(test_batch_builder),
         cmocka_unit_test(test_batch_parse),
+        cmocka_unit_test(test_item_check),
         cmocka_unit_test(test_acks),
+        cmocka_unit_test(test_receipts_parse),
         cmocka_unit_test(test_error_text),
         cmocka_unit_test(test_accepted_at),
     };

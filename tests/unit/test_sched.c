@@ -1,6 +1,8 @@
 /* test_sched.c - the scheduler (hub/scheduler.c) on its durable timer store:
  * order, past-due timers firing at once, fallback steps on an injected
- * clock, cancellation, and timers surviving a close and reopen (restart). */
+ * clock, cancellation, and timers surviving a close and reopen (restart);
+ * and the fanout's fallback steps driven through the scheduler with the same
+ * injected clock (fanout_opts.clock), with fake channels. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,7 +11,11 @@
 #include <cmocka.h>
 
 #include "error.h"
+#include "fanout.h"
 #include "loop.h"
+#include "pii.h"
+#include "policy.h"
+#include "proto.h"
 #include "scheduler.h"
 #include "store.h"
 
@@ -234,6 +240,200 @@ static void test_batches(void **state)
     close_all(f);
 }
 
+/* --- the fanout's fallback through the scheduler, on the injected clock --- */
+
+struct sent { /* a send the fake channel holds until the test answers it */
+    char platform[16];
+    char id[PROTO_ID_MAX + 1];
+    channel_done_cb done;
+    void *ctx;
+};
+
+struct ffx {
+    struct fixture *f;
+    fanout_t *fanout;
+    pii_t *pii;
+    struct sent sent[16];
+    int nsent;
+};
+
+static int fake_send(void *state, const struct channel_delivery *d, channel_done_cb done,
+                     void *ctx)
+{
+    struct ffx *x = state;
+    assert_true(x->nsent < 16);
+    struct sent *s = &x->sent[x->nsent++];
+    snprintf(s->platform, sizeof(s->platform), "%s", d->dev->platform);
+    snprintf(s->id, sizeof(s->id), "%s", d->n->id);
+    s->done = done;
+    s->ctx = ctx;
+    return 0;
+}
+
+static const struct channel_ops fake_ops = {.name = "fake", .send = fake_send};
+
+static void fire_fanout(void *arg, const struct store_timer *t)
+{
+    struct ffx *x = arg;
+    on_fire(x->f, t);
+    assert_int_equal(fanout_timer(x->fanout, t), 0);
+}
+
+static void answer(struct ffx *x, int i, enum channel_result r)
+{
+    struct channel_outcome o = {.result = r, .status = r == CHANNEL_OK ? 200 : 400};
+    snprintf(o.reason, sizeof(o.reason), "%s", r == CHANNEL_OK ? "" : "BadPriority");
+    x->sent[i].done(x->sent[i].ctx, &o);
+}
+
+/* One loop iteration as hub.c runs it: pull, commit, send. */
+static void iterate(struct ffx *x)
+{
+    fanout_pull(x->fanout);
+    assert_int_equal(store_commit(x->f->store), 0);
+    fanout_flush(x->fanout);
+}
+
+static void add_notification(struct ffx *x, const char *json)
+{
+    struct notification n;
+    struct proto_error e;
+    assert_int_equal(proto_parse(json, strlen(json), &n, &e), 0);
+    bool inserted = false;
+    assert_int_equal(store_add_notification(x->f->store, &n, "gw1", json, strlen(json),
+                                            x->f->clock, &inserted),
+                     0);
+    assert_true(inserted);
+    notification_free(&n);
+}
+
+struct dec_find {
+    const char *rule;
+    bool found;
+};
+
+static void dec_cb(void *arg, const struct store_decision *d)
+{
+    struct dec_find *df = arg;
+    char both[160];
+    snprintf(both, sizeof(both), "%s|%s", d->action, d->rule);
+    df->found = df->found || strcmp(both, df->rule) == 0;
+}
+
+static bool has_decision(store_t *s, const char *id, const char *rule)
+{
+    struct dec_find df = {rule, false};
+    assert_true(store_decisions_of(s, id, dec_cb, &df) >= 0);
+    return df.found;
+}
+
+static void state_is(store_t *s, const char *id, const char *want)
+{
+    char body[PROTO_MAX_WIRE + 1], state[16];
+    int64_t exp;
+    assert_int_equal(store_notification_get(s, id, body, sizeof(body), &exp, state, sizeof(state)),
+                     1);
+    assert_string_equal(state, want);
+}
+
+/* alice: an iOS device and a phone; fallback push, then SMS after 10 min.
+ * n1's push fails (400): nothing more until 10 min after the push, then the
+ * SMS ('fallback|fallback:sms'), delivered. n2's push succeeds: its SMS step
+ * is cancelled ('allow|fallback_done') and nothing is sent at 10 min. */
+static void test_fanout_fallback_clock(void **state)
+{
+    struct fixture *f = *state;
+    struct ffx x = {.f = f};
+    char err[256], keyfile[160];
+    snprintf(keyfile, sizeof(keyfile), "%s/pii.keys", f->dir);
+    assert_int_equal(pii_generate(keyfile, err, sizeof(err)), 0);
+    assert_int_equal(pii_load(keyfile, &x.pii, err, sizeof(err)), 0);
+    assert_int_equal(store_open(f->path, DB_SYNC_NORMAL, &f->store, err, sizeof(err)), 0);
+    store_set_pii(f->store, x.pii);
+    f->loop = loop_create();
+    assert_non_null(f->loop);
+    int64_t t0 = 1700000000000;
+    f->clock = t0;
+    struct sched_opts so = {.now = fake_now, .clock_arg = f};
+    f->sched = sched_create(f->loop, f->store, fire_fanout, &x, &so);
+    assert_non_null(f->sched);
+    struct fanout_route routes[] = {
+        {.platform = "ios", .proto_class = PROTO_CH_PUSH, .channel = "apns", .ops = &fake_ops,
+         .state = &x},
+        {.platform = "sms", .proto_class = PROTO_CH_SMS, .channel = "sms", .ops = &fake_ops,
+         .state = &x},
+    };
+    struct fanout_opts fo = {.max_jobs = 16, .max_attempts = 1, .retry_base_ms = 100,
+                             .retry_cap_ms = 1000, .clock = fake_now, .clock_arg = f};
+    x.fanout = fanout_create(f->loop, f->store, &fo, routes, 2);
+    assert_non_null(x.fanout);
+    fanout_set_sched(x.fanout, f->sched);
+    assert_int_equal(sched_start(f->sched), 0);
+
+    struct store_user u = {.id = "alice", .tz = "UTC", .phone = "+4915112345678"};
+    assert_int_equal(store_user_put(f->store, &u, STORE_USER_ALL, t0), 0);
+    char token[65];
+    memset(token, 'a', 64);
+    token[64] = '\0';
+    assert_int_equal(store_device_add(f->store, "alice", "ios", token, "com.example", "", t0, NULL),
+                     0);
+    const char *prefs = "{\"fallback\":[{\"channel\":\"push\"},"
+                        "{\"channel\":\"sms\",\"after\":\"10m\"}]}";
+    struct policy_error perr;
+    assert_int_equal(store_pref_set(f->store, "alice", prefs, strlen(prefs), t0, &perr), 0);
+    assert_int_equal(store_commit(f->store), 0);
+
+    /* n1: push first, the SMS step waits for t0 + 10 min. */
+    add_notification(&x, "{\"id\":\"n1\",\"to\":\"user:alice\",\"title\":\"one\"}");
+    iterate(&x);
+    assert_int_equal(x.nsent, 1);
+    assert_string_equal(x.sent[0].platform, "ios");
+    assert_int_equal(sched_armed(f->sched), t0 + 600000);
+    answer(&x, 0, CHANNEL_DROP); /* the push failed: the SMS step still waits */
+    iterate(&x);
+    state_is(f->store, "n1", "scheduled");
+    f->clock = t0 + 599999;
+    assert_int_equal(sched_run_due(f->sched), 0);
+    iterate(&x);
+    assert_int_equal(x.nsent, 1);
+    f->clock = t0 + 600000;
+    assert_int_equal(sched_run_due(f->sched), 1);
+    iterate(&x);
+    assert_int_equal(x.nsent, 2);
+    assert_string_equal(x.sent[1].platform, "sms");
+    assert_string_equal(x.sent[1].id, "n1");
+    assert_true(has_decision(f->store, "n1", "fallback|fallback:sms"));
+    answer(&x, 1, CHANNEL_OK);
+    iterate(&x);
+    state_is(f->store, "n1", "delivered");
+
+    /* n2: the push succeeds, the SMS step is cancelled. */
+    int64_t t1 = f->clock;
+    add_notification(&x, "{\"id\":\"n2\",\"to\":\"user:alice\",\"title\":\"two\"}");
+    iterate(&x);
+    assert_int_equal(x.nsent, 3);
+    assert_string_equal(x.sent[2].platform, "ios");
+    int64_t left = 0;
+    assert_int_equal(store_timer_count_of(f->store, "n2", &left), 0);
+    assert_int_equal(left, 1);
+    f->clock = t1 + 1000;
+    answer(&x, 2, CHANNEL_OK);
+    iterate(&x);
+    assert_int_equal(store_timer_count_of(f->store, "n2", &left), 0);
+    assert_int_equal(left, 0);
+    assert_true(has_decision(f->store, "n2", "allow|fallback_done"));
+    state_is(f->store, "n2", "delivered");
+    f->clock = t1 + 600000;
+    assert_int_equal(sched_run_due(f->sched), 0);
+    iterate(&x);
+    assert_int_equal(x.nsent, 3);
+
+    fanout_destroy(x.fanout);
+    close_all(f);
+    pii_destroy(x.pii);
+    unlink(keyfile);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -241,6 +441,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_uncommitted_fire_repeats, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fallback_timing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batches, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fanout_fallback_clock, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

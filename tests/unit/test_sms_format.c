@@ -674,6 +674,17 @@ static void test_answers(void **state)
     assert_string_equal(o.reason, "invalid_number:21211");
     assert_int_equal(o.device_action, CHANNEL_DEVICE_NONE);
 
+    /* another 4xx keeps the provider's text, but never a phone number in
+     * it (reasons are stored and logged); short codes stay */
+    answer(400, twilio_err(21408, 400, "Region of the 'To' number: +49 151-2345 6789. not on"),
+           NULL, &o);
+    assert_int_equal(o.result, CHANNEL_DROP);
+    assert_string_equal(o.reason, "twilio:21408 Region of the 'To' number: [number]. not on");
+    assert_null(strstr(o.reason, "2345"));
+    answer(400, twilio_err(21606, 400, "The From phone number +15005550001 is not valid"), NULL,
+           &o);
+    assert_string_equal(o.reason, "twilio:21606 The From phone number [number] is not valid");
+
     answer(400, twilio_err(21614, 400, "'To' number is not a valid mobile number"), NULL, &o);
     assert_int_equal(o.result, CHANNEL_DROP);
     assert_string_equal(o.reason, "not_mobile:21614");

@@ -93,7 +93,12 @@ static int h_lookup(void *arg, const char *id, cJSON **out)
     cJSON_AddStringToObject(o, "state", "pending");
     cJSON_AddStringToObject(o, "rule", "quiet_hours");
     cJSON_AddItemToArray(a, o);
-    *out = a;
+    /* The agent's lookup answers an object whose members the reply carries. */
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddItemToObject(r, "local", a);
+    cJSON *hub = cJSON_AddObjectToObject(r, "hub");
+    cJSON_AddStringToObject(hub, "state", "delivered");
+    *out = r;
     return 0;
 }
 
@@ -450,7 +455,16 @@ static void test_local_lookup(void **state)
     assert_int_equal(cJSON_GetArraySize(rows), 1);
     assert_string_equal(str(cJSON_GetArrayItem(rows, 0), "rule"), "quiet_hours");
     cJSON_Delete(r);
+    /* "lookup" is the same request under its documented name. */
+    r = cl_ask(c, "{\"op\":\"lookup\",\"id\":\"known\"}");
+    assert_true(is_ok(r));
+    assert_string_equal(str(r, "id"), "known");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "local")), 1);
+    assert_string_equal(str(cJSON_GetObjectItemCaseSensitive(r, "hub"), "state"), "delivered");
+    cJSON_Delete(r);
     cl_close(c);
+    assert_error("{\"op\":\"lookup\",\"id\":\"other\"}", "not_found", "id");
+    assert_error("{\"op\":\"lookup\"}", "missing_field", "id");
     assert_error("{\"op\":\"local\",\"id\":\"other\"}", "not_found", "id");
     assert_error("{\"op\":\"local\"}", "missing_field", "id");
     assert_error("{\"op\":\"local\",\"id\":7}", "wrong_type", "id");
