@@ -361,15 +361,21 @@ static void explain(const struct story *st, char *buf, size_t len)
         }
         char last[512] = "";
         if (st->n_attempts) {
-            snprintf(last, sizeof(last), "; %u attempt(s), the last on %s ended %s (status %d%s%s)",
-                     st->n_attempts, st->last_channel, st->last_state, st->last_status,
-                     st->last_reason[0] ? ", " : "", st->last_reason);
+            /* display text: a cut-off reason is acceptable */
+            if (snprintf(last, sizeof(last),
+                         "; %u attempt(s), the last on %s ended %s (status %d%s%s)",
+                         st->n_attempts, st->last_channel, st->last_state, st->last_status,
+                         st->last_reason[0] ? ", " : "", st->last_reason) >= (int)sizeof(last)) {
+                last[sizeof(last) - 1] = '\0';
+            }
         } else {
             snprintf(last, sizeof(last), "; no attempt was made");
         }
-        snprintf(buf, len, "expired: %s%s%s%s%s",
-                 st->reason[0] ? st->reason : "its ttl passed before it could be delivered",
-                 e[0] ? " (ttl ended at " : "", e, e[0] ? ")" : "", last);
+        if (snprintf(buf, len, "expired: %s%s%s%s%s",
+                     st->reason[0] ? st->reason : "its ttl passed before it could be delivered",
+                     e[0] ? " (ttl ended at " : "", e, e[0] ? ")" : "", last) >= (int)len) {
+            buf[len - 1] = '\0'; /* display text, cut off */
+        }
     } else if (strcmp(s, "dropped") == 0) {
         if (st->drop_rule[0] && strcmp(st->drop_rule, st->reason) == 0) {
             snprintf(buf, len, "dropped by the recipient's preferences: rule %s%s", st->reason,
