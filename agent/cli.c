@@ -836,7 +836,12 @@ static void print_status(const cJSON *st)
            jnum(up, "hub_rejected"));
     printf("batches     sent %.0f (%.0f notifications), ack timeouts %.0f\n",
            jnum(up, "batches_sent"), jnum(up, "rows_sent"), jnum(up, "ack_timeouts"));
-    printf("outbox      rejected while full %.0f\n", jnum(q, "rejected_full"));
+    /* The outbox's one drop reason: the full policy drop_oldest_lowest made
+     * room for a newer or more important notification. Each is on record
+     * (status --id names it), the newest OUTBOX_DROPPED_KEEP kept. */
+    printf("outbox      rejected while full %.0f; dropped to make room (full policy "
+           "drop_oldest_lowest) %.0f since start, %.0f on record (status --id <id>)\n",
+           jnum(q, "rejected_full"), jnum(q, "dropped"), jnum(q, "dropped_records"));
     printf("socket      %s: connected %.0f (max %.0f), connections %.0f, refused busy %.0f, "
            "dropped for not reading %.0f\n",
            jstr(so, "path") ? jstr(so, "path") : "?", jnum(so, "clients"), jnum(so, "max_clients"),

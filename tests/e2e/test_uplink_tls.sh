@@ -4,6 +4,9 @@
 # agent connecting with the CA and their credentials; a notification flows.
 # A wrong password is refused (MQTT 5 reason 135) and the agent keeps its
 # notifications queued, then sends them once the password is right.
+# Then the same with a client certificate instead of a password (a listener
+# with require_certificate and use_identity_as_username): an agent without
+# one is refused, one with a certificate signed by the CA gets through.
 #   usage: test_uplink_tls.sh BUILD_DIR SRC_DIR
 set -euo pipefail
 BUILD=$1
@@ -24,6 +27,8 @@ mosquitto_passwd -c -b "$STACK_DIR/passwd" hub "$hub_pw" >/dev/null
 mosquitto_passwd -b "$STACK_DIR/passwd" gw1 "$agent_pw" >/dev/null
 chmod 600 "$STACK_DIR/passwd"
 UPLINK_PORT=$(stack_free_port)
+MTLS_PORT=$(stack_free_port)
+[ "$MTLS_PORT" != "$UPLINK_PORT" ] || MTLS_PORT=$(stack_free_port)
 cat >"$STACK_DIR/central.conf" <<CONF
 per_listener_settings true
 listener $UPLINK_PORT 127.0.0.1
@@ -35,15 +40,24 @@ password_file $STACK_DIR/passwd
 persistence false
 set_tcp_nodelay true
 user $(id -un)
+listener $MTLS_PORT 127.0.0.1
+cafile $STACK_DIR/certs/ca.crt
+certfile $STACK_DIR/certs/server.crt
+keyfile $STACK_DIR/certs/server.key
+require_certificate true
+use_identity_as_username true
+allow_anonymous false
 CONF
 stack_start central mosquitto -c "$STACK_DIR/central.conf"
 wait_until 10 "TLS broker on $UPLINK_PORT" port_open "$UPLINK_PORT"
+wait_until 10 "mutual-TLS listener on $MTLS_PORT" port_open "$MTLS_PORT"
 BROKER_PORT=$LOCAL_PORT
 
 HUB_EXTRA="broker.cafile = $STACK_DIR/certs/ca.crt
 broker.username = hub
 broker.password = $hub_pw
 "
+HUB_BOOTSTRAP_AGENTS=gw1,gw2 # gw2: the agent with a client certificate
 stack_hub
 
 # A wrong password first: refused, nothing lost.
@@ -68,4 +82,40 @@ stack_start agent "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent.conf"
 wait_until 20 "tls-1 at the fake APNs" apns_has_id tls-1
 wait_until 10 "tls-1 delivered" hub_state_is tls-1 delivered
 grep -q "uplink: connected to 127.0.0.1:$UPLINK_PORT" "$STACK_DIR/agent.log" || fail "agent not on TLS port"
-echo "PASS: uplink over TLS with a password"
+
+# --- A client certificate instead of a password (CN = the agent id).
+C=$STACK_DIR/certs
+(
+    umask 077
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$C/gw2.key" 2>/dev/null
+    openssl req -new -key "$C/gw2.key" -subj "/CN=gw2" -out "$C/gw2.csr" 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' \
+        >"$C/gw2.ext"
+    openssl x509 -req -in "$C/gw2.csr" -CA "$C/ca.crt" -CAkey "$C/ca.key" -set_serial 0x6702 \
+        -days 2 -sha256 -extfile "$C/gw2.ext" -out "$C/gw2.crt" 2>/dev/null
+) || fail "cannot make the agent's client certificate"
+mkdir -p "$STACK_DIR/agent2"
+base=("agent.id = gw2" "state_dir = $STACK_DIR/agent2" "local.port = $LOCAL_PORT"
+    "local.topic = tidings/v1/local/gw2" "uplink.port = $MTLS_PORT"
+    "uplink.cafile = $STACK_DIR/certs/ca.crt" "uplink.reconnect_max = 500ms")
+# without a certificate: the handshake is refused, the notification stays queued
+printf '%s\n' "${base[@]}" >"$STACK_DIR/agent2-nocert.conf"
+stack_start agent2-nocert "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent2-nocert.conf"
+wait_until 15 "agent2 local broker connected" grep -q "local: connected" "$STACK_DIR/agent2-nocert.log"
+mosquitto_pub -V mqttv5 -q 1 -h 127.0.0.1 -p "$LOCAL_PORT" -t tidings/v1/local/gw2 \
+    -m '{"id":"mtls-1","to":"user:alice","title":"over mutual TLS"}'
+queued2() { [ "$(sqlite3 -readonly "$STACK_DIR/agent2/outbox.db" "SELECT count(*) FROM outbox WHERE id='mtls-1'")" = 1 ]; }
+wait_until 15 "mtls-1 queued while the broker refuses" queued2
+uplink_failed() { grep -qiE "uplink.*(refused|error|lost|cannot)" "$STACK_DIR/agent2-nocert.log"; }
+wait_until 15 "agent without a certificate refused" uplink_failed
+! grep -q "uplink: connected" "$STACK_DIR/agent2-nocert.log" || fail "connected without a client certificate"
+stack_stop agent2-nocert
+# with the certificate: connected as gw2, the queued notification delivered
+printf '%s\n' "${base[@]}" "uplink.certfile = $C/gw2.crt" "uplink.keyfile = $C/gw2.key" \
+    >"$STACK_DIR/agent2.conf"
+chmod 600 "$STACK_DIR/agent2.conf"
+stack_start agent2 "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent2.conf"
+wait_until 20 "mtls-1 at the fake APNs" apns_has_id mtls-1
+wait_until 10 "mtls-1 delivered" hub_state_is mtls-1 delivered
+grep -q "uplink: connected to 127.0.0.1:$MTLS_PORT" "$STACK_DIR/agent2.log" || fail "agent2 not on the mutual-TLS port"
+echo "PASS: uplink over TLS with a password, and with a client certificate"
