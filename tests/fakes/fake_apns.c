@@ -2,12 +2,13 @@
  * fake-apns — a fake Apple Push Notification service that speaks the real
  * protocol, for the hub's APNs channel tests, the demo and benchmarks.
  *
- * One thread, one epoll loop. Each connection is a non-blocking OpenSSL
- * stream (TLS 1.2+, ALPN "h2" only) feeding an nghttp2 server session
- * through mem_recv/mem_send. Requests are checked the way APNs documents
- * (path, method, headers, ES256 provider token, payload), optionally
- * answered by a script (status, delay, GOAWAY, drop) and logged one JSON
- * line each. docs/fakes.md is the user's guide; this file keeps the why.
+ * One thread, one epoll loop (the server core is h2server.c, shared with
+ * fake-fcm). Each connection is a non-blocking OpenSSL stream (TLS 1.2+,
+ * ALPN "h2" only) feeding an nghttp2 server session. Requests are checked
+ * the way APNs documents (path, method, headers, ES256 provider token,
+ * payload), optionally answered by a script (status, delay, GOAWAY, drop,
+ * an answer cut off) and logged one JSON line each. docs/fakes.md is the
+ * user's guide; this file keeps the why.
  *
  * Speed matters (a benchmark drives it with h2load at >= 50,000 req/s):
  * request objects come from a pool, JWT signatures are verified once per

@@ -18,7 +18,13 @@
 
 #include <string.h>
 
-enum fake_cut { FAKE_CUT_NONE = 0, FAKE_CUT_HEADERS, FAKE_CUT_BODY, FAKE_CUT_RESET, FAKE_CUT_GOAWAY };
+enum fake_cut {
+    FAKE_CUT_NONE = 0,
+    FAKE_CUT_HEADERS,
+    FAKE_CUT_BODY,
+    FAKE_CUT_RESET,
+    FAKE_CUT_GOAWAY
+};
 
 /* The variant named s ("headers", "body", "reset", "goaway"), or
  * FAKE_CUT_NONE for anything else. */

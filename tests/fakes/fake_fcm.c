@@ -21,9 +21,9 @@
  * delay, GOAWAY, drop). Every request is logged as one JSON line.
  * docs/fakes.md is the user's guide; this file keeps the why.
  *
- * The epoll/TLS/nghttp2 skeleton follows fake_apns.c; fake-apns is tuned
- * for h2load rates and stays h2-only, this one trades speed for HTTP/1.1
- * and simpler per-request objects.
+ * The epoll/TLS/nghttp2 server core is h2server.c, shared with fake-apns;
+ * fake-apns is tuned for h2load rates (pooled requests) and stays h2-only,
+ * this one trades speed for HTTP/1.1 and simpler per-request objects.
  */
 #include "fcm_auth.h"
 #include "fcm_check.h"
@@ -63,7 +63,7 @@
 #define MAX_CONCURRENT_STREAMS 100 /* what we advertise per HTTP/2 connection */
 #define HDR_ARENA 8192             /* header bytes kept per request; also advertised */
 #define MAX_HDRS 64
-#define BODY_MAX (64 * 1024)      /* request bodies beyond this are refused */
+#define BODY_MAX (64 * 1024)                    /* request bodies beyond this are refused */
 #define H1_IN_MAX (BODY_MAX + HDR_ARENA + 4096) /* one HTTP/1.1 request, buffered */
 #define CLAIMS_MAX 1024
 #define DEFAULT_TTL_S 3599
@@ -90,7 +90,7 @@ typedef struct req {
     struct req *next;
     struct req *prev;
     conn *c;
-    int64_t id; /* h2 stream id; h1 request number on the connection */
+    int64_t id;      /* h2 stream id; h1 request number on the connection */
     h2s_timer timer; /* queued while a delayed answer waits */
     bool answered;
     bool h1_close; /* h1: the client asked for Connection: close (or HTTP/1.0) */
@@ -123,7 +123,7 @@ typedef struct req {
 struct conn {
     h2s_conn base;
     server *srv;
-    bool closing;    /* h1: close once the output is written */
+    bool closing; /* h1: close once the output is written */
     req *reqs;
     /* HTTP/1.1 */
     char *in;
@@ -139,7 +139,7 @@ typedef struct options {
     const char *listen;
     const char *cert;
     const char *key;
-    const char *account;            /* the first --service-account */
+    const char *account; /* the first --service-account */
     const char *accounts[FCM_MAX_ACCOUNTS];
     int n_accounts;
     const char *account_pub;
@@ -448,8 +448,8 @@ static ssize_t resp_read(nghttp2_session *h2, int32_t stream_id, uint8_t *buf, s
 
     (void)user_data;
     if (r->cut != FAKE_CUT_NONE) {
-        return h2s_cut_read(&r->c->base, h2, stream_id, r->cut, r->resp, r->resp_len,
-                            &r->resp_off, buf, length);
+        return h2s_cut_read(&r->c->base, h2, stream_id, r->cut, r->resp, r->resp_len, &r->resp_off,
+                            buf, length);
     }
     if (n > length) {
         n = length;
@@ -555,7 +555,7 @@ static int respond(conn *c, req *r)
         int rc = 0;
         /* A cut answer over HTTP/1.1: the head (and half the body for
          * "body"), then the connection closes, whatever the variant. */
-        size_t blen = r->cut == FAKE_CUT_NONE ? r->resp_len
+        size_t blen = r->cut == FAKE_CUT_NONE   ? r->resp_len
                       : r->cut == FAKE_CUT_BODY ? r->resp_len / 2
                                                 : 0;
         if (hl < 0 || (size_t)hl >= sizeof(head) ||
@@ -707,8 +707,8 @@ static bool check_token(conn *c, req *r)
     }
     {
         size_t al = form_decode(as.p, as.n, assertion, as.n + 1);
-        int rc = fcm_auth_check_assertion(s->auth, assertion, al, aud, h2s_now_real_ms() / 1000, oerr,
-                                          sizeof(oerr), desc, sizeof(desc), r->claims,
+        int rc = fcm_auth_check_assertion(s->auth, assertion, al, aud, h2s_now_real_ms() / 1000,
+                                          oerr, sizeof(oerr), desc, sizeof(desc), r->claims,
                                           sizeof(r->claims));
         /* Several accounts: the one the assertion's iss names answers. */
         r->acct = 0;
@@ -798,7 +798,8 @@ static void answer_send_ok(server *s, req *r, bool validate_only)
         }
         /* Google's shape: 0:<16 digits>%<16 hex>. */
         snprintf(r->name, sizeof(r->name), "projects/%s/messages/0:%016" PRIu64 "%%%016" PRIx64,
-                 s->projects[r->acct], (uint64_t)h2s_now_real_ms() * 1000 + s->messages % 1000, rnd);
+                 s->projects[r->acct], (uint64_t)h2s_now_real_ms() * 1000 + s->messages % 1000,
+                 rnd);
     }
     cJSON_AddStringToObject(j, "name", r->name);
     r->status = 200;

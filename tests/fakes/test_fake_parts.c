@@ -4,6 +4,7 @@
  * whole is covered by test_fake_apns.sh.
  */
 #include "apns_rules.h"
+#include "fcm_rules.h"
 #include "b64url.h"
 #include "jsonlite.h"
 
@@ -279,6 +280,52 @@ static void test_rules_errors(void **state)
     }
 }
 
+/* fake-fcm's "cut" words: parsed, paired with statuses, errors named. */
+static void test_fcm_cut_rules(void **state)
+{
+    char path[64];
+    char err[256];
+    fcm_rules r;
+    int fd;
+    FILE *f;
+
+    (void)state;
+    snprintf(path, sizeof(path), "/tmp/test_fake_parts.XXXXXX");
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    f = fdopen(fd, "w");
+    assert_non_null(f);
+    fputs("token * cut headers\n"
+          "token a:b status 200 cut body times 1\n"
+          "token * status 404 cut reset\n"
+          "oauth status 503 cut goaway\n",
+          f);
+    fclose(f);
+    assert_int_equal(fcm_rules_load(path, &r, err, sizeof(err)), 0);
+    assert_int_equal(r.n, 4);
+    assert_int_equal(r.v[0].cut, FAKE_CUT_HEADERS);
+    assert_int_equal(r.v[0].status, 200);
+    assert_int_equal(r.v[1].cut, FAKE_CUT_BODY);
+    assert_int_equal(r.v[2].cut, FAKE_CUT_RESET);
+    assert_string_equal(r.v[2].error, "UNREGISTERED");
+    assert_int_equal(r.v[3].cut, FAKE_CUT_GOAWAY);
+    fcm_rules_free(&r);
+
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("token * drop cut body\n", f);
+    fclose(f);
+    assert_int_equal(fcm_rules_load(path, &r, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, ":1: drop takes only 'times'"));
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("token * cut half\n", f);
+    fclose(f);
+    assert_int_equal(fcm_rules_load(path, &r, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, ":1: cut 'half' is not headers, body, reset or goaway"));
+    unlink(path);
+}
+
 static void test_reason_table(void **state)
 {
     (void)state;
@@ -299,7 +346,7 @@ int main(void)
         cmocka_unit_test(test_json_rejects),          cmocka_unit_test(test_json_depth),
         cmocka_unit_test(test_json_put_string),       cmocka_unit_test(test_b64url),
         cmocka_unit_test(test_rules_parse_and_match), cmocka_unit_test(test_rules_errors),
-        cmocka_unit_test(test_reason_table),
+        cmocka_unit_test(test_reason_table),          cmocka_unit_test(test_fcm_cut_rules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
