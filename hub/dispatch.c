@@ -392,9 +392,21 @@ static void on_deferred(loop_t *loop, uint64_t id, void *arg)
     }
 }
 
-static bool is_failure(const struct channel_outcome *o)
+/* Does this outcome say the provider is unwell (docs/engine.md, "Circuit
+ * breaker")? No answer and 5xx do. A 429 does when it is about the provider
+ * or our account (FCM QUOTA_EXCEEDED, SMS 20429: the quota of the project or
+ * sender), but not when it is about one device: APNs' TooManyRequests is
+ * "too many requests to the same device token", so one hot device must not
+ * open the breaker for everyone (that device backs off by itself). */
+static bool is_failure(const struct dispatch_chan *ch, const struct channel_outcome *o)
 {
-    return o->result == CHANNEL_RETRY && (o->status == 0 || o->status >= 500 || o->status == 429);
+    if (o->result != CHANNEL_RETRY) {
+        return false;
+    }
+    if (o->status == 429) {
+        return !(strcmp(ch->name, "apns") == 0 && strcmp(o->reason, "TooManyRequests") == 0);
+    }
+    return o->status == 0 || o->status >= 500;
 }
 
 static void on_done(void *ctx, const struct channel_outcome *o)
@@ -405,7 +417,7 @@ static void on_done(void *ctx, const struct channel_outcome *o)
     dispatch_t *d = ch->d;
     p->inflight--;
     d->inflight--;
-    breaker_record(&p->br, is_failure(o), loop_now_ms(d->loop));
+    breaker_record(&p->br, is_failure(ch, o), loop_now_ms(d->loop));
     if (ch->m_latency) {
         metrics_observe(ch->m_latency, (double)(now_ns() - k->start_ns) / 1e6);
     }

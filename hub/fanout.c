@@ -16,7 +16,9 @@
 #define FANOUT_MAX_DEVICES 5 /* DESIGN: at most 5 devices per user */
 /* Endpoints of one user: devices plus phone and email contact points. */
 #define FANOUT_MAX_ENDPOINTS (FANOUT_MAX_DEVICES + 2)
-#define FANOUT_MAX_RECIPIENTS 1000 /* members of one group expanded per notification */
+/* Members of a group planned per part: a fuller page goes on through a
+ * durable "group_page" timer (plan_group_page). */
+#define FANOUT_GROUP_PAGE 1000
 #define PREF_CACHE_SLOTS 1024      /* parsed preferences kept (policy section) */
 
 struct job;
@@ -40,6 +42,8 @@ struct delivery {
 struct job {
     fanout_t *f;
     struct job *prev, *next; /* every live job, so shutdown can free them */
+    struct job *hnext;       /* same bucket of fanout.byid */
+    uint32_t hash;           /* id_hash(id) */
     struct notification n;
     char id[PROTO_ID_MAX + 1];
     int64_t expires_ms;
@@ -62,6 +66,10 @@ struct fanout {
     size_t nroutes;
     unsigned jobs;
     struct job *live;
+    /* Live jobs by notification id (a notification delivered in parts has a
+     * job per part): retries and timers find theirs without a scan. */
+    struct job **byid;
+    uint32_t byid_mask; /* buckets - 1 (a power of two) */
     struct delivery *ready_head, *ready_tail;
     struct fanout_stats st;
     sched_t *sched;        /* NULL: no policy timers (holds, deliver_at, fallback) */
@@ -91,6 +99,26 @@ static void ready_push(fanout_t *f, struct delivery *d)
     f->ready_tail = d;
 }
 
+/* FNV-1a: notification ids, user ids. */
+static uint32_t id_hash(const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
+        h = (h ^ *p) * 16777619u;
+    }
+    return h;
+}
+
+static struct job *byid_first(const fanout_t *f, const char *id, uint32_t h)
+{
+    for (struct job *o = f->byid[h & f->byid_mask]; o; o = o->hnext) {
+        if (o->hash == h && strcmp(o->id, id) == 0) {
+            return o;
+        }
+    }
+    return NULL;
+}
+
 static void job_free(struct job *j)
 {
     for (unsigned i = 0; i < j->ndev; i++) {
@@ -107,6 +135,13 @@ static void job_free(struct job *j)
     }
     if (j->next) {
         j->next->prev = j->prev;
+    }
+    struct job **pp = &f->byid[j->hash & f->byid_mask];
+    while (*pp && *pp != j) {
+        pp = &(*pp)->hnext;
+    }
+    if (*pp) {
+        *pp = j->hnext;
     }
     f->jobs--;
     free(j->dv);
@@ -209,7 +244,21 @@ static void on_outcome(void *ctx, const struct channel_outcome *o)
     }
     snprintf(j->last_reason, sizeof(j->last_reason), "%s: %d %s", d->route->channel, o->status,
              o->reason);
-    if (o->device_action != CHANNEL_DEVICE_NONE) {
+    if (o->device_action == CHANNEL_DEVICE_DISABLE && o->token_invalid_since_ms > 0) {
+        /* APNs 410: invalid since its timestamp; a registration after that
+         * (the app reinstalled, the token handed out again) keeps it. */
+        int drc = store_device_disable_if_stale(f->store, d->device_id, o->reason,
+                                                o->token_invalid_since_ms, now);
+        if (drc > 0) {
+            LOG_WARN("fanout", "device %lld disabled: %s", (long long)d->device_id, o->reason);
+        } else if (drc == 0) {
+            LOG_INFO("fanout", "device %lld kept: %s at %lld, but registered again since",
+                     (long long)d->device_id, o->reason, (long long)o->token_invalid_since_ms);
+        } else {
+            LOG_ERROR("fanout", "device %lld: cannot record %s: %s", (long long)d->device_id,
+                      o->reason, tdg_strerror(drc));
+        }
+    } else if (o->device_action != CHANNEL_DEVICE_NONE) {
         const char *st = o->device_action == CHANNEL_DEVICE_DISABLE ? "disabled" : "flagged";
         store_device_set_state(f->store, d->device_id, st, o->reason, now);
         LOG_WARN("fanout", "device %lld %s: %s", (long long)d->device_id, st, o->reason);
@@ -278,11 +327,7 @@ static void pref_entry_clear(struct pref_entry *e)
 
 static size_t pref_slot(const char *user)
 {
-    uint32_t h = 2166136261u;
-    for (const unsigned char *p = (const unsigned char *)user; *p; p++) {
-        h = (h ^ *p) * 16777619u;
-    }
-    return h % PREF_CACHE_SLOTS;
+    return id_hash(user) % PREF_CACHE_SLOTS;
 }
 
 /* The user's preferences and zone: 1, 0 (no such user), or a store error. */
@@ -605,8 +650,8 @@ static void fallback_success(struct job *j, const struct delivery *d)
 
 static bool other_part_live(const struct job *j)
 {
-    for (const struct job *o = j->f->live; o; o = o->next) {
-        if (o != j && strcmp(o->id, j->id) == 0) {
+    for (const struct job *o = j->f->byid[j->hash & j->f->byid_mask]; o; o = o->hnext) {
+        if (o != j && o->hash == j->hash && strcmp(o->id, j->id) == 0) {
             return true;
         }
     }
@@ -717,6 +762,9 @@ static struct job *job_new(fanout_t *f, const char *id, const char *json, size_t
         f->live->prev = j;
     }
     f->live = j;
+    j->hash = id_hash(j->id);
+    j->hnext = f->byid[j->hash & f->byid_mask];
+    f->byid[j->hash & f->byid_mask] = j;
     f->jobs++;
     j->expires_ms = expires_ms; /* counted from intake, not from now */
     return j;
@@ -748,28 +796,73 @@ static void job_start(struct job *j)
 
 struct members {
     char (*ids)[STORE_USER_ID_MAX + 1];
-    unsigned n, cap;
-    bool truncated;
+    unsigned n, cap, seen; /* seen: rows the page had (n < seen: out of memory) */
 };
 
 static void add_member(void *arg, const char *name)
 {
     struct members *m = arg;
-    if (m->n >= FANOUT_MAX_RECIPIENTS) {
-        m->truncated = true;
-        return;
-    }
+    m->seen++;
     if (m->n == m->cap) {
         unsigned cap = m->cap ? m->cap * 2 : 16;
-        void *p = realloc(m->ids, cap * sizeof(*m->ids));
+        if (cap > FANOUT_GROUP_PAGE) {
+            cap = FANOUT_GROUP_PAGE;
+        }
+        void *p = m->n < cap ? realloc(m->ids, cap * sizeof(*m->ids)) : NULL;
         if (!p) {
-            m->truncated = true;
             return;
         }
         m->ids = p;
         m->cap = cap;
     }
     snprintf(m->ids[m->n++], sizeof(m->ids[0]), "%s", name);
+}
+
+/* Plan one page of j's group: the members after `after` ("" from the
+ * first), at most FANOUT_GROUP_PAGE. A full page may have more behind it:
+ * a durable "group_page" timer due now, payload the page's last member id,
+ * resumes the notification with the next page (fanout_timer), in a later
+ * iteration and its own job, so memory and one iteration's work stay
+ * bounded for groups of any size. The timer row is deleted in the
+ * transaction that records the next page: a crash before that commit
+ * plans that one page again. */
+static void plan_group_page(struct job *j, const char *after)
+{
+    fanout_t *f = j->f;
+    struct members m = {0};
+    int n = store_group_members_page(f->store, j->n.to_id, after, FANOUT_GROUP_PAGE, add_member,
+                                     &m);
+    if (n < 0) {
+        snprintf(j->last_reason, sizeof(j->last_reason), "store: %s", tdg_strerror(n));
+        LOG_ERROR("fanout", "id=%s: group %s: cannot read members after '%s': %s", j->id,
+                  j->n.to_id, after, tdg_strerror(n));
+    } else if (m.seen == 0 && !after[0]) {
+        snprintf(j->last_reason, sizeof(j->last_reason), "group %s has no members",
+                 j->n.to_id);
+    }
+    if (m.n < m.seen) {
+        /* Out of memory part-way: the members not held are planned by the
+         * next page (its cursor is the last one held). */
+        LOG_WARN("fanout", "id=%s: group %s: out of memory: %u of %u members of this page "
+                           "planned, the rest follow", j->id, j->n.to_id, m.n, m.seen);
+    }
+    for (unsigned i = 0; i < m.n; i++) {
+        if (plan_user(j, m.ids[i], RESUME_NONE, 0, 0) == -ENOMEM) {
+            m.n = i; /* resume with member i */
+            m.seen = FANOUT_GROUP_PAGE;
+            break;
+        }
+    }
+    if (n >= 0 && (m.seen >= FANOUT_GROUP_PAGE || m.n < m.seen)) {
+        const char *last = m.n > 0 ? m.ids[m.n - 1] : after;
+        unsigned held = j->held;
+        wait_timer(j, fanout_now(f), "group_page", last);
+        if (j->held == held) { /* not stored (no scheduler, store error) */
+            LOG_ERROR("fanout", "id=%s: group %s: members after '%s' not served: %s", j->id,
+                      j->n.to_id, last, j->last_reason);
+        }
+    }
+    free(m.ids);
 }
 
 static void on_queued(void *arg, const char *id, const char *json, size_t len,
@@ -802,24 +895,7 @@ static void on_queued(void *arg, const char *id, const char *json, size_t len,
     if (j->n.to_kind == PROTO_TO_USER) {
         plan_user(j, j->n.to_id, RESUME_NONE, 0, 0);
     } else {
-        struct members m = {0};
-        int n = store_group_members(f->store, j->n.to_id, add_member, &m);
-        if (n < 0) {
-            snprintf(j->last_reason, sizeof(j->last_reason), "store: %s", tdg_strerror(n));
-        } else if (m.n == 0) {
-            snprintf(j->last_reason, sizeof(j->last_reason), "group %s has no members",
-                     j->n.to_id);
-        }
-        if (m.truncated) {
-            LOG_WARN("fanout", "id=%s: group %s: only the first %d members are served", id,
-                     j->n.to_id, FANOUT_MAX_RECIPIENTS);
-        }
-        for (unsigned i = 0; i < m.n; i++) {
-            if (plan_user(j, m.ids[i], RESUME_NONE, 0, 0) == -ENOMEM) {
-                break;
-            }
-        }
-        free(m.ids);
+        plan_group_page(j, "");
     }
     job_start(j);
 }
@@ -836,8 +912,9 @@ static int retry_due(fanout_t *f, const struct store_timer *t)
                  t->notification_id, t->payload);
         return 0;
     }
-    for (struct job *j = f->live; j; j = j->next) {
-        if (strcmp(j->id, t->notification_id) != 0) {
+    uint32_t h = id_hash(t->notification_id);
+    for (struct job *j = byid_first(f, t->notification_id, h); j; j = j->hnext) {
+        if (j->hash != h || strcmp(j->id, t->notification_id) != 0) {
             continue;
         }
         for (unsigned i = 0; i < j->ndev; i++) {
@@ -895,14 +972,17 @@ int fanout_timer(fanout_t *f, const struct store_timer *t)
         return retry_due(f, t);
     }
     int64_t now = fanout_now(f);
+    bool page = strcmp(t->kind, "group_page") == 0;
     int resume = strcmp(t->kind, "deliver_at") == 0 ? RESUME_DELIVER_AT
                  : strcmp(t->kind, "hold") == 0     ? RESUME_HOLD
                  : strcmp(t->kind, "fallback") == 0 ? RESUME_FALLBACK
                                                     : RESUME_NONE;
-    char user[STORE_USER_ID_MAX + 1];
-    unsigned step;
-    int64_t started;
-    if (resume == RESUME_NONE || parse_payload(t->payload, user, sizeof(user), &step, &started)) {
+    char user[STORE_USER_ID_MAX + 1] = "";
+    unsigned step = 0;
+    int64_t started = 0;
+    if (page ? strlen(t->payload) >= sizeof(user)
+             : (resume == RESUME_NONE ||
+                parse_payload(t->payload, user, sizeof(user), &step, &started))) {
         LOG_WARN("fanout", "id=%s: timer %s with payload '%s' not understood; ignored",
                  t->notification_id, t->kind, t->payload);
         return 0;
@@ -928,7 +1008,14 @@ int fanout_timer(fanout_t *f, const struct store_timer *t)
     }
     j->parts = true;
     store_set_state(f->store, j->id, "sending", "", now);
-    plan_user(j, user, resume, resume == RESUME_NONE ? 0 : step, started);
+    if (page) {
+        /* The next page of a group (payload: the last member planned). */
+        if (j->n.to_kind == PROTO_TO_GROUP) {
+            plan_group_page(j, t->payload);
+        }
+    } else {
+        plan_user(j, user, resume, resume == RESUME_NONE ? 0 : step, started);
+    }
     job_start(j);
     return 0;
 }
@@ -1198,6 +1285,18 @@ fanout_t *fanout_create(loop_t *loop, store_t *store, const struct fanout_opts *
     if (!f) {
         return NULL;
     }
+    /* About one bucket per job that can be in memory (max_jobs; resumed
+     * parts may add a few), 64 .. 65536. */
+    uint32_t nb = 64;
+    while (nb < o->max_jobs && nb < 65536) {
+        nb <<= 1;
+    }
+    f->byid = calloc(nb, sizeof(*f->byid));
+    if (!f->byid) {
+        free(f);
+        return NULL;
+    }
+    f->byid_mask = nb - 1;
     f->loop = loop;
     f->store = store;
     f->o = *o;
@@ -1223,6 +1322,7 @@ void fanout_destroy(fanout_t *f)
         loop_timer_cancel(f->loop, f->replan->timer);
     }
     free(f->replan);
+    free(f->byid);
     free(f);
 }
 

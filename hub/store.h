@@ -159,6 +159,13 @@ int store_device_enable(store_t *s, int64_t device_id, int64_t now_ms);
  * provider's answer; an SMS 21610 marks the phone "disabled"). */
 int store_device_set_state(store_t *s, int64_t device_id, const char *state, const char *reason,
                            int64_t now_ms);
+/* APNs 410 Unregistered: disable the device (state "disabled", reason)
+ * only if it was registered at or before invalid_since_ms (the 410's
+ * timestamp); a device registered again after it stays active (DESIGN,
+ * Channels). 1 disabled, 0 kept (registered later, or no such device), or
+ * error. */
+int store_device_disable_if_stale(store_t *s, int64_t device_id, const char *reason,
+                                  int64_t invalid_since_ms, int64_t now_ms);
 /* Record that the device was active (a receipt, an app check-in). */
 int store_device_touch(store_t *s, int64_t device_id, int64_t now_ms);
 /* 1 and *out filled, 0 no such device, or error. */

@@ -677,6 +677,12 @@ static const char SQL_DEVICE_STATE[] =
     "UPDATE devices SET state = ?2, state_reason = ?3, state_ms = ?4 WHERE id = ?1";
 static const char SQL_DEVICE_TOUCH[] =
     "UPDATE devices SET last_active_ms = max(last_active_ms, ?2) WHERE id = ?1";
+/* APNs 410: the token is invalid since ?5; a registration after that
+ * (store_device_add sets registered_ms) keeps the device. One statement, so
+ * a registration in the same transaction is never overwritten. */
+static const char SQL_DEVICE_DISABLE_STALE[] =
+    "UPDATE devices SET state = 'disabled', state_reason = ?2, state_ms = ?3"
+    " WHERE id = ?1 AND registered_ms <= ?4";
 
 int store_user_devices(store_t *s, const char *user_id, store_device_cb cb, void *arg)
 {
@@ -1009,6 +1015,27 @@ int store_device_set_state(store_t *s, int64_t device_id, const char *state, con
     store_bind_text(st, 3, reason ? reason : "");
     sqlite3_bind_int64(st, 4, now_ms);
     return store_run(s, st, "device state");
+}
+
+int store_device_disable_if_stale(store_t *s, int64_t device_id, const char *reason,
+                                  int64_t invalid_since_ms, int64_t now_ms)
+{
+    int rc = store_tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    sqlite3_stmt *st = store_stmt(s, SQL_DEVICE_DISABLE_STALE);
+    if (!st) {
+        return TDG_EDB;
+    }
+    sqlite3_bind_int64(st, 1, device_id);
+    store_bind_text(st, 2, reason ? reason : "");
+    sqlite3_bind_int64(st, 3, now_ms);
+    sqlite3_bind_int64(st, 4, invalid_since_ms);
+    if ((rc = store_run(s, st, "device disable if stale")) < 0) {
+        return rc;
+    }
+    return changes(s);
 }
 
 int store_device_enable(store_t *s, int64_t device_id, int64_t now_ms)

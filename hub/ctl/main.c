@@ -893,6 +893,7 @@ static void print_stats(const struct command *cmd, const cJSON *reply)
     printf("\nqueues\n");
     static const struct col q[] = {
         {"queued", "queues.queued", 0},       {"sending", "queues.sending", 0},
+        {"scheduled", "queues.scheduled", 0},
         {"failed (dlq)", "queues.failed", 0}, {"dropped (dlq)", "queues.dropped", 0},
         {"in memory", "queues.in_memory", 0}, {"acks pending", "queues.acks_pending", 0},
     };

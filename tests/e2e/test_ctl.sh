@@ -261,6 +261,7 @@ run_rc 0 ctl --json stats --window 10m
     fail "stats --window 10m: $OUT"
 run_rc 0 ctl stats
 grep -q "^apns " <<<"$OUT" || fail "stats table: $OUT"
+grep -Eq "^  scheduled: +[0-9]+$" <<<"$OUT" || fail "stats scheduled queue: $OUT"
 refused window stats --window forever
 
 # --- agents: bindings, and the printed credentials/ACL lines really work ----

@@ -403,6 +403,30 @@ static void test_device_moves(void **state)
     assert_true(a != b);
 }
 
+/* APNs 410 with a timestamp: a device registered at or before it is
+ * disabled; one registered again after it stays active. */
+static void test_device_disable_if_stale(void **state)
+{
+    (void)state;
+    put_user("alice", "", "");
+    int64_t a = 0;
+    assert_int_equal(store_device_add(S, "alice", "ios", "tok-410", "x", "", NOW, &a), 0);
+    /* registered again at NOW + 100; a 410 that says "invalid since NOW + 50" */
+    assert_int_equal(store_device_add(S, "alice", "ios", "tok-410", "x", "", NOW + 100, NULL), 0);
+    assert_int_equal(store_device_disable_if_stale(S, a, "Unregistered", NOW + 50, NOW + 200), 0);
+    struct store_device_info info;
+    assert_int_equal(store_device_get(S, a, &info), 1);
+    assert_string_equal(info.state, "active");
+    /* the registration time itself counts as stale (<=) */
+    assert_int_equal(store_device_disable_if_stale(S, a, "Unregistered", NOW + 100, NOW + 300),
+                     1);
+    assert_int_equal(store_device_get(S, a, &info), 1);
+    assert_string_equal(info.state, "disabled");
+    assert_string_equal(info.state_reason, "Unregistered");
+    assert_int_equal(info.state_ms, NOW + 300);
+    assert_int_equal(store_device_disable_if_stale(S, 999999, "Unregistered", NOW, NOW), 0);
+}
+
 static void test_groups(void **state)
 {
     (void)state;
@@ -926,6 +950,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fanout_endpoints, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_moves, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_disable_if_stale, setup, teardown),
         cmocka_unit_test_setup_teardown(test_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bindings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_binding_list, setup, teardown),

@@ -38,6 +38,7 @@ struct fake {
     unsigned sends;   /* requests started */
     unsigned pending; /* not answered yet */
     bool hold;        /* do not answer until released */
+    const char *reason; /* retry reason instead of the default one */
     struct fake_call *held[64];
     unsigned nheld;
     int destroyed;
@@ -53,7 +54,9 @@ static void answer(struct fake_call *c)
         snprintf(o.reason, sizeof(o.reason), "BadDeviceToken");
     } else {
         o.result = CHANNEL_RETRY;
-        snprintf(o.reason, sizeof(o.reason), c->f->status ? "ServiceUnavailable" : "connect");
+        snprintf(o.reason, sizeof(o.reason), "%s",
+                 c->f->reason ? c->f->reason
+                              : (c->f->status ? "ServiceUnavailable" : "connect"));
     }
     c->f->pending--;
     channel_done_cb done = c->done;
@@ -285,6 +288,51 @@ static void test_breaker_failover(void **state)
     loop_destroy(loop);
 }
 
+/* A 429 opens the breaker only when it is about the provider or account:
+ * APNs TooManyRequests is about one device token (it backs off alone), FCM
+ * QUOTA_EXCEEDED and SMS 20429 are the project's / sender's quota. */
+static void test_429_per_device(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *channel, *reason;
+        bool opens;
+    } cases[] = {
+        {"apns", "TooManyRequests", false},
+        {"apns", "HTTP 429", true}, /* no APNs reason: not known to be per device */
+        {"fcm", "QUOTA_EXCEEDED", true},
+        {"sms", "rate_limited:20429", true},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        loop_t *loop = loop_create();
+        dispatch_t *d = dispatch_create(loop, NULL);
+        struct fake p = {.loop = loop, .status = 429, .reason = cases[i].reason};
+        struct dispatch_config c = cfg(); /* opens after 2 failures in a row */
+        struct channel_ops ops = fake_ops;
+        ops.name = cases[i].channel;
+        struct dispatch_chan *ch = dispatch_add(d, cases[i].channel, &ops, &p, NULL, &c);
+        assert_non_null(ch);
+        memset(&got, 0, sizeof(got));
+        for (int k = 0; k < 5; k++) {
+            assert_int_equal(send_one(ch), 0);
+            run_for(loop, 2);
+        }
+        struct dispatch_provider_info pi[2];
+        assert_int_equal(dispatch_providers(d, pi, 2), 1);
+        if (cases[i].opens) {
+            assert_int_equal(pi[0].state, BREAKER_OPEN);
+            assert_int_equal(p.sends, 2); /* the rest failed fast */
+        } else {
+            assert_int_equal(pi[0].state, BREAKER_CLOSED);
+            assert_int_equal(p.sends, 5);
+        }
+        assert_int_equal(got.n, 5);
+        assert_int_equal(got.last.result, CHANNEL_RETRY);
+        dispatch_destroy(d);
+        loop_destroy(loop);
+    }
+}
+
 static const struct config_entry *find_key(const struct channel_ops *ops, const char *key)
 {
     for (size_t i = 0; i < ops->config_n; i++) {
@@ -449,6 +497,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rate_and_concurrency),
         cmocka_unit_test(test_breaker_failover),
+        cmocka_unit_test(test_429_per_device),
         cmocka_unit_test(test_backup_settings),
         cmocka_unit_test(test_backup_key_classes),
         cmocka_unit_test(test_backup_apns_auth_kinds),

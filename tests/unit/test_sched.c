@@ -434,6 +434,217 @@ static void test_fanout_fallback_clock(void **state)
     unlink(keyfile);
 }
 
+/* --- fanout on a store with fake channels: set-up shared by the tests below */
+
+struct bulk { /* a fake channel that keeps every send until the test answers */
+    struct sent *s;
+    unsigned n, cap;
+};
+
+static int bulk_send(void *state, const struct channel_delivery *d, channel_done_cb done,
+                     void *ctx)
+{
+    struct bulk *b = state;
+    if (b->n == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 64;
+        b->s = realloc(b->s, b->cap * sizeof(*b->s));
+        assert_non_null(b->s);
+    }
+    struct sent *s = &b->s[b->n++];
+    snprintf(s->platform, sizeof(s->platform), "%s", d->dev->token); /* token, for counting */
+    snprintf(s->id, sizeof(s->id), "%s", d->n->id);
+    s->done = done;
+    s->ctx = ctx;
+    return 0;
+}
+
+static const struct channel_ops bulk_ops = {.name = "fake", .send = bulk_send};
+
+struct bfx {
+    struct fixture *f;
+    fanout_t *fanout;
+    pii_t *pii;
+    struct bulk b;
+    char keyfile[160];
+};
+
+static void bulk_fire(void *arg, const struct store_timer *t)
+{
+    struct bfx *x = arg;
+    on_fire(x->f, t);
+    assert_int_equal(fanout_timer(x->fanout, t), 0);
+}
+
+static void bulk_open(struct bfx *x, struct fixture *f)
+{
+    x->f = f;
+    char err[256];
+    snprintf(x->keyfile, sizeof(x->keyfile), "%s/pii.keys", f->dir);
+    assert_int_equal(pii_generate(x->keyfile, err, sizeof(err)), 0);
+    assert_int_equal(pii_load(x->keyfile, &x->pii, err, sizeof(err)), 0);
+    assert_int_equal(store_open(f->path, DB_SYNC_NORMAL, &f->store, err, sizeof(err)), 0);
+    store_set_pii(f->store, x->pii);
+    f->loop = loop_create();
+    assert_non_null(f->loop);
+    f->clock = 1700000000000;
+    struct sched_opts so = {.now = fake_now, .clock_arg = f};
+    f->sched = sched_create(f->loop, f->store, bulk_fire, x, &so);
+    assert_non_null(f->sched);
+    struct fanout_route routes[] = {
+        {.platform = "ios", .proto_class = PROTO_CH_PUSH, .channel = "apns", .ops = &bulk_ops,
+         .state = &x->b},
+    };
+    struct fanout_opts fo = {.max_jobs = 16, .max_attempts = 1, .retry_base_ms = 100,
+                             .retry_cap_ms = 1000, .clock = fake_now, .clock_arg = f};
+    x->fanout = fanout_create(f->loop, f->store, &fo, routes, 1);
+    assert_non_null(x->fanout);
+    fanout_set_sched(x->fanout, f->sched);
+    assert_int_equal(sched_start(f->sched), 0);
+}
+
+static void bulk_close(struct bfx *x)
+{
+    fanout_destroy(x->fanout);
+    close_all(x->f);
+    pii_destroy(x->pii);
+    unlink(x->keyfile);
+    free(x->b.s);
+}
+
+static void bulk_iterate(struct bfx *x)
+{
+    fanout_pull(x->fanout);
+    assert_int_equal(store_commit(x->f->store), 0);
+    fanout_flush(x->fanout);
+}
+
+static void bulk_add(struct bfx *x, const char *json)
+{
+    struct ffx fx = {.f = x->f};
+    add_notification(&fx, json);
+}
+
+static void bulk_answer(struct bfx *x, unsigned from, unsigned to)
+{
+    for (unsigned i = from; i < to; i++) {
+        struct channel_outcome o = {.result = CHANNEL_OK, .status = 200};
+        snprintf(o.provider_id, sizeof(o.provider_id), "p%u", i);
+        x->b.s[i].done(x->b.s[i].ctx, &o);
+    }
+}
+
+/* APNs 410 "Unregistered" with its timestamp (DESIGN, Channels): the device
+ * is disabled unless it was registered again after that time. */
+static void test_fanout_410_reregistered(void **state)
+{
+    struct fixture *f = *state;
+    struct bfx x = {0};
+    bulk_open(&x, f);
+    int64_t t0 = f->clock;
+    struct store_user u = {.id = "bob", .tz = "UTC"};
+    assert_int_equal(store_user_put(f->store, &u, STORE_USER_ALL, t0), 0);
+    int64_t dev = 0;
+    assert_int_equal(store_device_add(f->store, "bob", "ios", "tok-bob", "com.example", "", t0,
+                                      &dev),
+                     0);
+    assert_int_equal(store_commit(f->store), 0);
+
+    /* n1 is sent; the app registers the token again at t0 + 5 s; then the
+     * 410 arrives saying "invalid since t0 + 1 s": the device stays. */
+    bulk_add(&x, "{\"id\":\"n1\",\"to\":\"user:bob\",\"title\":\"one\"}");
+    bulk_iterate(&x);
+    assert_int_equal(x.b.n, 1);
+    assert_int_equal(store_device_add(f->store, "bob", "ios", "tok-bob", "com.example", "",
+                                      t0 + 5000, NULL),
+                     0);
+    struct channel_outcome o = {.result = CHANNEL_DROP,
+                                .status = 410,
+                                .device_action = CHANNEL_DEVICE_DISABLE,
+                                .token_invalid_since_ms = t0 + 1000};
+    snprintf(o.reason, sizeof(o.reason), "Unregistered");
+    x.b.s[0].done(x.b.s[0].ctx, &o);
+    bulk_iterate(&x);
+    struct store_device_info info;
+    assert_int_equal(store_device_get(f->store, dev, &info), 1);
+    assert_string_equal(info.state, "active");
+    state_is(f->store, "n1", "failed");
+
+    /* n2: a 410 whose timestamp is after the registration disables it. */
+    bulk_add(&x, "{\"id\":\"n2\",\"to\":\"user:bob\",\"title\":\"two\"}");
+    bulk_iterate(&x);
+    assert_int_equal(x.b.n, 2);
+    o.token_invalid_since_ms = t0 + 9000;
+    x.b.s[1].done(x.b.s[1].ctx, &o);
+    bulk_iterate(&x);
+    assert_int_equal(store_device_get(f->store, dev, &info), 1);
+    assert_string_equal(info.state, "disabled");
+    assert_string_equal(info.state_reason, "Unregistered");
+    bulk_close(&x);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(((const struct sent *)a)->platform, ((const struct sent *)b)->platform);
+}
+
+/* A group of 2,500 members, each with a device: planned a page of 1000 at a
+ * time through "group_page" timers; every member gets exactly one request;
+ * 'scheduled' while a page is still to come; 'delivered' at the end. */
+static void test_fanout_group_pages(void **state)
+{
+    struct fixture *f = *state;
+    struct bfx x = {0};
+    bulk_open(&x, f);
+    int64_t t0 = f->clock;
+    enum { MEMBERS = 2500 };
+    assert_int_equal(store_group_add(f->store, "everyone", t0), 0);
+    for (int i = 0; i < MEMBERS; i++) {
+        struct store_user u = {.tz = "UTC"};
+        snprintf(u.id, sizeof(u.id), "u%05d", i);
+        char tok[32];
+        snprintf(tok, sizeof(tok), "tok-%05d", i);
+        assert_int_equal(store_user_put(f->store, &u, STORE_USER_ALL, t0), 0);
+        assert_int_equal(store_device_add(f->store, u.id, "ios", tok, "com.example", "", t0, NULL),
+                         0);
+        assert_int_equal(store_group_member_add(f->store, "everyone", u.id, t0), 0);
+    }
+    assert_int_equal(store_commit(f->store), 0);
+
+    bulk_add(&x, "{\"id\":\"g1\",\"to\":\"group:everyone\",\"title\":\"all\"}");
+    bulk_iterate(&x);
+    assert_int_equal(x.b.n, 1000);
+    int64_t left = 0;
+    assert_int_equal(store_timer_count_of(f->store, "g1", &left), 0);
+    assert_int_equal(left, 1);
+    /* page 1 answered before page 2 starts: the notification waits */
+    bulk_answer(&x, 0, 1000);
+    bulk_iterate(&x);
+    state_is(f->store, "g1", "scheduled");
+    assert_int_equal(sched_run_due(f->sched), 1);
+    bulk_iterate(&x);
+    assert_int_equal(x.b.n, 2000);
+    /* page 3 starts while page 2 is in flight */
+    assert_int_equal(sched_run_due(f->sched), 1);
+    bulk_iterate(&x);
+    assert_int_equal(x.b.n, MEMBERS);
+    assert_int_equal(store_timer_count_of(f->store, "g1", &left), 0);
+    assert_int_equal(left, 0);
+    assert_int_equal(sched_run_due(f->sched), 0);
+    state_is(f->store, "g1", "sending");
+    bulk_answer(&x, 1000, MEMBERS);
+    bulk_iterate(&x);
+    state_is(f->store, "g1", "delivered");
+    /* every member once */
+    qsort(x.b.s, x.b.n, sizeof(*x.b.s), cmp_str);
+    for (unsigned i = 0; i < x.b.n; i++) {
+        char tok[32];
+        snprintf(tok, sizeof(tok), "tok-%05u", i);
+        assert_string_equal(x.b.s[i].platform, tok);
+    }
+    assert_int_equal(fanout_jobs(x.fanout), 0);
+    bulk_close(&x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -442,6 +653,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fallback_timing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batches, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fanout_fallback_clock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fanout_410_reregistered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fanout_group_pages, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
