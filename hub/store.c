@@ -76,7 +76,6 @@ static const struct db_migration migrations[] = {
 enum {
     Q_INSERT,
     Q_TAKE,
-    Q_MARK_SENDING,
     Q_SET_STATE,
     Q_ATT_BEGIN,
     Q_ATT_END,
@@ -92,11 +91,15 @@ static const char *const q_sql[Q_N] = {
                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?6)",
     /* The IN term repeats the partial index's WHERE so SQLite can use it
      * (it does not infer the implication); without it, a full scan. */
-    [Q_TAKE] = "SELECT id, body, expires_ms FROM notifications"
+    /* Take and mark in one statement: the rows are found by the partial
+     * index, updated by rowid, and returned (RETURNING, SQLite >= 3.35) -
+     * no second lookup by id per row. RETURNING does not keep the
+     * subquery's order: store_take_queued sorts what it got. */
+    [Q_TAKE] = "UPDATE notifications SET state = 'sending', attempts = attempts + 1,"
+               " updated_ms = ?2 WHERE rowid IN (SELECT rowid FROM notifications"
                " WHERE state IN ('queued', 'sending') AND state = 'queued'"
-               " ORDER BY priority DESC, received_ms LIMIT ?",
-    [Q_MARK_SENDING] = "UPDATE notifications SET state = 'sending', attempts = attempts + 1,"
-                       " updated_ms = ?2 WHERE id = ?1",
+               " ORDER BY priority DESC, received_ms LIMIT ?1)"
+               " RETURNING id, body, expires_ms, priority, received_ms, rowid",
     [Q_SET_STATE] = "UPDATE notifications SET state = ?2, reason = ?3, updated_ms = ?4"
                     " WHERE id = ?1",
     [Q_ATT_BEGIN] = "INSERT INTO attempts(notification_id, channel, device_id, state, started_ms)"
@@ -404,20 +407,35 @@ int store_add_notification(store_t *s, const struct notification *n, const char 
 
 #define TAKE_BATCH 1024u
 
+struct take_row {
+    char id[PROTO_ID_MAX + 1];
+    char *body;
+    size_t len;
+    int64_t expires_ms;
+    int64_t received_ms;
+    int64_t rowid;
+    int priority;
+};
+
+/* Priority first, then oldest (then arrival): the order of the old SELECT. */
+static int take_cmp(const void *pa, const void *pb)
+{
+    const struct take_row *a = pa, *b = pb;
+    if (a->priority != b->priority) {
+        return a->priority > b->priority ? -1 : 1;
+    }
+    if (a->received_ms != b->received_ms) {
+        return a->received_ms < b->received_ms ? -1 : 1;
+    }
+    return a->rowid < b->rowid ? -1 : a->rowid > b->rowid;
+}
+
 int store_take_queued(store_t *s, unsigned max, store_notification_cb cb, void *arg)
 {
     int rc = store_tx(s);
     if (rc < 0) {
         return rc;
     }
-    /* Collect first, then mark: updating rows under an open SELECT on the
-     * same index is legal in SQLite but makes the walk order fragile. */
-    struct row {
-        char id[PROTO_ID_MAX + 1];
-        char *body;
-        size_t len;
-        int64_t expires_ms;
-    };
     /* At most TAKE_BATCH per call: the rows array was once calloc'ed for
      * max (fanout.max_jobs, 20000: 2 MB zeroed on every loop iteration, a
      * quarter of the hub's instructions under load). The next iteration
@@ -425,54 +443,73 @@ int store_take_queued(store_t *s, unsigned max, store_notification_cb cb, void *
     if (max > TAKE_BATCH) {
         max = TAKE_BATCH;
     }
-    struct row *rows = malloc((max ? max : 1) * sizeof(*rows));
+    if (max == 0) {
+        return 0;
+    }
+    struct take_row *rows = malloc(max * sizeof(*rows));
     if (!rows) {
         return -ENOMEM;
     }
-    sqlite3_stmt *t = s->q[Q_TAKE];
-    sqlite3_bind_int(t, 1, (int)max);
-    unsigned n = 0;
-    int step;
-    while (n < max && (step = sqlite3_step(t)) == SQLITE_ROW) {
-        const char *id = (const char *)sqlite3_column_text(t, 0);
-        const char *body = (const char *)sqlite3_column_text(t, 1);
-        int blen = sqlite3_column_bytes(t, 1);
-        if (!id || !body) {
-            continue;
-        }
-        rows[n].body = malloc((size_t)blen + 1);
-        if (!rows[n].body) {
-            break;
-        }
-        memcpy(rows[n].body, body, (size_t)blen + 1);
-        rows[n].len = (size_t)blen;
-        snprintf(rows[n].id, sizeof(rows[n].id), "%s", id);
-        rows[n].expires_ms = sqlite3_column_int64(t, 2);
-        n++;
-    }
-    sqlite3_reset(t);
     int64_t now = 0;
     {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     }
-    for (unsigned i = 0; i < n; i++) {
-        sqlite3_stmt *m = s->q[Q_MARK_SENDING];
-        sqlite3_bind_text(m, 1, rows[i].id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(m, 2, now);
-        if (rc == 0) {
-            rc = store_run(s, m, "mark sending");
+    /* Every row is marked sending by the statement's first step; all of them
+     * are read (a row left unread would stay 'sending' with no job), and the
+     * callbacks run after the reset: they write with other statements. */
+    sqlite3_stmt *t = s->q[Q_TAKE];
+    sqlite3_bind_int(t, 1, (int)max);
+    sqlite3_bind_int64(t, 2, now);
+    unsigned n = 0;
+    int step;
+    while ((step = sqlite3_step(t)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(t, 0);
+        const char *body = (const char *)sqlite3_column_text(t, 1);
+        int blen = sqlite3_column_bytes(t, 1);
+        if (!id || !body || n >= max) {
+            continue; /* NOT NULL columns; LIMIT max */
+        }
+        struct take_row *r = &rows[n];
+        snprintf(r->id, sizeof(r->id), "%s", id);
+        /* After a failed allocation the rest is only listed, to be undone. */
+        r->body = rc == 0 ? malloc((size_t)blen + 1) : NULL;
+        if (r->body) {
+            memcpy(r->body, body, (size_t)blen + 1);
         } else {
-            sqlite3_clear_bindings(m);
+            rc = -ENOMEM;
         }
-        if (rc == 0) {
-            cb(arg, rows[i].id, rows[i].body, rows[i].len, rows[i].expires_ms);
+        r->len = (size_t)blen;
+        r->expires_ms = sqlite3_column_int64(t, 2);
+        r->priority = sqlite3_column_int(t, 3);
+        r->received_ms = sqlite3_column_int64(t, 4);
+        r->rowid = sqlite3_column_int64(t, 5);
+        n++;
+    }
+    sqlite3_reset(t);
+    sqlite3_clear_bindings(t);
+    if (step != SQLITE_DONE && rc == 0) {
+        rc = store_fail(s, step, "take queued");
+    }
+    if (rc < 0) {
+        /* Nothing handed out: undo the marks of the rows read (the failed
+         * statement itself changed nothing, or the iteration's commit is
+         * withheld anyway). */
+        for (unsigned i = 0; i < n; i++) {
+            store_set_state(s, rows[i].id, "queued", "", now);
+            free(rows[i].body);
         }
+        free(rows);
+        return rc;
+    }
+    qsort(rows, n, sizeof(*rows), take_cmp);
+    for (unsigned i = 0; i < n; i++) {
+        cb(arg, rows[i].id, rows[i].body, rows[i].len, rows[i].expires_ms);
         free(rows[i].body);
     }
     free(rows);
-    return rc < 0 ? rc : (int)n;
+    return (int)n;
 }
 
 int store_set_state(store_t *s, const char *id, const char *state, const char *reason,

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -201,34 +202,110 @@ static bool header_value_ok(const char *v, size_t max)
 
 
 
+/* The payload is written straight into req->body: no tree is built or
+ * copied (it was one cJSON_Duplicate per data item and a tree per send).
+ * The bytes are the ones cJSON_PrintUnformatted gave (golden files): the
+ * same key order and cJSON's string escaping. Only the custom data values
+ * (any JSON) are printed by cJSON, in place. */
+struct jw {
+    char *p;
+    size_t len, cap; /* cap excludes the terminating NUL */
+    bool full;
+};
+
+static void jw_raw(struct jw *w, const char *s, size_t n)
+{
+    if (w->full || n > w->cap - w->len) {
+        w->full = true;
+        return;
+    }
+    memcpy(w->p + w->len, s, n);
+    w->len += n;
+}
+
+static void jw_lit(struct jw *w, const char *s)
+{
+    jw_raw(w, s, strlen(s));
+}
+
+/* A JSON string as cJSON prints it: '"' and '\' escaped, \b \f \n \r \t,
+ * other bytes below 0x20 as \u00xx; everything else (0x7f, UTF-8) as is. */
+static void jw_str(struct jw *w, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    jw_raw(w, "\"", 1);
+    const char *run = s;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            continue;
+        }
+        jw_raw(w, run, (size_t)(s - run));
+        run = s + 1;
+        char e[6] = {'\\', (char)c, 0, 0, 0, 0};
+        size_t en = 2;
+        switch (c) {
+        case '"': case '\\': break;
+        case '\b': e[1] = 'b'; break;
+        case '\f': e[1] = 'f'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\r': e[1] = 'r'; break;
+        case '\t': e[1] = 't'; break;
+        default:
+            e[1] = 'u';
+            e[2] = '0';
+            e[3] = '0';
+            e[4] = hex[c >> 4];
+            e[5] = hex[c & 15];
+            en = 6;
+        }
+        jw_raw(w, e, en);
+    }
+    jw_raw(w, run, (size_t)(s - run));
+    jw_raw(w, "\"", 1);
+}
+
+/* "key":"value" with a leading comma unless first. */
+static void jw_kv(struct jw *w, bool *first, const char *k, const char *v)
+{
+    if (!*first) {
+        jw_raw(w, ",", 1);
+    }
+    *first = false;
+    jw_str(w, k);
+    jw_raw(w, ":", 1);
+    jw_str(w, v);
+}
+
 /* Build the JSON payload into req->body. 0, TDG_ETOOBIG or -ENOMEM. */
 static int build_payload(const struct notification *n, bool alert, struct channel_request *req)
 {
-    int rc = -ENOMEM;
-    cJSON *root = cJSON_CreateObject();
-    cJSON *aps = root ? cJSON_AddObjectToObject(root, "aps") : NULL;
-    if (!aps) {
-        goto out;
-    }
+    struct jw w = {.p = req->body, .cap = sizeof(req->body) - 1};
+    bool first = true;
+    jw_lit(&w, "{\"aps\":{");
     if (alert) {
-        cJSON *al = cJSON_AddObjectToObject(aps, "alert");
-        if (!al || (n->title && !cJSON_AddStringToObject(al, "title", n->title)) ||
-            (n->body && !cJSON_AddStringToObject(al, "body", n->body))) {
-            goto out;
+        jw_lit(&w, "\"alert\":{");
+        if (n->title) {
+            jw_kv(&w, &first, "title", n->title);
         }
-        if (n->priority >= PROTO_PRIO_HIGH && !cJSON_AddStringToObject(aps, "sound", "default")) {
-            goto out;
+        if (n->body) {
+            jw_kv(&w, &first, "body", n->body);
         }
-        if (n->priority == PROTO_PRIO_CRITICAL &&
-            !cJSON_AddStringToObject(aps, "interruption-level", "time-sensitive")) {
-            goto out;
+        jw_lit(&w, "}");
+        first = false;
+        if (n->priority >= PROTO_PRIO_HIGH) {
+            jw_kv(&w, &first, "sound", "default");
         }
-        if (n->category && !cJSON_AddStringToObject(aps, "thread-id", n->category)) {
-            goto out;
+        if (n->priority == PROTO_PRIO_CRITICAL) {
+            jw_kv(&w, &first, "interruption-level", "time-sensitive");
         }
-    } else if (!cJSON_AddNumberToObject(aps, "content-available", 1)) {
-        goto out;
+        if (n->category) {
+            jw_kv(&w, &first, "thread-id", n->category);
+        }
+    } else {
+        jw_lit(&w, "\"content-available\":1");
     }
+    jw_lit(&w, "}");
     /* Custom data goes at the top level, beside "aps", where the app reads
      * it. Our own keys win: a data key named "aps" or "tidings_id" is not
      * copied (it would make the payload ambiguous or unreadable). */
@@ -240,30 +317,38 @@ static int build_payload(const struct notification *n, bool alert, struct channe
                 strcmp(item->string, "tidings_id") == 0) {
                 continue;
             }
-            cJSON *dup = cJSON_Duplicate(item, 1);
-            if (!dup) {
-                goto out;
+            jw_lit(&w, ",");
+            jw_str(&w, item->string);
+            jw_lit(&w, ":");
+            if (w.full) {
+                break;
             }
-            if (!cJSON_AddItemToObject(root, item->string, dup)) {
-                cJSON_Delete(dup);
-                goto out;
+            /* cJSON prints the value in place (it may want a few bytes of
+             * slack beyond the text: a value that does not fit is too big). */
+            size_t room = w.cap - w.len + 1;
+            if (room > (size_t)INT_MAX ||
+                !cJSON_PrintPreallocated((cJSON *)item, w.p + w.len, (int)room, 0)) {
+                w.full = true;
+                break;
             }
+            w.len += strlen(w.p + w.len);
         }
     }
-    if (n->id && !cJSON_AddStringToObject(root, "tidings_id", n->id)) {
-        goto out;
+    if (n->id) {
+        jw_lit(&w, ",");
+        jw_str(&w, "tidings_id");
+        jw_lit(&w, ":");
+        jw_str(&w, n->id);
     }
-    /* Printed straight into the request: no intermediate allocation, and a
-     * payload that does not even fit the buffer is simply too large. */
-    if (!cJSON_PrintPreallocated(root, req->body, (int)sizeof(req->body), 0)) {
-        rc = TDG_ETOOBIG;
-        goto out;
+    jw_lit(&w, "}");
+    if (w.full) {
+        req->body[0] = '\0';
+        req->body_len = 0;
+        return TDG_ETOOBIG;
     }
-    req->body_len = strlen(req->body);
-    rc = req->body_len > APNS_PAYLOAD_MAX ? TDG_ETOOBIG : 0;
-out:
-    cJSON_Delete(root);
-    return rc;
+    req->body[w.len] = '\0';
+    req->body_len = w.len;
+    return req->body_len > APNS_PAYLOAD_MAX ? TDG_ETOOBIG : 0;
 }
 
 static int apns_format(void *state, const struct channel_delivery *d, struct channel_request *req,
