@@ -45,8 +45,12 @@ struct outbox_limits {
 /* Default page cache: 256 KiB (SQLite's own default is 2 MiB per connection). */
 #define OUTBOX_CACHE_DEFAULT (256u * 1024u)
 /* The WAL file is truncated back to this size after a checkpoint resets it
- * (PRAGMA journal_size_limit); SQLite checkpoints every 1000 pages (~4 MiB). */
+ * (PRAGMA journal_size_limit); a worker thread checkpoints every
+ * OUTBOX_CKPT_PAGES new pages (~4 MiB), and the loop itself only if the WAL
+ * reaches OUTBOX_CKPT_RESTART_PAGES (8 MiB; db_ckpt_start). */
 #define OUTBOX_WAL_LIMIT (4 * 1024 * 1024)
+#define OUTBOX_CKPT_PAGES 1000
+#define OUTBOX_CKPT_RESTART_PAGES 2048
 
 struct outbox_stats {
     uint64_t rows, bytes, inflight;

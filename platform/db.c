@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
@@ -303,4 +305,156 @@ void db_close(sqlite3 *db)
     if (rc != SQLITE_OK) {
         LOG_WARN("db", "close: %s", sqlite3_errstr(rc));
     }
+}
+
+/* --- WAL checkpoints on a worker thread (db.h) ---------------------------- */
+
+struct db_ckpt {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool want, stop; /* under mu */
+    int last_rc;     /* under mu: the worker's last result */
+    sqlite3 *wdb;    /* the worker's connection */
+    /* the caller's side only */
+    sqlite3 *db;
+    int pages, restart_pages;
+    int mark; /* WAL pages when the worker was last woken */
+    int logged_rc;
+};
+
+static void *ckpt_main(void *arg)
+{
+    struct db_ckpt *c = arg;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->want && !c->stop) {
+            pthread_cond_wait(&c->cv, &c->mu);
+        }
+        if (c->stop) {
+            break;
+        }
+        c->want = false;
+        pthread_mutex_unlock(&c->mu);
+        int nlog = 0;
+        int rc = sqlite3_wal_checkpoint_v2(c->wdb, NULL, SQLITE_CHECKPOINT_PASSIVE, &nlog, NULL);
+        pthread_mutex_lock(&c->mu);
+        /* BUSY: another checkpoint was running; the next wake-up retries.
+         * nlog -1: the connection does not see a WAL (cannot happen after
+         * the read in db_ckpt_start; reported rather than silently idle). */
+        c->last_rc = rc == SQLITE_BUSY ? SQLITE_OK : rc == SQLITE_OK && nlog < 0 ? SQLITE_MISUSE : rc;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+/* sqlite3_wal_hook: after each commit of the caller's connection, outside
+ * its transaction, with the WAL's size in pages. */
+static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    struct db_ckpt *c = arg;
+    if (pages < c->mark) {
+        c->mark = 0; /* the WAL started over */
+    }
+    if (pages >= c->restart_pages) {
+        int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+            LOG_WARN("db", "checkpoint: %s", sqlite3_errstr(rc));
+        }
+        c->mark = 0;
+        return SQLITE_OK;
+    }
+    if (pages - c->mark >= c->pages) {
+        c->mark = pages;
+        pthread_mutex_lock(&c->mu);
+        c->want = true;
+        int wrc = c->last_rc;
+        pthread_cond_signal(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+        if (wrc != c->logged_rc) {
+            c->logged_rc = wrc;
+            if (wrc != SQLITE_OK) {
+                LOG_WARN("db", "background checkpoint: %s (the WAL grows to %d pages, then the "
+                         "loop checkpoints)", sqlite3_errstr(wrc), c->restart_pages);
+            } else {
+                LOG_INFO("db", "background checkpoint works again");
+            }
+        }
+    }
+    return SQLITE_OK;
+}
+
+db_ckpt_t *db_ckpt_start(sqlite3 *db, const char *path, int pages, int restart_pages)
+{
+    struct db_ckpt *c = calloc(1, sizeof(*c));
+    if (!c) {
+        LOG_WARN("db", "%s: checkpoints stay in commits: out of memory", path);
+        return NULL;
+    }
+    c->db = db;
+    c->pages = pages > 0 ? pages : 1000;
+    c->restart_pages = restart_pages > c->pages ? restart_pages : c->pages * 4;
+    int rc = sqlite3_open_v2(path, &c->wdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(c->wdb, 1000);
+        /* A connection opens the WAL only in its first read transaction;
+         * until then SQLite (3.40) takes the file for a rollback-journal
+         * database and a checkpoint returns OK having done nothing. A small
+         * cache: checkpoints copy frames without it. */
+        rc = sqlite3_exec(c->wdb,
+                          "PRAGMA cache_size=-16; PRAGMA mmap_size=0;"
+                          " SELECT count(*) FROM sqlite_master",
+                          NULL, NULL, NULL);
+    }
+    if (rc != SQLITE_OK || pthread_mutex_init(&c->mu, NULL) != 0) {
+        LOG_WARN("db", "%s: checkpoints stay in commits: %s", path, sqlite3_errstr(rc));
+        sqlite3_close_v2(c->wdb);
+        free(c);
+        return NULL;
+    }
+    if (pthread_cond_init(&c->cv, NULL) != 0) {
+        LOG_WARN("db", "%s: checkpoints stay in commits: no condition variable", path);
+        pthread_mutex_destroy(&c->mu);
+        sqlite3_close_v2(c->wdb);
+        free(c);
+        return NULL;
+    }
+    /* A small stack: the worker only runs sqlite3_wal_checkpoint_v2, and
+     * touched stack pages count as RSS (docs/bench.md, agent-footprint). */
+    pthread_attr_t attr;
+    bool have_attr = pthread_attr_init(&attr) == 0;
+    if (have_attr) {
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+    }
+    rc = pthread_create(&c->th, have_attr ? &attr : NULL, ckpt_main, c);
+    if (have_attr) {
+        pthread_attr_destroy(&attr);
+    }
+    if (rc != 0) {
+        LOG_WARN("db", "%s: checkpoints stay in commits: %s", path, strerror(rc));
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->mu);
+        sqlite3_close_v2(c->wdb);
+        free(c);
+        return NULL;
+    }
+    sqlite3_wal_hook(db, ckpt_hook, c); /* replaces the automatic checkpoint */
+    return c;
+}
+
+void db_ckpt_stop(db_ckpt_t *c)
+{
+    if (!c) {
+        return;
+    }
+    sqlite3_wal_autocheckpoint(c->db, 1000); /* SQLite's own again (also drops our hook) */
+    pthread_mutex_lock(&c->mu);
+    c->stop = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->th, NULL);
+    sqlite3_close_v2(c->wdb);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
 }

@@ -61,4 +61,28 @@ void db_rollback(struct sqlite3 *db);
  * is TDG_EDB_FULL here and in db_exec/db_commit, not -EIO. */
 int db_commit_quiet(struct sqlite3 *db);
 
+/* WAL checkpoints off the caller's thread (docs/agent.md, "Checkpoints").
+ *
+ * SQLite's automatic checkpoint runs inside the COMMIT that crosses 1000
+ * WAL pages: it copies them into the database file and fdatasync()s it, in
+ * the middle of the caller's event loop (measured: 5-10 ms on the agent,
+ * several times a second under load). db_ckpt_start replaces it: a WAL
+ * hook on db counts pages, and every `pages` new ones wakes a thread that
+ * runs PASSIVE checkpoints on its own connection to path (they never take
+ * the writer's lock, so the loop keeps committing meanwhile). Once the WAL
+ * holds `restart_pages`, the caller's connection checkpoints itself after
+ * that commit (by then the worker has copied all but the last few
+ * commits, so this is short) so that the WAL starts over and stays bounded
+ * even if the worker falls behind. Durability is unchanged: checkpoints
+ * only move committed data; the WAL is the record.
+ *
+ * The worker never logs; its errors are logged by the caller's thread from
+ * the hook, once per change. Returns NULL (logged) when the thread or its
+ * connection cannot be had: SQLite's automatic checkpoint then stays.
+ * db must be used by one thread only (the caller's). Stop before closing
+ * db; db_ckpt_stop(NULL) does nothing. */
+typedef struct db_ckpt db_ckpt_t;
+db_ckpt_t *db_ckpt_start(struct sqlite3 *db, const char *path, int pages, int restart_pages);
+void db_ckpt_stop(db_ckpt_t *c);
+
 #endif
