@@ -39,7 +39,8 @@ struct pending {
 struct receipts {
     store_t *store;
     unsigned batch;
-    int64_t cursor; /* highest seq published on this connection */
+    int64_t cursor; /* highest seq published on this connection, at most
+                     * the outbox's top after a delete (clamp_to_top) */
     struct item *items;
     struct proto_receipt *scratch; /* one group's receipts, for the encoder */
     unsigned nitems;
@@ -248,6 +249,29 @@ void receipts_flush(receipts_t *r, mqtt_t *mqtt)
     r->cursor = max_seq;
 }
 
+/* Seqs above the outbox's top may be given to new rows (store_engine.h):
+ * nothing may still point there. The cursor drops to the top (every row at
+ * or below it that was published is still covered), and pending messages
+ * forget the part of their range above it: those rows are gone already
+ * (their receipts went out twice and another PUBACK deleted them). */
+static void clamp_to_top(receipts_t *r)
+{
+    int64_t top = 0;
+    if (store_receipts_top(r->store, &top) < 0) {
+        /* Unknown: start over from the oldest, and let pending messages
+         * delete nothing (their rows are read and sent again). */
+        top = 0;
+    }
+    if (r->cursor > top) {
+        r->cursor = top;
+    }
+    for (unsigned i = 0; i < r->npend; i++) {
+        if (r->pend[i].to > top) {
+            r->pend[i].to = top;
+        }
+    }
+}
+
 void receipts_on_puback(receipts_t *r, int mid, int reason)
 {
     for (unsigned i = 0; i < r->npend; i++) {
@@ -263,11 +287,15 @@ void receipts_on_puback(receipts_t *r, int mid, int reason)
                      p.agent, reason);
             return;
         }
+        if (p.from > p.to) {
+            return; /* clipped away: its rows were deleted already */
+        }
         int rc = store_receipts_delete(r->store, p.agent, p.from, p.to);
         if (rc < 0) {
             LOG_ERROR(MOD, "cannot delete confirmed receipts: %s", tdg_strerror(rc));
             return;
         }
+        clamp_to_top(r);
         if (r->m_confirmed) {
             r->m_confirmed->v += p.n;
         }

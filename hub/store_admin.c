@@ -17,19 +17,18 @@
  *   partial index holds only those rows, so the hot path (queued ->
  *   sending -> delivered) pays one WHERE evaluation per update, no insert.
  * - receipt_log: what became of each receipt (store_engine.c's outbox rows
- *   are deleted on the broker's PUBACK, receipts.c): an AFTER DELETE
- *   trigger on receipts copies the row with the time of its deletion (=
- *   confirmed by the broker; nothing else deletes receipts). It lives here,
- *   not in the engine's schema, so the outbox code stays as it is; it runs
- *   after v5. Bounded: every 256th insert, when the oldest row is older
- *   than RECEIPT_LOG_KEEP_MS or more than RECEIPT_LOG_MAX_ROWS back, up to
+ *   are deleted on the broker's PUBACK, receipts.c): store_receipts_delete
+ *   copies the rows of the message with the time of their deletion (=
+ *   confirmed by the broker; nothing else deletes receipts) in one INSERT
+ *   ... SELECT per message, in the savepoint of the deletion (a per-row
+ *   AFTER DELETE trigger cost a trigger program per receipt). Bounded:
+ *   every 256th insert, when the oldest row is older than
+ *   RECEIPT_LOG_KEEP_MS or more than RECEIPT_LOG_MAX_ROWS back, up to
  *   512 of the oldest such rows go (rowid order is time order: rows are
  *   only appended, and pruned from the start). One row and one index entry
  *   per receipt: its cost on the confirm path. */
 #define RECEIPT_LOG_KEEP_MS "2592000000" /* 30 days */
 #define RECEIPT_LOG_MAX_ROWS "1000000"
-/* Wall-clock ms, as clock_wall_ms() (SQLite reads the time once per statement). */
-#define SQL_NOW_MS "CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
 #define RECEIPT_LOG_DUE                                                                            \
     " WHERE t < NEW.confirmed_ms - " RECEIPT_LOG_KEEP_MS                                           \
     " OR r <= NEW.rowid - " RECEIPT_LOG_MAX_ROWS
@@ -42,10 +41,6 @@
     "  confirmed_ms INTEGER NOT NULL" /* deleted from the outbox: the broker had it */             \
     ");"                                                                                           \
     "CREATE INDEX receipt_log_by_id ON receipt_log(notification_id);"                              \
-    "CREATE TRIGGER receipt_log_on_delete AFTER DELETE ON receipts BEGIN"                          \
-    "  INSERT INTO receipt_log(notification_id, agent, state, queued_ms, confirmed_ms)"            \
-    "  VALUES (OLD.notification_id, OLD.agent, OLD.state, OLD.at_ms, " SQL_NOW_MS ");"             \
-    " END;"                                                                                        \
     "CREATE TRIGGER receipt_log_prune AFTER INSERT ON receipt_log"                                 \
     "  WHEN NEW.rowid % 256 = 0 AND EXISTS (SELECT 1 FROM (SELECT rowid AS r, confirmed_ms AS t"   \
     "  FROM receipt_log ORDER BY rowid LIMIT 1)" RECEIPT_LOG_DUE ") BEGIN"                         \

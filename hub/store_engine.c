@@ -8,15 +8,23 @@
 #define TERMINAL "('delivered', 'failed', 'suppressed', 'expired', 'dropped')"
 #define RECEIPT_ROW                                                                                \
     "INSERT INTO receipts(notification_id, agent, state, reason, at_ms)"                           \
-    " VALUES (NEW.id, NEW.agent, NEW.state, NEW.reason, NEW.updated_ms);"                          \
-    "INSERT INTO engine_counts(state, n) VALUES (NEW.state, 1)"                                    \
-    " ON CONFLICT(state) DO UPDATE SET n = n + 1;"
+    " VALUES (NEW.id, NEW.agent, NEW.state, NEW.reason, NEW.updated_ms);"
 
-/* Schema v5 (store.c's migration list). AUTOINCREMENT: a seq is never
- * reused after a delete, so the publisher's "seq > cursor" never skips one. */
+/* Schema v5 (store.c's migration list).
+ *
+ * receipts.seq is a plain rowid, not AUTOINCREMENT (which reads and writes
+ * sqlite_sequence on every insert): a new row gets max(seq) + 1, so a seq
+ * comes back only after the rows above it were deleted. The publisher
+ * copes (receipts.c: store_receipts_top after each delete).
+ *
+ * engine_counts holds the terminal states whose receipts were confirmed
+ * (counted per published message in store_receipts_delete, not per
+ * notification); the rows still in the outbox are added at read time
+ * (store_terminal_counts): the sum is every terminal state reached, durable,
+ * in the transaction that reached it. */
 const char store_sql_engine[] =
     "CREATE TABLE receipts ("
-    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  seq INTEGER PRIMARY KEY,"
     "  notification_id TEXT NOT NULL,"
     "  agent TEXT NOT NULL,"
     "  state TEXT NOT NULL,"
@@ -47,9 +55,32 @@ static const char SQL_NEXT[] =
     "       WHERE seq > ?1 ORDER BY seq LIMIT ?2) AS r"
     " LEFT JOIN attempts AS a ON a.notification_id = r.notification_id"
     " ORDER BY r.seq, a.id";
+/* Confirming one message's rows [?2, ?3] of agent ?1: count them, keep
+ * their history, delete them (one savepoint: all three or none). The rows
+ * are found by the rowid range each time (no index on agent: the range
+ * holds little else). receipt_log is schema v7's (store_admin.c). */
+static const char SQL_DEL_SAVEPOINT[] = "SAVEPOINT receipts_delete";
+static const char SQL_DEL_RELEASE[] = "RELEASE receipts_delete";
+static const char SQL_DEL_ROLLBACK[] = "ROLLBACK TO receipts_delete";
+static const char SQL_DEL_COUNT[] =
+    "INSERT INTO engine_counts(state, n) SELECT state, count(*) FROM receipts"
+    " WHERE seq BETWEEN ?2 AND ?3 AND agent = ?1 GROUP BY state"
+    " ON CONFLICT(state) DO UPDATE SET n = n + excluded.n";
+/* Wall-clock ms, as clock_wall_ms() (SQLite reads the time once per statement). */
+static const char SQL_DEL_LOG[] =
+    "INSERT INTO receipt_log(notification_id, agent, state, queued_ms, confirmed_ms)"
+    " SELECT notification_id, agent, state, at_ms,"
+    " CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
+    " FROM receipts WHERE seq BETWEEN ?2 AND ?3 AND agent = ?1 ORDER BY seq";
 static const char SQL_DELETE[] = "DELETE FROM receipts WHERE seq BETWEEN ?2 AND ?3 AND agent = ?1";
+static const char SQL_TOP[] = "SELECT max(seq) FROM receipts";
 static const char SQL_PENDING[] = "SELECT count(*) FROM receipts";
-static const char SQL_COUNTS[] = "SELECT state, n FROM engine_counts ORDER BY state";
+/* Confirmed (engine_counts) plus still in the outbox: read at scrape time
+ * only (the outbox is small unless the broker is out of reach). */
+static const char SQL_COUNTS[] =
+    "SELECT state, sum(n) FROM (SELECT state, n FROM engine_counts"
+    " UNION ALL SELECT state, count(*) AS n FROM receipts GROUP BY state)"
+    " GROUP BY state ORDER BY state";
 /* The IN term lets SQLite use the partial index notifications_work. */
 static const char SQL_DEPTH[] = "SELECT state, count(*) FROM notifications"
                                 " WHERE state IN ('queued', 'sending') GROUP BY state";
@@ -97,13 +128,15 @@ int store_receipts_next(store_t *s, int64_t after, unsigned max, store_receipt_c
     return rc == SQLITE_DONE ? n : store_fail(s, rc, "receipts");
 }
 
-int store_receipts_delete(store_t *s, const char *agent, int64_t from, int64_t to)
+static int exec_named(store_t *s, const char *sql, const char *what)
 {
-    int rc = store_tx(s);
-    if (rc < 0) {
-        return rc;
-    }
-    sqlite3_stmt *st = store_stmt(s, SQL_DELETE);
+    sqlite3_stmt *st = store_stmt(s, sql);
+    return st ? store_run(s, st, what) : TDG_EDB;
+}
+
+static int run_range(store_t *s, const char *sql, const char *agent, int64_t from, int64_t to)
+{
+    sqlite3_stmt *st = store_stmt(s, sql);
     if (!st) {
         return TDG_EDB;
     }
@@ -111,6 +144,26 @@ int store_receipts_delete(store_t *s, const char *agent, int64_t from, int64_t t
     sqlite3_bind_int64(st, 2, from);
     sqlite3_bind_int64(st, 3, to);
     return store_run(s, st, "receipts delete");
+}
+
+int store_receipts_delete(store_t *s, const char *agent, int64_t from, int64_t to)
+{
+    int rc = store_tx(s);
+    if (rc < 0) {
+        return rc;
+    }
+    if ((rc = exec_named(s, SQL_DEL_SAVEPOINT, "receipts savepoint")) < 0) {
+        return rc;
+    }
+    if ((rc = run_range(s, SQL_DEL_COUNT, agent, from, to)) < 0 ||
+        (rc = run_range(s, SQL_DEL_LOG, agent, from, to)) < 0 ||
+        (rc = run_range(s, SQL_DELETE, agent, from, to)) < 0) {
+        /* Nothing half-done: counted and logged only with the deletion. */
+        exec_named(s, SQL_DEL_ROLLBACK, "receipts rollback");
+        exec_named(s, SQL_DEL_RELEASE, "receipts release");
+        return rc;
+    }
+    return exec_named(s, SQL_DEL_RELEASE, "receipts release");
 }
 
 static int count_query(store_t *s, const char *sql, int64_t *out)
@@ -124,6 +177,11 @@ static int count_query(store_t *s, const char *sql, int64_t *out)
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : store_fail(s, rc, "count");
+}
+
+int store_receipts_top(store_t *s, int64_t *seq)
+{
+    return count_query(s, SQL_TOP, seq);
 }
 
 int store_receipts_pending(store_t *s, int64_t *n)

@@ -6,8 +6,9 @@
  * Receipts are written by SQLite triggers on notifications (AFTER INSERT,
  * AFTER UPDATE OF state) whenever a notification reaches a terminal state
  * (delivered, failed, suppressed, expired, dropped): in the same
- * transaction as the state, whichever code path set it. The same triggers
- * count terminal states in engine_counts (durable counters for metrics).
+ * transaction as the state, whichever code path set it. Terminal states
+ * are counted durably for metrics: the receipts still in the outbox plus
+ * engine_counts, where store_receipts_delete adds the rows it deletes.
  */
 #ifndef TIDINGS_STORE_ENGINE_H
 #define TIDINGS_STORE_ENGINE_H
@@ -17,7 +18,8 @@
 #include "store.h"
 
 struct store_receipt {
-    int64_t seq; /* increasing, never reused */
+    int64_t seq; /* increasing; reused only above the highest row left
+                  * after a delete (store_receipts_top) */
     const char *id, *agent, *state, *reason;
     int64_t at_ms;
 };
@@ -36,12 +38,19 @@ typedef void (*store_receipt_cb)(void *arg, const struct store_receipt *r,
 int store_receipts_next(store_t *s, int64_t after, unsigned max, store_receipt_cb cb, void *arg);
 
 /* Delete the published receipts of agent with seq in [from, to] (in the
- * iteration's transaction): the rows one receipts message carried. */
+ * iteration's transaction): the rows one receipts message carried. They
+ * are counted in engine_counts and copied to receipt_log (confirmed now)
+ * with the deletion, all or nothing. */
 int store_receipts_delete(store_t *s, const char *agent, int64_t from, int64_t to);
+/* The highest seq in the outbox (0: empty). A new row gets top + 1: after
+ * a delete, seqs above the top may come back for new rows, so a publisher
+ * must forget cursors and ranges above it. */
+int store_receipts_top(store_t *s, int64_t *seq);
 /* Receipts not yet confirmed by the broker. */
 int store_receipts_pending(store_t *s, int64_t *n);
 
-/* Durable count of terminal states reached, per state. */
+/* Durable count of terminal states reached, per state (confirmed receipts
+ * plus the outbox: a scan of the outbox, for scrape time). */
 typedef void (*store_state_count_cb)(void *arg, const char *state, int64_t n);
 int store_terminal_counts(store_t *s, store_state_count_cb cb, void *arg);
 
