@@ -98,21 +98,18 @@ static void on_misc(loop_t *loop, uint64_t id, void *arg)
         arm_misc(m);
         return;
     }
-    bool queued = mosquitto_want_write(m->mosq);
     int rc = mosquitto_loop_misc(m->mosq);
     if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN) {
         LOG_DEBUG("mqtt", "%s: housekeeping: %s", m->name, mosquitto_strerror(rc));
     }
-    if (mosquitto_socket(m->mosq) >= 0 && !queued && !mosquitto_want_write(m->mosq)) {
-        /* Our times are never earlier than libmosquitto's, so this is rare
-         * (a stamp taken late); look again in a second rather than a whole
-         * period, so the broker never waits too long for a packet. */
-        m->last_in = m->last_out = now - (uint64_t)m->keepalive * 1000u;
-    } else {
-        /* It queued a PINGREQ and, like libmosquitto, we count from now;
-         * or, with a PINGREQ unanswered, it closed the connection. */
-        m->last_in = m->last_out = now;
-    }
+    /* Our deadline is never earlier than libmosquitto's (it counts whole
+     * seconds, we add one), so it has now sent a PINGREQ - usually written
+     * straight to the socket from inside loop_misc, bypassing our write
+     * path, so want_write cannot tell - or, with one unanswered, closed the
+     * connection. Like libmosquitto, count the next period from now. (Treating
+     * "nothing queued" as "not sent yet" re-armed this timer every second
+     * forever after the first PINGREQ.) */
+    m->last_in = m->last_out = now;
     sync_watch(m);
 }
 
