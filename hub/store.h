@@ -37,6 +37,12 @@ int store_commit(store_t *s);
  * id was already known (dedupe: the agent resent it). */
 int store_add_notification(store_t *s, const struct notification *n, const char *agent,
                            const char *json, size_t len, int64_t now_ms, bool *inserted);
+/* The same, but a row that is neither a duplicate nor expired is recorded
+ * as already taken ('sending', as store_take_queued leaves it): the caller
+ * hands it to the fanout at once (*taken true), with no queue round trip. */
+int store_add_notification_taken(store_t *s, const struct notification *n, const char *agent,
+                                 const char *json, size_t len, int64_t now_ms, bool *inserted,
+                                 bool *taken);
 
 typedef void (*store_notification_cb)(void *arg, const char *id, const char *json, size_t len,
                                       int64_t expires_ms);
@@ -122,8 +128,13 @@ struct store_device {
     const char *user_id, *platform, *token, *app, *environment;
 };
 typedef void (*store_device_cb)(void *arg, const struct store_device *d);
-/* Active endpoints of a user, oldest first. Returns the count, or error. */
+/* Active endpoints of a user, oldest first. Returns the count, or error.
+ * Answered from an in-memory cache of committed rows when it can
+ * (docs/directory.md, "The endpoints cache"). */
 int store_user_devices(store_t *s, const char *user_id, store_device_cb cb, void *arg);
+/* Lookups answered from that cache and lookups that read the database
+ * since the store was opened (tests, diagnostics). */
+void store_dir_cache_stats(store_t *s, uint64_t *hits, uint64_t *misses);
 
 /* Everything about one endpoint, for the admin API. */
 struct store_device_info {

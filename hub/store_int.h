@@ -37,6 +37,8 @@ struct store {
     struct pii *pii;           /* store_dir.c: the keyring (not owned) */
     int64_t reencrypt_after;   /* store_dir.c: store_dir_reencrypt's cursor */
     struct store_ckpt *ckpt;   /* store.c: WAL checkpoints off the loop (NULL: SQLite's own) */
+    struct dir_cache *dcache;  /* store_dir.c: users' active endpoints (NULL: none) */
+    struct rowid_hint *hints;  /* store.c: notification id -> rowid (NULL: none) */
 };
 
 /* The migrations of the other domains (store.c lists them in order). */
@@ -46,6 +48,15 @@ extern const char store_sql_sched[];     /* v4, store_sched.c */
 extern const char store_sql_engine[];    /* v5, store_engine.c */
 extern const char store_sql_channels[];  /* v6, store_channels.c */
 extern const char store_sql_admin[];     /* v7, store_admin.c */
+
+/* store_dir.c: the cache of store_user_devices. store_dir_open installs
+ * the connection's update, commit and rollback hooks (they keep the cache
+ * right whatever writes `devices` or `users`: nothing else may install
+ * those hooks); -ENOMEM leaves the store without a cache. store_dir_close
+ * removes them and zeroes the cache; store_dir_cache_clear empties it. */
+int store_dir_open(store_t *s);
+void store_dir_close(store_t *s);
+void store_dir_cache_clear(store_t *s);
 
 /* The statement for sql, prepared on first use. NULL on error (logged). */
 sqlite3_stmt *store_stmt(store_t *s, const char *sql);

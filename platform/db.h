@@ -6,6 +6,13 @@
  * schema to the newest version with numbered migrations, each in its own
  * transaction and recorded in PRAGMA user_version. A file that is not a
  * database or is corrupt is reported with its path, never reset.
+ *
+ * Threads: a connection from db_open() is opened SQLITE_OPEN_NOMUTEX, so it
+ * must be used by one thread at a time (each user here has it on its event
+ * loop's thread only; a worker opens its own connection). The first
+ * db_open() in a process also turns SQLite's memory statistics off
+ * (SQLITE_CONFIG_MEMSTATUS: a global mutex around every allocation), so
+ * sqlite3_memory_used() and the soft heap limit are not available.
  */
 #ifndef TIDINGS_DB_H
 #define TIDINGS_DB_H

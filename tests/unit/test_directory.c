@@ -942,6 +942,150 @@ static void test_no_keyring(void **state)
     store_set_pii(S, K);
 }
 
+/* --- the endpoints cache (store_user_devices) --- */
+
+static void cache_stats(uint64_t *hits, uint64_t *misses)
+{
+    store_dir_cache_stats(S, hits, misses);
+}
+
+/* Count the user's endpoints; *hit: answered from the cache. */
+static int devices_of(const char *user, struct devs *d, bool *hit)
+{
+    uint64_t h0, m0, h1, m1;
+    cache_stats(&h0, &m0);
+    memset(d, 0, sizeof(*d));
+    int n = store_user_devices(S, user, collect_dev, d);
+    cache_stats(&h1, &m1);
+    assert_int_equal((h1 - h0) + (m1 - m0), 1);
+    *hit = h1 > h0;
+    return n;
+}
+
+static void test_devices_cache(void **state)
+{
+    (void)state;
+    put_user("alice", "+4915112345678", "");
+    int64_t ios;
+    assert_int_equal(store_device_add(S, "alice", "ios", "tok-ios-1", "app", "", NOW, &ios), 0);
+    assert_int_equal(store_commit(S), 0);
+    struct devs d;
+    bool hit;
+    assert_int_equal(devices_of("alice", &d, &hit), 2);
+    assert_false(hit);
+    assert_int_equal(devices_of("alice", &d, &hit), 2);
+    assert_true(hit);
+    assert_string_equal(d.platform[0], "sms");
+    assert_string_equal(d.token[0], "+4915112345678");
+    assert_string_equal(d.token[1], "tok-ios-1");
+    assert_int_equal(d.id[1], ios);
+    /* Another user's answer is cached on its own (none: cached too). */
+    assert_int_equal(store_user_upsert(S, "bob", "UTC", NOW), 0);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(devices_of("bob", &d, &hit), 0);
+    assert_false(hit);
+    assert_int_equal(devices_of("bob", &d, &hit), 0);
+    assert_true(hit);
+
+    /* A write is seen at once: inside its transaction (read from the
+     * database, not cached: dirty) and after the commit. */
+    assert_int_equal(store_device_set_state(S, ios, "disabled", "test", NOW), 0);
+    assert_int_equal(devices_of("alice", &d, &hit), 1);
+    assert_false(hit);
+    assert_int_equal(devices_of("alice", &d, &hit), 1);
+    assert_false(hit);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(devices_of("alice", &d, &hit), 1);
+    assert_false(hit);
+    assert_int_equal(devices_of("alice", &d, &hit), 1);
+    assert_true(hit);
+    assert_int_equal(store_device_enable(S, ios, NOW), 1);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(devices_of("alice", &d, &hit), 2);
+    assert_false(hit);
+
+    /* Undone by ROLLBACK TO a savepoint: never served from the cache. */
+    assert_int_equal(devices_of("alice", &d, &hit), 2);
+    assert_true(hit);
+    assert_int_equal(store_admin_begin(S), 0);
+    assert_int_equal(store_device_add(S, "alice", "android", "tok-and-1", "", "", NOW, NULL), 0);
+    assert_int_equal(devices_of("alice", &d, &hit), 3);
+    assert_false(hit);
+    assert_int_equal(store_admin_end(S, false), 0);
+    assert_int_equal(devices_of("alice", &d, &hit), 2);
+    assert_false(hit);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(devices_of("alice", &d, &hit), 2);
+    assert_int_equal(devices_of("alice", &d, &hit), 2);
+    assert_true(hit);
+
+    /* A new contact point through store_user_put (users + devices). */
+    put_user("alice", "+4915199999999", "a@example.com");
+    assert_int_equal(devices_of("alice", &d, &hit), 3);
+    assert_false(hit);
+    bool seen_new = false;
+    for (int i = 0; i < d.n; i++) {
+        seen_new |= strcmp(d.token[i], "+4915199999999") == 0;
+    }
+    assert_true(seen_new);
+
+    /* Erasure empties it. */
+    assert_int_equal(devices_of("alice", &d, &hit), 3);
+    assert_true(hit);
+    assert_int_equal(store_user_remove(S, "alice"), 1);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(devices_of("alice", &d, &hit), 0);
+    assert_false(hit);
+    /* Every directory write empties all of it (bob's answer too). */
+    assert_int_equal(devices_of("bob", &d, &hit), 0);
+    assert_false(hit);
+    /* A new keyring empties it (its answers were decrypted with the old). */
+    assert_int_equal(devices_of("bob", &d, &hit), 0);
+    assert_true(hit);
+    store_set_pii(S, K);
+    assert_int_equal(devices_of("bob", &d, &hit), 0);
+    assert_false(hit);
+}
+
+/* A callback that writes the directory while a cached answer is being
+ * handed out: the entry it iterates stays valid (ASan), and the write is
+ * seen by the next lookup. */
+struct disabler {
+    int n;
+    int64_t disable;
+};
+
+static void disable_cb(void *arg, const struct store_device *d)
+{
+    struct disabler *c = arg;
+    c->n++;
+    if (d->id == c->disable) {
+        assert_int_equal(store_device_set_state(S, d->id, "disabled", "in callback", NOW), 0);
+    }
+}
+
+static void test_devices_cache_write_in_callback(void **state)
+{
+    (void)state;
+    put_user("alice", "", "");
+    int64_t a, b;
+    assert_int_equal(store_device_add(S, "alice", "ios", "tok-a", "", "", NOW, &a), 0);
+    assert_int_equal(store_device_add(S, "alice", "ios", "tok-b", "", "", NOW, &b), 0);
+    assert_int_equal(store_commit(S), 0);
+    struct devs d;
+    bool hit;
+    assert_int_equal(devices_of("alice", &d, &hit), 2);
+    assert_int_equal(devices_of("alice", &d, &hit), 2);
+    assert_true(hit);
+    struct disabler c = {0, a};
+    assert_int_equal(store_user_devices(S, "alice", disable_cb, &c), 2);
+    assert_int_equal(c.n, 2);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(devices_of("alice", &d, &hit), 1);
+    assert_false(hit);
+    assert_int_equal(d.id[0], b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -960,6 +1104,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_keyring, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_devices_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_devices_cache_write_in_callback, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

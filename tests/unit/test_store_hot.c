@@ -1,0 +1,348 @@
+/* test_store_hot.c - the hub store's hot path (hub/store.c): schema v8
+ * (attempts and decisions without AUTOINCREMENT, migrated with their rows
+ * and ids), the rowid hints of store_set_state (a stale hint never touches
+ * another row), and SQLite's allocator from platform/db.c. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "error.h"
+#include "proto.h"
+#include "store.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char dir[64], dbpath[128];
+static store_t *S;
+static const int64_t NOW = 1700000000000;
+
+static void open_store(void)
+{
+    char err[512] = "";
+    if (store_open(dbpath, DB_SYNC_NORMAL, &S, err, sizeof(err)) != 0) {
+        fail_msg("store_open: %s", err);
+    }
+}
+
+static void close_store(void)
+{
+    store_close(S);
+    S = NULL;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof(dir), "/tmp/tidings-hot-XXXXXX");
+    if (!mkdtemp(dir)) {
+        return -1;
+    }
+    snprintf(dbpath, sizeof(dbpath), "%s/hub.db", dir);
+    open_store();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (S) {
+        close_store();
+    }
+    const char *suffix[] = {"", "-wal", "-shm"};
+    char p[160];
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof(p), "%s%s", dbpath, suffix[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+    return 0;
+}
+
+/* Insert a notification with this id; 1 inserted, 0 duplicate. */
+static int add(const char *id)
+{
+    char json[256];
+    int len = snprintf(json, sizeof(json),
+                       "{\"id\":\"%s\",\"to\":\"user:alice\",\"title\":\"t\"}", id);
+    struct notification n;
+    struct proto_error pe;
+    assert_int_equal(proto_parse(json, (size_t)len, &n, &pe), 0);
+    bool ins = false;
+    assert_int_equal(store_add_notification(S, &n, "gw1", json, (size_t)len, NOW, &ins), 0);
+    notification_free(&n);
+    return ins ? 1 : 0;
+}
+
+/* The state of notification id ("" when there is none). */
+static void state_of(const char *id, char *state, size_t len)
+{
+    char body[PROTO_MAX_WIRE + 1];
+    int64_t exp;
+    state[0] = '\0';
+    int rc = store_notification_get(S, id, body, sizeof(body), &exp, state, len);
+    assert_true(rc >= 0);
+    if (rc == 0) {
+        state[0] = '\0';
+    }
+}
+
+/* Run SQL on a second connection (the store closed); one integer back. */
+static int64_t raw_int(const char *sql)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    int64_t v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static void raw_exec(const char *sql)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        fail_msg("%s: %s", sql, msg ? msg : "?");
+    }
+    sqlite3_close(db);
+}
+
+/* A database as version 7 left it (AUTOINCREMENT, a sqlite_sequence ahead
+ * of the rows) opens as version 8 with every row and id kept, and new ids
+ * continue after the highest. */
+static void test_migration_v8(void **state)
+{
+    (void)state;
+    close_store();
+    /* Put the v7 tables back, with rows: ids 1, 2 and 7. */
+    raw_exec("BEGIN;"
+             "DROP TABLE attempts; DROP TABLE decisions;"
+             "CREATE TABLE attempts (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+             " notification_id TEXT NOT NULL, channel TEXT NOT NULL, device_id INTEGER,"
+             " state TEXT NOT NULL, status INTEGER NOT NULL DEFAULT 0,"
+             " reason TEXT NOT NULL DEFAULT '', provider_id TEXT NOT NULL DEFAULT '',"
+             " started_ms INTEGER NOT NULL, finished_ms INTEGER);"
+             "CREATE INDEX attempts_by_notification ON attempts(notification_id);"
+             "CREATE INDEX attempts_by_time ON attempts(started_ms);"
+             "CREATE TABLE decisions (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+             " notification_id TEXT NOT NULL, user_id TEXT NOT NULL,"
+             " channel TEXT NOT NULL DEFAULT '', action TEXT NOT NULL, rule TEXT NOT NULL,"
+             " until_ms INTEGER NOT NULL DEFAULT 0, at_ms INTEGER NOT NULL);"
+             "CREATE INDEX decisions_by_notification ON decisions(notification_id);"
+             "INSERT INTO attempts(id, notification_id, channel, device_id, state, status,"
+             " reason, provider_id, started_ms, finished_ms) VALUES"
+             " (1, 'n1', 'apns', 3, 'ok', 200, '', 'p1', 10, 11),"
+             " (2, 'n1', 'apns', 4, 'drop', 410, 'Unregistered', 'p2', 12, 13),"
+             " (7, 'n2', 'fcm', 5, 'sending', 0, '', '', 14, NULL);"
+             "INSERT INTO decisions(id, notification_id, user_id, channel, action, rule,"
+             " until_ms, at_ms) VALUES (1, 'n1', 'alice', 'push', 'allow', '', 0, 10),"
+             " (7, 'n2', 'alice', '', 'hold', 'quiet_hours', 99, 11);"
+             "PRAGMA user_version = 7;"
+             "COMMIT;");
+    assert_int_equal(raw_int("SELECT count(*) FROM sqlite_sequence"
+                             " WHERE name IN ('attempts', 'decisions')"),
+                     2);
+    open_store();
+    close_store();
+    assert_int_equal(raw_int("PRAGMA user_version"), 8);
+    assert_int_equal(raw_int("SELECT count(*) FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'"
+                             " AND name IN ('attempts', 'decisions')"),
+                     0);
+    assert_int_equal(raw_int("SELECT count(*) FROM sqlite_sequence"
+                             " WHERE name IN ('attempts', 'decisions')"),
+                     0);
+    assert_int_equal(raw_int("SELECT count(*) FROM attempts"), 3);
+    assert_int_equal(raw_int("SELECT status FROM attempts WHERE id = 2 AND reason = 'Unregistered'"
+                             " AND provider_id = 'p2' AND device_id = 4 AND started_ms = 12"
+                             " AND finished_ms = 13 AND notification_id = 'n1'"),
+                     410);
+    assert_int_equal(raw_int("SELECT count(*) FROM attempts WHERE id = 7 AND finished_ms IS NULL"),
+                     1);
+    assert_int_equal(raw_int("SELECT until_ms FROM decisions WHERE id = 7 AND rule = 'quiet_hours'"),
+                     99);
+    /* The indexes are back. */
+    assert_int_equal(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN"
+                             " ('attempts_by_notification', 'attempts_by_time',"
+                             " 'decisions_by_notification')"),
+                     3);
+    open_store();
+    int64_t att;
+    assert_int_equal(store_attempt_begin(S, "n3", "apns", 3, NOW, &att), 0);
+    assert_int_equal(att, 8);
+    struct store_decision d = {.notification_id = "n3", .user_id = "alice", .channel = "push",
+                               .action = "allow", .rule = "", .at_ms = NOW};
+    assert_int_equal(store_decision_add(S, &d), 0);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(store_decisions_of(S, "n3", NULL, NULL), 1);
+    close_store();
+    assert_int_equal(raw_int("SELECT max(id) FROM decisions"), 8);
+    open_store();
+}
+
+/* A hint left by a rolled-back insert points at a rowid that a later
+ * insert reuses: setting the first id's state must not touch that row. */
+static void test_stale_hint(void **state)
+{
+    (void)state;
+    assert_int_equal(add("keep-0"), 1);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(store_admin_begin(S), 0);
+    assert_int_equal(add("ghost"), 1);
+    assert_int_equal(store_admin_end(S, false), 0); /* ROLLBACK TO: ghost is gone */
+    assert_int_equal(add("other"), 1);              /* max(rowid) + 1: ghost's rowid */
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(store_set_state(S, "ghost", "delivered", "", NOW), 0);
+    assert_int_equal(store_commit(S), 0);
+    char st[32];
+    state_of("other", st, sizeof(st));
+    assert_string_equal(st, "queued");
+    state_of("ghost", st, sizeof(st));
+    assert_string_equal(st, "");
+    /* The hinted and the unhinted (a new connection: no hints) paths. */
+    assert_int_equal(store_set_state(S, "other", "delivered", "", NOW), 0);
+    assert_int_equal(store_commit(S), 0);
+    state_of("other", st, sizeof(st));
+    assert_string_equal(st, "delivered");
+    close_store();
+    open_store();
+    assert_int_equal(store_set_state(S, "keep-0", "failed", "x", NOW), 0);
+    assert_int_equal(store_commit(S), 0);
+    state_of("keep-0", st, sizeof(st));
+    assert_string_equal(st, "failed");
+}
+
+static int64_t taken_n;
+static void on_taken(void *arg, const char *id, const char *json, size_t len, int64_t exp)
+{
+    (void)arg;
+    (void)json;
+    (void)len;
+    (void)exp;
+    (void)id;
+    taken_n++;
+}
+
+/* Many notifications through add, take and set_state (hints of both, and
+ * colliding slots: more ids than hint slots). */
+static void test_hints_many(void **state)
+{
+    (void)state;
+    enum { N = 5000 };
+    char id[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "n-%d", i);
+        assert_int_equal(add(id), 1);
+    }
+    assert_int_equal(store_commit(S), 0);
+    taken_n = 0;
+    while (store_take_queued(S, 1000, on_taken, NULL) > 0) {
+    }
+    assert_int_equal(taken_n, N);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "n-%d", i);
+        assert_int_equal(store_set_state(S, id, i % 2 ? "delivered" : "failed", "", NOW), 0);
+    }
+    assert_int_equal(store_commit(S), 0);
+    int64_t n;
+    assert_int_equal(store_count_state(S, "delivered", &n), 0);
+    assert_int_equal(n, N / 2);
+    assert_int_equal(store_count_state(S, "failed", &n), 0);
+    assert_int_equal(n, N / 2);
+    assert_int_equal(store_count_state(S, "sending", &n), 0);
+    assert_int_equal(n, 0);
+}
+
+/* SQLite's allocator from db_open (platform/db.c): every size class and
+ * beyond, realloc keeping the bytes, blocks freed on another thread. */
+static void *other_thread(void *arg)
+{
+    void **blocks = arg;
+    sqlite3_free(blocks[0]); /* the loop thread's block, freed here */
+    for (int n = 1; n < 9000; n = n * 3 + 1) {
+        unsigned char *p = sqlite3_malloc(n);
+        if (!p) {
+            return (void *)1;
+        }
+        memset(p, 0x5a, (size_t)n);
+        blocks[1] = p; /* the last one goes back to the loop thread */
+        if (n * 3 + 1 < 9000) {
+            sqlite3_free(p);
+        }
+    }
+    return NULL;
+}
+
+static void test_allocator(void **state)
+{
+    (void)state;
+    /* S is open: db_open has configured SQLite. */
+    for (int round = 0; round < 3; round++) {
+        unsigned char *keep[64];
+        int k = 0;
+        for (int n = 1; n <= 10000 && k < 64; n += 1 + n / 3, k++) {
+            unsigned char *p = sqlite3_malloc(n);
+            assert_non_null(p);
+            assert_true(sqlite3_msize(p) >= (sqlite3_uint64)n);
+            memset(p, (int)(n & 0xff), (size_t)n);
+            keep[k] = p;
+        }
+        for (int i = 0; i < k; i++) {
+            int n = (int)sqlite3_msize(keep[i]);
+            unsigned char *q = sqlite3_realloc(keep[i], n * 2 + 5);
+            assert_non_null(q);
+            assert_true(sqlite3_msize(q) >= (sqlite3_uint64)(n * 2 + 5));
+            keep[i] = q;
+        }
+        for (int i = 0; i < k; i++) {
+            sqlite3_free(keep[i]);
+        }
+    }
+    /* realloc keeps the bytes across classes */
+    unsigned char *p = sqlite3_malloc(20);
+    assert_non_null(p);
+    for (int i = 0; i < 20; i++) {
+        p[i] = (unsigned char)i;
+    }
+    p = sqlite3_realloc(p, 5000);
+    assert_non_null(p);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(p[i], i);
+    }
+    sqlite3_free(p);
+    void *blocks[2] = {sqlite3_malloc(100), NULL};
+    assert_non_null(blocks[0]);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, other_thread, blocks), 0);
+    void *ret = (void *)1;
+    assert_int_equal(pthread_join(th, &ret), 0);
+    assert_null(ret);
+    assert_non_null(blocks[1]);
+    sqlite3_free(blocks[1]); /* another thread's block, freed here */
+    /* and the store still works */
+    assert_int_equal(add("after-alloc"), 1);
+    assert_int_equal(store_commit(S), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_migration_v8, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_hint, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hints_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_allocator, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
