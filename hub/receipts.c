@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <stdbool.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +19,7 @@ struct item {
     struct proto_receipt x;
     int64_t seq;
     unsigned group;
+    int state; /* index in store_terminal_states, -1: none of them */
     bool have_ok[PROTO_RECEIPT_MAX_CHANNELS];
 };
 
@@ -33,6 +33,8 @@ struct pending {
     int mid;
     unsigned n;
     int64_t from, to;
+    bool tally_ok;                    /* every receipt's state is in tally */
+    unsigned tally[STORE_TERMINAL_N]; /* its receipts per terminal state */
     char agent[PROTO_AGENT_MAX + 1];
 };
 
@@ -42,7 +44,10 @@ struct receipts {
     int64_t cursor; /* highest seq published on this connection, at most
                      * the outbox's top after a delete (clamp_to_top) */
     struct item *items;
-    struct proto_receipt *scratch; /* one group's receipts, for the encoder */
+    const struct proto_receipt **group_items; /* one group's receipts, for the writer */
+    char *buf;                                /* the message being written */
+    size_t cap;                               /* grows to the largest message so far: at most batch
+                                               * receipts of bounded fields (proto_receipt) */
     unsigned nitems;
     struct group groups[MAX_GROUPS];
     unsigned ngroups;
@@ -73,8 +78,8 @@ receipts_t *receipts_create(store_t *store, metrics_t *metrics, unsigned batch)
     r->store = store;
     r->batch = batch ? batch : 1;
     r->items = calloc(r->batch, sizeof(*r->items));
-    r->scratch = calloc(r->batch, sizeof(*r->scratch));
-    if (!r->items || !r->scratch) {
+    r->group_items = calloc(r->batch, sizeof(*r->group_items));
+    if (!r->items || !r->group_items) {
         receipts_destroy(r);
         return NULL;
     }
@@ -101,8 +106,24 @@ void receipts_destroy(receipts_t *r)
         return;
     }
     free(r->items);
-    free(r->scratch);
+    free(r->group_items);
+    free(r->buf);
     free(r);
+}
+
+/* Copy src into dst (size bytes), cut at a UTF-8 character boundary when
+ * too long: the agent rejects an envelope whose text is not valid UTF-8. */
+static void copy_text(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size);
+    if (n == size) {
+        n = size - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80) {
+            n--; /* src[n] continues a character that would be cut */
+        }
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
 }
 
 /* Count attempt a into item t's per-channel outcome. */
@@ -118,15 +139,17 @@ static void add_attempt(struct item *t, const struct store_attempt_row *a)
             return;
         }
         x->nch++;
-        snprintf(x->ch[i].channel, sizeof(x->ch[i].channel), "%s", a->channel);
+        copy_text(x->ch[i].channel, sizeof(x->ch[i].channel), a->channel);
+        x->ch[i].attempts = 0;
+        t->have_ok[i] = false;
     }
     struct proto_receipt_channel *c = &x->ch[i];
     c->attempts++;
     bool ok = strcmp(a->state, "ok") == 0;
     /* The deciding attempt: the last success, else the last one. */
     if (ok || !t->have_ok[i]) {
-        snprintf(c->result, sizeof(c->result), "%s", a->state);
-        snprintf(c->reason, sizeof(c->reason), "%s", a->reason);
+        copy_text(c->result, sizeof(c->result), a->state);
+        copy_text(c->reason, sizeof(c->reason), a->reason);
         c->status = a->status;
         t->have_ok[i] = t->have_ok[i] || ok;
     }
@@ -153,46 +176,72 @@ static void on_row(void *arg, const struct store_receipt *row, const struct stor
                 r->stop = true; /* this receipt and later ones: next flush */
                 return;
             }
-            snprintf(r->groups[g].agent, sizeof(r->groups[g].agent), "%s", row->agent);
+            copy_text(r->groups[g].agent, sizeof(r->groups[g].agent), row->agent);
             r->groups[g].n = 0;
             r->ngroups++;
         }
+        /* Field by field: the item is large (every channel's buffers) and
+         * only what nch covers is read. */
         t = &r->items[r->nitems++];
-        memset(t, 0, sizeof(*t));
         t->seq = row->seq;
         t->group = g;
+        t->state = store_terminal_index(row->state);
         r->groups[g].n++;
-        snprintf(t->x.id, sizeof(t->x.id), "%s", row->id);
-        snprintf(t->x.state, sizeof(t->x.state), "%s", row->state);
-        snprintf(t->x.reason, sizeof(t->x.reason), "%s", row->reason);
+        copy_text(t->x.id, sizeof(t->x.id), row->id);
+        copy_text(t->x.state, sizeof(t->x.state), row->state);
+        copy_text(t->x.reason, sizeof(t->x.reason), row->reason);
         t->x.at_ms = row->at_ms;
+        t->x.nch = 0;
     }
     if (a->channel) {
         add_attempt(t, a);
     }
 }
 
+/* Write the group's receipts into r->buf (grown when too small). Length,
+ * or 0 when out of memory. */
+static size_t write_group(receipts_t *r, unsigned k)
+{
+    size_t len = proto_receipts_write(r->buf, r->cap, r->group_items, k);
+    if (len >= r->cap) {
+        size_t cap = len + 1 > 2 * r->cap ? len + 1 : 2 * r->cap;
+        char *b = realloc(r->buf, cap);
+        if (!b) {
+            return 0;
+        }
+        r->buf = b;
+        r->cap = cap;
+        len = proto_receipts_write(r->buf, r->cap, r->group_items, k);
+    }
+    return len;
+}
+
 /* Publish group gi's receipts as one message. */
 static bool publish_group(receipts_t *r, mqtt_t *mqtt, unsigned gi, int64_t *max_seq)
 {
     struct group *g = &r->groups[gi];
+    struct pending p = {.tally_ok = true};
     unsigned k = 0;
     int64_t from = INT64_MAX, to = 0;
     for (unsigned i = 0; i < r->nitems; i++) {
-        if (r->items[i].group == gi) {
-            r->scratch[k++] = r->items[i].x;
-            from = r->items[i].seq < from ? r->items[i].seq : from;
-            to = r->items[i].seq > to ? r->items[i].seq : to;
+        const struct item *t = &r->items[i];
+        if (t->group == gi) {
+            r->group_items[k++] = &t->x;
+            from = t->seq < from ? t->seq : from;
+            to = t->seq > to ? t->seq : to;
+            if (t->state >= 0) {
+                p.tally[t->state]++;
+            } else {
+                p.tally_ok = false;
+            }
         }
     }
-    size_t len = 0;
-    char *payload = proto_receipts_serialize(r->scratch, k, &len);
+    size_t len = write_group(r, k);
     char topic[160];
     int mid = 0, rc = -ENOMEM;
-    if (payload && proto_topic(topic, sizeof(topic), PROTO_TOPIC_RECEIPTS, g->agent) == 0) {
-        rc = mqtt_publish(mqtt, topic, payload, len, 1, false, 0, NULL, &mid);
+    if (len > 0 && proto_topic(topic, sizeof(topic), PROTO_TOPIC_RECEIPTS, g->agent) == 0) {
+        rc = mqtt_publish(mqtt, topic, r->buf, len, 1, false, 0, NULL, &mid);
     }
-    free(payload);
     if (rc < 0) {
         if (!r->pub_err_logged) {
             LOG_WARN(MOD, "agent %s: %u receipt(s) not published (%s); kept for later", g->agent, k,
@@ -204,13 +253,12 @@ static bool publish_group(receipts_t *r, mqtt_t *mqtt, unsigned gi, int64_t *max
     r->pub_err_logged = false;
     /* Every row of this agent in [from, to] is in this message: the batch
      * is contiguous in seq, and all its rows of one agent go to one group. */
-    struct pending *p = &r->pend[r->npend++];
-    *p = (struct pending){.mid = mid, .n = k, .from = from, .to = to};
-    /* Both live in r: copy with memcpy (snprintf's restrict forbids overlap,
-     * and GCC cannot prove there is none). */
-    size_t alen = strnlen(g->agent, sizeof(p->agent) - 1);
-    memcpy(p->agent, g->agent, alen);
-    p->agent[alen] = '\0';
+    p.mid = mid;
+    p.n = k;
+    p.from = from;
+    p.to = to;
+    copy_text(p.agent, sizeof(p.agent), g->agent);
+    r->pend[r->npend++] = p;
     *max_seq = to > *max_seq ? to : *max_seq;
     if (r->m_published) {
         r->m_published->v += k;
@@ -290,7 +338,8 @@ void receipts_on_puback(receipts_t *r, int mid, int reason)
         if (p.from > p.to) {
             return; /* clipped away: its rows were deleted already */
         }
-        int rc = store_receipts_delete(r->store, p.agent, p.from, p.to);
+        int rc =
+            store_receipts_delete(r->store, p.agent, p.from, p.to, p.tally_ok ? p.tally : NULL);
         if (rc < 0) {
             LOG_ERROR(MOD, "cannot delete confirmed receipts: %s", tdg_strerror(rc));
             return;

@@ -21,17 +21,10 @@
  *   copies the rows of the message with the time of their deletion (=
  *   confirmed by the broker; nothing else deletes receipts) in one INSERT
  *   ... SELECT per message, in the savepoint of the deletion (a per-row
- *   AFTER DELETE trigger cost a trigger program per receipt). Bounded:
- *   every 256th insert, when the oldest row is older than
- *   RECEIPT_LOG_KEEP_MS or more than RECEIPT_LOG_MAX_ROWS back, up to
- *   512 of the oldest such rows go (rowid order is time order: rows are
- *   only appended, and pruned from the start). One row and one index entry
- *   per receipt: its cost on the confirm path. */
-#define RECEIPT_LOG_KEEP_MS "2592000000" /* 30 days */
-#define RECEIPT_LOG_MAX_ROWS "1000000"
-#define RECEIPT_LOG_DUE                                                                            \
-    " WHERE t < NEW.confirmed_ms - " RECEIPT_LOG_KEEP_MS                                           \
-    " OR r <= NEW.rowid - " RECEIPT_LOG_MAX_ROWS
+ *   AFTER DELETE trigger cost a trigger program per receipt). Bounded by
+ *   age and row count: store_receipts_delete prunes it too (its
+ *   SQL_LOG_PRUNE; no trigger, whose program ran for every row inserted).
+ *   One row and one index entry per receipt: its cost on the confirm path. */
 #define STORE_SQL_RECEIPT_LOG                                                                      \
     "CREATE TABLE receipt_log ("                                                                   \
     "  notification_id TEXT NOT NULL,"                                                             \
@@ -40,13 +33,7 @@
     "  queued_ms INTEGER NOT NULL,"   /* the receipt row's at_ms: the terminal state's time */     \
     "  confirmed_ms INTEGER NOT NULL" /* deleted from the outbox: the broker had it */             \
     ");"                                                                                           \
-    "CREATE INDEX receipt_log_by_id ON receipt_log(notification_id);"                              \
-    "CREATE TRIGGER receipt_log_prune AFTER INSERT ON receipt_log"                                 \
-    "  WHEN NEW.rowid % 256 = 0 AND EXISTS (SELECT 1 FROM (SELECT rowid AS r, confirmed_ms AS t"   \
-    "  FROM receipt_log ORDER BY rowid LIMIT 1)" RECEIPT_LOG_DUE ") BEGIN"                         \
-    "  DELETE FROM receipt_log WHERE rowid IN (SELECT r FROM (SELECT rowid AS r,"                  \
-    "  confirmed_ms AS t FROM receipt_log ORDER BY rowid LIMIT 512)" RECEIPT_LOG_DUE ");"          \
-    " END;"
+    "CREATE INDEX receipt_log_by_id ON receipt_log(notification_id);"
 
 const char store_sql_admin[] = "CREATE TABLE admin_audit ("
                                "  id INTEGER PRIMARY KEY AUTOINCREMENT,"

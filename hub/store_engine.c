@@ -4,11 +4,37 @@
 #include "store_int.h"
 
 #include "error.h"
+#include "loop.h"
 
-#define TERMINAL "('delivered', 'failed', 'suppressed', 'expired', 'dropped')"
+#include <stdbool.h>
+#include <string.h>
+
+/* The WHEN clauses spell the terminal states out as = ... OR = ...: with
+ * "state IN (<more than two constants>)" SQLite builds an ephemeral index
+ * of the constants once per statement, and a trigger's program is a new
+ * statement for every row it fires on, so each insert and each state
+ * change paid for opening, filling and closing a temporary b-tree (about
+ * 20k instructions; callgrind, hub-cost). The OR chain is a few string
+ * compares. */
+#define TERMINAL_NEW                                                                               \
+    "(NEW.state = 'delivered' OR NEW.state = 'failed' OR NEW.state = 'suppressed' OR"              \
+    " NEW.state = 'expired' OR NEW.state = 'dropped')"
 #define RECEIPT_ROW                                                                                \
     "INSERT INTO receipts(notification_id, agent, state, reason, at_ms)"                           \
     " VALUES (NEW.id, NEW.agent, NEW.state, NEW.reason, NEW.updated_ms);"
+
+const char *const store_terminal_states[STORE_TERMINAL_N] = {"delivered", "failed", "suppressed",
+                                                             "expired", "dropped"};
+
+int store_terminal_index(const char *state)
+{
+    for (int i = 0; i < STORE_TERMINAL_N; i++) {
+        if (strcmp(state, store_terminal_states[i]) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
 
 /* Schema v5 (store.c's migration list).
  *
@@ -42,37 +68,57 @@ const char store_sql_engine[] =
     "  PRIMARY KEY (agent, day)"
     ") WITHOUT ROWID;"
     "CREATE TRIGGER receipts_on_state AFTER UPDATE OF state ON notifications"
-    "  WHEN NEW.state IN " TERMINAL " AND OLD.state IS NOT NEW.state"
+    "  WHEN " TERMINAL_NEW " AND OLD.state IS NOT NEW.state"
     " BEGIN " RECEIPT_ROW " END;"
     "CREATE TRIGGER receipts_on_insert AFTER INSERT ON notifications"
-    "  WHEN NEW.state IN " TERMINAL " BEGIN " RECEIPT_ROW " END;";
+    "  WHEN " TERMINAL_NEW " BEGIN " RECEIPT_ROW " END;";
 
-/* The batch first (LIMIT in the subquery), then its attempts by index. */
+/* Receipts after the cursor joined with their attempts, in (seq, attempt
+ * id) order, which the plan gives as it walks (receipts by rowid, then
+ * attempts_by_notification, whose entries end in the rowid): no temporary
+ * b-tree, and the caller stops stepping after max receipts instead of a
+ * LIMIT in a subquery (whose rows the outer ORDER BY had to sort). */
 static const char SQL_NEXT[] =
     "SELECT r.seq, r.notification_id, r.agent, r.state, r.reason, r.at_ms,"
     " a.channel, a.state, a.status, a.reason"
-    " FROM (SELECT seq, notification_id, agent, state, reason, at_ms FROM receipts"
-    "       WHERE seq > ?1 ORDER BY seq LIMIT ?2) AS r"
-    " LEFT JOIN attempts AS a ON a.notification_id = r.notification_id"
-    " ORDER BY r.seq, a.id";
-/* Confirming one message's rows [?2, ?3] of agent ?1: count them, keep
- * their history, delete them (one savepoint: all three or none). The rows
- * are found by the rowid range each time (no index on agent: the range
- * holds little else). receipt_log is schema v7's (store_admin.c). */
+    " FROM receipts AS r LEFT JOIN attempts AS a ON a.notification_id = r.notification_id"
+    " WHERE r.seq > ?1 ORDER BY r.seq, a.id";
+/* Confirming one message's rows [?2, ?3] of agent ?1: keep their history,
+ * count them, delete them (one savepoint: all or none). The rows are found
+ * by the rowid range each time (no index on agent: the range holds little
+ * else). receipt_log is schema v7's (store_admin.c). */
 static const char SQL_DEL_SAVEPOINT[] = "SAVEPOINT receipts_delete";
 static const char SQL_DEL_RELEASE[] = "RELEASE receipts_delete";
 static const char SQL_DEL_ROLLBACK[] = "ROLLBACK TO receipts_delete";
+static const char SQL_DEL_LOG[] =
+    "INSERT INTO receipt_log(notification_id, agent, state, queued_ms, confirmed_ms)"
+    " SELECT notification_id, agent, state, at_ms, ?4"
+    " FROM receipts WHERE seq BETWEEN ?2 AND ?3 AND agent = ?1 ORDER BY seq";
+/* Only when the caller's tally cannot be used (see store_receipts_delete). */
 static const char SQL_DEL_COUNT[] =
     "INSERT INTO engine_counts(state, n) SELECT state, count(*) FROM receipts"
     " WHERE seq BETWEEN ?2 AND ?3 AND agent = ?1 GROUP BY state"
     " ON CONFLICT(state) DO UPDATE SET n = n + excluded.n";
-/* Wall-clock ms, as clock_wall_ms() (SQLite reads the time once per statement). */
-static const char SQL_DEL_LOG[] =
-    "INSERT INTO receipt_log(notification_id, agent, state, queued_ms, confirmed_ms)"
-    " SELECT notification_id, agent, state, at_ms,"
-    " CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
-    " FROM receipts WHERE seq BETWEEN ?2 AND ?3 AND agent = ?1 ORDER BY seq";
+static const char SQL_ADD_COUNT[] = "INSERT INTO engine_counts(state, n) VALUES (?1, ?2)"
+                                    " ON CONFLICT(state) DO UPDATE SET n = n + excluded.n";
 static const char SQL_DELETE[] = "DELETE FROM receipts WHERE seq BETWEEN ?2 AND ?3 AND agent = ?1";
+/* receipt_log is bounded: whenever its rowids pass a multiple of 256 (?1),
+ * if its oldest row is due (SQL_LOG_DUE: older than RECEIPT_LOG_KEEP_MS
+ * before ?2, the confirmation time, or more than RECEIPT_LOG_MAX_ROWS
+ * behind ?1), up to 512 of the oldest due rows go (SQL_LOG_PRUNE). Rowid
+ * order is time order: rows are only appended, here, and pruned from the
+ * start. Run by the one writer of receipt_log rather than by a trigger,
+ * whose program ran for every row inserted. */
+#define RECEIPT_LOG_KEEP_MS "2592000000" /* 30 days */
+#define RECEIPT_LOG_MAX_ROWS "1000000"
+#define RECEIPT_LOG_EVERY 256
+#define RECEIPT_LOG_IS_DUE                                                                         \
+    " WHERE t < ?2 - " RECEIPT_LOG_KEEP_MS " OR r <= ?1 - " RECEIPT_LOG_MAX_ROWS
+static const char SQL_LOG_DUE[] = "SELECT 1 FROM (SELECT rowid AS r, confirmed_ms AS t"
+                                  " FROM receipt_log ORDER BY rowid LIMIT 1)" RECEIPT_LOG_IS_DUE;
+static const char SQL_LOG_PRUNE[] =
+    "DELETE FROM receipt_log WHERE rowid IN (SELECT r FROM (SELECT rowid AS r,"
+    " confirmed_ms AS t FROM receipt_log ORDER BY rowid LIMIT 512)" RECEIPT_LOG_IS_DUE ")";
 static const char SQL_TOP[] = "SELECT max(seq) FROM receipts";
 static const char SQL_PENDING[] = "SELECT count(*) FROM receipts";
 /* Confirmed (engine_counts) plus still in the outbox: read at scrape time
@@ -102,11 +148,21 @@ int store_receipts_next(store_t *s, int64_t after, unsigned max, store_receipt_c
         return TDG_EDB;
     }
     sqlite3_bind_int64(st, 1, after);
-    sqlite3_bind_int64(st, 2, max);
     int n = 0, rc;
+    unsigned receipts = 0;
+    int64_t last = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(st, 0);
+        if (receipts == 0 || seq != last) {
+            if (receipts == max) {
+                rc = SQLITE_DONE; /* the next receipt: for another call */
+                break;
+            }
+            receipts++;
+            last = seq;
+        }
         struct store_receipt r = {
-            .seq = sqlite3_column_int64(st, 0),
+            .seq = seq,
             .id = col(st, 1),
             .agent = col(st, 2),
             .state = col(st, 3),
@@ -134,7 +190,8 @@ static int exec_named(store_t *s, const char *sql, const char *what)
     return st ? store_run(s, st, what) : TDG_EDB;
 }
 
-static int run_range(store_t *s, const char *sql, const char *agent, int64_t from, int64_t to)
+static int run_range(store_t *s, const char *sql, const char *agent, int64_t from, int64_t to,
+                     const char *what)
 {
     sqlite3_stmt *st = store_stmt(s, sql);
     if (!st) {
@@ -143,10 +200,106 @@ static int run_range(store_t *s, const char *sql, const char *agent, int64_t fro
     sqlite3_bind_text(st, 1, agent, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, from);
     sqlite3_bind_int64(st, 3, to);
-    return store_run(s, st, "receipts delete");
+    return store_run(s, st, what);
 }
 
-int store_receipts_delete(store_t *s, const char *agent, int64_t from, int64_t to)
+/* Copy the rows to receipt_log; *copied: how many there were, *last: the
+ * rowid of the last one (the new rows are (*last - *copied, *last]: each
+ * gets max(rowid) + 1). */
+static int log_range(store_t *s, const char *agent, int64_t from, int64_t to, int64_t now_ms,
+                     int64_t *copied, int64_t *last)
+{
+    sqlite3_stmt *st = store_stmt(s, SQL_DEL_LOG);
+    if (!st) {
+        return TDG_EDB;
+    }
+    sqlite3_bind_text(st, 1, agent, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, from);
+    sqlite3_bind_int64(st, 3, to);
+    sqlite3_bind_int64(st, 4, now_ms);
+    int rc = store_run(s, st, "receipt log");
+    *copied = rc == 0 ? sqlite3_changes64(s->db) : 0;
+    *last = sqlite3_last_insert_rowid(s->db);
+    return rc;
+}
+
+static int add_count(store_t *s, const char *state, int64_t n)
+{
+    sqlite3_stmt *st = store_stmt(s, SQL_ADD_COUNT);
+    if (!st) {
+        return TDG_EDB;
+    }
+    sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, n);
+    return store_run(s, st, "receipts count");
+}
+
+static int log_query(store_t *s, const char *sql, int64_t m, int64_t now_ms, bool *row)
+{
+    sqlite3_stmt *st = store_stmt(s, sql);
+    if (!st) {
+        return TDG_EDB;
+    }
+    sqlite3_bind_int64(st, 1, m);
+    sqlite3_bind_int64(st, 2, now_ms);
+    int rc = sqlite3_step(st);
+    *row = rc == SQLITE_ROW;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : store_fail(s, rc, "receipt log prune");
+}
+
+/* The log's new rows are (last - n, last]: prune at each multiple of
+ * RECEIPT_LOG_EVERY among them (as often as a per-row check would). */
+static int prune_log(store_t *s, int64_t n, int64_t last, int64_t now_ms)
+{
+    int64_t m = (last - n) / RECEIPT_LOG_EVERY * RECEIPT_LOG_EVERY + RECEIPT_LOG_EVERY;
+    for (; m <= last; m += RECEIPT_LOG_EVERY) {
+        bool due = false, row;
+        int rc = log_query(s, SQL_LOG_DUE, m, now_ms, &due);
+        if (rc == 0 && due) {
+            rc = log_query(s, SQL_LOG_PRUNE, m, now_ms, &row);
+        }
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int delete_range(store_t *s, const char *agent, int64_t from, int64_t to,
+                        const unsigned tally[STORE_TERMINAL_N])
+{
+    int64_t now_ms = clock_wall_ms(), copied = 0, last = 0, expected = 0;
+    int rc = log_range(s, agent, from, to, now_ms, &copied, &last);
+    if (rc < 0) {
+        return rc;
+    }
+    if (copied == 0) {
+        return 0; /* confirmed already (a message sent twice) */
+    }
+    for (int i = 0; tally && i < STORE_TERMINAL_N; i++) {
+        expected += tally[i];
+    }
+    /* The range holds no row that was not in the message (receipts.c), so
+     * as many rows as the message had means these are its rows. */
+    if (tally && copied == expected) {
+        for (int i = 0; i < STORE_TERMINAL_N && rc == 0; i++) {
+            if (tally[i]) {
+                rc = add_count(s, store_terminal_states[i], tally[i]);
+            }
+        }
+    } else {
+        rc = run_range(s, SQL_DEL_COUNT, agent, from, to, "receipts count");
+    }
+    if (rc < 0 || (rc = run_range(s, SQL_DELETE, agent, from, to, "receipts delete")) < 0) {
+        return rc;
+    }
+    return prune_log(s, copied, last, now_ms);
+}
+
+int store_receipts_delete(store_t *s, const char *agent, int64_t from, int64_t to,
+                          const unsigned tally[STORE_TERMINAL_N])
 {
     int rc = store_tx(s);
     if (rc < 0) {
@@ -155,9 +308,7 @@ int store_receipts_delete(store_t *s, const char *agent, int64_t from, int64_t t
     if ((rc = exec_named(s, SQL_DEL_SAVEPOINT, "receipts savepoint")) < 0) {
         return rc;
     }
-    if ((rc = run_range(s, SQL_DEL_COUNT, agent, from, to)) < 0 ||
-        (rc = run_range(s, SQL_DEL_LOG, agent, from, to)) < 0 ||
-        (rc = run_range(s, SQL_DELETE, agent, from, to)) < 0) {
+    if ((rc = delete_range(s, agent, from, to, tally)) < 0) {
         /* Nothing half-done: counted and logged only with the deletion. */
         exec_named(s, SQL_DEL_ROLLBACK, "receipts rollback");
         exec_named(s, SQL_DEL_RELEASE, "receipts release");

@@ -34,14 +34,27 @@ typedef void (*store_receipt_cb)(void *arg, const struct store_receipt *r,
  * its notification's attempts (oldest first): cb runs once per attempt, or
  * once with a->channel NULL when there is none; consecutive calls with the
  * same r->seq belong together. Strings are valid during the call. One
- * statement for the whole batch. Rows (calls) or a negative error. */
+ * statement for the whole batch, read only as far as needed (no sort).
+ * Rows (calls) or a negative error. */
 int store_receipts_next(store_t *s, int64_t after, unsigned max, store_receipt_cb cb, void *arg);
+
+/* The terminal states, in this order: an index into a tally. */
+#define STORE_TERMINAL_N 5
+extern const char *const store_terminal_states[STORE_TERMINAL_N];
+/* state's index in store_terminal_states, or -1. */
+int store_terminal_index(const char *state);
 
 /* Delete the published receipts of agent with seq in [from, to] (in the
  * iteration's transaction): the rows one receipts message carried. They
- * are counted in engine_counts and copied to receipt_log (confirmed now)
- * with the deletion, all or nothing. */
-int store_receipts_delete(store_t *s, const char *agent, int64_t from, int64_t to);
+ * are counted in engine_counts and copied to receipt_log (confirmed now,
+ * pruned as docs/engine.md says) with the deletion, all or nothing.
+ * tally (may be NULL): how many of the message's receipts had each terminal
+ * state (store_terminal_states order). When every one of them is still in
+ * the range, it is what engine_counts gets, with no count over the rows;
+ * otherwise (some were confirmed already by another message, or the range
+ * was cut) the rows are counted. */
+int store_receipts_delete(store_t *s, const char *agent, int64_t from, int64_t to,
+                          const unsigned tally[STORE_TERMINAL_N]);
 /* The highest seq in the outbox (0: empty). A new row gets top + 1: after
  * a delete, seqs above the top may come back for new rows, so a publisher
  * must forget cursors and ranges above it. */

@@ -266,6 +266,16 @@ typedef void (*proto_item_cb)(struct cJSON *item, void *arg);
  * Items may be any JSON value; the callback validates (proto_from_json). */
 int proto_batch_parse(const char *buf, size_t len, char *agent_out, size_t agent_len,
                       proto_item_cb cb, void *arg, struct proto_error *err);
+/* The same, but each item is detached from the batch before the callback,
+ * which then owns it (a root: free it with cJSON_Delete, or keep it, e.g. as
+ * the json of a notification checked with proto_item_check). */
+int proto_batch_parse_owned(const char *buf, size_t len, char *agent_out, size_t agent_len,
+                            proto_item_cb cb, void *arg, struct proto_error *err);
+
+/* Compact JSON text of item into buf (cap bytes, NUL included): the same
+ * bytes cJSON_PrintUnformatted writes, printed faster (json_print.c). The
+ * length, or -1 when it does not fit (buf then holds ""). */
+long proto_json_print(const struct cJSON *item, char *buf, size_t cap);
 
 struct proto_ack {
     char id[PROTO_ID_MAX + 1];
@@ -310,6 +320,13 @@ struct proto_receipt {
 };
 /* Serialize receipts. malloc'd string (free()) or NULL on ENOMEM. */
 char *proto_receipts_serialize(const struct proto_receipt *r, size_t n, size_t *len);
+/* The same text for the receipts *r[0..n-1] (pointers: a caller picks them
+ * out of a larger array), written into buf (cap bytes; buf may be NULL when
+ * cap is 0) as snprintf does: the length of the whole text is returned;
+ * when it is >= cap, buf holds a NUL-terminated prefix (if cap > 0) and the
+ * caller writes again into a larger buffer. Strings are copied as JSON
+ * strings, escaped as cJSON prints them; no allocation. */
+size_t proto_receipts_write(char *buf, size_t cap, const struct proto_receipt *const *r, size_t n);
 /* Called once per entry of a receipts envelope, in order: with r (borrowed
  * for the call) when the entry is valid, or with r NULL and bad naming the
  * field (e.g. "receipts[2].state") when it is not. */

@@ -1,7 +1,10 @@
-/* test_receipt_log.c - the history of receipts (hub/store_admin.c,
- * receipt_log): a receipt is pending while its outbox row exists, confirmed
- * with the deletion's time once the row is deleted (the broker's PUBACK),
- * and receipt_log is pruned by age and by row count. */
+/* test_receipt_log.c - the receipts outbox (hub/store_engine.c) and the
+ * history of receipts (receipt_log, schema in hub/store_admin.c): a receipt
+ * is pending while its outbox row exists, confirmed with the deletion's time
+ * once the row is deleted (the broker's PUBACK), counted once whatever
+ * deletes it (with the publisher's tally or by counting the rows), read in
+ * batches that never split a notification's attempts, and receipt_log is
+ * pruned by age and by row count as receipts are confirmed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -113,7 +116,7 @@ static void test_pending_then_confirmed(void **state)
     max_seq = 0;
     assert_true(store_receipts_next(S, 0, 100, on_outbox, NULL) >= 1);
     int64_t before = wall_ms();
-    assert_int_equal(store_receipts_delete(S, "gw1", 1, max_seq), 0);
+    assert_int_equal(store_receipts_delete(S, "gw1", 1, max_seq, NULL), 0);
     assert_int_equal(store_commit(S), 0);
     int64_t after = wall_ms();
     memset(&s, 0, sizeof(s));
@@ -154,46 +157,6 @@ static void exec(sqlite3 *db, const char *sql)
     }
 }
 
-static void test_pruned(void **state)
-{
-    (void)state;
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
-    sqlite3_busy_timeout(db, 5000);
-    exec(db, "DELETE FROM receipt_log");
-    /* rows 1..600 are 40 days old, 601.. are new (rows come in time order:
-     * the age is measured from the row that prunes). */
-    exec(db, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 767)"
-             " INSERT INTO receipt_log(rowid, notification_id, agent, state, queued_ms,"
-             " confirmed_ms) SELECT i, 'p-' || i, 'gw1', 'delivered', 1,"
-             " CASE WHEN i <= 600 THEN 1700000000000 - 40 * 86400000 ELSE 1700000000000 END"
-             " FROM c");
-    /* rowids 256 and 512 were old themselves: nothing is 30 days older */
-    assert_int_equal(count(db, "SELECT count(*) FROM receipt_log"), 767);
-    exec(db, "INSERT INTO receipt_log(rowid, notification_id, agent, state, queued_ms,"
-             " confirmed_ms) VALUES (768, 'p-768', 'gw1', 'delivered', 1, 1700000000000)");
-    /* rowid 768: at most 512 of the oldest go: 1..512 */
-    assert_int_equal(count(db, "SELECT min(rowid) FROM receipt_log"), 513);
-    assert_int_equal(count(db, "SELECT count(*) FROM receipt_log"), 256);
-    exec(db, "WITH RECURSIVE c(i) AS (SELECT 769 UNION ALL SELECT i + 1 FROM c WHERE i < 1024)"
-             " INSERT INTO receipt_log(rowid, notification_id, agent, state, queued_ms,"
-             " confirmed_ms) SELECT i, 'p-' || i, 'gw1', 'delivered', 1, 1700000000000 FROM c");
-    /* rowid 1024: the rest of the old ones, 513..600; the new ones stay */
-    assert_int_equal(count(db, "SELECT min(rowid) FROM receipt_log"), 601);
-    assert_int_equal(count(db, "SELECT count(*) FROM receipt_log"), 424);
-    /* more than 1,000,000 rows back: pruned whatever their age */
-    exec(db, "INSERT INTO receipt_log(rowid, notification_id, agent, state, queued_ms,"
-             " confirmed_ms) VALUES (1000960, 'p-big', 'gw1', 'delivered', 1, 1700000000000)");
-    /* (601..960 went; 961..1024 are within the last 1,000,000) */
-    assert_int_equal(count(db, "SELECT min(rowid) FROM receipt_log"), 961);
-    assert_int_equal(count(db, "SELECT count(*) FROM receipt_log"), 65);
-    /* not on other rows: 1000961 is no multiple of 256 */
-    exec(db, "INSERT INTO receipt_log(notification_id, agent, state, queued_ms, confirmed_ms)"
-             " VALUES ('p-next', 'gw1', 'delivered', 1, 1)");
-    assert_int_equal(count(db, "SELECT count(*) FROM receipt_log"), 66);
-    sqlite3_close(db);
-}
-
 struct counts {
     int64_t delivered, failed;
 };
@@ -230,8 +193,8 @@ static void test_counts_and_seq_reuse(void **state)
     assert_int_equal(store_receipts_top(S, &top), 0);
     assert_true(top >= 3);
     /* confirm all: counted once, whatever deletes them (a range twice) */
-    assert_int_equal(store_receipts_delete(S, "gw1", 1, top), 0);
-    assert_int_equal(store_receipts_delete(S, "gw1", 1, top), 0);
+    assert_int_equal(store_receipts_delete(S, "gw1", 1, top, NULL), 0);
+    assert_int_equal(store_receipts_delete(S, "gw1", 1, top, NULL), 0);
     assert_int_equal(store_commit(S), 0);
     memset(&c, 0, sizeof(c));
     assert_int_equal(store_terminal_counts(S, on_count, &c), 0);
@@ -248,11 +211,204 @@ static void test_counts_and_seq_reuse(void **state)
     assert_int_equal(max_seq, 1);
     struct seen s = {0};
     assert_int_equal(store_admin_receipts(S, "c-2", 10, on_receipt, &s), 2);
-    assert_int_equal(store_receipts_delete(S, "gw1", 1, 1), 0);
+    assert_int_equal(store_receipts_delete(S, "gw1", 1, 1, NULL), 0);
     assert_int_equal(store_commit(S), 0);
     memset(&c, 0, sizeof(c));
     assert_int_equal(store_terminal_counts(S, on_count, &c), 0);
     assert_int_equal(c.delivered, c0.delivered + 3);
+}
+
+/* Confirm every receipt in the outbox (one message's worth), as the
+ * publisher does after a PUBACK. */
+static void confirm_all(const unsigned *tally)
+{
+    int64_t top = 0;
+    assert_int_equal(store_receipts_top(S, &top), 0);
+    assert_int_equal(store_receipts_delete(S, "gw1", 1, top, tally), 0);
+    assert_int_equal(store_commit(S), 0);
+}
+
+static unsigned pruned_n;
+
+/* n receipts confirmed in one message: n rows appended to receipt_log. */
+static void confirm_new(unsigned n)
+{
+    int64_t now = wall_ms();
+    for (unsigned i = 0; i < n; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "pr-%u", ++pruned_n);
+        add_delivered(id, now);
+    }
+    confirm_all(NULL);
+}
+
+/* Raw rows [from, to] of receipt_log, confirmed `age_days` before now. */
+static void raw_rows(sqlite3 *db, int64_t from, int64_t to, int64_t age_days)
+{
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "WITH RECURSIVE c(i) AS (SELECT %lld UNION ALL SELECT i + 1 FROM c WHERE i < %lld)"
+             " INSERT INTO receipt_log(rowid, notification_id, agent, state, queued_ms,"
+             " confirmed_ms) SELECT i, 'p-' || i, 'gw1', 'delivered', 1, %lld FROM c",
+             (long long)from, (long long)to, (long long)(wall_ms() - age_days * 86400000));
+    exec(db, sql);
+}
+
+static void test_pruned(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    confirm_all(NULL); /* whatever earlier tests left in the outbox */
+    exec(db, "DELETE FROM receipt_log");
+    /* rows 1..600 are 40 days old, 601..766 are new (rows come in time
+     * order: the age is measured from the confirmation that prunes) */
+    raw_rows(db, 1, 600, 40);
+    raw_rows(db, 601, 766, 0);
+    confirm_new(1); /* rowid 767: no multiple of 256, nothing pruned */
+    assert_int_equal(count(db, "SELECT count(*) FROM receipt_log"), 767);
+    confirm_new(1); /* rowid 768: at most 512 of the oldest go: 1..512 */
+    assert_int_equal(count(db, "SELECT min(rowid) FROM receipt_log"), 513);
+    assert_int_equal(count(db, "SELECT count(*) FROM receipt_log"), 256);
+    raw_rows(db, 769, 1022, 0);
+    /* rowids 1023..1025 in one message: 1024 is among them; the rest of
+     * the old ones go, 513..600; the new ones stay */
+    confirm_new(3);
+    assert_int_equal(count(db, "SELECT min(rowid) FROM receipt_log"), 601);
+    assert_int_equal(count(db, "SELECT count(*) FROM receipt_log"), 425);
+    /* more than 1,000,000 rows back: pruned whatever their age */
+    raw_rows(db, 1000959, 1000959, 0);
+    confirm_new(1); /* rowid 1000960: 601..960 go; 961..1025 are within */
+    assert_int_equal(count(db, "SELECT min(rowid) FROM receipt_log"), 961);
+    assert_int_equal(count(db, "SELECT count(*) FROM receipt_log"), 67);
+    /* a message of 300 (rowids 1279..1578) crosses two multiples, 1280 and
+     * 1536: pruned at each, as a check per row would (512 old rows, then
+     * the other 488) */
+    exec(db, "DELETE FROM receipt_log");
+    raw_rows(db, 1, 1000, 40);
+    raw_rows(db, 1001, 1278, 0);
+    confirm_new(300);
+    assert_int_equal(count(db, "SELECT min(rowid) FROM receipt_log"), 1001);
+    assert_int_equal(count(db, "SELECT max(rowid) FROM receipt_log"), 1578);
+    sqlite3_close(db);
+}
+
+/* The publisher's tally is what engine_counts gets when every receipt of
+ * the message is still in the range; otherwise the rows are counted. */
+static void test_tally(void **state)
+{
+    (void)state;
+    confirm_all(NULL);
+    struct counts c0 = {0}, c = {0};
+    assert_int_equal(store_terminal_counts(S, on_count, &c0), 0);
+    int64_t now = wall_ms();
+    add_delivered("t-1", now);
+    add_delivered("t-2", now);
+    add_delivered("t-3", now);
+    assert_int_equal(store_set_state(S, "t-3", "queued", "", now + 1), 0);
+    assert_int_equal(store_set_state(S, "t-3", "failed", "x", now + 2), 0);
+    assert_int_equal(store_commit(S), 0);
+    /* 4 rows: t-1, t-2, t-3 delivered, t-3 failed */
+    const unsigned tally[STORE_TERMINAL_N] = {3, 1, 0, 0, 0};
+    assert_int_equal(store_terminal_index("failed"), 1);
+    assert_int_equal(store_terminal_index("sending"), -1);
+    confirm_all(tally);
+    assert_int_equal(store_terminal_counts(S, on_count, &c), 0);
+    assert_int_equal(c.delivered, c0.delivered + 3);
+    assert_int_equal(c.failed, c0.failed + 1);
+    struct seen s = {0};
+    assert_int_equal(store_admin_receipts(S, "t-3", 10, on_receipt, &s), 2);
+    assert_true(s.confirmed_ms > 0);
+
+    /* A tally that does not match the rows (some were confirmed by another
+     * message, the range was cut): the rows themselves are counted. */
+    add_delivered("t-4", now);
+    add_delivered("t-5", now);
+    assert_int_equal(store_set_state(S, "t-5", "queued", "", now + 1), 0);
+    assert_int_equal(store_set_state(S, "t-5", "failed", "y", now + 2), 0);
+    assert_int_equal(store_commit(S), 0);
+    const unsigned wrong[STORE_TERMINAL_N] = {2, 0, 0, 0, 0}; /* 3 rows */
+    confirm_all(wrong);
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(store_terminal_counts(S, on_count, &c), 0);
+    assert_int_equal(c.delivered, c0.delivered + 5);
+    assert_int_equal(c.failed, c0.failed + 2);
+    /* the same range again (a message sent twice): nothing left to count */
+    assert_int_equal(store_receipts_delete(S, "gw1", 1, INT64_MAX, tally), 0);
+    assert_int_equal(store_commit(S), 0);
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(store_terminal_counts(S, on_count, &c), 0);
+    assert_int_equal(c.delivered, c0.delivered + 5);
+    assert_int_equal(c.failed, c0.failed + 2);
+}
+
+struct batch {
+    unsigned calls, receipts, attempts[8];
+    int64_t last;
+    char first[8][32];
+};
+
+static void on_batch(void *arg, const struct store_receipt *r, const struct store_attempt_row *a)
+{
+    struct batch *b = arg;
+    b->calls++;
+    if (b->receipts == 0 || r->seq != b->last) {
+        assert_true(b->receipts == 0 || r->seq > b->last); /* oldest first */
+        assert_true(b->receipts < 8);
+        snprintf(b->first[b->receipts], sizeof(b->first[0]), "%s", r->id);
+        b->receipts++;
+        b->last = r->seq;
+    }
+    if (a->channel) {
+        b->attempts[b->receipts - 1]++;
+    }
+}
+
+/* A batch of max receipts carries all the attempts of each (the read stops
+ * between notifications, never inside one), in order. */
+static void test_next_batches(void **state)
+{
+    (void)state;
+    confirm_all(NULL);
+    int64_t now = wall_ms();
+    const char *ids[] = {"b-1", "b-2", "b-3"};
+    for (unsigned i = 0; i < 3; i++) {
+        char json[200];
+        int len = snprintf(json, sizeof(json), "{\"id\":\"%s\",\"to\":\"user:u1\",\"title\":\"t\"}",
+                           ids[i]);
+        struct notification n;
+        struct proto_error perr;
+        assert_int_equal(proto_parse(json, (size_t)len, &n, &perr), 0);
+        bool inserted = false;
+        assert_int_equal(store_add_notification(S, &n, "gw1", json, (size_t)len, now, &inserted),
+                         0);
+        notification_free(&n);
+        /* b-1: none, b-2: three, b-3: two attempts */
+        for (unsigned k = 0; k < (i == 0 ? 0 : i == 1 ? 3 : 2); k++) {
+            int64_t att = 0;
+            assert_int_equal(store_attempt_begin(S, ids[i], "apns", 1, now, &att), 0);
+            assert_int_equal(store_attempt_end(S, att, "retry", 503, "", "", now), 0);
+        }
+        assert_int_equal(store_set_state(S, ids[i], "delivered", "", now + 5), 0);
+    }
+    assert_int_equal(store_commit(S), 0);
+    struct batch b = {0};
+    assert_int_equal(store_receipts_next(S, 0, 2, on_batch, &b), 4); /* 1 + 3 */
+    assert_int_equal(b.receipts, 2);
+    assert_string_equal(b.first[0], "b-1");
+    assert_int_equal(b.attempts[0], 0);
+    assert_string_equal(b.first[1], "b-2");
+    assert_int_equal(b.attempts[1], 3);
+    int64_t after = b.last;
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(store_receipts_next(S, after, 2, on_batch, &b), 2);
+    assert_int_equal(b.receipts, 1);
+    assert_string_equal(b.first[0], "b-3");
+    assert_int_equal(b.attempts[0], 2);
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(store_receipts_next(S, b.last + 1000, 2, on_batch, &b), 0);
+    confirm_all(NULL);
 }
 
 int main(void)
@@ -261,6 +417,8 @@ int main(void)
         cmocka_unit_test(test_pending_then_confirmed),
         cmocka_unit_test(test_counts_and_seq_reuse),
         cmocka_unit_test(test_pruned),
+        cmocka_unit_test(test_tally),
+        cmocka_unit_test(test_next_batches),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
