@@ -20,8 +20,16 @@
  * durable "group_page" timer (plan_group_page). */
 #define FANOUT_GROUP_PAGE 1000
 #define PREF_CACHE_SLOTS 1024      /* parsed preferences kept (policy section) */
+#define FANOUT_TAKE_MAX 1024       /* rows taken per pull (store_take_queued's batch) */
 
 struct job;
+
+/* A parsed notification waiting for a job slot (fanout.parked). */
+struct park {
+    struct park *next;
+    int64_t expires_ms;
+    struct notification n;
+};
 
 /* One notification to one device. */
 struct delivery {
@@ -70,11 +78,29 @@ struct fanout {
      * job per part): retries and timers find theirs without a scan. */
     struct job **byid;
     uint32_t byid_mask; /* buckets - 1 (a power of two) */
-    struct delivery *ready_head, *ready_tail;
+    /* Deliveries whose attempt row is written, waiting for the commit and
+     * then their channel's window: a queue per route, so a full window
+     * stops only its own queue and a flush touches only what it sends. */
+    struct {
+        struct delivery *head, *tail;
+    } ready[FANOUT_MAX_ROUTES];
     struct fanout_stats st;
     sched_t *sched;        /* NULL: no policy timers (holds, deliver_at, fallback) */
     struct pref_entry *prefs; /* PREF_CACHE_SLOTS, policy section */
     struct replan *replan;    /* users to re-plan after a preference change */
+    /* Parked: notifications intake stored as taken ('sending') while every
+     * job slot was busy, parsed and waiting in memory, a FIFO per priority
+     * (index: enum proto_priority). fanout_pull plans them before anything
+     * from the store's queue, so the hot path never reads back and parses
+     * again what it has just written. */
+    struct {
+        struct park *head, *tail;
+    } parked[PROTO_PRIO_CRITICAL + 1];
+    unsigned nparked;
+    /* Rows may wait in the queue (at start, or after fanout_ready said no):
+     * new ones then queue behind them, in priority order, instead of being
+     * handed over by intake. Cleared when a pull finds the queue empty. */
+    bool backlog;
 };
 
 /* The wall clock of planning, timers and retries (fanout_opts.clock). */
@@ -90,13 +116,23 @@ static int64_t fanout_now(const fanout_t *f)
 
 static void ready_push(fanout_t *f, struct delivery *d)
 {
+    size_t ri = (size_t)(d->route - f->routes);
     d->next_ready = NULL;
-    if (f->ready_tail) {
-        f->ready_tail->next_ready = d;
+    if (f->ready[ri].tail) {
+        f->ready[ri].tail->next_ready = d;
     } else {
-        f->ready_head = d;
+        f->ready[ri].head = d;
     }
-    f->ready_tail = d;
+    f->ready[ri].tail = d;
+}
+
+/* Bounded string copy, truncating (snprintf "%s" without the formatter:
+ * the hot path copies a few strings per device). */
+static void copy_str(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
 }
 
 /* FNV-1a: notification ids, user ids. */
@@ -449,10 +485,10 @@ static void add_endpoint(void *arg, const struct store_device *sd)
     struct endpoint *e = &u->ep[u->n++];
     e->route = r;
     e->id = sd->id;
-    snprintf(e->token, sizeof(e->token), "%s", sd->token ? sd->token : "");
-    snprintf(e->app, sizeof(e->app), "%s", sd->app ? sd->app : "");
-    snprintf(e->platform, sizeof(e->platform), "%s", sd->platform);
-    snprintf(e->environment, sizeof(e->environment), "%s",
+    copy_str(e->token, sizeof(e->token), sd->token ? sd->token : "");
+    copy_str(e->app, sizeof(e->app), sd->app ? sd->app : "");
+    copy_str(e->platform, sizeof(e->platform), sd->platform);
+    copy_str(e->environment, sizeof(e->environment),
              sd->environment ? sd->environment : "production");
     u->classes |= r->proto_class;
 }
@@ -460,7 +496,7 @@ static void add_endpoint(void *arg, const struct store_device *sd)
 static int add_delivery(struct job *j, const struct endpoint *e, const char *user, bool fallback)
 {
     if (j->ndev == j->dcap) {
-        unsigned cap = j->dcap ? j->dcap * 2 : FANOUT_MAX_ENDPOINTS;
+        unsigned cap = j->dcap ? j->dcap * 2 : 2; /* most users: one or two devices */
         struct delivery *dv = realloc(j->dv, cap * sizeof(*dv));
         if (!dv) {
             return -ENOMEM;
@@ -474,11 +510,11 @@ static int add_delivery(struct job *j, const struct endpoint *e, const char *use
     d->route = e->route;
     d->device_id = e->id;
     d->fallback = fallback;
-    snprintf(d->user, sizeof(d->user), "%s", user);
-    snprintf(d->token, sizeof(d->token), "%s", e->token);
-    snprintf(d->app, sizeof(d->app), "%s", e->app);
-    snprintf(d->platform, sizeof(d->platform), "%s", e->platform);
-    snprintf(d->environment, sizeof(d->environment), "%s", e->environment);
+    copy_str(d->user, sizeof(d->user), user);
+    copy_str(d->token, sizeof(d->token), e->token);
+    copy_str(d->app, sizeof(d->app), e->app);
+    copy_str(d->platform, sizeof(d->platform), e->platform);
+    copy_str(d->environment, sizeof(d->environment), e->environment);
     return 0;
 }
 
@@ -739,6 +775,22 @@ static void finish_planned(struct job *j)
     job_free(j);
 }
 
+/* Link a new job (its j->id and j->n set) into the fanout. */
+static void job_link(fanout_t *f, struct job *j, int64_t expires_ms)
+{
+    j->f = f;
+    j->next = f->live;
+    if (f->live) {
+        f->live->prev = j;
+    }
+    f->live = j;
+    j->hash = id_hash(j->id);
+    j->hnext = f->byid[j->hash & f->byid_mask];
+    f->byid[j->hash & f->byid_mask] = j;
+    f->jobs++;
+    j->expires_ms = expires_ms; /* counted from intake, not from now */
+}
+
 /* A job for a stored notification (taken from the queue or resumed). */
 static struct job *job_new(fanout_t *f, const char *id, const char *json, size_t len,
                            int64_t expires_ms)
@@ -756,17 +808,7 @@ static struct job *job_new(fanout_t *f, const char *id, const char *json, size_t
         free(j);
         return NULL;
     }
-    j->f = f;
-    j->next = f->live;
-    if (f->live) {
-        f->live->prev = j;
-    }
-    f->live = j;
-    j->hash = id_hash(j->id);
-    j->hnext = f->byid[j->hash & f->byid_mask];
-    f->byid[j->hash & f->byid_mask] = j;
-    f->jobs++;
-    j->expires_ms = expires_ms; /* counted from intake, not from now */
+    job_link(f, j, expires_ms);
     return j;
 }
 
@@ -865,18 +907,12 @@ static void plan_group_page(struct job *j, const char *after)
     free(m.ids);
 }
 
-static void on_queued(void *arg, const char *id, const char *json, size_t len,
-                      int64_t expires_ms)
+/* Plan a job just taken (fresh: straight from intake, so it cannot have
+ * been planned before) and start its attempts. */
+static void job_begin(fanout_t *f, struct job *j, bool fresh)
 {
-    fanout_t *f = arg;
+    const char *id = j->id;
     int64_t now = clock_wall_ms();
-    struct job *j = job_new(f, id, json, len, expires_ms);
-    if (!j) {
-        /* Out of memory (or unparsable: job_new recorded that); a queued
-         * row is taken again on a later pull. */
-        store_set_state(f->store, id, "queued", "", now);
-        return;
-    }
     if (j->n.to_kind == PROTO_TO_LOCAL) {
         store_set_state(f->store, id, "failed", "local notifications stay on the agent", now);
         f->st.failed++;
@@ -885,7 +921,7 @@ static void on_queued(void *arg, const char *id, const char *json, size_t len,
     }
     /* Planned before (held, scheduled, a hub that stopped mid-way): its
      * timers are replaced by this plan, with the preferences of now. */
-    if (f->sched) {
+    if (f->sched && !fresh) {
         int64_t left = 0;
         if (store_timer_count_of(f->store, id, &left) == 0 && left > 0) {
             sched_cancel(f->sched, id, NULL, NULL);
@@ -898,6 +934,97 @@ static void on_queued(void *arg, const char *id, const char *json, size_t len,
         plan_group_page(j, "");
     }
     job_start(j);
+}
+
+static void on_queued(void *arg, const char *id, const char *json, size_t len,
+                      int64_t expires_ms)
+{
+    fanout_t *f = arg;
+    struct job *j = job_new(f, id, json, len, expires_ms);
+    if (!j) {
+        /* Out of memory (or unparsable: job_new recorded that); a queued
+         * row is taken again on a later pull. */
+        store_set_state(f->store, id, "queued", "", clock_wall_ms());
+        return;
+    }
+    job_begin(f, j, false);
+}
+
+bool fanout_ready(fanout_t *f)
+{
+    if (f->backlog) {
+        return false; /* queued rows first: new ones queue behind them */
+    }
+    if (f->jobs < f->o.max_jobs || f->nparked < f->o.max_parked) {
+        return true;
+    }
+    f->backlog = true; /* what is stored meanwhile waits in the queue */
+    return false;
+}
+
+/* A job for a parsed notification stored as taken; n is moved in. */
+static void job_from(fanout_t *f, struct notification *n, int64_t expires_ms)
+{
+    struct job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        /* Stored as taken: back to the queue, for a later pull. */
+        store_set_state(f->store, n->id, "queued", "", clock_wall_ms());
+        f->backlog = true;
+        notification_free(n);
+        return;
+    }
+    copy_str(j->id, sizeof(j->id), n->id);
+    j->n = *n;
+    memset(n, 0, sizeof(*n));
+    job_link(f, j, expires_ms);
+    job_begin(f, j, true);
+}
+
+void fanout_take(fanout_t *f, struct notification *n, int64_t expires_ms)
+{
+    f->st.direct++;
+    if (f->jobs < f->o.max_jobs && f->nparked == 0) {
+        job_from(f, n, expires_ms);
+        return;
+    }
+    struct park *p = malloc(sizeof(*p));
+    if (!p) {
+        store_set_state(f->store, n->id, "queued", "", clock_wall_ms());
+        f->backlog = true;
+        notification_free(n);
+        return;
+    }
+    p->next = NULL;
+    p->expires_ms = expires_ms;
+    p->n = *n;
+    memset(n, 0, sizeof(*n));
+    unsigned prio = p->n.priority <= PROTO_PRIO_CRITICAL ? (unsigned)p->n.priority
+                                                         : PROTO_PRIO_NORMAL;
+    if (f->parked[prio].tail) {
+        f->parked[prio].tail->next = p;
+    } else {
+        f->parked[prio].head = p;
+    }
+    f->parked[prio].tail = p;
+    f->nparked++;
+    f->st.parked++;
+}
+
+/* The oldest parked notification of the highest priority, or NULL. */
+static struct park *park_pop(fanout_t *f)
+{
+    for (int prio = PROTO_PRIO_CRITICAL; prio >= PROTO_PRIO_LOW; prio--) {
+        struct park *p = f->parked[prio].head;
+        if (p) {
+            f->parked[prio].head = p->next;
+            if (!p->next) {
+                f->parked[prio].tail = NULL;
+            }
+            f->nparked--;
+            return p;
+        }
+    }
+    return NULL;
 }
 
 /* A durable retry came due. Normally its delivery waits in memory: send it
@@ -1220,58 +1347,71 @@ static void replan_add(fanout_t *f, const char *user_id)
 
 void fanout_pull(fanout_t *f)
 {
-    if (f->jobs >= f->o.max_jobs) {
+    /* Parked first (they were stored before anything in the queue now),
+     * a bounded number per iteration like the store's take. */
+    unsigned moved = 0;
+    struct park *p;
+    while (f->jobs < f->o.max_jobs && moved < FANOUT_TAKE_MAX && (p = park_pop(f))) {
+        job_from(f, &p->n, p->expires_ms);
+        free(p);
+        moved++;
+    }
+    if (f->jobs >= f->o.max_jobs || f->nparked > 0) {
         return;
     }
-    int rc = store_take_queued(f->store, f->o.max_jobs - f->jobs, on_queued, f);
+    unsigned want = f->o.max_jobs - f->jobs;
+    if (want > FANOUT_TAKE_MAX) {
+        want = FANOUT_TAKE_MAX;
+    }
+    int rc = store_take_queued(f->store, want, on_queued, f);
     if (rc < 0) {
         LOG_ERROR("fanout", "cannot read queued notifications: %s", tdg_strerror(rc));
+    } else if ((unsigned)rc < want) {
+        f->backlog = false; /* the queue is empty: intake may hand over directly */
     }
 }
 
 void fanout_flush(fanout_t *f)
 {
-    struct delivery *d = f->ready_head;
-    f->ready_head = f->ready_tail = NULL;
-    /* Routes whose channel said -EBUSY in this flush: their deliveries wait
-     * (in order) for the next flush; other channels keep going. */
-    bool busy[FANOUT_MAX_ROUTES] = {false};
-    while (d) {
-        struct delivery *next = d->next_ready;
-        size_t ri = (size_t)(d->route - f->routes);
-        if (busy[ri]) {
-            ready_push(f, d);
-            d = next;
-            continue;
-        }
-        struct channel_delivery cd = {
-            .attempt_id = (uint64_t)d->attempt_id,
-            .n = &d->job->n,
-            .dev = &d->dev,
-            .now_ms = clock_wall_ms(),
-        };
-        int rc = d->route->ops->send(d->route->state, &cd, on_outcome, d);
-        if (rc == -EBUSY) {
-            /* The channel's window is full: local backpressure, not an
-             * attempt. The delivery waits for the next flush (after an
-             * outcome frees a slot); its attempt row stays 'sending'. */
-            busy[ri] = true;
-            ready_push(f, d);
-            f->st.backpressure++;
-            d = next;
-            continue;
-        }
-        if (rc < 0) {
-            /* Could not even start (e.g. too many in flight): treat as a
-             * retryable outcome so backoff and accounting stay in one place. */
-            struct channel_outcome o = {.result = CHANNEL_RETRY, .status = 0};
-            snprintf(o.reason, sizeof(o.reason), "send: %s", tdg_strerror(rc));
+    for (size_t ri = 0; ri < f->nroutes; ri++) {
+        /* Only what was queued before this flush (whose attempts the commit
+         * just made durable): a delivery queued by a callback during the
+         * flush waits for the next commit. */
+        struct delivery *d = f->ready[ri].head, *last = f->ready[ri].tail;
+        f->ready[ri].head = f->ready[ri].tail = NULL;
+        while (d) {
+            struct delivery *next = d->next_ready;
+            struct channel_delivery cd = {
+                .attempt_id = (uint64_t)d->attempt_id,
+                .n = &d->job->n,
+                .dev = &d->dev,
+                .now_ms = clock_wall_ms(),
+            };
+            int rc = d->route->ops->send(d->route->state, &cd, on_outcome, d);
+            if (rc == -EBUSY) {
+                /* The channel's window is full: local backpressure, not an
+                 * attempt. This delivery and the rest of the queue wait, in
+                 * order and ahead of anything queued meanwhile, for the next
+                 * flush (after an outcome frees a slot); their attempt rows
+                 * stay 'sending'. */
+                last->next_ready = f->ready[ri].head;
+                if (!f->ready[ri].head) {
+                    f->ready[ri].tail = last;
+                }
+                f->ready[ri].head = d;
+                f->st.backpressure++;
+                break;
+            }
             f->st.inflight++;
-            on_outcome(d, &o);
-        } else {
-            f->st.inflight++;
+            if (rc < 0) {
+                /* Could not even start (e.g. too many in flight): treat as a
+                 * retryable outcome so backoff and accounting stay in one place. */
+                struct channel_outcome o = {.result = CHANNEL_RETRY, .status = 0};
+                snprintf(o.reason, sizeof(o.reason), "send: %s", tdg_strerror(rc));
+                on_outcome(d, &o);
+            }
+            d = next;
         }
-        d = next;
     }
 }
 
@@ -1297,9 +1437,13 @@ fanout_t *fanout_create(loop_t *loop, store_t *store, const struct fanout_opts *
         return NULL;
     }
     f->byid_mask = nb - 1;
+    f->backlog = true; /* rows recovered or queued before this start */
     f->loop = loop;
     f->store = store;
     f->o = *o;
+    if (f->o.max_parked == 0) {
+        f->o.max_parked = o->max_jobs;
+    }
     memcpy(f->routes, routes, nroutes * sizeof(*routes));
     f->nroutes = nroutes;
     return f;
@@ -1316,6 +1460,11 @@ void fanout_destroy(fanout_t *f)
     while (f->live) {
         job_free(f->live);
     }
+    struct park *p;
+    while ((p = park_pop(f))) { /* stored as 'sending': recovered at the next start */
+        notification_free(&p->n);
+        free(p);
+    }
     fanout_policy_changed(f, NULL);
     free(f->prefs);
     if (f->replan && f->replan->timer) {
@@ -1328,7 +1477,7 @@ void fanout_destroy(fanout_t *f)
 
 unsigned fanout_jobs(const fanout_t *f)
 {
-    return f->jobs;
+    return f->jobs + f->nparked;
 }
 
 void fanout_get_stats(const fanout_t *f, struct fanout_stats *st)

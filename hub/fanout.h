@@ -24,7 +24,11 @@
 typedef struct fanout fanout_t;
 
 struct fanout_opts {
-    unsigned max_jobs;      /* notifications in memory at once */
+    unsigned max_jobs;      /* notifications being delivered (planned) at once */
+    /* Notifications stored as taken and kept parsed in memory while every
+     * job slot is busy (fanout_take); 0: as many as max_jobs. Beyond them,
+     * new ones wait in the store's queue. */
+    unsigned max_parked;
     unsigned max_attempts;  /* per device delivery */
     uint64_t retry_base_ms, retry_cap_ms;
     /* Wall clock (Unix ms) for planning, timers and retries; NULL:
@@ -37,6 +41,8 @@ struct fanout_stats {
     uint64_t delivered, failed, expired, attempts, retries, inflight;
     uint64_t backpressure; /* flushes stopped by a full channel window */
     uint64_t suppressed, dropped, scheduled; /* policy endings (scheduled: waits on a timer) */
+    uint64_t direct; /* handed over by intake (fanout_take), not through the store's queue */
+    uint64_t parked; /* of those, parked until a job slot freed */
 };
 
 /* One route: devices of this platform go through this channel. ops == NULL
@@ -61,6 +67,17 @@ void fanout_destroy(fanout_t *f);
 /* Take queued notifications while there is room; record their attempts in
  * the store's open transaction. */
 void fanout_pull(fanout_t *f);
+/* Direct hand-over from intake, skipping the store's queue: true when a new
+ * notification may be stored as taken and given to fanout_take now (a job
+ * slot or a parking place free, and nothing queued ahead of it). */
+bool fanout_ready(fanout_t *f);
+/* A notification intake has just stored as taken
+ * (store_add_notification_taken): planned and started now, in the open
+ * transaction (its sends start after the commit: fanout_flush), or parked
+ * parsed until a job slot frees (fanout_pull plans parked ones first, by
+ * priority, then oldest). n is moved in: n->json must be owned (not a
+ * borrowed batch item) and the caller must not free n. */
+void fanout_take(fanout_t *f, struct notification *n, int64_t expires_ms);
 /* Start the sends whose attempts are now committed. */
 void fanout_flush(fanout_t *f);
 
@@ -85,6 +102,7 @@ int fanout_timer(fanout_t *f, const struct store_timer *t);
  * With NULL only the cache is dropped (bindings: no preference changed). */
 void fanout_policy_changed(fanout_t *f, const char *user_id);
 
+/* Notifications in memory: being delivered plus parked. */
 unsigned fanout_jobs(const fanout_t *f);
 void fanout_get_stats(const fanout_t *f, struct fanout_stats *st);
 

@@ -61,7 +61,7 @@ static const struct config_entry hub_table[] = {
     {"store.synchronous", CONFIG_ENUM, "normal", OFF(synchronous),
      "normal survives a killed process; full also survives power loss", sync_modes, 0, 0},
     {"fanout.max_jobs", CONFIG_INT, "20000", OFF(max_jobs),
-     "Notifications being delivered at once (the rest wait in the store)", NULL, 1, 1000000},
+     "Notifications being delivered at once (as many again wait parsed in memory, the rest in the store)", NULL, 1, 1000000},
     {"fanout.max_attempts", CONFIG_INT, "8", OFF(max_attempts),
      "Attempts per device before a notification fails", NULL, 1, 100},
     {"fanout.retry_base", CONFIG_DURATION, "1s", OFF(retry_base_ms),
@@ -75,6 +75,13 @@ static const struct config_entry hub_table[] = {
     {"shutdown.grace", CONFIG_DURATION, "10s", OFF(shutdown_grace_ms),
      "On SIGTERM/SIGINT: how long in-flight provider requests may finish before the hub exits "
      "(the rest are recovered at the next start)", NULL, 0, 3600000},
+    {"intake.hold", CONFIG_SIZE, "8M", OFF(intake_hold_bytes),
+     "While deliveries are at fanout.max_jobs: uplink batches held un-acked (the agents wait, "
+     "their outboxes keep the backlog) up to this many bytes; 0: store and ack everything at "
+     "once (the excess waits in the store's queue)", NULL, 0, 1073741824},
+    {"intake.hold_max", CONFIG_DURATION, "5s", OFF(intake_hold_ms),
+     "Longest a batch is held before it is stored and acked anyway (keep it well under the "
+     "agents' uplink.ack_timeout)", NULL, 0, 600000},
     {"intake.agent_rate", CONFIG_INT, "0", OFF(agent_rate),
      "Notifications per second one agent may send; more wait un-acked (resent). 0: no limit",
      NULL, 0, 10000000},
@@ -332,6 +339,7 @@ static int engine_add_channel(hub_t *h, const hub_settings_t *s, size_t c,
 static int engine_start(hub_t *h, char *err, size_t errlen)
 {
     intake_set_limits(h->intake, h->limits);
+    intake_set_hold(h->intake, h->loop, (size_t)h->cfg.intake_hold_bytes, h->cfg.intake_hold_ms);
     if (h->cfg.metrics_listen[0]) {
         char herr[256];
         int rc = httpd_create(h->loop, h->cfg.metrics_listen, &h->httpd, herr, sizeof(herr));
@@ -442,7 +450,12 @@ static void before_sleep(loop_t *loop, void *arg)
     (void)loop;
     hub_t *h = arg;
     if (!h->draining) {
+        /* Held batches first (oldest work), then the parked and queued
+         * notifications fill the free job slots, then held batches again
+         * for the room that leaves: all in this iteration's commit. */
+        intake_resume(h->intake);
         fanout_pull(h->fanout);
+        intake_resume(h->intake);
     }
     if (h->cfg.policy_snapshots) {
         snapshot_prepare(h->snap); /* the revision bump rides in this commit */
@@ -973,6 +986,7 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         return -ENOMEM;
     }
     fanout_set_sched(h->fanout, h->sched);
+    intake_set_fanout(h->intake, h->fanout); /* new notifications skip the queue when they can */
     if ((rc = sched_start(h->sched)) < 0) {
         snprintf(err, errlen, "scheduler: %s", tdg_strerror(rc));
         hub_destroy(h);

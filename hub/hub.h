@@ -36,6 +36,8 @@ struct hub_config {
     char metrics_listen[80];
     uint64_t shutdown_grace_ms;
     int64_t agent_rate, agent_burst, agent_quota;
+    uint64_t intake_hold_bytes; /* intake.hold: backpressure (intake.h) */
+    uint64_t intake_hold_ms;
     int64_t receipts_batch;
     /* A user and one iOS device created at start (until the admin CLI). */
     char bootstrap_user[64];

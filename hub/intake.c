@@ -3,6 +3,7 @@
 
 #include "agentlimit.h"
 #include "error.h"
+#include "fanout.h"
 #include "log.h"
 #include "loop.h"
 #include "store_engine.h"
@@ -22,6 +23,15 @@ struct ack_group {
     size_t n, cap;
 };
 
+/* A batch held back while the fanout is full (intake_handle_up). */
+struct held {
+    struct held *next;
+    uint64_t at_ms; /* clock_mono_ms() when it arrived */
+    size_t len;
+    char agent[PROTO_AGENT_MAX + 1];
+    char payload[]; /* len bytes */
+};
+
 struct intake {
     store_t *store;
     struct ack_group groups[INTAKE_MAX_GROUPS];
@@ -29,6 +39,12 @@ struct intake {
     struct intake_stats st;
     bool overflow_logged;
     agentlimit_t *limits; /* not owned; NULL: no per-agent limits */
+    fanout_t *fanout;     /* not owned; NULL: everything goes through the queue */
+    /* Backpressure (intake_set_hold): batches not yet handled, oldest first. */
+    loop_t *loop;
+    struct held *hhead, *htail;
+    size_t held_bytes, hold_bytes;
+    uint64_t hold_ms, hold_timer;
 };
 
 /* Recipient checks already made in this batch: the directory cannot change
@@ -97,50 +113,55 @@ static void add_ack(intake_t *in, struct ack_group *g, const char *id, bool ok,
     in->total++;
 }
 
-static void on_item(cJSON *item, void *arg)
+/* item is ours (proto_batch_parse_owned): freed here, or kept by the
+ * notification handed to the fanout. */
+static void on_item(cJSON *item, struct item_ctx *c)
 {
-    struct item_ctx *c = arg;
     intake_t *in = c->in;
     in->st.items++;
+    struct notification n = {0};
+    n.json = item; /* freed by notification_free unless handed over */
     const cJSON *idj = cJSON_GetObjectItemCaseSensitive(item, "id");
     if (!cJSON_IsString(idj) || !proto_id_valid(idj->valuestring)) {
         /* Without an id there is nothing to ack: the agent always assigns
          * one, so this is a foreign or broken publisher. */
         in->st.rejected++;
         LOG_WARN("intake", "agent %s: item without a valid id dropped", c->agent);
+        notification_free(&n);
         return;
     }
     char id[PROTO_ID_MAX + 1];
     snprintf(id, sizeof(id), "%s", idj->valuestring);
     if (c->rate == 2) {
         in->st.delayed++; /* the batch is over the agent's rate: no ack at all */
+        notification_free(&n);
         return;
     }
     if (c->agent_mismatch) {
         in->st.rejected++;
         add_ack(in, c->g, id, false, PROTO_R_BAD_VALUE, "agent");
+        notification_free(&n);
         return;
     }
     /* Validate the item as it will be stored and forwarded: printed back
      * to compact JSON, so the 4096-byte limit applies to exactly those
      * bytes; the printed text is what is stored, and the tree the batch
      * parse built is checked in place (proto_item_check: no second parse).
-     * cJSON reserves room for a number before printing it, hence the slack;
-     * whatever does not fit is over the limit anyway. */
+     * proto_json_print writes cJSON's bytes; whatever does not fit the
+     * buffer is over the limit anyway. */
     char json[PROTO_MAX_WIRE + 64];
-    size_t len = sizeof(json);
-    if (cJSON_PrintPreallocated(item, json, (int)sizeof(json), 0)) {
-        len = strlen(json);
-    }
-    struct notification n;
+    long plen = proto_json_print(item, json, sizeof(json));
+    size_t len = plen < 0 ? sizeof(json) : (size_t)plen;
     struct proto_error perr;
     if (proto_item_check(item, len, &n, &perr) < 0) {
+        cJSON_Delete(item); /* n holds nothing */
         in->st.rejected++;
         LOG_WARN("intake", "agent %s: rejected id=%s: %s field=%s %s", c->agent, id,
                  proto_reason_code(perr.reason), perr.field[0] ? perr.field : "-", perr.detail);
         add_ack(in, c->g, id, false, perr.reason, perr.field);
         return;
     }
+    n.json = item; /* n points into item, a root we own: keep them together */
     if (n.to_kind == PROTO_TO_USER || n.to_kind == PROTO_TO_GROUP) {
         /* Existence first, then the agent's bindings (docs/directory.md):
          * unknown ids keep their unknown_recipient; an agent can tell them
@@ -236,8 +257,18 @@ static void on_item(cJSON *item, void *arg)
             return;
         }
     }
-    bool inserted = false;
-    int rc = store_add_notification(in->store, &n, c->agent, json, len, c->now, &inserted);
+    bool inserted = false, taken = false;
+    /* Straight to delivery when the fanout has room and nothing is queued
+     * ahead: stored as taken and planned now, in this transaction, instead
+     * of queued, taken by the next pull and parsed again. */
+    int rc = in->fanout && fanout_ready(in->fanout)
+                 ? store_add_notification_taken(in->store, &n, c->agent, json, len, c->now,
+                                                &inserted, &taken)
+                 : store_add_notification(in->store, &n, c->agent, json, len, c->now,
+                                          &inserted);
+    if (rc == 0 && taken) {
+        fanout_take(in->fanout, &n, proto_expires_ms(&n, c->now)); /* n moved */
+    }
     notification_free(&n);
     if (rc < 0) {
         LOG_ERROR("intake", "agent %s: cannot store id=%s: %s", c->agent, id, tdg_strerror(rc));
@@ -277,7 +308,7 @@ static void on_item_pre(cJSON *item, void *arg)
     on_item(item, p->c);
 }
 
-void intake_handle_up(intake_t *in, const char *topic_agent, const char *payload, size_t len)
+static void handle_up(intake_t *in, const char *topic_agent, const char *payload, size_t len)
 {
     in->st.batches++;
     char env_agent[PROTO_AGENT_MAX + 1] = "";
@@ -296,13 +327,96 @@ void intake_handle_up(intake_t *in, const char *topic_agent, const char *payload
      * envelope naming another agent is refused item by item. */
     struct proto_error perr;
     struct item_pre pre = {.c = &c, .env_agent = env_agent};
-    int rc = proto_batch_parse(payload, len, env_agent, sizeof(env_agent), on_item_pre, &pre,
-                               &perr);
+    int rc = proto_batch_parse_owned(payload, len, env_agent, sizeof(env_agent), on_item_pre,
+                                     &pre, &perr);
     if (rc < 0) {
         in->st.bad_envelopes++;
         LOG_WARN("intake", "agent %s: bad batch (%zu bytes): %s field=%s %s", topic_agent, len,
                  proto_reason_code(perr.reason), perr.field[0] ? perr.field : "-", perr.detail);
     }
+}
+
+/* Backpressure. While the fanout has no room (every job slot and parking
+ * place taken, or rows waiting in the store's queue), a batch is held, not
+ * handled: not stored, not acked. The agent's window of unacked batches
+ * (uplink.window) then stops it, and the backlog waits in the agents'
+ * outboxes - made for exactly that - instead of going through the store's
+ * queue, where each notification would cost a second write and a second
+ * parse. Held batches are handled as room frees (intake_resume, before
+ * every commit); one held longer than hold_ms, or any beyond hold_bytes,
+ * is handled at once as before (stored queued, acked), so an agent never
+ * waits near its ack timeout. A held batch is in memory only: after a
+ * crash the agent resends it, as for any unacked batch. */
+static void on_hold_timer(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    intake_t *in = arg;
+    in->hold_timer = 0; /* the wake-up itself runs intake_resume (before_sleep) */
+}
+
+static void hold_arm(intake_t *in, uint64_t now)
+{
+    if (!in->hhead || in->hold_timer || !in->loop) {
+        return;
+    }
+    uint64_t due = in->hhead->at_ms + in->hold_ms;
+    in->hold_timer = loop_timer_add(in->loop, due > now ? due - now : 0, on_hold_timer, in);
+}
+
+void intake_handle_up(intake_t *in, const char *topic_agent, const char *payload, size_t len)
+{
+    if (in->fanout && in->hold_bytes > 0 && len <= in->hold_bytes - in->held_bytes &&
+        (in->hhead || !fanout_ready(in->fanout))) {
+        struct held *h = malloc(sizeof(*h) + len);
+        if (h) {
+            h->next = NULL;
+            h->at_ms = clock_mono_ms();
+            h->len = len;
+            snprintf(h->agent, sizeof(h->agent), "%s", topic_agent);
+            memcpy(h->payload, payload, len);
+            if (in->htail) {
+                in->htail->next = h;
+            } else {
+                in->hhead = h;
+            }
+            in->htail = h;
+            in->held_bytes += len;
+            in->st.held++;
+            hold_arm(in, h->at_ms);
+            return;
+        }
+    }
+    handle_up(in, topic_agent, payload, len);
+}
+
+void intake_resume(intake_t *in)
+{
+    uint64_t now = clock_mono_ms();
+    struct held *h;
+    while ((h = in->hhead) &&
+           (now - h->at_ms >= in->hold_ms || !in->fanout || fanout_ready(in->fanout))) {
+        in->hhead = h->next;
+        if (!in->hhead) {
+            in->htail = NULL;
+        }
+        in->held_bytes -= h->len;
+        handle_up(in, h->agent, h->payload, h->len);
+        free(h);
+    }
+    hold_arm(in, now);
+}
+
+size_t intake_held_bytes(const intake_t *in)
+{
+    return in->held_bytes;
+}
+
+void intake_set_hold(intake_t *in, loop_t *loop, size_t max_bytes, uint64_t max_ms)
+{
+    in->loop = loop;
+    in->hold_bytes = max_bytes;
+    in->hold_ms = max_ms;
 }
 
 void intake_flush(intake_t *in, mqtt_t *mqtt, bool committed)
@@ -351,12 +465,25 @@ void intake_destroy(intake_t *in)
     for (size_t i = 0; i < INTAKE_MAX_GROUPS; i++) {
         free(in->groups[i].acks);
     }
+    if (in->hold_timer) {
+        loop_timer_cancel(in->loop, in->hold_timer);
+    }
+    while (in->hhead) { /* never acked: their agents resend them */
+        struct held *h = in->hhead;
+        in->hhead = h->next;
+        free(h);
+    }
     free(in);
 }
 
 void intake_set_limits(intake_t *in, struct agentlimit *limits)
 {
     in->limits = limits;
+}
+
+void intake_set_fanout(intake_t *in, fanout_t *f)
+{
+    in->fanout = f;
 }
 
 void intake_get_stats(const intake_t *in, struct intake_stats *st)

@@ -23,6 +23,7 @@ struct intake_stats {
     uint64_t batches, items, accepted, duplicates, rejected, bad_envelopes;
     uint64_t rejected_by[PROTO_REASON_COUNT]; /* rejections by reason code */
     uint64_t delayed; /* over the agent's rate: left un-acked (agentlimit.h) */
+    uint64_t held;    /* batches held back while the fanout was full (intake_set_hold) */
 };
 
 intake_t *intake_create(store_t *store);
@@ -31,9 +32,23 @@ void intake_destroy(intake_t *in);
 /* Per-agent rate and daily quota (agentlimit.h; not owned). NULL: none. */
 struct agentlimit;
 void intake_set_limits(intake_t *in, struct agentlimit *limits);
+/* Hand new notifications straight to f when it is ready (fanout_ready)
+ * instead of queueing them; NULL: queue everything. */
+struct fanout;
+void intake_set_fanout(intake_t *in, struct fanout *f);
 
-/* Handle one payload from tidings/v1/agents/{agent}/up. */
+/* Handle one payload from tidings/v1/agents/{agent}/up (or hold it back:
+ * intake_set_hold). */
 void intake_handle_up(intake_t *in, const char *topic_agent, const char *payload, size_t len);
+
+/* Backpressure (intake.c): while the fanout set with intake_set_fanout has
+ * no room, hold up to max_bytes of batches un-handled and un-acked, each
+ * for at most max_ms; max_bytes 0: never hold. */
+void intake_set_hold(intake_t *in, loop_t *loop, size_t max_bytes, uint64_t max_ms);
+/* Before each commit: handle the held batches there is room for now, and
+ * those held max_ms. */
+void intake_resume(intake_t *in);
+size_t intake_held_bytes(const intake_t *in);
 
 /* After store_commit: publish the held acks if committed, else forget them
  * (the agent resends after its ack timeout). */

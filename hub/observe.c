@@ -15,7 +15,7 @@ struct observe {
     struct observe_src src;
     struct metric *m_items[3], *m_rejected[PROTO_REASON_COUNT], *m_batches, *m_bad;
     struct metric *m_queued, *m_sending, *m_scheduled;
-    struct metric *m_jobs, *m_inflight, *m_retries, *m_backpressure;
+    struct metric *m_jobs, *m_inflight, *m_retries, *m_backpressure, *m_direct, *m_parked, *m_held, *m_held_bytes;
     struct metric *m_broker, *m_store, *m_draining;
     struct metric *m_states[8];
     char state_names[8][16];
@@ -64,6 +64,8 @@ static void collect(void *arg)
     SET(o->m_items[1], is.duplicates);
     SET(o->m_items[2], is.delayed);
     SET(o->m_batches, is.batches);
+    SET(o->m_held, is.held);
+    SET(o->m_held_bytes, intake_held_bytes(s->intake));
     SET(o->m_bad, is.bad_envelopes);
     for (unsigned r = 1; r < PROTO_REASON_COUNT; r++) {
         if (is.rejected_by[r] == 0) {
@@ -81,6 +83,8 @@ static void collect(void *arg)
     fanout_get_stats(s->fanout, &fs);
     SET(o->m_retries, fs.retries);
     SET(o->m_backpressure, fs.backpressure);
+    SET(o->m_direct, fs.direct);
+    SET(o->m_parked, fs.parked);
     SET(o->m_jobs, fanout_jobs(s->fanout));
     SET(o->m_inflight, dispatch_inflight(s->dispatch));
     int64_t queued = 0, sending = 0;
@@ -158,13 +162,18 @@ observe_t *observe_create(metrics_t *m, httpd_t *httpd, const struct observe_src
     o->m_items[1] = counter(o, "tidings_hub_intake_items_total", h_items, "result=duplicate");
     o->m_items[2] = counter(o, "tidings_hub_intake_items_total", h_items, "result=delayed");
     o->m_batches = counter(o, "tidings_hub_intake_batches_total", "Uplink batches received", "");
+    o->m_held = counter(o, "tidings_hub_intake_held_total",
+                        "Uplink batches held back un-acked while deliveries were full "
+                        "(backpressure: intake.hold)", "");
+    o->m_held_bytes = gauge(o, "tidings_hub_intake_held_bytes",
+                            "Bytes of uplink batches held back now", "");
     o->m_bad = counter(o, "tidings_hub_intake_bad_batches_total",
                        "Uplink batches whose envelope was refused", "");
     static const char h_depth[] = "Notifications in the store by work state";
     o->m_queued = gauge(o, "tidings_hub_queue_depth", h_depth, "state=queued");
     o->m_sending = gauge(o, "tidings_hub_queue_depth", h_depth, "state=sending");
     o->m_scheduled = gauge(o, "tidings_hub_queue_depth", h_depth, "state=scheduled");
-    o->m_jobs = gauge(o, "tidings_hub_fanout_jobs", "Notifications being delivered, in memory", "");
+    o->m_jobs = gauge(o, "tidings_hub_fanout_jobs", "Notifications in memory: being delivered, or parked", "");
     o->m_inflight =
         gauge(o, "tidings_hub_requests_inflight", "Provider requests in flight, all channels", "");
     o->m_retries =
@@ -172,6 +181,11 @@ observe_t *observe_create(metrics_t *m, httpd_t *httpd, const struct observe_src
     o->m_backpressure =
         counter(o, "tidings_hub_fanout_backpressure_total",
                 "Flushes stopped by a busy channel (rate, concurrency, window)", "");
+    o->m_direct = counter(o, "tidings_hub_fanout_direct_total",
+                          "Notifications handed from intake straight to the fanout, not "
+                          "through the store's queue", "");
+    o->m_parked = counter(o, "tidings_hub_fanout_parked_total",
+                          "Of those, kept parsed in memory until a delivery slot freed", "");
     o->m_broker = gauge(o, "tidings_hub_broker_connected", "1 when connected to the broker", "");
     o->m_store = gauge(o, "tidings_hub_store_ok", "1 when the last commit succeeded", "");
     o->m_draining = gauge(o, "tidings_hub_draining", "1 while shutting down", "");

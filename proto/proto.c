@@ -1203,10 +1203,11 @@ static size_t serialized_len(cJSON *obj, size_t limit)
     if (limit > PROTO_MAX_WIRE) {
         limit = PROTO_MAX_WIRE;
     }
-    if (!cJSON_PrintPreallocated(obj, buf, (int)sizeof(buf), 0)) {
+    long n = proto_json_print(obj, buf, sizeof(buf)); /* cJSON's bytes, faster */
+    if (n < 0) {
         return limit + 1;
     }
-    size_t len = strlen(buf);
+    size_t len = (size_t)n;
     return len > limit ? limit + 1 : len;
 }
 

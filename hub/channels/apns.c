@@ -323,15 +323,13 @@ static int build_payload(const struct notification *n, bool alert, struct channe
             if (w.full) {
                 break;
             }
-            /* cJSON prints the value in place (it may want a few bytes of
-             * slack beyond the text: a value that does not fit is too big). */
-            size_t room = w.cap - w.len + 1;
-            if (room > (size_t)INT_MAX ||
-                !cJSON_PrintPreallocated((cJSON *)item, w.p + w.len, (int)room, 0)) {
+            /* Printed in place, cJSON's bytes (proto_json_print). */
+            long vlen = proto_json_print(item, w.p + w.len, w.cap - w.len + 1);
+            if (vlen < 0) {
                 w.full = true;
                 break;
             }
-            w.len += strlen(w.p + w.len);
+            w.len += (size_t)vlen;
         }
     }
     if (n->id) {

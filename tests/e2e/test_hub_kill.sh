@@ -25,6 +25,12 @@ APNS_SCRIPT="$STACK_DIR/apns.script"
 echo 'token * delay 50' >"$APNS_SCRIPT"
 stack_fake_apns
 stack_metrics
+# Few delivery slots, so that at the kill notifications are in (most often)
+# every place the hub keeps them: being delivered (jobs), parked parsed in memory
+# (stored as 'sending' without an attempt), queued in the store, and held
+# back un-acked in intake (the agent resends those).
+HUB_EXTRA+="fanout.max_jobs = 200
+"
 stack_hub
 stack_agent
 
@@ -42,12 +48,20 @@ pub=$!
 count_state() { hub_sql "SELECT count(*) FROM notifications WHERE id LIKE 'k-%' AND state = '$1'"; }
 at_least() { [ "$(count_state "$1")" -ge "$2" ]; }
 wait_until 120 "a fifth delivered" at_least delivered $((N / 5))
+# How far the buffers filled depends on the machine's speed (printed, not
+# asserted; e2e_intake_hold asserts parking and holding on a fixed setup).
+buffers="direct $(hub_metric tidings_hub_fanout_direct_total), parked $(hub_metric tidings_hub_fanout_parked_total), batches held $(hub_metric tidings_hub_intake_held_total)"
 kill -KILL "$(stack_pid hub)"
 wait "$(stack_pid hub)" 2>/dev/null || true
 sending=$(hub_sql "SELECT count(*) FROM attempts WHERE state = 'sending'")
 stored=$(hub_sql "SELECT count(*) FROM notifications WHERE id LIKE 'k-%'")
 delivered_at_kill=$(count_state delivered)
-echo "killed: $stored stored, $delivered_at_kill delivered, $sending attempt(s) recorded 'sending' (in flight or about to be)"
+parked=$(hub_sql "SELECT count(*) FROM notifications AS n WHERE id LIKE 'k-%' AND state = 'sending'
+                  AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.notification_id = n.id)")
+queued=$(count_state queued)
+echo "killed: $stored stored, $delivered_at_kill delivered, $sending attempt(s) recorded 'sending' (in flight or about to be)," \
+    "$parked parked (taken, not yet planned), $queued queued; before the kill: $buffers"
+
 stack_hub hub2
 wait "$pub" || fail "publisher failed"
 terminal() {
