@@ -1442,7 +1442,10 @@ fanout_t *fanout_create(loop_t *loop, store_t *store, const struct fanout_opts *
     f->store = store;
     f->o = *o;
     if (f->o.max_parked == 0) {
-        f->o.max_parked = o->max_jobs;
+        /* Enough to refill the jobs for a few iterations (a pull takes up
+         * to FANOUT_TAKE_MAX); beyond it intake holds batches, which costs
+         * nothing (intake.c, "Backpressure"). */
+        f->o.max_parked = o->max_jobs / 4 > 0 ? o->max_jobs / 4 : 1;
     }
     memcpy(f->routes, routes, nroutes * sizeof(*routes));
     f->nroutes = nroutes;

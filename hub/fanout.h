@@ -26,8 +26,9 @@ typedef struct fanout fanout_t;
 struct fanout_opts {
     unsigned max_jobs;      /* notifications being delivered (planned) at once */
     /* Notifications stored as taken and kept parsed in memory while every
-     * job slot is busy (fanout_take); 0: as many as max_jobs. Beyond them,
-     * new ones wait in the store's queue. */
+     * job slot is busy (fanout_take); 0: a quarter of max_jobs. A batch
+     * intake has started handing over may go past it. Beyond them, intake
+     * holds batches or new ones wait in the store's queue. */
     unsigned max_parked;
     unsigned max_attempts;  /* per device delivery */
     uint64_t retry_base_ms, retry_cap_ms;

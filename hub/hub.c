@@ -61,7 +61,7 @@ static const struct config_entry hub_table[] = {
     {"store.synchronous", CONFIG_ENUM, "normal", OFF(synchronous),
      "normal survives a killed process; full also survives power loss", sync_modes, 0, 0},
     {"fanout.max_jobs", CONFIG_INT, "20000", OFF(max_jobs),
-     "Notifications being delivered at once (as many again wait parsed in memory, the rest in the store)", NULL, 1, 1000000},
+     "Notifications being delivered at once (a quarter as many more wait parsed in memory; then intake holds batches back)", NULL, 1, 1000000},
     {"fanout.max_attempts", CONFIG_INT, "8", OFF(max_attempts),
      "Attempts per device before a notification fails", NULL, 1, 100},
     {"fanout.retry_base", CONFIG_DURATION, "1s", OFF(retry_base_ms),

@@ -67,6 +67,10 @@ struct item_ctx {
     bool agent_mismatch;
     int64_t now;
     int rate; /* per-agent rate for this batch: 0 undecided, 1 admitted, 2 delayed */
+    /* Hand this batch's notifications to the fanout (decided once per batch:
+     * a batch that starts there ends there, parking past fanout.max_jobs if
+     * it must, rather than send its tail through the store's queue). */
+    bool direct;
     size_t ack_mark; /* g->n when the batch began */
 };
 
@@ -261,7 +265,7 @@ static void on_item(cJSON *item, struct item_ctx *c)
     /* Straight to delivery when the fanout has room and nothing is queued
      * ahead: stored as taken and planned now, in this transaction, instead
      * of queued, taken by the next pull and parsed again. */
-    int rc = in->fanout && fanout_ready(in->fanout)
+    int rc = c->direct
                  ? store_add_notification_taken(in->store, &n, c->agent, json, len, c->now,
                                                 &inserted, &taken)
                  : store_add_notification(in->store, &n, c->agent, json, len, c->now,
@@ -321,8 +325,12 @@ static void handle_up(intake_t *in, const char *topic_agent, const char *payload
         }
         return;
     }
-    struct item_ctx c = {
-        .in = in, .g = g, .agent = topic_agent, .now = clock_wall_ms(), .ack_mark = g->n};
+    struct item_ctx c = {.in = in,
+                         .g = g,
+                         .agent = topic_agent,
+                         .now = clock_wall_ms(),
+                         .ack_mark = g->n,
+                         .direct = in->fanout && fanout_ready(in->fanout)};
     /* The broker's ACL lets an agent publish only under its own topic; an
      * envelope naming another agent is refused item by item. */
     struct proto_error perr;

@@ -4,7 +4,7 @@
 # in the agent's outbox; a batch held intake.hold_max is stored and acked
 # anyway, so no agent waits near its ack timeout; nothing is lost or doubled.
 #  - the fake APNs holds each answer 1 s and the hub has 10 delivery slots
-#    (fanout.max_jobs = 10, as many parked): 20 notifications in memory;
+#    (fanout.max_jobs = 10; the first batch of 20 fills them and parks the rest);
 #  - 150 notifications arrive through the agent at once;
 #  - notifications are parked, batches are held (the metrics move), and with
 #    intake.hold_max = 300ms all 150 are stored while the provider has
