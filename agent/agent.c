@@ -17,7 +17,6 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <mosquitto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +57,11 @@ const struct config_entry agent_config_table[] = {
      "the socket and an idle agent is never woken). Set it (>= 5s) when local.host is another "
      "machine",
      NULL, 0, 65535000},
+    {"local.receive_max", CONFIG_INT, "1000", OFF(local_receive_max),
+     "QoS 1 notifications the local broker may send before the agent acknowledges them (MQTT 5 "
+     "Receive Maximum). The agent PUBACKs only after its commit, so this bounds one commit's "
+     "batch (mosquitto may briefly send up to twice as many when the session resumes)",
+     NULL, 1, 65535},
     {"uplink.host", CONFIG_STRING, "127.0.0.1", OFF(uplink_host),
      "Central broker the hub listens on (empty: no uplink; local delivery only, notifications "
      "for the hub stay in the outbox)",
@@ -186,6 +190,7 @@ struct agent {
     socket_server_t *sock;
     struct ingest_stats ist; /* the MQTT way in; the socket counts its own */
     unsigned mqtt_pending;   /* MQTT adds not yet carried by an explicit commit */
+    uint64_t mqtt_reconnects; /* local connection closed after a failed commit */
     /* local delivery and the offline preferences */
     char policy_path[512];
     policy_store_t *ps;
@@ -203,9 +208,10 @@ struct agent {
     struct localq_counts lcounts;
     bool commit_failed_logged; /* in a commit outage, logged once */
     uint64_t commit_failures;  /* failed commits in this outage */
-    /* The MQTT QoS 1 loss window: libmosquitto has already sent PUBACK
-     * when on_message runs, and the commit comes at the end of the loop
-     * iteration. Measured from the first uncommitted message to its commit. */
+    /* The MQTT QoS 1 ack delay: the PUBACK for a local notification is
+     * held until it is committed at the end of the loop iteration (manual
+     * acks). Measured from the first message read to the commit that
+     * releases its PUBACK. */
     uint64_t window_start_us;
     uint64_t window_max_us, window_sum_us, window_commits;
     /* heap trim after a burst of work (TRIM_QUIET_MS) */
@@ -298,10 +304,18 @@ static void before_sleep(loop_t *loop, void *arg)
         a->commit_failures++;
         if (!a->commit_failed_logged) {
             LOG_ERROR("agent", "commit of %u notifications failed: %s; new notifications are "
-                      "not accepted (socket: \"storage\" replies; MQTT: dropped, counted as "
-                      "errors) until a commit succeeds; what is stored stays and drains",
+                      "not accepted (socket: \"storage\" replies; MQTT: not acknowledged, "
+                      "counted as errors, the local broker sends them again after a reconnect) "
+                      "until a commit succeeds; what is stored stays and drains",
                       n, tdg_strerror(rc));
             a->commit_failed_logged = true;
+        }
+        /* What this iteration read over MQTT is not stored: never PUBACK
+         * it. Closing the connection makes the broker resend it (the
+         * session is persistent) once we are back, after the backoff. */
+        if (a->local && mqtt_held_acks(a->local) > 0) {
+            a->mqtt_reconnects++;
+            mqtt_reconnect(a->local);
         }
     } else if (a->commit_failed_logged && n > 0) {
         LOG_INFO("agent", "commits work again: committed %u after %llu failed commits", n,
@@ -310,6 +324,11 @@ static void before_sleep(loop_t *loop, void *arg)
         a->commit_failures = 0;
     } else if (n > 0) {
         LOG_DEBUG("agent", "committed %u (socket %u)", n, from_socket);
+    }
+    if (rc == 0 && a->local) {
+        /* Durable now: PUBACK what was read (sent before the loop sleeps,
+         * by the client's hook, registered after this one). */
+        mqtt_release_acks(a->local);
     }
     a->mqtt_pending = 0;
     a->down_pending = 0;
@@ -343,18 +362,17 @@ static int agent_store(agent_t *a, const char *source, const struct ingest_item 
     return rc;
 }
 
-static void on_local_message(void *arg, const struct mosquitto_message *msg,
-                             const mosquitto_property *props)
+/* A notification from the local broker: stored in the open transaction.
+ * Its PUBACK is held (manual_ack) until before_sleep has committed it. */
+static void on_local_message(void *arg, const struct mqtt_msg *msg)
 {
-    (void)props;
     agent_t *a = arg;
     struct ingest_result res;
     struct ingest_item it;
-    size_t len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
     if (!a->window_start_us && msg->qos > 0) {
         a->window_start_us = now_us();
     }
-    if (ingest_prepare("mqtt", msg->payload ? msg->payload : "", len, &it, &res, &a->ist) == 0) {
+    if (ingest_prepare("mqtt", msg->payload, msg->len, &it, &res, &a->ist) == 0) {
         if (agent_store(a, "mqtt", &it, &a->ist) == 0) {
             a->mqtt_pending++;
         }
@@ -966,6 +984,13 @@ int agent_create(loop_t *loop, const struct agent_config *cfg, agent_t **out, ch
         /* The local broker keeps our subscription and queues QoS 1
          * notifications while the agent restarts. */
         .session_expiry_s = (uint32_t)(cfg->local_session_expiry_ms / 1000),
+        /* PUBACK only once committed (before_sleep): a kill -9 loses
+         * nothing the broker counts as delivered. */
+        .manual_ack = true,
+        .receive_max = (uint16_t)cfg->local_receive_max,
+        /* Notifications are 4 KiB at most; larger ones still reach ingest
+         * (and are counted as invalid) up to this, the broker drops more. */
+        .max_packet = 256u * 1024u,
     };
     struct mqtt_handlers lh = {
         .on_connect = on_local_connect, .on_message = on_local_message, .arg = a};
@@ -1040,11 +1065,12 @@ void agent_destroy(agent_t *a)
              (unsigned long long)ss.in.full, (unsigned long long)ss.in.errors,
              (unsigned long long)ss.connections);
     if (a->window_commits) {
-        LOG_INFO("agent", "MQTT QoS 1 window (PUBACK sent -> committed): max=%lluus avg=%lluus "
-                 "over %llu commits",
+        LOG_INFO("agent", "MQTT QoS 1 window (read -> committed; PUBACK held until then): "
+                 "max=%lluus avg=%lluus over %llu commits; %llu reconnects after a failed commit",
                  (unsigned long long)a->window_max_us,
                  (unsigned long long)(a->window_sum_us / a->window_commits),
-                 (unsigned long long)a->window_commits);
+                 (unsigned long long)a->window_commits,
+                 (unsigned long long)a->mqtt_reconnects);
     }
     outbox_close(a->ob);
     policy_snapshot_free(a->snap);

@@ -30,6 +30,7 @@ struct agent_config {
     char local_password[256];
     uint64_t local_session_expiry_ms;
     uint64_t local_keepalive_ms; /* 0: off */
+    int64_t local_receive_max;   /* QoS 1 messages the local broker may have unacknowledged */
     /* uplink broker (the hub listens there) */
     char uplink_host[256];
     int64_t uplink_port;

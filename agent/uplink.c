@@ -7,7 +7,6 @@
 #include "proto.h"
 
 #include <errno.h>
-#include <mosquitto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -296,13 +295,11 @@ static void handle_hub_status(uplink_t *u, const char *hub, const char *payload,
     }
 }
 
-static void on_message(void *arg, const struct mosquitto_message *msg,
-                       const mosquitto_property *props)
+static void on_message(void *arg, const struct mqtt_msg *msg)
 {
-    (void)props;
     uplink_t *u = arg;
-    size_t len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
-    const char *payload = msg->payload ? msg->payload : "";
+    size_t len = msg->len;
+    const char *payload = msg->payload;
     char hub[PROTO_AGENT_MAX + 1];
     if (strcmp(msg->topic, u->topic_ack) == 0 && len > 0) {
         handle_ack(u, payload, len);
@@ -425,6 +422,11 @@ uplink_t *uplink_create(loop_t *loop, const struct agent_config *cfg, outbox_t *
         .will_retain = true,
         .backoff_base_ms = cfg->reconnect_min_ms,
         .backoff_cap_ms = cfg->reconnect_max_ms,
+        /* Policy snapshots (1 MiB at most), downlink and receipt batches.
+         * PUBACKs go out as messages are read: the session is clean (the
+         * broker forgets what is unacknowledged when we go), and acks and
+         * snapshots are resent by the hub. */
+        .max_packet = 16u * 1024u * 1024u,
     };
     struct mqtt_handlers h = {
         .on_connect = on_connect,

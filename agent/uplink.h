@@ -38,8 +38,8 @@ struct uplink_stats {
 /* What the uplink hands to its owner. Each hook may be NULL (then that
  * topic is not subscribed). Payloads are borrowed for the call, not
  * NUL-terminated; len may be 0 (a retained message being cleared). Called
- * on the loop thread from the MQTT client's message callback:
- * libmosquitto has already sent the PUBACK. */
+ * on the loop thread from the MQTT client's message callback; the PUBACK
+ * goes out right after it (the uplink's session is clean). */
 struct uplink_hooks {
     /* A message on .../policy (retained: also right after every connect). */
     void (*on_policy)(void *arg, const char *payload, size_t len);

@@ -8,8 +8,6 @@
 #include "proto.h"
 
 #include <errno.h>
-#include <mosquitto.h>
-#include <mqtt_protocol.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -346,14 +344,14 @@ done:
     return text;
 }
 
-void admin_handle(admin_t *a, const char *topic, const void *payload, size_t len,
-                  const mosquitto_property *props)
+void admin_handle(admin_t *a, const struct mqtt_msg *m)
 {
-    char *rtopic = NULL;
-    void *corr = NULL;
-    uint16_t corr_len = 0;
-    mosquitto_property_read_string(props, MQTT_PROP_RESPONSE_TOPIC, &rtopic, false);
-    mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len, false);
+    const char *topic = m->topic;
+    const void *payload = m->payload;
+    size_t len = m->len;
+    const char *rtopic = m->response_topic;
+    const void *corr = m->corr;
+    size_t corr_len = m->corr_len;
     const char *name = topic + sizeof(ADMIN_REQUEST_PREFIX) - 1;
     const size_t plen = sizeof(ADMIN_REPLY_PREFIX) - 1;
     /* Answer only under the reply prefix, on a topic without wildcards. */
@@ -364,7 +362,7 @@ void admin_handle(admin_t *a, const char *topic, const void *payload, size_t len
                  "request %s without a usable response topic (%s) or correlation data "
                  "(%u bytes): ignored",
                  name, rtopic ? rtopic : "none", (unsigned)corr_len);
-        goto out;
+        return;
     }
     if (a->npending >= ADMIN_PENDING_MAX) {
         if (!a->overflow_logged) {
@@ -374,7 +372,7 @@ void admin_handle(admin_t *a, const char *topic, const void *payload, size_t len
                      ADMIN_PENDING_MAX);
             a->overflow_logged = true;
         }
-        goto out;
+        return;
     }
     struct pending *p = &a->pending[a->npending];
     memset(p, 0, sizeof(*p));
@@ -400,9 +398,6 @@ void admin_handle(admin_t *a, const char *topic, const void *payload, size_t len
     if (p->payload) {
         a->npending++;
     }
-out:
-    free(rtopic);
-    free(corr);
 }
 
 void admin_flush(admin_t *a, mqtt_t *mqtt, bool committed)
@@ -416,19 +411,13 @@ void admin_flush(admin_t *a, mqtt_t *mqtt, bool committed)
         } else if (p->changed && a->env.changed) {
             a->env.changed(a->env.changed_arg, p->changed_user[0] ? p->changed_user : NULL);
         }
-        mosquitto_property *props = NULL;
-        if (p->corr_len &&
-            mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, p->corr,
-                                          p->corr_len) != MOSQ_ERR_SUCCESS) {
-            props = NULL;
-        }
+        struct mqtt_pub_props props = {.corr = p->corr, .corr_len = p->corr_len};
         if (p->payload) {
-            int rc = mqtt_publish(mqtt, p->topic, p->payload, p->len, 1, false, 0, props, NULL);
+            int rc = mqtt_publish(mqtt, p->topic, p->payload, p->len, 1, false, 0, &props, NULL);
             if (rc < 0) {
                 LOG_WARN("admin", "answer to %s not sent: %s", p->topic, tdg_strerror(rc));
             }
         }
-        mosquitto_property_free_all(&props);
         free(p->payload);
         p->payload = NULL;
     }

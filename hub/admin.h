@@ -61,10 +61,9 @@ void admin_destroy(admin_t *a);
 /* Is topic an admin request (under ADMIN_REQUEST_PREFIX)? */
 bool admin_is_request(const char *topic);
 
-/* Handle one request message (props: its MQTT 5 properties). The answer
- * is held until admin_flush. */
-void admin_handle(admin_t *a, const char *topic, const void *payload, size_t len,
-                  const mosquitto_property *props);
+/* Handle one request message (its response topic and correlation data
+ * say where the answer goes). The answer is held until admin_flush. */
+void admin_handle(admin_t *a, const struct mqtt_msg *m);
 
 /* After store_commit: publish the held answers (committed false: writing
  * commands are answered "storage" instead). */

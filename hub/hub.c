@@ -24,7 +24,6 @@
 #include "store.h"
 
 #include <errno.h>
-#include <mosquitto.h>
 #include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -487,28 +486,24 @@ static void before_sleep(loop_t *loop, void *arg)
     }
 }
 
-static void on_message(void *arg, const struct mosquitto_message *msg,
-                       const mosquitto_property *props)
+static void on_message(void *arg, const struct mqtt_msg *msg)
 {
-    (void)props;
     hub_t *h = arg;
     char agent[PROTO_AGENT_MAX + 1];
     if (proto_topic_agent(msg->topic, "up", agent, sizeof(agent)) == 0) {
         if (!h->draining) { /* draining: no ack, the agent resends */
-            intake_handle_up(h->intake, agent, msg->payload ? msg->payload : "",
-                             msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0);
+            intake_handle_up(h->intake, agent, msg->payload, msg->len);
         }
         return;
     }
     if (proto_topic_agent(msg->topic, "status", agent, sizeof(agent)) == 0) {
-        if (msg->payloadlen > 0 && h->cfg.policy_snapshots) { /* empty: cleared */
+        if (msg->len > 0 && h->cfg.policy_snapshots) { /* empty: cleared */
             snapshot_agent_seen(h->snap, h->mqtt, agent);
         }
         return;
     }
     if (admin_is_request(msg->topic)) {
-        admin_handle(h->admin, msg->topic, msg->payload,
-                     msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0, props);
+        admin_handle(h->admin, msg);
         return;
     }
     LOG_DEBUG("hub", "ignoring message on %s", msg->topic);
@@ -1038,6 +1033,12 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
         .will_topic = h->status_topic,
         .will_payload = "",
         .will_retain = true,
+        /* Agents' batches are up to uplink.batch_bytes (16 MiB at most).
+         * PUBACKs go out as messages are read (no manual_ack): the session
+         * is clean, so the broker forgets unacknowledged messages when we
+         * go anyway; what the hub has not committed the agents resend
+         * (no application ack). */
+        .max_packet = 17u * 1024u * 1024u,
     };
     struct mqtt_handlers mh = {
         .on_connect = on_connect, .on_message = on_message, .on_publish = on_publish, .arg = h};

@@ -5,7 +5,7 @@
  * is an error. System errors are -errno (-ENOMEM, -EIO, ...). Project errors
  * come from the table below; their values lie below TDG_ERR_BASE so they never
  * collide with an errno. tdg_strerror() and tdg_errname() understand both.
- * SQLite, libmosquitto and libcurl codes are mapped at the module edge.
+ * SQLite, MQTT, TLS and HTTP client codes are mapped at the module edge.
  */
 #ifndef TIDINGS_ERROR_H
 #define TIDINGS_ERROR_H

@@ -2,7 +2,7 @@
  * loop.h - the one event loop of a process (epoll + a timer heap + signalfd).
  *
  * Single-threaded: every callback runs on the thread that called loop_run().
- * libmosquitto and the curl multi-socket API are driven from it through fd
+ * The MQTT client (platform/mqtt.c) and the HTTP/2 clients are driven from it through fd
  * watches and timers. A loop with nothing to do sleeps in epoll_wait with no
  * timeout: no timers are armed by the loop itself, so an idle process does
  * not wake up.

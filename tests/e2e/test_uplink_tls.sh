@@ -118,4 +118,34 @@ stack_start agent2 "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent2.conf"
 wait_until 20 "mtls-1 at the fake APNs" apns_has_id mtls-1
 wait_until 10 "mtls-1 delivered" hub_state_is mtls-1 delivered
 grep -q "uplink: connected to 127.0.0.1:$MTLS_PORT" "$STACK_DIR/agent2.log" || fail "agent2 not on the mutual-TLS port"
-echo "PASS: uplink over TLS with a password, and with a client certificate"
+
+# --- The broker's certificate is verified (platform/mqtt.c, mbedtls): by a
+# CA that did not sign it, the handshake is refused; by its DNS name
+# (localhost, which also tries each address of the name) it is accepted.
+stack_stop agent
+stack_stop agent2
+O=$STACK_DIR/otherca
+mkdir -p "$O" "$STACK_DIR/agent3" "$STACK_DIR/agent4"
+(
+    umask 077
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$O/ca.key" 2>/dev/null
+    openssl req -x509 -new -key "$O/ca.key" -sha256 -days 2 -subj "/CN=Another CA" \
+        -out "$O/ca.crt" 2>/dev/null
+) || fail "cannot make the other CA"
+grep -v -e '^state_dir' -e '^uplink.cafile' "$STACK_DIR/agent.conf" >"$STACK_DIR/agent3.conf"
+printf '%s\n' "state_dir = $STACK_DIR/agent3" "uplink.cafile = $O/ca.crt" >>"$STACK_DIR/agent3.conf"
+stack_start agent3 "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent3.conf"
+wait_until 15 "an untrusted broker certificate refused" \
+    grep -q "uplink: cannot connect to .*TLS handshake failed" "$STACK_DIR/agent3.log"
+! grep -q "uplink: connected" "$STACK_DIR/agent3.log" || fail "connected to a broker signed by another CA"
+stack_stop agent3
+grep -v -e '^state_dir' "$STACK_DIR/agent.conf" >"$STACK_DIR/agent4.conf"
+printf '%s\n' "state_dir = $STACK_DIR/agent4" "uplink.host = localhost" >>"$STACK_DIR/agent4.conf"
+stack_start agent4 "$BUILD/agent/tidings-agent" -c "$STACK_DIR/agent4.conf"
+wait_until 15 "connected by the broker's DNS name" \
+    grep -q "uplink: connected to localhost:$UPLINK_PORT" "$STACK_DIR/agent4.log"
+mosquitto_pub -V mqttv5 -q 1 -h 127.0.0.1 -p "$LOCAL_PORT" -t tidings/v1/local/notify \
+    -m '{"id":"tls-dns-1","to":"user:alice","title":"by name"}'
+wait_until 20 "tls-dns-1 at the fake APNs" apns_has_id tls-dns-1
+stack_stop agent4
+echo "PASS: uplink over TLS with a password, and with a client certificate; untrusted CA refused, DNS name verified"
