@@ -4,7 +4,7 @@
 #include "backoff.h"
 #include "error.h"
 #include "log.h"
-#include "tz.h"
+#include "prefs.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -399,34 +399,11 @@ static const char *user_of(const localq_t *q, const struct notification *n)
 }
 
 /* "deliver_at" as UTC ms, 0 when none. A wall time with "tz":"user" is read
- * in the user's zone from the snapshot (UTC when there is none). */
+ * in the user's zone from the snapshot (UTC when there is none), as the hub
+ * reads it (proto/prefs.h). */
 static int64_t deliver_at(const localq_t *q, const struct notification *n, const char *user)
 {
-    if (!n->has_deliver_at) {
-        return 0;
-    }
-    if (!n->deliver_at_user_tz) {
-        return n->deliver_at_ms;
-    }
-    int64_t wall;
-    if (!n->deliver_at_local || proto_parse_local_time(n->deliver_at_local, &wall) < 0) {
-        return 0;
-    }
-    const struct tz *tz = policy_user_tz(q->snap, user);
-    if (!tz) {
-        return wall;
-    }
-    int64_t days = wall / 86400000 - (wall % 86400000 < 0 ? 1 : 0);
-    int64_t msd = wall - days * 86400000;
-    int64_t y;
-    int m, d;
-    tz_civil_from_days(days, &y, &m, &d);
-    int64_t utc;
-    if (tz_local_to_utc(tz, y, m, d, (int)(msd / 3600000), (int)(msd / 60000 % 60),
-                        (int)(msd / 1000 % 60), TZ_EARLIER, &utc, NULL) < 0) {
-        return wall;
-    }
-    return utc;
+    return prefs_deliver_at(n, policy_user_tz(q->snap, user));
 }
 
 static int start(localq_t *q, const struct cand *c, size_t bi, const struct notification *n,

@@ -4,7 +4,9 @@
  * A parsed snapshot is plain arrays: users sorted by id (binary search in
  * policy_decide), each with at most POLICY_CATEGORIES_MAX categories and a
  * handle on its time zone from the tz cache. Nothing of the JSON tree is
- * kept.
+ * kept. The per-user fields and the rules are shared with the hub
+ * (proto/prefs.h): this file adds the snapshot around them, the user
+ * lookup and the store.
  */
 #include "policy.h"
 
@@ -15,27 +17,18 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <sqlite3.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct pol_category {
-    char name[PROTO_CATEGORY_MAX + 1];
-    bool opt_out;
-    unsigned channels_off; /* PROTO_CH_* bits */
-};
 
 struct pol_user {
     char id[POLICY_USER_ID_MAX + 1];
     bool opt_out;
     char tz_name[TZ_NAME_MAX + 1];
     tz_t *tz; /* NULL: zone not on this box, quiet hours in UTC */
-    struct pol_category *cats;
+    struct prefs_category *cats;
     size_t ncats;
-    bool quiet;
-    int quiet_start, quiet_end; /* minutes after local midnight */
-    bool quiet_drop;
+    struct prefs_quiet quiet;
 };
 
 struct policy_snapshot {
@@ -46,71 +39,9 @@ struct policy_snapshot {
 
 /* --- parsing ------------------------------------------------------------ */
 
-static int fail(struct policy_error *err, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(struct policy_error *err, const char *field, const char *fmt, ...)
-{
-    if (err) {
-        snprintf(err->field, sizeof(err->field), "%s", field);
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->detail, sizeof(err->detail), fmt, ap);
-        va_end(ap);
-    }
-    return TDG_EINVAL_INPUT;
-}
-
-/* out = a + b + c (any may be NULL), cut to fit a policy_error field. A
- * loop rather than snprintf: field paths are bounded by construction
- * (users.<122>.categories.<32>.channels_off[NN] < 192) and this keeps the
- * compiler's truncation analysis quiet without casts. */
-static void path_cat(char *out, const char *a, const char *b, const char *c)
-{
-    const size_t cap = sizeof(((struct policy_error *)0)->field);
-    const char *parts[3] = {a, b, c};
-    size_t o = 0;
-    for (int i = 0; i < 3; i++) {
-        for (const char *p = parts[i]; p && *p && o + 1 < cap; p++) {
-            out[o++] = *p;
-        }
-    }
-    out[o] = '\0';
-}
-
-static const char *json_type(const cJSON *j)
-{
-    if (cJSON_IsObject(j)) {
-        return "object";
-    }
-    if (cJSON_IsArray(j)) {
-        return "array";
-    }
-    if (cJSON_IsString(j)) {
-        return "string";
-    }
-    if (cJSON_IsNumber(j)) {
-        return "number";
-    }
-    if (cJSON_IsBool(j)) {
-        return "boolean";
-    }
-    return "null";
-}
-
-/* A duplicate key makes a snapshot ambiguous: refuse it. Objects checked
- * here have at most a few dozen members (users are checked after sorting). */
-static const char *dup_key(const cJSON *obj)
-{
-    for (const cJSON *a = obj->child; a; a = a->next) {
-        for (const cJSON *b = a->next; b; b = b->next) {
-            if (strcmp(a->string, b->string) == 0) {
-                return a->string;
-            }
-        }
-    }
-    return NULL;
-}
+/* The field names, types and checks the hub's documents share are in
+ * proto/prefs.c; the snapshot reads them leniently (unknown fields are
+ * ignored: a newer hub may add some). */
 
 static size_t count_members(const cJSON *obj)
 {
@@ -138,168 +69,6 @@ static bool user_id_valid(const char *s)
     return true;
 }
 
-static bool category_valid(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > PROTO_CATEGORY_MAX) {
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        bool ok =
-            (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
-        if (!ok) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static unsigned channel_bit(const char *s)
-{
-    static const unsigned bits[] = {PROTO_CH_PUSH, PROTO_CH_SMS, PROTO_CH_EMAIL, PROTO_CH_DESKTOP,
-                                    PROTO_CH_LOCAL};
-    for (size_t i = 0; i < sizeof(bits) / sizeof(bits[0]); i++) {
-        if (strcmp(s, proto_channel_name((enum proto_channel)bits[i])) == 0) {
-            return bits[i];
-        }
-    }
-    return 0;
-}
-
-/* "HH:MM", 00:00..23:59, exactly five characters. */
-static int parse_hhmm(const char *s, int *minutes)
-{
-    if (strlen(s) != 5 || s[2] != ':') {
-        return -1;
-    }
-    for (int i = 0; i < 5; i++) {
-        if (i != 2 && (s[i] < '0' || s[i] > '9')) {
-            return -1;
-        }
-    }
-    int h = (s[0] - '0') * 10 + (s[1] - '0');
-    int m = (s[3] - '0') * 10 + (s[4] - '0');
-    if (h > 23 || m > 59) {
-        return -1;
-    }
-    *minutes = h * 60 + m;
-    return 0;
-}
-
-static int get_bool(const cJSON *parent, const char *key, const char *path, bool *out,
-                    struct policy_error *err)
-{
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(parent, key);
-    if (!j) {
-        return 0; /* absent: keep the default */
-    }
-    char field[sizeof(err->field)];
-    path_cat(field, path, ".", key);
-    if (!cJSON_IsBool(j)) {
-        return fail(err, field, "must be true or false, got %s", json_type(j));
-    }
-    *out = cJSON_IsTrue(j);
-    return 0;
-}
-
-static int parse_category(const cJSON *c, const char *upath, struct pol_category *out,
-                          struct policy_error *err)
-{
-    char path[sizeof(err->field)];
-    path_cat(path, upath, ".categories.", c->string);
-    if (!category_valid(c->string)) {
-        return fail(err, path, "category must be 1..%d of [a-z0-9_.-]", PROTO_CATEGORY_MAX);
-    }
-    if (!cJSON_IsObject(c)) {
-        return fail(err, path, "must be an object, got %s", json_type(c));
-    }
-    const char *dup = dup_key(c);
-    if (dup) {
-        return fail(err, path, "key '%s' given twice", dup);
-    }
-    snprintf(out->name, sizeof(out->name), "%s", c->string);
-    int rc = get_bool(c, "opt_out", path, &out->opt_out, err);
-    if (rc < 0) {
-        return rc;
-    }
-    const cJSON *off = cJSON_GetObjectItemCaseSensitive(c, "channels_off");
-    if (off) {
-        char field[sizeof(err->field)];
-        path_cat(field, path, ".channels_off", NULL);
-        if (!cJSON_IsArray(off)) {
-            return fail(err, field, "must be an array, got %s", json_type(off));
-        }
-        int i = 0;
-        for (const cJSON *e = off->child; e; e = e->next, i++) {
-            char ef[sizeof(err->field)];
-            char idx[16];
-            snprintf(idx, sizeof(idx), "[%d]", i);
-            path_cat(ef, field, idx, NULL);
-            if (!cJSON_IsString(e)) {
-                return fail(err, ef, "must be a string, got %s", json_type(e));
-            }
-            unsigned bit = channel_bit(e->valuestring);
-            if (!bit) {
-                return fail(err, ef, "unknown channel (push, sms, email, desktop, local)");
-            }
-            if (out->channels_off & bit) {
-                return fail(err, ef, "channel given twice");
-            }
-            out->channels_off |= bit;
-        }
-    }
-    return 0;
-}
-
-static int parse_quiet(const cJSON *q, const char *upath, struct pol_user *u,
-                       struct policy_error *err)
-{
-    char path[sizeof(err->field)];
-    path_cat(path, upath, ".quiet_hours", NULL);
-    if (!cJSON_IsObject(q)) {
-        return fail(err, path, "must be an object, got %s", json_type(q));
-    }
-    const char *dup = dup_key(q);
-    if (dup) {
-        return fail(err, path, "key '%s' given twice", dup);
-    }
-    static const char *const keys[] = {"start", "end"};
-    int *dst[] = {&u->quiet_start, &u->quiet_end};
-    for (int i = 0; i < 2; i++) {
-        char field[sizeof(err->field)];
-        path_cat(field, path, ".", keys[i]);
-        const cJSON *j = cJSON_GetObjectItemCaseSensitive(q, keys[i]);
-        if (!j) {
-            return fail(err, field, "missing");
-        }
-        if (!cJSON_IsString(j)) {
-            return fail(err, field, "must be a string \"HH:MM\", got %s", json_type(j));
-        }
-        if (parse_hhmm(j->valuestring, dst[i]) < 0) {
-            return fail(err, field, "must be \"HH:MM\" between 00:00 and 23:59");
-        }
-    }
-    if (u->quiet_start == u->quiet_end) {
-        return fail(err, path, "start and end are equal: an empty window (leave quiet_hours out)");
-    }
-    const cJSON *mode = cJSON_GetObjectItemCaseSensitive(q, "mode");
-    if (mode) {
-        char field[sizeof(err->field)];
-        path_cat(field, path, ".mode", NULL);
-        if (!cJSON_IsString(mode)) {
-            return fail(err, field, "must be \"hold\" or \"drop\", got %s", json_type(mode));
-        }
-        if (strcmp(mode->valuestring, "drop") == 0) {
-            u->quiet_drop = true;
-        } else if (strcmp(mode->valuestring, "hold") != 0) {
-            return fail(err, field, "must be \"hold\" or \"drop\"");
-        }
-    }
-    u->quiet = true;
-    return 0;
-}
-
 /* Users whose zone this box lacks: logged once per parse, not per user. */
 struct tz_missing {
     size_t n;
@@ -312,31 +81,31 @@ static int parse_user(const cJSON *j, struct pol_user *u, struct tz_missing *mis
                       struct policy_error *err)
 {
     char path[sizeof(err->field)];
-    path_cat(path, "users.", j->string, NULL);
+    prefs_path(path, "users.", j->string, NULL);
     if (!user_id_valid(j->string)) {
-        return fail(err, path, "user id must be 1..%d of [A-Za-z0-9._@+-]", POLICY_USER_ID_MAX);
+        return prefs_fail(err, path, "user id must be 1..%d of [A-Za-z0-9._@+-]",
+                          POLICY_USER_ID_MAX);
     }
     if (!cJSON_IsObject(j)) {
-        return fail(err, path, "must be an object, got %s", json_type(j));
+        return prefs_fail(err, path, "must be an object, got %s", proto_json_type(j));
     }
-    const char *dup = dup_key(j);
-    if (dup) {
-        return fail(err, path, "key '%s' given twice", dup);
+    int rc = prefs_check_keys(j, path, NULL, err);
+    if (rc < 0) {
+        return rc;
     }
     snprintf(u->id, sizeof(u->id), "%s", j->string);
-    int rc = get_bool(j, "opt_out", path, &u->opt_out, err);
-    if (rc < 0) {
+    if ((rc = prefs_get_bool(j, "opt_out", path, &u->opt_out, err)) < 0) {
         return rc;
     }
     const cJSON *tzj = cJSON_GetObjectItemCaseSensitive(j, "tz");
     char field[sizeof(err->field)];
-    path_cat(field, path, ".tz", NULL);
+    prefs_path(field, path, ".tz", NULL);
     if (tzj && !cJSON_IsString(tzj)) {
-        return fail(err, field, "must be a string, got %s", json_type(tzj));
+        return prefs_fail(err, field, "must be a string, got %s", proto_json_type(tzj));
     }
     const char *tzname = tzj ? tzj->valuestring : "UTC";
     if (!tz_name_valid(tzname)) {
-        return fail(err, field, "not a valid IANA time zone name");
+        return prefs_fail(err, field, "not a valid IANA time zone name");
     }
     snprintf(u->tz_name, sizeof(u->tz_name), "%s", tzname);
     rc = tz_load(tzname, &u->tz);
@@ -355,17 +124,18 @@ static int parse_user(const cJSON *j, struct pol_user *u, struct tz_missing *mis
     }
     const cJSON *cats = cJSON_GetObjectItemCaseSensitive(j, "categories");
     if (cats) {
-        path_cat(field, path, ".categories", NULL);
+        prefs_path(field, path, ".categories", NULL);
         if (!cJSON_IsObject(cats)) {
-            return fail(err, field, "must be an object, got %s", json_type(cats));
+            return prefs_fail(err, field, "must be an object, got %s", proto_json_type(cats));
         }
         size_t n = count_members(cats);
         if (n > POLICY_CATEGORIES_MAX) {
-            return fail(err, field, "%d categories max, got %zu", POLICY_CATEGORIES_MAX, n);
+            return prefs_fail(err, field, "%d categories max, got %zu", POLICY_CATEGORIES_MAX, n);
         }
-        if ((dup = dup_key(cats))) {
-            path_cat(field, path, ".categories.", dup);
-            return fail(err, field, "category given twice");
+        const char *dup = prefs_dup_key(cats);
+        if (dup) {
+            prefs_path(field, path, ".categories.", dup);
+            return prefs_fail(err, field, "category given twice");
         }
         if (n > 0) {
             u->cats = calloc(n, sizeof(*u->cats));
@@ -374,15 +144,20 @@ static int parse_user(const cJSON *j, struct pol_user *u, struct tz_missing *mis
             }
         }
         for (const cJSON *c = cats->child; c; c = c->next) {
-            if ((rc = parse_category(c, path, &u->cats[u->ncats], err)) < 0) {
+            char cpath[sizeof(err->field)];
+            prefs_path(cpath, path, ".categories.", c->string);
+            if ((rc = prefs_parse_category(c, cpath, false, &u->cats[u->ncats], err)) < 0) {
                 return rc;
             }
             u->ncats++;
         }
     }
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "quiet_hours");
-    if (q && (rc = parse_quiet(q, path, u, err)) < 0) {
-        return rc;
+    if (q) {
+        prefs_path(field, path, ".quiet_hours", NULL);
+        if ((rc = prefs_parse_quiet(q, field, false, &u->quiet, err)) < 0) {
+            return rc;
+        }
     }
     return 0;
 }
@@ -408,22 +183,22 @@ void policy_snapshot_free(policy_snapshot_t *s)
 static int parse_tree(const cJSON *root, policy_snapshot_t *s, struct policy_error *err)
 {
     if (!cJSON_IsObject(root)) {
-        return fail(err, "", "snapshot must be a JSON object, got %s", json_type(root));
+        return prefs_fail(err, "", "snapshot must be a JSON object, got %s", proto_json_type(root));
     }
-    const char *dup = dup_key(root);
+    const char *dup = prefs_dup_key(root);
     if (dup) {
-        return fail(err, dup, "key given twice");
+        return prefs_fail(err, dup, "key given twice");
     }
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "v");
     if (!v) {
-        return fail(err, "v", "missing (must be 1)");
+        return prefs_fail(err, "v", "missing (must be 1)");
     }
     if (!cJSON_IsNumber(v) || v->valuedouble != 1.0) {
-        return fail(err, "v", "unsupported snapshot format version (must be 1)");
+        return prefs_fail(err, "v", "unsupported snapshot format version (must be 1)");
     }
     const cJSON *ver = cJSON_GetObjectItemCaseSensitive(root, "version");
     if (!ver) {
-        return fail(err, "version", "missing");
+        return prefs_fail(err, "version", "missing");
     }
     /* An integer exactly representable in a double: 0..2^53. */
     /* Written so that NaN fails too; the cast is safe inside the range, and
@@ -431,19 +206,19 @@ static int parse_tree(const cJSON *root, policy_snapshot_t *s, struct policy_err
     if (!cJSON_IsNumber(ver) ||
         !(ver->valuedouble >= 0 && ver->valuedouble <= 9007199254740992.0) ||
         (double)(int64_t)ver->valuedouble != ver->valuedouble) {
-        return fail(err, "version", "must be an integer 0..2^53");
+        return prefs_fail(err, "version", "must be an integer 0..2^53");
     }
     s->version = (int64_t)ver->valuedouble;
     const cJSON *users = cJSON_GetObjectItemCaseSensitive(root, "users");
     if (!users) {
-        return fail(err, "users", "missing (use {} for none)");
+        return prefs_fail(err, "users", "missing (use {} for none)");
     }
     if (!cJSON_IsObject(users)) {
-        return fail(err, "users", "must be an object, got %s", json_type(users));
+        return prefs_fail(err, "users", "must be an object, got %s", proto_json_type(users));
     }
     size_t n = count_members(users);
     if (n > POLICY_USERS_MAX) {
-        return fail(err, "users", "%d users max, got %zu", POLICY_USERS_MAX, n);
+        return prefs_fail(err, "users", "%d users max, got %zu", POLICY_USERS_MAX, n);
     }
     if (n > 0) {
         s->users = calloc(n, sizeof(*s->users));
@@ -472,8 +247,8 @@ static int parse_tree(const cJSON *root, policy_snapshot_t *s, struct policy_err
     for (size_t i = 1; i < s->nusers; i++) {
         if (strcmp(s->users[i - 1].id, s->users[i].id) == 0) {
             char field[sizeof(err->field)];
-            path_cat(field, "users.", s->users[i].id, NULL);
-            return fail(err, field, "user given twice");
+            prefs_path(field, "users.", s->users[i].id, NULL);
+            return prefs_fail(err, field, "user given twice");
         }
     }
     return 0;
@@ -488,29 +263,20 @@ int policy_snapshot_parse(const char *buf, size_t len, policy_snapshot_t **out,
     }
     *out = NULL;
     if (len > POLICY_SNAPSHOT_MAX) {
-        fail(err, "", "snapshot is %zu bytes, %d max", len, POLICY_SNAPSHOT_MAX);
+        prefs_fail(err, "", "snapshot is %zu bytes, %d max", len, POLICY_SNAPSHOT_MAX);
         return TDG_ETOOBIG;
     }
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
-    if (!root) {
-        return fail(err, "", "not valid JSON (near byte %zu)",
-                    end && end >= buf ? (size_t)(end - buf) : (size_t)0);
-    }
-    /* cJSON stops after the first value: anything but whitespace after it
-     * is an error, not silently ignored. */
-    for (const char *p = end; p < buf + len; p++) {
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            cJSON_Delete(root);
-            return fail(err, "", "trailing data after the JSON object");
-        }
+    cJSON *root = NULL;
+    int rc = prefs_json_parse(buf, len, &root, err);
+    if (rc < 0) {
+        return rc;
     }
     policy_snapshot_t *s = calloc(1, sizeof(*s));
     if (!s) {
         cJSON_Delete(root);
         return -ENOMEM;
     }
-    int rc = parse_tree(root, s, err);
+    rc = parse_tree(root, s, err);
     cJSON_Delete(root);
     if (rc < 0) {
         policy_snapshot_free(s);
@@ -531,21 +297,6 @@ size_t policy_snapshot_user_count(const policy_snapshot_t *s)
 }
 
 /* --- deciding ----------------------------------------------------------- */
-
-const char *policy_action_name(enum policy_action a)
-{
-    switch (a) {
-    case POLICY_ALLOW:
-        return "allow";
-    case POLICY_SUPPRESS:
-        return "suppress";
-    case POLICY_HOLD:
-        return "hold";
-    case POLICY_DROP:
-        return "drop";
-    }
-    return "unknown";
-}
 
 static const struct pol_user *find_user(const policy_snapshot_t *s, const char *id)
 {
@@ -571,110 +322,25 @@ const tz_t *policy_user_tz(const policy_snapshot_t *s, const char *user_id)
     return u ? u->tz : NULL;
 }
 
-static void set_rule(struct policy_decision *d, enum policy_action a, const char *rule,
-                     const char *arg)
-{
-    d->action = a;
-    if (arg) {
-        snprintf(d->rule, sizeof(d->rule), "%s:%s", rule, arg);
-    } else {
-        snprintf(d->rule, sizeof(d->rule), "%s", rule);
-    }
-}
-
-/* The instant the wall clock of tz shows `minutes` on local day `days`
- * (days from 1970-01-01). Nonexistent times move to the end of the gap,
- * repeated ones take the earlier instant (docs/policy.md). */
-static int64_t wall_instant(const tz_t *tz, int64_t days, int minutes)
-{
-    int64_t y;
-    int m, d;
-    tz_civil_from_days(days, &y, &m, &d);
-    int64_t ms = 0;
-    if (tz) {
-        if (tz_local_to_utc(tz, y, m, d, minutes / 60, minutes % 60, 0, TZ_EARLIER, &ms, NULL) ==
-            0) {
-            return ms;
-        }
-    }
-    return (days * 1440 + minutes) * 60000; /* UTC */
-}
-
-/* Is now inside u's quiet window? If so, *end_ms is when the window ends.
- * Windows are evaluated as instants: the one starting on the local day
- * before today (it may wrap past midnight into today), today's and
- * tomorrow's (a zone whose clock goes back over midnight). */
-static bool in_quiet(const struct pol_user *u, int64_t now_ms, int64_t *end_ms)
-{
-    int64_t today;
-    if (u->tz) {
-        struct tz_tm tm;
-        tz_utc_to_local(u->tz, now_ms, &tm);
-        today = tz_days_from_civil(tm.year, tm.month, tm.day);
-    } else {
-        today = now_ms / 86400000 - (now_ms % 86400000 < 0 ? 1 : 0); /* floor */
-    }
-    bool in = false;
-    int64_t end = 0;
-    bool wraps = u->quiet_start > u->quiet_end;
-    for (int64_t day = today - 1; day <= today + 1; day++) {
-        int64_t ws = wall_instant(u->tz, day, u->quiet_start);
-        int64_t we = wall_instant(u->tz, wraps ? day + 1 : day, u->quiet_end);
-        if (ws <= now_ms && now_ms < we) {
-            in = true;
-            end = we > end ? we : end;
-        }
-    }
-    *end_ms = end;
-    return in;
-}
-
 int policy_decide(const policy_snapshot_t *s, const struct notification *n, const char *user_id,
                   enum proto_channel channel, int64_t now_ms, struct policy_decision *d)
 {
     if (!n || !d) {
         return TDG_EINVAL_INPUT;
     }
-    memset(d, 0, sizeof(*d));
-    set_rule(d, POLICY_ALLOW, "no_preference", NULL);
     const struct pol_user *u = (s && user_id && user_id[0]) ? find_user(s, user_id) : NULL;
     if (!u) {
+        memset(d, 0, sizeof(*d));
+        prefs_set_rule(d, POLICY_ALLOW, "no_preference", NULL);
         return 0;
     }
-    if (u->opt_out) {
-        set_rule(d, POLICY_SUPPRESS, "opt_out", NULL);
-        return 0;
-    }
-    if (n->category) {
-        for (size_t i = 0; i < u->ncats; i++) {
-            const struct pol_category *c = &u->cats[i];
-            if (strcmp(c->name, n->category) != 0) {
-                continue; /* exact match only: "push" is not "push_marketing" */
-            }
-            if (c->opt_out) {
-                set_rule(d, POLICY_SUPPRESS, "category_opt_out", c->name);
-                return 0;
-            }
-            if (c->channels_off & (unsigned)channel) {
-                set_rule(d, POLICY_SUPPRESS, "channel_off", proto_channel_name(channel));
-                return 0;
-            }
+    const struct prefs_category *cat = NULL;
+    for (size_t i = 0; n->category && !cat && i < u->ncats; i++) {
+        if (strcmp(u->cats[i].name, n->category) == 0) {
+            cat = &u->cats[i]; /* exact match only: "push" is not "push_marketing" */
         }
     }
-    set_rule(d, POLICY_ALLOW, "allow", NULL);
-    int64_t end_ms;
-    d->tz_fallback = u->quiet && !u->tz;
-    if (u->quiet && in_quiet(u, now_ms, &end_ms)) {
-        if (n->priority == PROTO_PRIO_CRITICAL) {
-            d->critical_bypass = true;
-            set_rule(d, POLICY_ALLOW, "critical_bypass", NULL);
-        } else if (u->quiet_drop) {
-            set_rule(d, POLICY_DROP, "quiet_hours_drop", NULL);
-        } else {
-            set_rule(d, POLICY_HOLD, "quiet_hours", NULL);
-            d->hold_until_ms = end_ms;
-        }
-    }
+    prefs_decide(u->opt_out, cat, &u->quiet, u->tz, n, channel, now_ms, d);
     return 0;
 }
 

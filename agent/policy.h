@@ -19,7 +19,9 @@
  *   otherwise                                      -> ALLOW "allow"
  * Categories match exactly (byte for byte): "push" never matches
  * "push_marketing". Quiet hours are wall-clock times in the user's IANA zone,
- * DST-correct (see docs/policy.md for gaps and overlaps).
+ * DST-correct (see docs/policy.md for gaps and overlaps). The per-user
+ * fields, the rules after the user lookup and the quiet-hours arithmetic
+ * are the hub's too: proto/prefs.h.
  *
  * Not thread-safe (uses the tz cache); meant for the agent's loop thread.
  */
@@ -31,22 +33,18 @@
 #include <stdint.h>
 
 #include "db.h"
+#include "prefs.h" /* policy_error, policy_action, policy_decision: shared with the hub */
 #include "proto.h"
 
 #define POLICY_SNAPSHOT_MAX (1024 * 1024) /* bytes of one snapshot message */
 #define POLICY_USERS_MAX 1024             /* users in one snapshot */
-#define POLICY_CATEGORIES_MAX 64          /* categories per user */
+#define POLICY_CATEGORIES_MAX PREFS_CATEGORIES_MAX /* categories per user (64) */
 #define POLICY_USER_ID_MAX 122            /* as the <id> of "user:<id>" (proto) */
-#define POLICY_RULE_MAX 64                /* "category_opt_out:" + 32-byte category */
 
 typedef struct policy_snapshot policy_snapshot_t;
 
-/* Why a snapshot was refused: the field by its JSON path
- * ("users.alice.quiet_hours.start") and what is wrong with it. */
-struct policy_error {
-    char field[192];
-    char detail[128];
-};
+/* Why a snapshot is refused: struct policy_error (prefs.h), the field by
+ * its JSON path ("users.alice.quiet_hours.start") and what is wrong. */
 
 /* Parse and validate a snapshot (buf need not be NUL-terminated). Every
  * known field is checked; unknown fields are ignored (a newer hub may add
@@ -64,23 +62,8 @@ int64_t policy_snapshot_version(const policy_snapshot_t *s);
 /* Number of users in the snapshot. */
 size_t policy_snapshot_user_count(const policy_snapshot_t *s);
 
-enum policy_action {
-    POLICY_ALLOW = 0, /* deliver now */
-    POLICY_SUPPRESS,  /* never deliver on this channel: terminal state "suppressed" (rule) */
-    POLICY_HOLD,      /* deliver at hold_until_ms: ask again then (preferences may change) */
-    POLICY_DROP,      /* never deliver: quiet hours in "drop" mode (terminal, with rule) */
-};
-
-/* Stable lower-case name: "allow", "suppress", "hold", "drop". */
-const char *policy_action_name(enum policy_action a);
-
-struct policy_decision {
-    enum policy_action action;
-    char rule[POLICY_RULE_MAX]; /* see the table at the top; always set */
-    int64_t hold_until_ms;      /* POLICY_HOLD: UTC ms the quiet window ends; else 0 */
-    bool critical_bypass;       /* critical priority went through quiet hours */
-    bool tz_fallback;           /* the user's zone is not on this box: UTC was used */
-};
+/* The decision (enum policy_action, struct policy_decision,
+ * policy_action_name) is prefs.h's: the hub's decisions look the same. */
 
 /* Decide whether notification n may be delivered now on `channel` (one
  * PROTO_CH_* bit: PROTO_CH_DESKTOP for the desktop backend, PROTO_CH_LOCAL

@@ -17,8 +17,9 @@
  *   inside quiet hours, mode drop                   -> DROP     "quiet_hours_drop"
  *   over the category's frequency cap               -> SUPPRESS "cap:<c>"
  *   otherwise                                       -> ALLOW    "allow"
- * The first seven are the agent's rules (agent/policy.c), in the same order,
- * with the same quiet-hours arithmetic (DST gaps and overlaps: docs/policy.md).
+ * The first seven are the agent's rules, the same code: proto/prefs.h (the
+ * common fields, the rules, the quiet-hours arithmetic with DST gaps and
+ * overlaps: docs/policy.md).
  *
  * Not thread-safe only in that time zones come from the tz cache (loop thread).
  */
@@ -29,13 +30,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "prefs.h" /* policy_error, policy_action, policy_decision: shared with the agent */
 #include "proto.h"
 #include "tz.h"
 
 #define POLICY_PREFS_MAX 16384     /* bytes of one user's preference document */
-#define POLICY_CATEGORIES_MAX 64   /* categories (and caps) per user */
+#define POLICY_CATEGORIES_MAX PREFS_CATEGORIES_MAX /* categories (and caps) per user: 64 */
 #define POLICY_FALLBACK_MAX 3      /* steps of a channel order: push, sms, email */
-#define POLICY_RULE_MAX 64         /* "category_opt_out:" + 32-byte category */
 #define POLICY_USER_ID_MAX 122     /* as the <id> of "user:<id>" */
 #define POLICY_AFTER_MAX_MS (7 * 86400000LL)  /* latest fallback step */
 #define POLICY_WINDOW_MAX_MS (30 * 86400000LL) /* longest cap window */
@@ -43,12 +44,8 @@
 
 typedef struct policy_prefs policy_prefs_t;
 
-/* Why a document was refused: the field by its JSON path
- * ("categories.marketing.channels_off[1]") and what is wrong with it. */
-struct policy_error {
-    char field[192];
-    char detail[128];
-};
+/* Why a document is refused: struct policy_error (prefs.h), the field by
+ * its JSON path ("categories.marketing.channels_off[1]") and what is wrong. */
 
 /* Parse and validate one user's preference document (buf need not be
  * NUL-terminated). Unknown fields are refused (a typo must not pass as "no
@@ -59,22 +56,8 @@ int policy_prefs_parse(const char *buf, size_t len, policy_prefs_t **out,
                        struct policy_error *err);
 void policy_prefs_free(policy_prefs_t *p);
 
-enum policy_action {
-    POLICY_ALLOW = 0, /* deliver now */
-    POLICY_SUPPRESS,  /* not on this channel: terminal "suppressed" when nothing else goes */
-    POLICY_HOLD,      /* ask again at hold_until_ms (preferences may change meanwhile) */
-    POLICY_DROP,      /* quiet hours in drop mode: terminal "dropped" */
-};
-/* "allow", "suppress", "hold", "drop". */
-const char *policy_action_name(enum policy_action a);
-
-struct policy_decision {
-    enum policy_action action;
-    char rule[POLICY_RULE_MAX]; /* always set */
-    int64_t hold_until_ms;      /* POLICY_HOLD: UTC ms the quiet window ends; else 0 */
-    bool critical_bypass;       /* critical priority went through quiet hours */
-    bool tz_fallback;           /* quiet hours with no zone loaded: UTC was used */
-};
+/* The decision (enum policy_action, struct policy_decision,
+ * policy_action_name) is prefs.h's: the agent's decisions look the same. */
 
 /* The frequency cap of category in p: true with *max and *window_ms, or
  * false when there is none (p NULL, category NULL, no cap set). */
@@ -110,7 +93,7 @@ int policy_snapshot_user(const policy_prefs_t *p, const char *tz_name, char *out
 /* Resolve "deliver_at" to UTC ms for one recipient: the absolute time, or
  * the wall time of "tz":"user" in tz (NULL: UTC; a wall time in a DST gap
  * moves to the end of the gap, one in an overlap takes the earlier instant).
- * 0 when n has no deliver_at. */
+ * 0 when n has no deliver_at. The agent reads it the same: prefs_deliver_at. */
 int64_t policy_deliver_at(const struct notification *n, const tz_t *tz);
 
 /* Parse a duration "30s", "10m", "2h", "1d" (a number and one unit) into

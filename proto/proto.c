@@ -796,7 +796,7 @@ static bool charset_ok(const char *s, unsigned classes, const char *extra)
     return true;
 }
 
-static const char *type_name(const cJSON *j)
+const char *proto_json_type(const cJSON *j)
 {
     if (cJSON_IsString(j)) {
         return "string";
@@ -821,7 +821,7 @@ static const char *type_name(const cJSON *j)
 
 static int wrong_type(const cJSON *j, const char *field, const char *want, struct proto_error *err)
 {
-    proto_err_set(err, PROTO_R_WRONG_TYPE, field, "expected %s, got %s", want, type_name(j));
+    proto_err_set(err, PROTO_R_WRONG_TYPE, field, "expected %s, got %s", want, proto_json_type(j));
     return TDG_EINVAL_INPUT;
 }
 
@@ -1239,7 +1239,7 @@ static int validate(cJSON *obj, size_t raw_len, bool exact, struct notification 
     memset(n, 0, sizeof(*n));
     if (!obj || !cJSON_IsObject(obj)) {
         proto_err_set(err, PROTO_R_NOT_OBJECT, NULL, "top level must be a JSON object, got %s",
-                      obj ? type_name(obj) : "nothing");
+                      obj ? proto_json_type(obj) : "nothing");
         return TDG_EINVAL_INPUT;
     }
     rc = proto_check_dup_keys(obj, "", err);

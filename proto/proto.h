@@ -277,6 +277,11 @@ int proto_batch_parse_owned(const char *buf, size_t len, char *agent_out, size_t
  * length, or -1 when it does not fit (buf then holds ""). */
 long proto_json_print(const struct cJSON *item, char *buf, size_t cap);
 
+/* The JSON type of j for error messages ("expected string, got number"):
+ * "string", "number", "boolean", "null", "array", "object"; "invalid" for
+ * NULL or anything else. */
+const char *proto_json_type(const struct cJSON *j);
+
 struct proto_ack {
     char id[PROTO_ID_MAX + 1];
     bool ok;
