@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 #include "error.h"
+#include "http.h"
 #include "log.h"
 #include "tz.h"
 
@@ -41,6 +42,40 @@ int channel_add_header(struct channel_request *req, const char *fmt, ...)
     }
     req->nheaders++;
     return 0;
+}
+
+void channel_request_reset(struct channel_request *req)
+{
+    req->nheaders = 0;
+    req->authorization[0] = '\0';
+    req->body_len = 0;
+    req->body[0] = '\0';
+    req->url[0] = '\0';
+}
+
+bool channel_header_value_ok(const char *v, size_t max)
+{
+    size_t n = 0;
+    for (; v[n]; n++) {
+        unsigned char c = (unsigned char)v[n];
+        if (c < 0x20 || c == 0x7f || n >= max) {
+            return false;
+        }
+    }
+    return n > 0;
+}
+
+bool channel_https_url_ok(const char *u)
+{
+    return strncmp(u, "https://", 8) == 0 && u[8] != '\0' && channel_header_value_ok(u, 255);
+}
+
+void channel_trim_slash(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && s[n - 1] == '/') {
+        s[--n] = '\0';
+    }
 }
 
 int channel_drop(struct channel_outcome *out, const char *reason, int device_action, int err)
@@ -185,6 +220,135 @@ uint64_t channel_retry_after_ms(const char *v, int64_t now_ms)
     return delta > (int64_t)CHANNEL_RETRY_AFTER_MAX_S * 1000
                ? (uint64_t)CHANNEL_RETRY_AFTER_MAX_S * 1000
                : (uint64_t)delta;
+}
+
+void channel_retry(struct channel_outcome *out, uint64_t after_ms, const char *fmt, ...)
+{
+    memset(out, 0, sizeof(*out));
+    out->result = CHANNEL_RETRY;
+    out->retry_after_ms = after_ms;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out->reason, sizeof(out->reason), fmt, ap);
+    va_end(ap);
+}
+
+void channel_no_answer(struct channel_outcome *out, const struct http_response *resp)
+{
+    channel_retry(out, 0, "%s",
+                  resp->error_text && resp->error_text[0] ? resp->error_text
+                                                          : tdg_strerror(resp->error));
+    out->status = resp->status;
+}
+
+int64_t channel_wall_clock(void *arg)
+{
+    (void)arg;
+    return clock_wall_ms();
+}
+
+/* --- calls in flight ----------------------------------------------------------- */
+
+void channel_calls_init(struct channel_calls *cs, loop_t *loop, uint64_t *sent, uint64_t *ok,
+                        uint64_t *retry, uint64_t *drop, void (*release)(struct channel_call *c))
+{
+    *cs = (struct channel_calls){
+        .loop = loop, .sent = sent, .ok = ok, .retry = retry, .drop = drop, .release = release};
+}
+
+void channel_call_init(struct channel_calls *cs, struct channel_call *c, channel_done_cb done,
+                       void *ctx)
+{
+    c->owner = cs;
+    c->done = done;
+    c->ctx = ctx;
+}
+
+void channel_call_link(struct channel_call *c)
+{
+    struct channel_calls *cs = c->owner;
+    c->next = cs->head;
+    c->prev = NULL;
+    if (cs->head) {
+        cs->head->prev = c;
+    }
+    cs->head = c;
+    (*cs->sent)++;
+}
+
+static void call_unlink(struct channel_calls *cs, struct channel_call *c)
+{
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        cs->head = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+}
+
+static void call_release(struct channel_calls *cs, struct channel_call *c)
+{
+    if (cs->release) {
+        cs->release(c);
+    } else {
+        free(c);
+    }
+}
+
+void channel_call_finish(struct channel_call *c, const struct channel_outcome *o)
+{
+    struct channel_calls *cs = c->owner;
+    call_unlink(cs, c);
+    switch (o->result) {
+    case CHANNEL_OK:
+        (*cs->ok)++;
+        break;
+    case CHANNEL_RETRY:
+        (*cs->retry)++;
+        break;
+    case CHANNEL_DROP:
+        (*cs->drop)++;
+        break;
+    }
+    channel_done_cb done = c->done;
+    void *ctx = c->ctx;
+    call_release(cs, c);
+    done(ctx, o);
+}
+
+static void on_call_deferred(loop_t *loop, uint64_t id, void *arg)
+{
+    (void)loop;
+    (void)id;
+    struct channel_call *c = arg;
+    c->timer_id = 0;
+    struct channel_outcome o = c->deferred;
+    channel_call_finish(c, &o);
+}
+
+int channel_call_defer(struct channel_call *c, const struct channel_outcome *o)
+{
+    c->deferred = *o;
+    c->timer_id = loop_timer_add(c->owner->loop, 0, on_call_deferred, c);
+    if (!c->timer_id) {
+        return -ENOMEM;
+    }
+    channel_call_link(c);
+    return 0;
+}
+
+void channel_calls_abort(struct channel_calls *cs)
+{
+    while (cs->head) {
+        struct channel_call *c = cs->head;
+        cs->head = c->next;
+        if (c->timer_id) {
+            loop_timer_cancel(cs->loop, c->timer_id);
+        }
+        call_release(cs, c);
+    }
 }
 
 /* --- several credentials in one channel ------------------------------------------ */
@@ -397,11 +561,7 @@ int channel_set_format(void *state, const struct channel_delivery *d, struct cha
     struct channel_set *set = state;
     int i = set->t->select(set->state, set->n, d, outcome);
     if (i < 0) {
-        req->nheaders = 0;
-        req->authorization[0] = '\0';
-        req->body_len = 0;
-        req->body[0] = '\0';
-        req->url[0] = '\0';
+        channel_request_reset(req);
         return TDG_ECONFIG;
     }
     return set->t->format(set->state[i], d, req, outcome);
@@ -493,6 +653,39 @@ void channel_set_destroy(void *state)
     free(set);
 }
 
+int channel_no_tenant(struct channel_outcome *out, const char *fmt, ...)
+{
+    memset(out, 0, sizeof(*out));
+    out->result = CHANNEL_DROP;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out->reason, sizeof(out->reason), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int channel_check_claims(void *const *t, const char *const *names, unsigned i,
+                         channel_claims_fn claims, const char *key, char *err, size_t errlen)
+{
+    unsigned na = 0;
+    const char *const *a = claims(t[i], &na);
+    for (unsigned k = 0; k < na; k++) {
+        for (unsigned j = 0; j <= i; j++) {
+            unsigned nb = 0;
+            const char *const *b = claims(t[j], &nb);
+            unsigned lim = j == i ? k : nb;
+            for (unsigned m = 0; m < lim; m++) {
+                if (strcmp(a[k], b[m]) == 0) {
+                    snprintf(err, errlen, "%s: %s: %.64s is already served by %s", names[i], key,
+                             a[k], names[j]);
+                    return TDG_ECONFIG;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
 void channel_set_link_peer(void *state, void *peer)
 {
     ((struct channel_set *)state)->peer = peer;
@@ -531,8 +724,10 @@ uint64_t channel_set_unserved(const void *state)
     return ((const struct channel_set *)state)->unserved;
 }
 
-/* Read the first line of path into buf (trimmed). 0, -errno, or -ENOSPC. */
-int channel_read_secret(const char *path, char *buf, size_t cap)
+/* Read the first line of path into buf: cut at the first CR or LF (raw),
+ * else with trailing blanks and line ending trimmed. 0, -errno, -ENODATA or
+ * -ENOSPC. */
+static int read_secret(const char *path, char *buf, size_t cap, bool raw)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -544,10 +739,12 @@ int channel_read_secret(const char *path, char *buf, size_t cap)
     if (!got) {
         return -ENODATA;
     }
-    size_t n = strlen(line);
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ' ||
-                     line[n - 1] == '\t')) {
-        n--;
+    size_t n = raw ? strcspn(line, "\r\n") : strlen(line);
+    if (!raw) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ' ||
+                         line[n - 1] == '\t')) {
+            n--;
+        }
     }
     if (n >= cap) {
         explicit_bzero(line, sizeof(line));
@@ -557,4 +754,14 @@ int channel_read_secret(const char *path, char *buf, size_t cap)
     buf[n] = '\0';
     explicit_bzero(line, sizeof(line));
     return 0;
+}
+
+int channel_read_secret(const char *path, char *buf, size_t cap)
+{
+    return read_secret(path, buf, cap, false);
+}
+
+int channel_read_secret_line(const char *path, char *buf, size_t cap)
+{
+    return read_secret(path, buf, cap, true);
 }

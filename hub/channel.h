@@ -11,6 +11,7 @@
 #ifndef TIDINGS_CHANNEL_H
 #define TIDINGS_CHANNEL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -75,6 +76,17 @@ struct channel_request {
 
 /* Shared by the channels' format functions. */
 
+/* Empty req for a new format: no headers, no authorization, no body, no URL. */
+void channel_request_reset(struct channel_request *req);
+
+/* A header value (1..max bytes) that cannot end its line or start another
+ * one: no control characters. */
+bool channel_header_value_ok(const char *v, size_t max);
+/* An https:// URL with a host part that fits a header value (255 bytes). */
+bool channel_https_url_ok(const char *u);
+/* Cut trailing slashes off a base URL (so "<base>/path" has one). */
+void channel_trim_slash(char *s);
+
 /* Append a "name: value" header. 0, or -ENOSPC when there is no free slot or
  * the line does not fit one (req unchanged). */
 int channel_add_header(struct channel_request *req, const char *fmt, ...)
@@ -96,6 +108,87 @@ uint64_t channel_retry_after_ms(const char *v, int64_t now_ms);
 
 /* An HTTP-date as Unix seconds, or -1 when v is none of the three forms. */
 int64_t channel_parse_http_date(const char *v);
+
+/* Fill out (cleared first) as a retry after after_ms (0 = the engine's
+ * backoff) with a printf-formatted reason. */
+void channel_retry(struct channel_outcome *out, uint64_t after_ms, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Fill out as the retry for an HTTP request that got no (complete) answer:
+ * the status seen (if any) and the transport's error text, else the
+ * error's name. The request may or may not have reached the provider. */
+struct http_response; /* hub/http.h */
+void channel_no_answer(struct channel_outcome *out, const struct http_response *resp);
+
+/* The wall clock in Unix ms, as a channel's replaceable clock function. */
+int64_t channel_wall_clock(void *arg);
+
+/* --- calls in flight --------------------------------------------------------
+ *
+ * What every channel keeps per accepted send, from send until its done
+ * callback: the callback and its context, and the 0 ms timer that reports
+ * an outcome known inside send (done never runs inside send). A channel's
+ * own call struct starts with a struct channel_call (its first member) and
+ * adds what its protocol needs; each channel instance holds one struct
+ * channel_calls: its live calls, the loop, and where it counts them.
+ */
+struct channel_calls;
+
+struct channel_call {
+    struct channel_call *prev, *next; /* the owner's live calls */
+    struct channel_calls *owner;
+    channel_done_cb done;
+    void *ctx;
+    uint64_t timer_id; /* != 0: a deferred outcome is pending */
+    struct channel_outcome deferred;
+};
+
+struct channel_calls {
+    loop_t *loop;
+    struct channel_call *head;
+    /* The instance's counters (pointers into its stats): sent counts calls
+     * linked (accepted by send), ok/retry/drop the outcomes reported. */
+    uint64_t *sent, *ok, *retry, *drop;
+    /* Frees a call that is done or aborted; NULL = free(c). */
+    void (*release)(struct channel_call *c);
+};
+
+/* Start cs empty: calls on loop, counted into the given counters, freed
+ * with release (NULL = free). */
+void channel_calls_init(struct channel_calls *cs, loop_t *loop, uint64_t *sent, uint64_t *ok,
+                        uint64_t *retry, uint64_t *drop, void (*release)(struct channel_call *c));
+/* Set c's owner, callback and context (the rest is the caller's). */
+void channel_call_init(struct channel_calls *cs, struct channel_call *c, channel_done_cb done,
+                       void *ctx);
+/* Accept c: it is live (destroy aborts it) and counted as sent. */
+void channel_call_link(struct channel_call *c);
+/* Report o for c from a 0 ms timer, and accept c. 0, or -ENOMEM (c is not
+ * linked; the caller still owns it). */
+int channel_call_defer(struct channel_call *c, const struct channel_outcome *o);
+/* Unlink c, count o, free c, then call its done callback with o. */
+void channel_call_finish(struct channel_call *c, const struct channel_outcome *o);
+/* Free every live call without calling done (destroy; after the transport
+ * that could still answer them is gone). Deferred timers are cancelled. */
+void channel_calls_abort(struct channel_calls *cs);
+
+/* --- the members that channel_ops and channel_tenant_ops share ------------ */
+
+/* name, config, config_n and config_size from the channel's config table
+ * (an array) and the struct it fills. */
+#define CHANNEL_CONFIG_MEMBERS(name_, table_, config_type_)                                        \
+    .name = (name_), .config = (table_), .config_n = sizeof(table_) / sizeof((table_)[0]),         \
+    .config_size = sizeof(config_type_)
+
+/* CHANNEL_CONFIG_MEMBERS and the tenants dir of a channel_tenant_ops: the
+ * config struct's char[] tenants_dir, the key "<name>.tenants_dir". */
+#define CHANNEL_TENANT_MEMBERS(name_, table_, config_type_)                                        \
+    CHANNEL_CONFIG_MEMBERS(name_, table_, config_type_),                                           \
+        .tenants_dir_offset = offsetof(config_type_, tenants_dir),                                 \
+        .tenants_dir_key = name_ ".tenants_dir"
+
+/* format, send and destroy of a channel made of tenants (a channel_set). */
+#define CHANNEL_SET_MEMBERS                                                                        \
+    .format = channel_set_format, .send = channel_set_send, .destroy = channel_set_destroy
 
 /*
  * Where a channel reports what the provider says about a message after the
@@ -211,6 +304,19 @@ const char *channel_set_name(const void *set, unsigned i);
 uint64_t channel_set_selected(const void *set, unsigned i);
 uint64_t channel_set_unserved(const void *set);
 
+/* For select: fill out (cleared first) as a drop whose printf-formatted
+ * reason says why no tenant serves the delivery; returns -1. */
+int channel_no_tenant(struct channel_outcome *out, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* For check: tenant i's claims (topics, prefixes: got from claims(t[i], &n))
+ * against its own earlier ones and every earlier tenant's. 0, or
+ * TDG_ECONFIG with err "<names[i]>: <key>: <claim> is already served by
+ * <names[j]>" (the claim cut at 64 bytes). */
+typedef const char *const *(*channel_claims_fn)(const void *tenant, unsigned *n);
+int channel_check_claims(void *const *t, const char *const *names, unsigned i,
+                         channel_claims_fn claims, const char *key, char *err, size_t errlen);
+
 /* Another instance of the same channel whose tenants count as this one's
  * for what providers post back (the dispatch layer's backup provider: a
  * status callback for a message the backup sent is signed with the backup's
@@ -224,6 +330,9 @@ void *channel_set_peer(const void *set);
  * trailing blanks and line ending cut. 0, -errno, -ENODATA (empty file) or
  * -ENOSPC (longer than cap - 1). The stack copy is wiped. */
 int channel_read_secret(const char *path, char *buf, size_t cap);
+/* The same, but only cut at the first CR or LF: blanks are kept (a password
+ * may end in one). */
+int channel_read_secret_line(const char *path, char *buf, size_t cap);
 
 /* Split a comma-separated list ("com.a.app, com.b.app") into at most max
  * trimmed items pointing into buf (modified in place). Returns the count, or

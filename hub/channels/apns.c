@@ -79,14 +79,10 @@ struct apns;
 
 /* One send in flight: waiting for HTTP, or for a deferred format drop. */
 struct apns_call {
-    struct apns_call *prev, *next;
+    struct channel_call base; /* first: the shared bookkeeping */
     struct apns *a;
-    channel_done_cb done;
-    void *ctx;
-    uint64_t timer_id;    /* != 0: deferred outcome pending */
     int64_t token_iat_ms; /* provider token this request carried */
     char tok[TOKEN_LOG_LEN + 1];
-    struct channel_outcome deferred;
 };
 
 struct apns {
@@ -106,21 +102,13 @@ struct apns {
     const char *topics[APNS_TOPICS_MAX]; /* into topics_buf */
     unsigned ntopics;
 
-    struct apns_call *calls;
+    struct channel_calls calls;
     struct channel_request req; /* scratch for send; single-threaded */
     uint64_t sent, ok, retry, drop;
 
     /* state transitions logged once, not per message */
     bool logged_invalid_token, logged_young_expired, logged_sign_fail, logged_proto;
 };
-
-static int64_t system_clock_ms(void *arg)
-{
-    (void)arg;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* --- provider token -------------------------------------------------- */
 
@@ -186,21 +174,6 @@ static bool device_token_ok(const char *t)
     }
     return n > 0;
 }
-
-/* A header value must not be able to end its line or start another one. */
-static bool header_value_ok(const char *v, size_t max)
-{
-    size_t n = 0;
-    for (; v[n]; n++) {
-        unsigned char c = (unsigned char)v[n];
-        if (c < 0x20 || c == 0x7f || n >= max) {
-            return false;
-        }
-    }
-    return n > 0;
-}
-
-
 
 /* The payload is written straight into req->body: no tree is built or
  * copied (it was one cJSON_Duplicate per data item and a tree per send).
@@ -356,11 +329,7 @@ static int apns_format(void *state, const struct channel_delivery *d, struct cha
     const struct notification *n = d->n;
     const struct channel_device *dev = d->dev;
     memset(out, 0, sizeof(*out));
-    req->nheaders = 0;
-    req->authorization[0] = '\0';
-    req->body_len = 0;
-    req->body[0] = '\0';
-    req->url[0] = '\0';
+    channel_request_reset(req);
 
     if (!device_token_ok(dev->token)) {
         /* Not hex: it can never be valid. Flag, like APNs' BadDeviceToken. */
@@ -370,10 +339,10 @@ static int apns_format(void *state, const struct channel_delivery *d, struct cha
     if (!*topic) {
         return channel_drop(out, "MissingTopic", CHANNEL_DEVICE_NONE, TDG_ECONFIG);
     }
-    if (!header_value_ok(topic, 200)) {
+    if (!channel_header_value_ok(topic, 200)) {
         return channel_drop(out, "BadTopic", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
     }
-    if (n->collapse_key && !header_value_ok(n->collapse_key, PROTO_COLLAPSE_MAX)) {
+    if (n->collapse_key && !channel_header_value_ok(n->collapse_key, PROTO_COLLAPSE_MAX)) {
         return channel_drop(out, "BadCollapseId", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
     }
     const char *base = a->cfg.url;
@@ -489,65 +458,6 @@ void apns_map_answer(int status, const char *body, size_t body_len, const char *
 
 /* --- send -------------------------------------------------------------- */
 
-static void call_link(struct apns *a, struct apns_call *c)
-{
-    c->next = a->calls;
-    c->prev = NULL;
-    if (a->calls) {
-        a->calls->prev = c;
-    }
-    a->calls = c;
-}
-
-static void call_unlink(struct apns *a, struct apns_call *c)
-{
-    if (c->prev) {
-        c->prev->next = c->next;
-    } else {
-        a->calls = c->next;
-    }
-    if (c->next) {
-        c->next->prev = c->prev;
-    }
-}
-
-
-static void count(struct apns *a, const struct channel_outcome *o)
-{
-    switch (o->result) {
-    case CHANNEL_OK:
-        a->ok++;
-        break;
-    case CHANNEL_RETRY:
-        a->retry++;
-        break;
-    case CHANNEL_DROP:
-        a->drop++;
-        break;
-    }
-}
-
-static void finish(struct apns_call *c, const struct channel_outcome *o)
-{
-    struct apns *a = c->a;
-    call_unlink(a, c);
-    count(a, o);
-    channel_done_cb done = c->done;
-    void *ctx = c->ctx;
-    free(c);
-    done(ctx, o);
-}
-
-static void on_deferred(loop_t *loop, uint64_t id, void *arg)
-{
-    (void)loop;
-    (void)id;
-    struct apns_call *c = arg;
-    c->timer_id = 0;
-    struct channel_outcome o = c->deferred;
-    finish(c, &o);
-}
-
 static void on_answer(void *ctx, const struct http_response *resp)
 {
     struct apns_call *c = ctx;
@@ -563,17 +473,13 @@ static void on_answer(void *ctx, const struct http_response *resp)
         /* No (complete) answer: connection refused or dropped, GOAWAY before
          * this stream was processed, timeout. The request may or may not
          * have reached Apple; retry (at least once, duplicates bounded). */
-        memset(&o, 0, sizeof(o));
-        o.result = CHANNEL_RETRY;
-        o.status = resp->status;
-        snprintf(o.reason, sizeof(o.reason), "%s",
-                 resp->error_text[0] ? resp->error_text : tdg_strerror(resp->error));
+        channel_no_answer(&o, resp);
         if (resp->error == -EPROTO && !a->logged_proto) {
             LOG_ERROR(MOD, "%s (is apns.url an APNs endpoint?)", o.reason);
             a->logged_proto = true;
         }
         LOG_DEBUG(MOD, "transport error: %s", o.reason); /* no token in logs: PII */
-        finish(c, &o);
+        channel_call_finish(&c->base, &o);
         return;
     }
 
@@ -619,7 +525,7 @@ static void on_answer(void *ctx, const struct http_response *resp)
     }
     LOG_DEBUG(MOD, "status=%d result=%s reason=%s apns-id=%s", o.status,
               channel_result_name(o.result), o.reason, o.provider_id);
-    finish(c, &o);
+    channel_call_finish(&c->base, &o);
 }
 
 static int apns_send(void *state, const struct channel_delivery *d, channel_done_cb done, void *ctx)
@@ -632,21 +538,18 @@ static int apns_send(void *state, const struct channel_delivery *d, channel_done
     if (!c) {
         return -ENOMEM;
     }
+    channel_call_init(&a->calls, &c->base, done, ctx);
     c->a = a;
-    c->done = done;
-    c->ctx = ctx;
     snprintf(c->tok, sizeof(c->tok), "%.*s", TOKEN_LOG_LEN, d->dev->token ? d->dev->token : "");
 
-    int rc = apns_format(a, d, &a->req, &c->deferred);
+    struct channel_outcome o;
+    int rc = apns_format(a, d, &a->req, &o);
     if (rc < 0) {
         /* The outcome is known now, but done must not run inside send. */
-        c->timer_id = loop_timer_add(a->loop, 0, on_deferred, c);
-        if (!c->timer_id) {
+        if (channel_call_defer(&c->base, &o) < 0) {
             free(c);
             return -ENOMEM;
         }
-        call_link(a, c);
-        a->sent++;
         return 0;
     }
     c->token_iat_ms = a->token_iat_ms;
@@ -656,25 +559,11 @@ static int apns_send(void *state, const struct channel_delivery *d, channel_done
         free(c);
         return rc;
     }
-    call_link(a, c);
-    a->sent++;
+    channel_call_link(&c->base);
     return 0;
 }
 
 /* --- lifecycle ------------------------------------------------------------ */
-
-static void trim_slash(char *s)
-{
-    size_t n = strlen(s);
-    while (n > 0 && s[n - 1] == '/') {
-        s[--n] = '\0';
-    }
-}
-
-static bool url_ok(const char *u)
-{
-    return strncmp(u, "https://", 8) == 0 && u[8] != '\0' && header_value_ok(u, 255);
-}
 
 static void tenant_destroy(void *state)
 {
@@ -683,14 +572,7 @@ static void tenant_destroy(void *state)
         return;
     }
     http_destroy(a->http); /* aborts requests; their on_answer never runs */
-    while (a->calls) {
-        struct apns_call *c = a->calls;
-        a->calls = c->next;
-        if (c->timer_id) {
-            loop_timer_cancel(a->loop, c->timer_id);
-        }
-        free(c);
-    }
+    channel_calls_abort(&a->calls);
     jwt_signer_destroy(a->signer);
     free(a);
 }
@@ -706,17 +588,18 @@ static int tenant_init(const struct channel_env *env, const void *config, void *
         return -ENOMEM;
     }
     a->cfg = *cfg;
-    trim_slash(a->cfg.url);
-    trim_slash(a->cfg.sandbox_url);
-    a->clock = system_clock_ms;
+    channel_trim_slash(a->cfg.url);
+    channel_trim_slash(a->cfg.sandbox_url);
+    a->clock = channel_wall_clock;
     a->loop = env ? env->loop : NULL;
+    channel_calls_init(&a->calls, a->loop, &a->sent, &a->ok, &a->retry, &a->drop, NULL);
 
     int rc = TDG_ECONFIG;
-    if (!url_ok(a->cfg.url)) {
+    if (!channel_https_url_ok(a->cfg.url)) {
         snprintf(err, errlen, "apns.url: must be an https:// URL (APNs is HTTP/2 over TLS)");
         goto fail;
     }
-    if (a->cfg.sandbox_url[0] && !url_ok(a->cfg.sandbox_url)) {
+    if (a->cfg.sandbox_url[0] && !channel_https_url_ok(a->cfg.sandbox_url)) {
         snprintf(err, errlen, "apns.sandbox_url: must be an https:// URL or empty");
         goto fail;
     }
@@ -742,7 +625,7 @@ static int tenant_init(const struct channel_env *env, const void *config, void *
         snprintf(err, errlen, "apns.token_refresh: must be 20m..60m");
         goto fail;
     }
-    if (a->cfg.topic[0] && !header_value_ok(a->cfg.topic, 200)) {
+    if (a->cfg.topic[0] && !channel_header_value_ok(a->cfg.topic, 200)) {
         snprintf(err, errlen, "apns.topic: not a valid topic");
         goto fail;
     }
@@ -759,7 +642,7 @@ static int tenant_init(const struct channel_env *env, const void *config, void *
     }
     a->ntopics = (unsigned)nt;
     for (unsigned i = 0; i < a->ntopics; i++) {
-        if (!header_value_ok(a->topics[i], 200) || strchr(a->topics[i], ' ')) {
+        if (!channel_header_value_ok(a->topics[i], 200) || strchr(a->topics[i], ' ')) {
             snprintf(err, errlen, "apns.topics: '%.64s' is not a bundle id", a->topics[i]);
             goto fail;
         }
@@ -875,10 +758,14 @@ static int apns_select(void *const *t, unsigned n, const struct channel_delivery
     if (main->ntopics == 0) {
         return 0;
     }
-    memset(out, 0, sizeof(*out));
-    out->result = CHANNEL_DROP;
-    snprintf(out->reason, sizeof(out->reason), "NoCredentialForTopic: %.64s", topic);
-    return -1;
+    return channel_no_tenant(out, "NoCredentialForTopic: %.64s", topic);
+}
+
+static const char *const *topics_of(const void *tenant, unsigned *n)
+{
+    const struct apns *a = tenant;
+    *n = a->ntopics;
+    return a->topics;
 }
 
 static int apns_check(void *const *t, const char *const *names, unsigned n, char *err,
@@ -898,31 +785,16 @@ static int apns_check(void *const *t, const char *const *names, unsigned n, char
         }
     }
     for (unsigned i = 0; i < n; i++) {
-        const struct apns *a = t[i];
-        for (unsigned k = 0; k < a->ntopics; k++) {
-            for (unsigned j = 0; j <= i; j++) {
-                const struct apns *b = t[j];
-                unsigned lim = j == i ? k : b->ntopics;
-                for (unsigned m = 0; m < lim; m++) {
-                    if (strcmp(a->topics[k], b->topics[m]) == 0) {
-                        snprintf(err, errlen, "%s: apns.topics: %.64s is already served by %s",
-                                 names[i], a->topics[k], names[j]);
-                        return TDG_ECONFIG;
-                    }
-                }
-            }
+        int rc = channel_check_claims(t, names, i, topics_of, "apns.topics", err, errlen);
+        if (rc < 0) {
+            return rc;
         }
     }
     return 0;
 }
 
 static const struct channel_tenant_ops apns_tenant_ops = {
-    .name = "apns",
-    .config = apns_config_table,
-    .config_n = sizeof(apns_config_table) / sizeof(apns_config_table[0]),
-    .config_size = sizeof(struct apns_config),
-    .tenants_dir_offset = offsetof(struct apns_config, tenants_dir),
-    .tenants_dir_key = "apns.tenants_dir",
+    CHANNEL_TENANT_MEMBERS("apns", apns_config_table, struct apns_config),
     .init = tenant_init,
     .format = apns_format,
     .send = apns_send,
@@ -941,7 +813,7 @@ void apns_set_clock(void *state, apns_clock_fn fn, void *arg)
 {
     for (unsigned i = 0; i < channel_set_count(state); i++) {
         struct apns *a = channel_set_tenant(state, i);
-        a->clock = fn ? fn : system_clock_ms;
+        a->clock = fn ? fn : channel_wall_clock;
         a->clock_arg = fn ? arg : NULL;
         token_sign(a, a->clock(a->clock_arg));
     }
@@ -968,12 +840,7 @@ int apns_get_tenant_stats(void *state, unsigned i, struct apns_stats *out)
 }
 
 const struct channel_ops apns_channel = {
-    .name = "apns",
-    .config = apns_config_table,
-    .config_n = sizeof(apns_config_table) / sizeof(apns_config_table[0]),
-    .config_size = sizeof(struct apns_config),
+    CHANNEL_CONFIG_MEMBERS("apns", apns_config_table, struct apns_config),
     .init = apns_init,
-    .format = channel_set_format,
-    .send = channel_set_send,
-    .destroy = channel_set_destroy,
+    CHANNEL_SET_MEMBERS,
 };

@@ -443,12 +443,8 @@ static void put_qp(struct wbuf *w, const char *text, size_t n)
 struct email;
 
 struct email_call {
-    struct email_call *prev, *next;
+    struct channel_call base; /* first: the shared bookkeeping */
     struct email *e;
-    channel_done_cb done;
-    void *ctx;
-    uint64_t timer_id; /* != 0: deferred outcome pending */
-    struct channel_outcome deferred;
 };
 
 struct email {
@@ -460,7 +456,7 @@ struct email {
     const char *from_domain; /* into from_addr */
     char from_name[sizeof(((struct email_config *)0)->from)];
 
-    struct email_call *calls;
+    struct channel_calls calls;
     struct email_message msg; /* scratch; single-threaded */
     struct email_stats st;
     bool logged_auth, logged_tls;
@@ -574,11 +570,7 @@ static int email_format(void *state, const struct channel_delivery *d, struct ch
                         struct channel_outcome *out)
 {
     struct email *e = state;
-    req->nheaders = 0;
-    req->authorization[0] = '\0';
-    req->body_len = 0;
-    req->body[0] = '\0';
-    req->url[0] = '\0';
+    channel_request_reset(req);
     int rc = email_format_message(e, d, &e->msg, out);
     if (rc < 0) {
         return rc;
@@ -711,60 +703,6 @@ void email_map_result(const struct smtp_result *r, struct channel_outcome *out)
 
 /* --- send ----------------------------------------------------------------------------------- */
 
-static void call_link(struct email *e, struct email_call *c)
-{
-    c->next = e->calls;
-    c->prev = NULL;
-    if (e->calls) {
-        e->calls->prev = c;
-    }
-    e->calls = c;
-}
-
-static void call_unlink(struct email *e, struct email_call *c)
-{
-    if (c->prev) {
-        c->prev->next = c->next;
-    } else {
-        e->calls = c->next;
-    }
-    if (c->next) {
-        c->next->prev = c->prev;
-    }
-}
-
-static void finish(struct email_call *c, const struct channel_outcome *o)
-{
-    struct email *e = c->e;
-    call_unlink(e, c);
-    switch (o->result) {
-    case CHANNEL_OK:
-        e->st.ok++;
-        break;
-    case CHANNEL_RETRY:
-        e->st.retry++;
-        break;
-    case CHANNEL_DROP:
-        e->st.drop++;
-        break;
-    }
-    channel_done_cb done = c->done;
-    void *ctx = c->ctx;
-    free(c);
-    done(ctx, o);
-}
-
-static void on_deferred(loop_t *loop, uint64_t id, void *arg)
-{
-    (void)loop;
-    (void)id;
-    struct email_call *c = arg;
-    c->timer_id = 0;
-    struct channel_outcome o = c->deferred;
-    finish(c, &o);
-}
-
-
 static void on_result(void *ctx, const struct smtp_result *r)
 {
     struct email_call *c = ctx;
@@ -789,18 +727,7 @@ static void on_result(void *ctx, const struct smtp_result *r)
     }
     LOG_DEBUG(MOD, "code=%d result=%s reason=%s id=%s elapsed_ms=%" PRIu64, o.status,
               channel_result_name(o.result), o.reason, o.provider_id, r->elapsed_ms);
-    finish(c, &o);
-}
-
-static int defer(struct email *e, struct email_call *c, const struct channel_outcome *o)
-{
-    c->deferred = *o;
-    c->timer_id = loop_timer_add(e->loop, 0, on_deferred, c);
-    if (!c->timer_id) {
-        return -ENOMEM;
-    }
-    call_link(e, c);
-    return 0;
+    channel_call_finish(&c->base, &o);
 }
 
 static int email_send(void *state, const struct channel_delivery *d, channel_done_cb done,
@@ -814,59 +741,31 @@ static int email_send(void *state, const struct channel_delivery *d, channel_don
     if (!c) {
         return -ENOMEM;
     }
+    channel_call_init(&e->calls, &c->base, done, ctx);
     c->e = e;
-    c->done = done;
-    c->ctx = ctx;
     struct channel_outcome o;
     int rc = email_format_message(e, d, &e->msg, &o);
     if (rc < 0) {
-        rc = defer(e, c, &o);
+        rc = channel_call_defer(&c->base, &o);
     } else {
         rc = smtp_send(e->smtp, e->msg.mail_from, e->msg.rcpt_to, e->msg.data, e->msg.len,
                        on_result, c);
         if (rc == -EBUSY) {
-            memset(&o, 0, sizeof(o));
-            o.result = CHANNEL_RETRY;
-            snprintf(o.reason, sizeof(o.reason), "busy: %u messages wait for a connection",
-                     smtp_queued(e->smtp));
-            rc = defer(e, c, &o);
+            channel_retry(&o, 0, "busy: %u messages wait for a connection", smtp_queued(e->smtp));
+            rc = channel_call_defer(&c->base, &o);
         } else if (rc == 0) {
-            call_link(e, c);
+            channel_call_link(&c->base);
         }
     }
     if (rc < 0) {
         free(c);
         return rc;
     }
-    e->st.sent++;
     return 0;
 }
 
 /* --- lifecycle ---------------------------------------------------------------------------------
  */
-
-static int read_secret(const char *path, char *buf, size_t cap)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        return -errno;
-    }
-    char line[512];
-    char *got = fgets(line, sizeof(line), f);
-    fclose(f);
-    if (!got) {
-        return -ENODATA;
-    }
-    size_t n = strcspn(line, "\r\n");
-    if (n >= cap) {
-        explicit_bzero(line, sizeof(line));
-        return -ENOSPC;
-    }
-    memcpy(buf, line, n);
-    buf[n] = '\0';
-    explicit_bzero(line, sizeof(line));
-    return 0;
-}
 
 static void trim(char *s)
 {
@@ -938,14 +837,7 @@ static void email_destroy(void *state)
         return;
     }
     smtp_destroy(e->smtp); /* aborts transfers; on_result never runs */
-    while (e->calls) {
-        struct email_call *c = e->calls;
-        e->calls = c->next;
-        if (c->timer_id) {
-            loop_timer_cancel(e->loop, c->timer_id);
-        }
-        free(c);
-    }
+    channel_calls_abort(&e->calls);
     explicit_bzero(e->cfg.password, sizeof(e->cfg.password));
     free(e);
 }
@@ -962,6 +854,7 @@ static int email_init(const struct channel_env *env, const void *config, void **
     }
     e->cfg = *cfg;
     e->loop = env ? env->loop : NULL;
+    channel_calls_init(&e->calls, e->loop, &e->st.sent, &e->st.ok, &e->st.retry, &e->st.drop, NULL);
     int rc = TDG_ECONFIG;
     char why[CONFIG_ERR_MAX];
 
@@ -982,7 +875,8 @@ static int email_init(const struct channel_env *env, const void *config, void **
         goto fail;
     }
     if (e->cfg.password_file[0]) {
-        int r = read_secret(e->cfg.password_file, e->cfg.password, sizeof(e->cfg.password));
+        int r = channel_read_secret_line(e->cfg.password_file, e->cfg.password,
+                                         sizeof(e->cfg.password));
         if (r < 0) {
             snprintf(err, errlen, "email.password_file: %s: %s", e->cfg.password_file,
                      tdg_strerror(r));

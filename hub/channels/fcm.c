@@ -97,16 +97,12 @@ enum call_state { CALL_QUEUED = 1, CALL_INFLIGHT, CALL_DEFERRED };
 
 /* One accepted send, from send() until its done callback. */
 struct fcm_call {
-    struct fcm_call *prev, *next; /* every live call */
-    struct fcm_call *qnext;       /* the wait queue, FIFO */
+    struct channel_call base; /* first: the shared bookkeeping (its timer: CALL_DEFERRED) */
+    struct fcm_call *qnext;   /* the wait queue, FIFO */
     struct fcm *f;
-    channel_done_cb done;
-    void *ctx;
     enum call_state state;
-    uint64_t timer_id;  /* CALL_DEFERRED: the 0 ms timer that reports it */
     uint64_t token_gen; /* CALL_INFLIGHT: the access token it carried */
     uint64_t attempt;   /* the hub's attempt id: logs name it, never the token (PII) */
-    struct channel_outcome deferred;
     size_t body_len;
     char body[]; /* the formatted JSON message */
 };
@@ -137,7 +133,7 @@ struct fcm {
     char token_error[CHANNEL_REASON_MAX];
 
     /* calls */
-    struct fcm_call *calls;
+    struct channel_calls calls;
     struct fcm_call *qhead, *qtail;
     size_t nqueued;
     unsigned inflight, send_slots;
@@ -153,14 +149,6 @@ struct fcm {
     bool logged_queue_full, logged_project_mismatch;
 };
 
-static int64_t system_clock_ms(void *arg)
-{
-    (void)arg;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t now_ms(struct fcm *f)
 {
     return f->clock(f->clock_arg);
@@ -173,32 +161,6 @@ static int transport_request(void *arg, const struct channel_request *req,
 }
 
 /* --- small helpers ------------------------------------------------------ */
-
-/* A header value must not be able to end its line or start another one. */
-static bool header_value_ok(const char *v, size_t max)
-{
-    size_t n = 0;
-    for (; v[n]; n++) {
-        unsigned char c = (unsigned char)v[n];
-        if (c < 0x20 || c == 0x7f || n >= max) {
-            return false;
-        }
-    }
-    return n > 0;
-}
-
-static bool url_ok(const char *u)
-{
-    return strncmp(u, "https://", 8) == 0 && u[8] != '\0' && header_value_ok(u, 255);
-}
-
-static void trim_slash(char *s)
-{
-    size_t n = strlen(s);
-    while (n > 0 && s[n - 1] == '/') {
-        s[--n] = '\0';
-    }
-}
 
 /* Project ids are 6..30 of [a-z0-9-]; domain-scoped ones add "domain:". */
 static bool project_ok(const char *p)
@@ -584,11 +546,7 @@ static int fcm_format(void *state, const struct channel_delivery *d, struct chan
     const struct notification *n = d->n;
     const struct channel_device *dev = d->dev;
     memset(out, 0, sizeof(*out));
-    req->nheaders = 0;
-    req->authorization[0] = '\0';
-    req->body_len = 0;
-    req->body[0] = '\0';
-    req->url[0] = '\0';
+    channel_request_reset(req);
 
     if (!reg_token_ok(dev->token)) {
         /* Cannot be a registration token; flagged like FCM's own
@@ -632,28 +590,6 @@ static int fcm_format(void *state, const struct channel_delivery *d, struct chan
 
 /* --- calls ------------------------------------------------------------------ */
 
-static void call_link(struct fcm *f, struct fcm_call *c)
-{
-    c->next = f->calls;
-    c->prev = NULL;
-    if (f->calls) {
-        f->calls->prev = c;
-    }
-    f->calls = c;
-}
-
-static void call_unlink(struct fcm *f, struct fcm_call *c)
-{
-    if (c->prev) {
-        c->prev->next = c->next;
-    } else {
-        f->calls = c->next;
-    }
-    if (c->next) {
-        c->next->prev = c->prev;
-    }
-}
-
 static void enqueue(struct fcm *f, struct fcm_call *c)
 {
     c->state = CALL_QUEUED;
@@ -681,41 +617,12 @@ static struct fcm_call *dequeue(struct fcm *f)
     return c;
 }
 
-static void count(struct fcm *f, const struct channel_outcome *o)
-{
-    switch (o->result) {
-    case CHANNEL_OK:
-        f->st.ok++;
-        break;
-    case CHANNEL_RETRY:
-        f->st.retry++;
-        break;
-    case CHANNEL_DROP:
-        f->st.drop++;
-        break;
-    }
-}
-
 /* Report c's outcome and free it. Never called from inside send. */
 static void finish(struct fcm_call *c, const struct channel_outcome *o)
 {
-    struct fcm *f = c->f;
-    call_unlink(f, c);
-    count(f, o);
     LOG_DEBUG(MOD, "attempt=%" PRIu64 " status=%d result=%s reason=%s", c->attempt, o->status,
               channel_result_name(o->result), o->reason);
-    channel_done_cb done = c->done;
-    void *ctx = c->ctx;
-    free(c);
-    done(ctx, o);
-}
-
-static void retry_outcome(struct channel_outcome *o, const char *reason, uint64_t after_ms)
-{
-    memset(o, 0, sizeof(*o));
-    o->result = CHANNEL_RETRY;
-    o->retry_after_ms = after_ms;
-    snprintf(o->reason, sizeof(o->reason), "%s", reason);
+    channel_call_finish(&c->base, o);
 }
 
 /* Fail every queued call RETRY. The queue is detached first: a done callback
@@ -728,29 +635,18 @@ static void fail_queue(struct fcm *f, const char *reason, uint64_t after_ms)
     struct channel_outcome o;
     while (c) {
         struct fcm_call *next = c->qnext;
-        retry_outcome(&o, reason, after_ms);
+        channel_retry(&o, after_ms, "%s", reason);
         finish(c, &o);
         c = next;
     }
 }
 
-static void on_deferred(loop_t *loop, uint64_t id, void *arg)
-{
-    (void)loop;
-    (void)id;
-    struct fcm_call *c = arg;
-    c->timer_id = 0;
-    struct channel_outcome o = c->deferred;
-    finish(c, &o);
-}
-
-/* Report o for c on the next loop turn (send must not call done). 0 or -ENOMEM. */
-static int defer(struct fcm *f, struct fcm_call *c, const struct channel_outcome *o)
+/* Report o for c on the next loop turn (send must not call done), and
+ * accept c. 0 or -ENOMEM. */
+static int defer(struct fcm_call *c, const struct channel_outcome *o)
 {
     c->state = CALL_DEFERRED;
-    c->deferred = *o;
-    c->timer_id = loop_timer_add(f->loop, 0, on_deferred, c);
-    return c->timer_id ? 0 : -ENOMEM;
+    return channel_call_defer(&c->base, o);
 }
 
 /* --- access token ------------------------------------------------------------ */
@@ -843,7 +739,7 @@ static void on_token(void *ctx, const struct http_response *resp)
         problem = "answer without access_token";
     } else if (strlen(at->valuestring) > FCM_ACCESS_TOKEN_MAX) {
         problem = "access_token longer than a request header slot holds";
-    } else if (!header_value_ok(at->valuestring, FCM_ACCESS_TOKEN_MAX)) {
+    } else if (!channel_header_value_ok(at->valuestring, FCM_ACCESS_TOKEN_MAX)) {
         problem = "access_token with control characters";
     } else if (ei && (!cJSON_IsNumber(ei) || ei->valuedouble < 1)) {
         problem = "bad expires_in";
@@ -1060,7 +956,7 @@ static void drain(struct fcm *f)
             struct channel_outcome o;
             char why[CHANNEL_REASON_MAX];
             snprintf(why, sizeof(why), "send: %s", tdg_strerror(rc));
-            retry_outcome(&o, why, 0);
+            channel_retry(&o, 0, "%s", why);
             finish(c, &o);
         }
     }
@@ -1077,12 +973,7 @@ static void on_answer(void *ctx, const struct http_response *resp)
     if (resp->error < 0) {
         /* No (complete) answer: refused, reset, GOAWAY, timeout. It may or
          * may not have reached Google; retry (at least once). */
-        memset(&o, 0, sizeof(o));
-        o.result = CHANNEL_RETRY;
-        o.status = resp->status;
-        snprintf(o.reason, sizeof(o.reason), "%s",
-                 resp->error_text && resp->error_text[0] ? resp->error_text
-                                                         : tdg_strerror(resp->error));
+        channel_no_answer(&o, resp);
         finish(c, &o);
         drain(f);
         return;
@@ -1147,21 +1038,18 @@ static int fcm_send(void *state, const struct channel_delivery *d, channel_done_
         return -ENOMEM;
     }
     memset(c, 0, sizeof(*c));
+    channel_call_init(&f->calls, &c->base, done, ctx);
     c->f = f;
-    c->done = done;
-    c->ctx = ctx;
     c->body_len = blen;
     memcpy(c->body, f->req.body, blen);
     c->attempt = d->attempt_id;
 
     if (rc < 0) {
         /* Known now, reported on the next loop turn. */
-        if (defer(f, c, &o) < 0) {
+        if (defer(c, &o) < 0) {
             free(c);
             return -ENOMEM;
         }
-        call_link(f, c);
-        f->st.sent++;
         return 0;
     }
 
@@ -1170,14 +1058,12 @@ static int fcm_send(void *state, const struct channel_delivery *d, channel_done_
     if (!token_usable(f, now) && !f->fetching) {
         /* The token endpoint failed a moment ago and we are holding off. */
         int64_t wait = f->fetch_not_before_ms - now;
-        retry_outcome(&o, f->token_error[0] ? f->token_error : "no access token",
-                      wait > 0 ? (uint64_t)wait : 0);
-        if (defer(f, c, &o) < 0) {
+        channel_retry(&o, wait > 0 ? (uint64_t)wait : 0, "%s",
+                      f->token_error[0] ? f->token_error : "no access token");
+        if (defer(c, &o) < 0) {
             free(c);
             return -ENOMEM;
         }
-        call_link(f, c);
-        f->st.sent++;
         return 0;
     }
     bool wait_bucket = false;
@@ -1202,8 +1088,7 @@ static int fcm_send(void *state, const struct channel_delivery *d, channel_done_
             return -EBUSY;
         }
         enqueue(f, c);
-        call_link(f, c);
-        f->st.sent++;
+        channel_call_link(&c->base);
         return 0;
     }
     f->logged_queue_full = false;
@@ -1213,8 +1098,7 @@ static int fcm_send(void *state, const struct channel_delivery *d, channel_done_
         free(c);
         return rc;
     }
-    call_link(f, c);
-    f->st.sent++;
+    channel_call_link(&c->base);
     return 0;
 }
 
@@ -1227,14 +1111,7 @@ static void tenant_destroy(void *state)
         return;
     }
     http_destroy(f->http); /* aborts requests; their callbacks never run */
-    while (f->calls) {
-        struct fcm_call *c = f->calls;
-        f->calls = c->next;
-        if (c->timer_id) {
-            loop_timer_cancel(f->loop, c->timer_id);
-        }
-        free(c);
-    }
+    channel_calls_abort(&f->calls);
     if (f->wake_timer) {
         loop_timer_cancel(f->loop, f->wake_timer);
     }
@@ -1343,7 +1220,7 @@ static int load_service_account(struct fcm *f, char *err, size_t errlen)
     } else {
         snprintf(f->token_url, sizeof(f->token_url), "%s", FCM_DEFAULT_TOKEN_URL);
     }
-    if (!url_ok(f->token_url)) {
+    if (!channel_https_url_ok(f->token_url)) {
         snprintf(err, errlen, "fcm.token_url: must be an https:// URL (got it from %s)",
                  f->cfg.token_url[0] ? "the config" : "the key's token_uri");
         goto out;
@@ -1368,18 +1245,19 @@ static int tenant_init(const struct channel_env *env, const void *config, void *
         return -ENOMEM;
     }
     f->cfg = *cfg;
-    trim_slash(f->cfg.send_url);
-    trim_slash(f->cfg.token_url);
-    f->clock = system_clock_ms;
+    channel_trim_slash(f->cfg.send_url);
+    channel_trim_slash(f->cfg.token_url);
+    f->clock = channel_wall_clock;
     f->transport = transport_request;
     f->loop = env ? env->loop : NULL;
+    channel_calls_init(&f->calls, f->loop, &f->st.sent, &f->st.ok, &f->st.retry, &f->st.drop, NULL);
 
     int rc = TDG_ECONFIG;
     if (!f->cfg.service_account_file[0]) {
         snprintf(err, errlen, "fcm.service_account_file is required");
         goto fail;
     }
-    if (!url_ok(f->cfg.send_url)) {
+    if (!channel_https_url_ok(f->cfg.send_url)) {
         snprintf(err, errlen, "fcm.send_url: must be an https:// URL");
         goto fail;
     }
@@ -1461,10 +1339,7 @@ static int fcm_select(void *const *t, unsigned n, const struct channel_delivery 
             return (int)i;
         }
     }
-    memset(out, 0, sizeof(*out));
-    out->result = CHANNEL_DROP;
-    snprintf(out->reason, sizeof(out->reason), "NoCredentialForProject: %.64s", app);
-    return -1;
+    return channel_no_tenant(out, "NoCredentialForProject: %.64s", app);
 }
 
 static int fcm_check(void *const *t, const char *const *names, unsigned n, char *err,
@@ -1485,12 +1360,7 @@ static int fcm_check(void *const *t, const char *const *names, unsigned n, char 
 }
 
 static const struct channel_tenant_ops fcm_tenant_ops = {
-    .name = "fcm",
-    .config = fcm_config_table,
-    .config_n = sizeof(fcm_config_table) / sizeof(fcm_config_table[0]),
-    .config_size = sizeof(struct fcm_config),
-    .tenants_dir_offset = offsetof(struct fcm_config, tenants_dir),
-    .tenants_dir_key = "fcm.tenants_dir",
+    CHANNEL_TENANT_MEMBERS("fcm", fcm_config_table, struct fcm_config),
     .init = tenant_init,
     .format = fcm_format,
     .send = fcm_send,
@@ -1509,7 +1379,7 @@ void fcm_set_clock(void *state, fcm_clock_fn fn, void *arg)
 {
     for (unsigned i = 0; i < channel_set_count(state); i++) {
         struct fcm *f = channel_set_tenant(state, i);
-        f->clock = fn ? fn : system_clock_ms;
+        f->clock = fn ? fn : channel_wall_clock;
         f->clock_arg = fn ? arg : NULL;
         fcm_bucket_init(&f->bucket, (uint64_t)f->cfg.rate, (uint64_t)f->cfg.burst, now_ms(f));
     }
@@ -1561,12 +1431,7 @@ const char *fcm_token_url(void *state)
 }
 
 const struct channel_ops fcm_channel = {
-    .name = "fcm",
-    .config = fcm_config_table,
-    .config_n = sizeof(fcm_config_table) / sizeof(fcm_config_table[0]),
-    .config_size = sizeof(struct fcm_config),
+    CHANNEL_CONFIG_MEMBERS("fcm", fcm_config_table, struct fcm_config),
     .init = fcm_init,
-    .format = channel_set_format,
-    .send = channel_set_send,
-    .destroy = channel_set_destroy,
+    CHANNEL_SET_MEMBERS,
 };

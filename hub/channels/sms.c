@@ -300,18 +300,14 @@ enum call_state { CALL_DEFERRED, CALL_QUEUED, CALL_INFLIGHT };
 
 /* One send in flight: a deferred outcome, waiting for a token, or posted. */
 struct sms_call {
-    struct sms_call *prev, *next; /* every live call */
-    struct sms_call *qnext;       /* wait queue */
+    struct channel_call base; /* first: the shared bookkeeping (its timer: CALL_DEFERRED) */
+    struct sms_call *qnext;   /* wait queue */
     struct sms *s;
     enum call_state state;
-    channel_done_cb done;
-    void *ctx;
-    uint64_t timer_id; /* CALL_DEFERRED */
     char *body;        /* CALL_QUEUED: the form body to post */
     size_t body_len;
     uint64_t attempt; /* the hub's attempt id: logs name it, never the number (PII) */
     char info[CHANNEL_REASON_MAX]; /* "gsm7 segments=1" for the ok outcome */
-    struct channel_outcome deferred;
 };
 
 /* A message whose delivery status is polled. */
@@ -355,7 +351,7 @@ struct sms {
     uint64_t pause_until_ms; /* a 429 pauses the sender */
     uint64_t timer_id;       /* wakes the queue when the next token is due */
 
-    struct sms_call *calls;
+    struct channel_calls calls;
     struct sms_call *qhead, *qtail;
     unsigned nqueued;
 
@@ -443,11 +439,7 @@ static int sms_format(void *state, const struct channel_delivery *d, struct chan
     struct sms *s = state;
     const struct notification *n = d->n;
     memset(out, 0, sizeof(*out));
-    req->nheaders = 0;
-    req->authorization[0] = '\0';
-    req->body_len = 0;
-    req->body[0] = '\0';
-    req->url[0] = '\0';
+    channel_request_reset(req);
 
     const char *to = d->dev ? d->dev->token : NULL;
     if (!sms_e164_valid(to)) {
@@ -688,81 +680,24 @@ static uint64_t bucket_wait(struct sms *s, uint64_t now)
 
 /* --- send ------------------------------------------------------------------------------ */
 
-static void call_link(struct sms *s, struct sms_call *c)
+/* The calls' release: a queued call holds its body. */
+static void call_free(struct channel_call *base)
 {
-    c->next = s->calls;
-    c->prev = NULL;
-    if (s->calls) {
-        s->calls->prev = c;
-    }
-    s->calls = c;
-}
-
-static void call_unlink(struct sms *s, struct sms_call *c)
-{
-    if (c->prev) {
-        c->prev->next = c->next;
-    } else {
-        s->calls = c->next;
-    }
-    if (c->next) {
-        c->next->prev = c->prev;
-    }
-}
-
-static void call_free(struct sms_call *c)
-{
+    struct sms_call *c = (struct sms_call *)base;
     free(c->body);
     free(c);
 }
 
-static void count(struct sms *s, const struct channel_outcome *o)
-{
-    switch (o->result) {
-    case CHANNEL_OK:
-        s->st.ok++;
-        break;
-    case CHANNEL_RETRY:
-        s->st.retry++;
-        break;
-    case CHANNEL_DROP:
-        s->st.drop++;
-        break;
-    }
-}
-
 static void finish(struct sms_call *c, const struct channel_outcome *o)
 {
-    struct sms *s = c->s;
-    call_unlink(s, c);
-    count(s, o);
-    channel_done_cb done = c->done;
-    void *ctx = c->ctx;
-    call_free(c);
-    done(ctx, o);
-}
-
-static void on_deferred(loop_t *loop, uint64_t id, void *arg)
-{
-    (void)loop;
-    (void)id;
-    struct sms_call *c = arg;
-    c->timer_id = 0;
-    struct channel_outcome o = c->deferred;
-    finish(c, &o);
+    channel_call_finish(&c->base, o);
 }
 
 /* Report o for c from a later loop turn (done must not run inside send). */
-static int defer(struct sms *s, struct sms_call *c, const struct channel_outcome *o)
+static int defer(struct sms_call *c, const struct channel_outcome *o)
 {
     c->state = CALL_DEFERRED;
-    c->deferred = *o;
-    c->timer_id = loop_timer_add(s->loop, 0, on_deferred, c);
-    if (!c->timer_id) {
-        return -ENOMEM;
-    }
-    call_link(s, c);
-    return 0;
+    return channel_call_defer(&c->base, o);
 }
 
 
@@ -1052,11 +987,7 @@ static void on_answer(void *ctx, const struct http_response *resp)
     if (resp->error < 0) {
         /* No complete answer (refused, reset, timeout): the message may or
          * may not have been queued at the provider; retry (at least once). */
-        memset(&o, 0, sizeof(o));
-        o.result = CHANNEL_RETRY;
-        o.status = resp->status;
-        snprintf(o.reason, sizeof(o.reason), "%s",
-                 resp->error_text[0] ? resp->error_text : tdg_strerror(resp->error));
+        channel_no_answer(&o, resp);
         LOG_DEBUG(MOD, "attempt=%" PRIu64 " transport error: %s", c->attempt, o.reason);
         finish(c, &o);
         return;
@@ -1144,9 +1075,7 @@ static void pump(struct sms *s)
         c->body = NULL;
         if (rc < 0) {
             struct channel_outcome o;
-            memset(&o, 0, sizeof(o));
-            o.result = CHANNEL_RETRY;
-            snprintf(o.reason, sizeof(o.reason), "cannot post: %s", tdg_strerror(rc));
+            channel_retry(&o, 0, "cannot post: %s", tdg_strerror(rc));
             finish(c, &o);
         }
     }
@@ -1185,19 +1114,16 @@ static int sms_send(void *state, const struct channel_delivery *d, channel_done_
     if (!c) {
         return -ENOMEM;
     }
+    channel_call_init(&s->calls, &c->base, done, ctx);
     c->s = s;
-    c->done = done;
-    c->ctx = ctx;
     c->attempt = d->attempt_id;
-    s->st.sent++;
 
     struct channel_outcome o;
     int rc = sms_format(s, d, &s->req, &o);
     if (rc < 0) {
-        rc = defer(s, c, &o);
+        rc = defer(c, &o);
         if (rc < 0) {
-            call_free(c);
-            s->st.sent--;
+            call_free(&c->base);
         }
         return rc;
     }
@@ -1209,11 +1135,10 @@ static int sms_send(void *state, const struct channel_delivery *d, channel_done_
         rc = post(s, c, s->req.body, s->req.body_len);
         if (rc < 0) {
             s->tokens += TOKEN_MILLI;
-            call_free(c);
-            s->st.sent--;
+            call_free(&c->base);
             return rc;
         }
-        call_link(s, c);
+        channel_call_link(&c->base);
         return 0;
     }
     if (s->nqueued >= (unsigned)s->cfg.queue_max) {
@@ -1223,21 +1148,17 @@ static int sms_send(void *state, const struct channel_delivery *d, channel_done_
                      s->nqueued, s->cfg.rate);
             s->logged_queue_full = true;
         }
-        memset(&o, 0, sizeof(o));
-        o.result = CHANNEL_RETRY;
-        o.retry_after_ms = (uint64_t)s->nqueued * 1000u / (uint64_t)s->cfg.rate;
-        snprintf(o.reason, sizeof(o.reason), "rate_limited:local");
-        rc = defer(s, c, &o);
+        channel_retry(&o, (uint64_t)s->nqueued * 1000u / (uint64_t)s->cfg.rate,
+                      "rate_limited:local");
+        rc = defer(c, &o);
         if (rc < 0) {
-            call_free(c);
-            s->st.sent--;
+            call_free(&c->base);
         }
         return rc;
     }
     c->body = malloc(s->req.body_len + 1);
     if (!c->body) {
-        call_free(c);
-        s->st.sent--;
+        call_free(&c->base);
         return -ENOMEM;
     }
     memcpy(c->body, s->req.body, s->req.body_len);
@@ -1254,20 +1175,12 @@ static int sms_send(void *state, const struct channel_delivery *d, channel_done_
     if (s->nqueued < (unsigned)s->cfg.queue_max / 2) {
         s->logged_queue_full = false;
     }
-    call_link(s, c);
+    channel_call_link(&c->base);
     arm(s, bucket_wait(s, now));
     return 0;
 }
 
 /* --- lifecycle ------------------------------------------------------------------------ */
-
-static void trim_slash(char *p)
-{
-    size_t n = strlen(p);
-    while (n > 0 && p[n - 1] == '/') {
-        p[--n] = '\0';
-    }
-}
 
 static bool printable(const char *v, size_t max)
 {
@@ -1301,14 +1214,7 @@ static void tenant_destroy(void *state)
         return;
     }
     http_destroy(s->http); /* aborts requests; their on_answer never runs */
-    while (s->calls) {
-        struct sms_call *c = s->calls;
-        s->calls = c->next;
-        if (c->timer_id) {
-            loop_timer_cancel(s->loop, c->timer_id);
-        }
-        call_free(c);
-    }
+    channel_calls_abort(&s->calls);
     if (s->timer_id) {
         loop_timer_cancel(s->loop, s->timer_id);
     }
@@ -1333,8 +1239,10 @@ static int tenant_init(const struct channel_env *env, const void *config, void *
         return -ENOMEM;
     }
     s->cfg = *cfg;
-    trim_slash(s->cfg.api_url);
+    channel_trim_slash(s->cfg.api_url);
     s->loop = env ? env->loop : NULL;
+    channel_calls_init(&s->calls, s->loop, &s->st.sent, &s->st.ok, &s->st.retry, &s->st.drop,
+                       call_free);
     s->status = env ? env->status : NULL;
     s->status_arg = env ? env->status_arg : NULL;
     s->watch = env ? env->watch : NULL;
@@ -1510,11 +1418,15 @@ static int sms_select(void *const *t, unsigned n, const struct channel_delivery 
     if (main->nprefixes == 0) {
         return 0;
     }
-    memset(out, 0, sizeof(*out));
-    out->result = CHANNEL_DROP;
     /* the country code, not the whole number: reasons are stored */
-    snprintf(out->reason, sizeof(out->reason), "NoSenderForNumber: %.4s...", to);
-    return -1;
+    return channel_no_tenant(out, "NoSenderForNumber: %.4s...", to);
+}
+
+static const char *const *prefixes_of(const void *tenant, unsigned *n)
+{
+    const struct sms *s = tenant;
+    *n = s->nprefixes;
+    return s->prefixes;
 }
 
 static int sms_check(void *const *t, const char *const *names, unsigned n, char *err,
@@ -1527,30 +1439,16 @@ static int sms_check(void *const *t, const char *const *names, unsigned n, char 
                      "destinations this sender serves)", names[i]);
             return TDG_ECONFIG;
         }
-        for (unsigned k = 0; k < a->nprefixes; k++) {
-            for (unsigned j = 0; j <= i; j++) {
-                const struct sms *b = t[j];
-                unsigned lim = j == i ? k : b->nprefixes;
-                for (unsigned m = 0; m < lim; m++) {
-                    if (strcmp(a->prefixes[k], b->prefixes[m]) == 0) {
-                        snprintf(err, errlen, "%s: sms.prefixes: %s is already served by %s",
-                                 names[i], a->prefixes[k], names[j]);
-                        return TDG_ECONFIG;
-                    }
-                }
-            }
+        int rc = channel_check_claims(t, names, i, prefixes_of, "sms.prefixes", err, errlen);
+        if (rc < 0) {
+            return rc;
         }
     }
     return 0;
 }
 
 static const struct channel_tenant_ops sms_tenant_ops = {
-    .name = "sms",
-    .config = sms_config_table,
-    .config_n = sizeof(sms_config_table) / sizeof(sms_config_table[0]),
-    .config_size = sizeof(struct sms_config),
-    .tenants_dir_offset = offsetof(struct sms_config, tenants_dir),
-    .tenants_dir_key = "sms.tenants_dir",
+    CHANNEL_TENANT_MEMBERS("sms", sms_config_table, struct sms_config),
     .init = tenant_init,
     .format = sms_format,
     .send = sms_send,
@@ -1583,14 +1481,9 @@ int sms_get_tenant_stats(void *state, unsigned i, struct sms_stats *out)
 }
 
 const struct channel_ops sms_channel = {
-    .name = "sms",
-    .config = sms_config_table,
-    .config_n = sizeof(sms_config_table) / sizeof(sms_config_table[0]),
-    .config_size = sizeof(struct sms_config),
+    CHANNEL_CONFIG_MEMBERS("sms", sms_config_table, struct sms_config),
     .init = sms_init,
-    .format = channel_set_format,
-    .send = channel_set_send,
-    .destroy = channel_set_destroy,
+    CHANNEL_SET_MEMBERS,
 };
 
 /* --- what the provider posts back ------------------------------------------------- */
