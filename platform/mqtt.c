@@ -458,6 +458,14 @@ static void on_connack(mqtt_t *m, const struct mqtt_pkt *p)
         }
         m->keepalive = p->server_keepalive;
     }
+    /* The connect deadline is over: the timer now follows the keepalive (or
+     * there is none), rather than waking the process once at the old
+     * deadline only to re-arm (arm_misc keeps a timer that fires early). */
+    if (m->misc_timer) {
+        loop_timer_cancel(m->loop, m->misc_timer);
+        m->misc_timer = 0;
+    }
+    arm_misc(m);
     if (p->max_qos < 1) {
         LOG_WARN(MOD, "%s: broker %s:%d takes QoS 0 only: QoS 1 publishes will be refused", m->name,
                  m->host, m->port);

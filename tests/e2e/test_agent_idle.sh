@@ -17,16 +17,37 @@ stack_init
 stack_broker
 AGENT_EXTRA="uplink.keepalive = 5s
 " stack_agent
+# A second agent with no uplink, started at the same time: it must not wake
+# at all, not even once at the MQTT client's 30 s connect deadline (it once
+# did: the deadline's timer stayed armed after CONNACK and fired to re-arm).
+mkdir -p "$STACK_DIR/solo"
+cat >"$STACK_DIR/solo.conf" <<CONF
+agent.id = solo1
+state_dir = $STACK_DIR/solo
+socket.path = $STACK_DIR/solo/agent.sock
+local.host = 127.0.0.1
+local.port = $BROKER_PORT
+uplink.host =
+CONF
+stack_start solo "$BUILD/agent/tidings-agent" -c "$STACK_DIR/solo.conf"
+wait_until 15 "solo agent connected" grep -q 'local: connected to' "$STACK_DIR/solo.log"
 pid=$(stack_pid agent)
-switches() { awk '/^voluntary_ctxt_switches/ {print $2}' "/proc/$pid/task/$pid/status"; }
-# wait for the first PINGREQ period to pass (the bug showed after it)
+spid=$(stack_pid solo)
+switches() { awk '/^voluntary_ctxt_switches/ {print $2}' "/proc/$1/task/$1/status"; }
+# wait for the first PINGREQ period to pass (the bug showed after it), and
+# for the solo agent's start-up work (its heap trim runs 2 s after it)
 sleep 7
-c0=$(switches)
+c0=$(switches "$pid")
+s0=$(switches "$spid")
 sleep 30
-c1=$(switches)
+c1=$(switches "$pid")
+s1=$(switches "$spid")
 n=$((c1 - c0))
+sn=$((s1 - s0))
 echo "idle agent, uplink.keepalive 5s: $n wake-ups in 30 s (expected about 10)"
+echo "idle agent, no uplink: $sn wake-ups in the 30 s around its connect deadline (expected 0)"
 [ "$n" -le 16 ] || fail "$n wake-ups in 30 s: the keepalive timer is re-arming too often"
+[ "$sn" -eq 0 ] || fail "an agent with nothing to do woke $sn time(s) in 30 s"
 grep -q "uplink: connected" "$STACK_DIR/agent.log" || fail "uplink not connected"
 ! grep -q "uplink: .*lost\|disconnected" "$STACK_DIR/agent.log" || fail "uplink dropped while idle (no PINGREQ?)"
 echo "PASS: idle agent wakes only for its uplink keepalive"
