@@ -502,88 +502,9 @@ int proto_acks_parse(const char *buf, size_t len, struct proto_ack **out, size_t
  * ~26k instructions per receipt in the hub. The text is the one cJSON
  * printed (test_receipts_write compares them byte for byte). */
 
-/* Counts every byte; stores those that fit before the final NUL. */
-struct rw {
-    char *p;
-    size_t cap, len;
-};
-
-static void rw_raw(struct rw *w, const char *s, size_t n)
-{
-    if (w->len < w->cap) {
-        size_t room = w->cap - 1 - w->len; /* cap >= 1 here */
-        memcpy(w->p + w->len, s, n < room ? n : room);
-    }
-    w->len += n;
-}
-
-#define RW_LIT(w, lit) rw_raw((w), (lit), sizeof(lit) - 1)
-
-/* A JSON string of the first max bytes of s at most (a field that need not
- * end in a NUL), as cJSON prints one: '"' and '\' escaped, \b \f \n \r \t,
- * other bytes below 0x20 as \u00xx (lower-case hex); everything else (0x7f,
- * UTF-8) as is. */
-static void rw_str(struct rw *w, const char *s, size_t max)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t n = strnlen(s, max), run = 0;
-    rw_raw(w, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            continue;
-        }
-        rw_raw(w, s + run, i - run);
-        run = i + 1;
-        char e[6] = {'\\', (char)c, '0', '0', 0, 0};
-        size_t en = 2;
-        switch (c) {
-        case '"':
-        case '\\':
-            break;
-        case '\b':
-            e[1] = 'b';
-            break;
-        case '\f':
-            e[1] = 'f';
-            break;
-        case '\n':
-            e[1] = 'n';
-            break;
-        case '\r':
-            e[1] = 'r';
-            break;
-        case '\t':
-            e[1] = 't';
-            break;
-        default:
-            e[1] = 'u';
-            e[4] = hex[c >> 4];
-            e[5] = hex[c & 15];
-            en = 6;
-        }
-        rw_raw(w, e, en);
-    }
-    rw_raw(w, s + run, n - run);
-    rw_raw(w, "\"", 1);
-}
-
-/* An integer as cJSON prints one ("%1.15g" of an integer below 1e15 is
- * its decimal digits). */
-static void rw_int(struct rw *w, int64_t v)
-{
-    char d[24];
-    size_t i = sizeof(d);
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        d[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0) {
-        d[--i] = '-';
-    }
-    rw_raw(w, d + i, sizeof(d) - i);
-}
+/* The writer (struct proto_jw: bounded, counting like snprintf) and its
+ * string escaping are json_print.c's, shared with the hub's payloads. */
+#define RW_LIT(w, lit) proto_jw_raw((w), (lit), sizeof(lit) - 1)
 
 #define RW_MS_PER_DAY INT64_C(86400000)
 
@@ -603,7 +524,7 @@ static void put2(char *p, int64_t v)
 }
 
 /* at as proto_format_rfc3339 writes it, quoted. */
-static void rw_at(struct rw *w, int64_t ms, struct rw_day *dc)
+static void rw_at(struct proto_jw *w, int64_t ms, struct rw_day *dc)
 {
     /* proto_format_rfc3339's range: it clamps to these. */
     static const int64_t lo = INT64_C(-62167219200000); /* 0000-01-01T00:00:00Z */
@@ -636,17 +557,17 @@ static void rw_at(struct rw *w, int64_t ms, struct rw_day *dc)
     put2(p + 10, rem % 100);
     p[12] = 'Z';
     t[sizeof(t) - 1] = '"';
-    rw_raw(w, t, sizeof(t));
+    proto_jw_raw(w, t, sizeof(t));
 }
 
-static void rw_receipt(struct rw *w, const struct proto_receipt *x, struct rw_day *dc)
+static void rw_receipt(struct proto_jw *w, const struct proto_receipt *x, struct rw_day *dc)
 {
     RW_LIT(w, "{\"id\":");
-    rw_str(w, x->id, sizeof(x->id) - 1);
+    proto_jw_str(w, x->id, sizeof(x->id) - 1);
     RW_LIT(w, ",\"state\":");
-    rw_str(w, x->state, sizeof(x->state) - 1);
+    proto_jw_str(w, x->state, sizeof(x->state) - 1);
     RW_LIT(w, ",\"reason\":");
-    rw_str(w, x->reason, sizeof(x->reason) - 1);
+    proto_jw_str(w, x->reason, sizeof(x->reason) - 1);
     RW_LIT(w, ",\"at\":");
     rw_at(w, x->at_ms, dc);
     RW_LIT(w, ",\"channels\":[");
@@ -657,15 +578,15 @@ static void rw_receipt(struct rw *w, const struct proto_receipt *x, struct rw_da
             RW_LIT(w, ",");
         }
         RW_LIT(w, "{\"channel\":");
-        rw_str(w, ch->channel, sizeof(ch->channel) - 1);
+        proto_jw_str(w, ch->channel, sizeof(ch->channel) - 1);
         RW_LIT(w, ",\"result\":");
-        rw_str(w, ch->result, sizeof(ch->result) - 1);
+        proto_jw_str(w, ch->result, sizeof(ch->result) - 1);
         RW_LIT(w, ",\"status\":");
-        rw_int(w, ch->status);
+        proto_jw_int(w, ch->status);
         RW_LIT(w, ",\"reason\":");
-        rw_str(w, ch->reason, sizeof(ch->reason) - 1);
+        proto_jw_str(w, ch->reason, sizeof(ch->reason) - 1);
         RW_LIT(w, ",\"attempts\":");
-        rw_int(w, ch->attempts);
+        proto_jw_int(w, ch->attempts);
         RW_LIT(w, "}");
     }
     RW_LIT(w, "]}");
@@ -675,10 +596,10 @@ static void rw_receipt(struct rw *w, const struct proto_receipt *x, struct rw_da
 static size_t write_receipts(char *buf, size_t cap, const struct proto_receipt *arr,
                              const struct proto_receipt *const *ptrs, size_t n)
 {
-    struct rw w = {.p = buf, .cap = buf ? cap : 0};
+    struct proto_jw w = {.p = buf, .cap = buf ? cap : 0};
     struct rw_day dc = {.set = false};
     RW_LIT(&w, "{\"v\":");
-    rw_int(&w, PROTO_VERSION);
+    proto_jw_int(&w, PROTO_VERSION);
     RW_LIT(&w, ",\"receipts\":[");
     for (size_t i = 0; i < n; i++) {
         if (i > 0) {
@@ -687,9 +608,7 @@ static size_t write_receipts(char *buf, size_t cap, const struct proto_receipt *
         rw_receipt(&w, ptrs ? ptrs[i] : &arr[i], &dc);
     }
     RW_LIT(&w, "]}");
-    if (w.cap > 0) {
-        w.p[w.len < w.cap ? w.len : w.cap - 1] = '\0';
-    }
+    proto_jw_end(&w);
     return w.len;
 }
 

@@ -20,73 +20,77 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
-struct out {
-    char *p;
-    size_t cap, len; /* cap: bytes for text, the NUL not counted */
-    bool full;
-};
-
-static void put(struct out *o, const char *s, size_t n)
+void proto_jw_raw(struct proto_jw *w, const char *s, size_t n)
 {
-    if (o->full || n > o->cap - o->len) {
-        o->full = true;
-        return;
+    if (w->len + 1 < w->cap) {
+        size_t room = w->cap - 1 - w->len;
+        memcpy(w->p + w->len, s, n < room ? n : room);
     }
-    memcpy(o->p + o->len, s, n);
-    o->len += n;
+    w->len += n;
 }
 
-static void putc1(struct out *o, char c)
-{
-    if (o->full || o->len >= o->cap) {
-        o->full = true;
-        return;
-    }
-    o->p[o->len++] = c;
-}
-
-/* As cJSON's print_string_ptr: " \ and \b \f \n \r \t get their short
- * escapes, other bytes below 0x20 \u00xx (lowercase hex), the rest is
- * copied (UTF-8 included, '/' and 0x7f too). NULL prints "". */
-static void put_string(struct out *o, const char *s)
+void proto_jw_str(struct proto_jw *w, const char *s, size_t max)
 {
     static const char hex[] = "0123456789abcdef";
-    putc1(o, '"');
-    if (s) {
-        const unsigned char *p = (const unsigned char *)s, *run = p;
-        for (; *p; p++) {
-            unsigned char c = *p;
-            if (c >= 0x20 && c != '"' && c != '\\') {
-                continue;
-            }
-            put(o, (const char *)run, (size_t)(p - run));
-            run = p + 1;
-            char e[6] = {'\\', 0, 0, 0, 0, 0};
-            size_t n = 2;
-            switch (c) {
-            case '"': e[1] = '"'; break;
-            case '\\': e[1] = '\\'; break;
-            case '\b': e[1] = 'b'; break;
-            case '\f': e[1] = 'f'; break;
-            case '\n': e[1] = 'n'; break;
-            case '\r': e[1] = 'r'; break;
-            case '\t': e[1] = 't'; break;
-            default:
-                e[1] = 'u';
-                e[2] = '0';
-                e[3] = '0';
-                e[4] = hex[c >> 4];
-                e[5] = hex[c & 15];
-                n = 6;
-                break;
-            }
-            put(o, e, n);
+    size_t n = s ? strnlen(s, max) : 0, run = 0;
+    proto_jw_raw(w, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            continue;
         }
-        put(o, (const char *)run, (size_t)(p - run));
+        proto_jw_raw(w, s + run, i - run);
+        run = i + 1;
+        char e[6] = {'\\', (char)c, '0', '0', 0, 0};
+        size_t en = 2;
+        switch (c) {
+        case '"':
+        case '\\':
+            break;
+        case '\b': e[1] = 'b'; break;
+        case '\f': e[1] = 'f'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\r': e[1] = 'r'; break;
+        case '\t': e[1] = 't'; break;
+        default:
+            e[1] = 'u';
+            e[4] = hex[c >> 4];
+            e[5] = hex[c & 15];
+            en = 6;
+            break;
+        }
+        proto_jw_raw(w, e, en);
     }
-    putc1(o, '"');
+    if (n) {
+        proto_jw_raw(w, s + run, n - run);
+    }
+    proto_jw_raw(w, "\"", 1);
+}
+
+void proto_jw_int(struct proto_jw *w, int64_t v)
+{
+    char d[24];
+    size_t i = sizeof(d);
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        d[--i] = (char)('0' + (int)(u % 10));
+        u /= 10;
+    } while (u);
+    if (v < 0) {
+        d[--i] = '-';
+    }
+    proto_jw_raw(w, d + i, sizeof(d) - i);
+}
+
+bool proto_jw_end(struct proto_jw *w)
+{
+    if (w->cap > 0) {
+        w->p[w->len < w->cap ? w->len : w->cap - 1] = '\0';
+    }
+    return w->len < w->cap;
 }
 
 /* cJSON's compare_double: equal within the precision of the larger. */
@@ -96,32 +100,22 @@ static bool same_double(double a, double b)
     return fabs(a - b) <= maxv * 2.220446049250313e-16; /* DBL_EPSILON */
 }
 
-static void put_number(struct out *o, double d)
+static void put_number(struct proto_jw *o, double d)
 {
     char buf[32];
     int n;
     if (isnan(d) || isinf(d)) {
-        put(o, "null", 4);
+        proto_jw_raw(o, "null", 4);
         return;
     }
     /* An integer below 1e15 in magnitude: "%1.15g" writes all its digits
      * without an exponent, which is what integer formatting writes. */
     if (d > -1e15 && d < 1e15 && d == (double)(long long)d) {
-        long long v = (long long)d;
-        if (v == 0 && signbit(d)) {
-            put(o, "-0", 2); /* "%1.15g" of -0.0 */
-            return;
+        if (d == 0 && signbit(d)) {
+            proto_jw_raw(o, "-0", 2); /* "%1.15g" of -0.0 */
+        } else {
+            proto_jw_int(o, (int64_t)d);
         }
-        char *e = buf + sizeof(buf), *p = e;
-        unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-        do {
-            *--p = (char)('0' + (int)(u % 10));
-            u /= 10;
-        } while (u);
-        if (v < 0) {
-            *--p = '-';
-        }
-        put(o, p, (size_t)(e - p));
         return;
     }
     /* An integer of 16 or 17 digits (e.g. a time in microseconds): what
@@ -162,7 +156,7 @@ static void put_number(struct out *o, double d)
                 k += (size_t)n - 1;
             }
             k += (size_t)snprintf(buf + k, sizeof(buf) - k, "e+%d", exp10);
-            put(o, buf, k);
+            proto_jw_raw(o, buf, k);
             return;
         }
         char *e = buf + sizeof(buf), *pp = e;
@@ -173,7 +167,7 @@ static void put_number(struct out *o, double d)
         if (v < 0) {
             *--pp = '-';
         }
-        put(o, pp, (size_t)(e - pp));
+        proto_jw_raw(o, pp, (size_t)(e - pp));
         return;
     }
     /* Everything else exactly as cJSON 1.7: 15 significant digits when they
@@ -184,57 +178,59 @@ static void put_number(struct out *o, double d)
         n = snprintf(buf, sizeof(buf), "%1.17g", d);
     }
     if (n < 0 || (size_t)n >= sizeof(buf)) {
-        o->full = true;
-        return;
+        n = (int)sizeof(buf) - 1; /* cannot happen: %.17g fits 32 bytes */
     }
-    put(o, buf, (size_t)n);
+    proto_jw_raw(o, buf, (size_t)n);
 }
 
-static void put_value(struct out *o, const cJSON *it, int depth)
+static bool put_value(struct proto_jw *o, const cJSON *it, int depth)
 {
-    if (depth > 1000 || o->full) { /* cJSON's CJSON_NESTING_LIMIT */
-        o->full = true;
-        return;
+    if (depth > 1000) { /* cJSON's CJSON_NESTING_LIMIT */
+        return false;
     }
     switch (it->type & 0xFF) {
-    case cJSON_NULL: put(o, "null", 4); break;
-    case cJSON_False: put(o, "false", 5); break;
-    case cJSON_True: put(o, "true", 4); break;
+    case cJSON_NULL: proto_jw_raw(o, "null", 4); break;
+    case cJSON_False: proto_jw_raw(o, "false", 5); break;
+    case cJSON_True: proto_jw_raw(o, "true", 4); break;
     case cJSON_Number: put_number(o, it->valuedouble); break;
-    case cJSON_String: put_string(o, it->valuestring); break;
+    case cJSON_String: proto_jw_str(o, it->valuestring, SIZE_MAX); break;
     case cJSON_Raw:
         if (!it->valuestring) {
-            o->full = true; /* cJSON refuses it as well */
-            return;
+            return false; /* cJSON refuses it as well */
         }
-        put(o, it->valuestring, strlen(it->valuestring));
+        proto_jw_raw(o, it->valuestring, strlen(it->valuestring));
         break;
     case cJSON_Array:
-        putc1(o, '[');
-        for (const cJSON *c = it->child; c && !o->full; c = c->next) {
-            put_value(o, c, depth + 1);
+        proto_jw_raw(o, "[", 1);
+        for (const cJSON *c = it->child; c; c = c->next) {
+            if (!put_value(o, c, depth + 1)) {
+                return false;
+            }
             if (c->next) {
-                putc1(o, ',');
+                proto_jw_raw(o, ",", 1);
             }
         }
-        putc1(o, ']');
+        proto_jw_raw(o, "]", 1);
         break;
     case cJSON_Object:
-        putc1(o, '{');
-        for (const cJSON *c = it->child; c && !o->full; c = c->next) {
-            put_string(o, c->string);
-            putc1(o, ':');
-            put_value(o, c, depth + 1);
+        proto_jw_raw(o, "{", 1);
+        for (const cJSON *c = it->child; c; c = c->next) {
+            proto_jw_str(o, c->string, SIZE_MAX);
+            proto_jw_raw(o, ":", 1);
+            if (!put_value(o, c, depth + 1)) {
+                return false;
+            }
             if (c->next) {
-                putc1(o, ',');
+                proto_jw_raw(o, ",", 1);
             }
         }
-        putc1(o, '}');
+        proto_jw_raw(o, "}", 1);
         break;
     default:
-        o->full = true; /* cJSON_Invalid: cJSON prints nothing */
-        break;
+        return false; /* cJSON_Invalid: cJSON prints nothing */
     }
+    /* Past the buffer: stop (a long array would only be counted). */
+    return o->len < o->cap;
 }
 
 long proto_json_print(const struct cJSON *item, char *buf, size_t cap)
@@ -242,12 +238,10 @@ long proto_json_print(const struct cJSON *item, char *buf, size_t cap)
     if (!item || !buf || cap == 0) {
         return -1;
     }
-    struct out o = {.p = buf, .cap = cap - 1};
-    put_value(&o, item, 0);
-    if (o.full) {
+    struct proto_jw o = {.p = buf, .cap = cap};
+    if (!put_value(&o, item, 0) || !proto_jw_end(&o)) {
         buf[0] = '\0';
         return -1;
     }
-    buf[o.len] = '\0';
     return (long)o.len;
 }

@@ -272,6 +272,26 @@ int proto_batch_parse(const char *buf, size_t len, char *agent_out, size_t agent
 int proto_batch_parse_owned(const char *buf, size_t len, char *agent_out, size_t agent_len,
                             proto_item_cb cb, void *arg, struct proto_error *err);
 
+/* A bounded JSON text writer (json_print.c), the one place that escapes
+ * strings as cJSON prints them: the hub's payloads, the receipts envelope
+ * and proto_json_print write through it. Bytes go to p while they fit in
+ * cap - 1 (room for the NUL, which the caller writes: proto_jw_end); len
+ * counts every byte written, also past cap, as snprintf does, so
+ * len >= cap means the text did not fit. p may be NULL when cap is 0. */
+struct proto_jw {
+    char *p;
+    size_t cap, len;
+};
+void proto_jw_raw(struct proto_jw *w, const char *s, size_t n);
+/* A JSON string of the first max bytes of s at most (SIZE_MAX: to the NUL):
+ * '"' and '\' escaped, \b \f \n \r \t, other bytes below 0x20 as
+ * \u00xx (lower-case hex), everything else (0x7f, UTF-8) as is. */
+void proto_jw_str(struct proto_jw *w, const char *s, size_t max);
+/* An integer as cJSON prints one (below 1e15: its decimal digits). */
+void proto_jw_int(struct proto_jw *w, int64_t v);
+/* NUL-terminate what was written; true when all of it fit. */
+bool proto_jw_end(struct proto_jw *w);
+
 /* Compact JSON text of item into buf (cap bytes, NUL included): the same
  * bytes cJSON_PrintUnformatted writes, printed faster (json_print.c). The
  * length, or -1 when it does not fit (buf then holds ""). */

@@ -180,80 +180,34 @@ static bool device_token_ok(const char *t)
  * The bytes are the ones cJSON_PrintUnformatted gave (golden files): the
  * same key order and cJSON's string escaping. Only the custom data values
  * (any JSON) are printed by cJSON, in place. */
-struct jw {
-    char *p;
-    size_t len, cap; /* cap excludes the terminating NUL */
-    bool full;
-};
-
-static void jw_raw(struct jw *w, const char *s, size_t n)
+/* Payloads go through proto's bounded writer (struct proto_jw), which
+ * escapes strings as cJSON prints them. */
+static void jw_lit(struct proto_jw *w, const char *s)
 {
-    if (w->full || n > w->cap - w->len) {
-        w->full = true;
-        return;
-    }
-    memcpy(w->p + w->len, s, n);
-    w->len += n;
+    proto_jw_raw(w, s, strlen(s));
 }
 
-static void jw_lit(struct jw *w, const char *s)
+static void jw_str(struct proto_jw *w, const char *s)
 {
-    jw_raw(w, s, strlen(s));
-}
-
-/* A JSON string as cJSON prints it: '"' and '\' escaped, \b \f \n \r \t,
- * other bytes below 0x20 as \u00xx; everything else (0x7f, UTF-8) as is. */
-static void jw_str(struct jw *w, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-    jw_raw(w, "\"", 1);
-    const char *run = s;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            continue;
-        }
-        jw_raw(w, run, (size_t)(s - run));
-        run = s + 1;
-        char e[6] = {'\\', (char)c, 0, 0, 0, 0};
-        size_t en = 2;
-        switch (c) {
-        case '"': case '\\': break;
-        case '\b': e[1] = 'b'; break;
-        case '\f': e[1] = 'f'; break;
-        case '\n': e[1] = 'n'; break;
-        case '\r': e[1] = 'r'; break;
-        case '\t': e[1] = 't'; break;
-        default:
-            e[1] = 'u';
-            e[2] = '0';
-            e[3] = '0';
-            e[4] = hex[c >> 4];
-            e[5] = hex[c & 15];
-            en = 6;
-        }
-        jw_raw(w, e, en);
-    }
-    jw_raw(w, run, (size_t)(s - run));
-    jw_raw(w, "\"", 1);
+    proto_jw_str(w, s, SIZE_MAX);
 }
 
 /* "key":"value" with a leading comma unless first. */
-static void jw_kv(struct jw *w, bool *first, const char *k, const char *v)
+static void jw_kv(struct proto_jw *w, bool *first, const char *k, const char *v)
 {
     if (!*first) {
-        jw_raw(w, ",", 1);
+        jw_lit(w, ",");
     }
     *first = false;
     jw_str(w, k);
-    jw_raw(w, ":", 1);
+    jw_lit(w, ":");
     jw_str(w, v);
 }
 
 /* Build the JSON payload into req->body. 0, TDG_ETOOBIG or -ENOMEM. */
 static int build_payload(const struct notification *n, bool alert, struct channel_request *req)
 {
-    struct jw w = {.p = req->body, .cap = sizeof(req->body) - 1};
+    struct proto_jw w = {.p = req->body, .cap = sizeof(req->body)};
     bool first = true;
     jw_lit(&w, "{\"aps\":{");
     if (alert) {
@@ -293,13 +247,13 @@ static int build_payload(const struct notification *n, bool alert, struct channe
             jw_lit(&w, ",");
             jw_str(&w, item->string);
             jw_lit(&w, ":");
-            if (w.full) {
+            if (w.len >= w.cap) {
                 break;
             }
             /* Printed in place, cJSON's bytes (proto_json_print). */
-            long vlen = proto_json_print(item, w.p + w.len, w.cap - w.len + 1);
+            long vlen = proto_json_print(item, w.p + w.len, w.cap - w.len);
             if (vlen < 0) {
-                w.full = true;
+                w.len = w.cap; /* did not fit */
                 break;
             }
             w.len += (size_t)vlen;
@@ -312,7 +266,7 @@ static int build_payload(const struct notification *n, bool alert, struct channe
         jw_str(&w, n->id);
     }
     jw_lit(&w, "}");
-    if (w.full) {
+    if (!proto_jw_end(&w)) {
         req->body[0] = '\0';
         req->body_len = 0;
         return TDG_ETOOBIG;
