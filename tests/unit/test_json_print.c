@@ -108,7 +108,9 @@ static void test_strings_and_nesting(void **state)
     for (int c = 1; c < 0x20; c++) {
         s[c - 1] = (char)c;
     }
-    strcpy(s + 31, "\"\\/\x7f \xc3\xa9 \xf0\x9f\x98\x80");
+    static const char tail[] = "\"\\/\x7f \xc3\xa9 \xf0\x9f\x98\x80";
+    _Static_assert(31 + sizeof(tail) <= sizeof(s), "s holds the tail");
+    memcpy(s + 31, tail, sizeof(tail));
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "ctl", s);
     cJSON_AddStringToObject(o, "", "");
