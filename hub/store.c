@@ -6,7 +6,6 @@
 #include "log.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -272,159 +271,14 @@ sqlite3_stmt *store_stmt(store_t *s, const char *sql)
 /* --- WAL checkpoints on a worker thread ------------------------------------
  *
  * SQLite's automatic checkpoint runs inside the COMMIT that crosses 1000 WAL
- * pages: it copies them into the database file and fdatasync()s it, on the
- * loop - measured as the hub's largest single stall under load. Here the
- * loop's connection only counts (wal hook) and a worker thread with its own
- * connection runs PASSIVE checkpoints, which never take the writer's lock:
- * the copy and the fsync leave the loop.
- *
- * The WAL file only starts over when a checkpoint has copied *every* frame
- * before the next write transaction begins, which a worker racing a busy
- * writer rarely manages. So once the WAL holds CKPT_RESTART_PAGES, the loop
- * checkpoints itself right after its commit: by then the worker has copied
- * all but the last few commits, so this copies little, and the next
- * transaction rewinds the WAL. Net: one short in-loop checkpoint per
- * CKPT_RESTART_PAGES instead of a full one per 1000 pages. Durability is
- * unchanged (checkpoints move committed data; the WAL is the record).
- *
- * The worker never logs (the log is the loop's); it leaves its last error
- * for the loop, which logs changes once. */
+ * pages (copy + fdatasync on the loop: measured as the hub's largest single
+ * stall under load). db_ckpt_start (platform/db.h, shared with the agent)
+ * moves it to a worker with its own connection running PASSIVE checkpoints;
+ * the loop checkpoints itself only once the WAL holds CKPT_RESTART_PAGES,
+ * so that the WAL starts over: one short in-loop checkpoint per 64 MiB
+ * instead of a full one per 1000 pages. */
 #define CKPT_PAGES 1000          /* wake the worker every this many new pages */
 #define CKPT_RESTART_PAGES 16384 /* 64 MiB of 4 KiB pages: rewind the WAL */
-
-struct store_ckpt {
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool want, stop;   /* under mu */
-    int last_rc;       /* under mu: the worker's last result */
-    sqlite3 *db;       /* the worker's connection */
-    /* the loop's side only */
-    int mark;          /* WAL pages when the worker was last woken */
-    int logged_rc;
-};
-
-static void *ckpt_main(void *arg)
-{
-    struct store_ckpt *c = arg;
-    pthread_mutex_lock(&c->mu);
-    for (;;) {
-        while (!c->want && !c->stop) {
-            pthread_cond_wait(&c->cv, &c->mu);
-        }
-        if (c->stop) {
-            break;
-        }
-        c->want = false;
-        pthread_mutex_unlock(&c->mu);
-        int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        pthread_mutex_lock(&c->mu);
-        c->last_rc = rc == SQLITE_BUSY ? SQLITE_OK : rc;
-    }
-    pthread_mutex_unlock(&c->mu);
-    return NULL;
-}
-
-/* sqlite3_wal_hook: after each commit of the loop's connection, outside its
- * transaction, with the WAL's size in pages. */
-static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
-{
-    store_t *s = arg;
-    struct store_ckpt *c = s->ckpt;
-    if (pages < c->mark) {
-        c->mark = 0; /* the WAL started over */
-    }
-    if (pages >= CKPT_RESTART_PAGES) {
-        int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
-            LOG_WARN("store", "checkpoint: %s", sqlite3_errstr(rc));
-        }
-        c->mark = 0;
-        return SQLITE_OK;
-    }
-    if (pages - c->mark >= CKPT_PAGES) {
-        c->mark = pages;
-        pthread_mutex_lock(&c->mu);
-        c->want = true;
-        int wrc = c->last_rc;
-        pthread_cond_signal(&c->cv);
-        pthread_mutex_unlock(&c->mu);
-        if (wrc != c->logged_rc) {
-            c->logged_rc = wrc;
-            if (wrc != SQLITE_OK) {
-                LOG_WARN("store", "background checkpoint: %s (the WAL grows until it works)",
-                         sqlite3_errstr(wrc));
-            } else {
-                LOG_INFO("store", "background checkpoint works again");
-            }
-        }
-    }
-    return SQLITE_OK;
-}
-
-static void ckpt_stop(store_t *s)
-{
-    struct store_ckpt *c = s->ckpt;
-    if (!c) {
-        return;
-    }
-    sqlite3_wal_hook(s->db, NULL, NULL);
-    pthread_mutex_lock(&c->mu);
-    c->stop = true;
-    pthread_cond_signal(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-    pthread_join(c->th, NULL);
-    sqlite3_close_v2(c->db);
-    pthread_cond_destroy(&c->cv);
-    pthread_mutex_destroy(&c->mu);
-    free(c);
-    s->ckpt = NULL;
-}
-
-/* Start the worker; on any failure SQLite's own automatic checkpoint stays
- * (logged): slower, never wrong. */
-static void ckpt_start(store_t *s, const char *path)
-{
-    struct store_ckpt *c = calloc(1, sizeof(*c));
-    if (!c) {
-        LOG_WARN("store", "checkpoints stay on the loop: out of memory");
-        return;
-    }
-    int rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_busy_timeout(c->db, 1000);
-        /* A connection opens the WAL only in its first read transaction;
-         * until then SQLite (3.40) takes it for a rollback-journal database
-         * and a checkpoint on it returns SQLITE_OK having done nothing
-         * (log = -1). Measured: the worker never copied a page, and the
-         * loop's 64 MiB checkpoint stalled it 40-50 ms once a second at
-         * 1,000/s - the e2e p99. One read opens the WAL for good. */
-        rc = sqlite3_exec(c->db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
-    }
-    if (rc != SQLITE_OK || pthread_mutex_init(&c->mu, NULL) != 0) {
-        LOG_WARN("store", "checkpoints stay on the loop: %s", sqlite3_errstr(rc));
-        sqlite3_close_v2(c->db);
-        free(c);
-        return;
-    }
-    if (pthread_cond_init(&c->cv, NULL) != 0) {
-        pthread_mutex_destroy(&c->mu);
-        sqlite3_close_v2(c->db);
-        free(c);
-        LOG_WARN("store", "checkpoints stay on the loop: no condition variable");
-        return;
-    }
-    if ((rc = pthread_create(&c->th, NULL, ckpt_main, c)) != 0) {
-        pthread_cond_destroy(&c->cv);
-        pthread_mutex_destroy(&c->mu);
-        sqlite3_close_v2(c->db);
-        free(c);
-        LOG_WARN("store", "checkpoints stay on the loop: %s", strerror(rc));
-        return;
-    }
-    s->ckpt = c;
-    sqlite3_wal_hook(s->db, ckpt_hook, s); /* replaces the automatic checkpoint */
-}
 
 int store_open(const char *path, enum db_sync sync, store_t **out, char *err, size_t errlen)
 {
@@ -449,7 +303,9 @@ int store_open(const char *path, enum db_sync sync, store_t **out, char *err, si
     if (store_dir_open(s) < 0) {
         LOG_WARN("store", "no cache of users' endpoints: out of memory");
     }
-    ckpt_start(s, path);
+    /* The worker of platform/db.c (the agent's too); NULL: SQLite's own
+     * checkpoints in the commits, slower, never wrong (logged). */
+    s->ckpt = db_ckpt_start(s->db, path, CKPT_PAGES, CKPT_RESTART_PAGES);
     *out = s;
     return 0;
 }
@@ -461,7 +317,8 @@ void store_close(store_t *s)
     }
     store_commit(s);
     store_dir_close(s);
-    ckpt_stop(s);
+    db_ckpt_stop(s->ckpt);
+    s->ckpt = NULL;
     for (int i = 0; i < Q_N; i++) {
         sqlite3_finalize(s->q[i]);
     }

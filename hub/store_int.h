@@ -36,7 +36,7 @@ struct store {
     bool in_tx;
     struct pii *pii;           /* store_dir.c: the keyring (not owned) */
     int64_t reencrypt_after;   /* store_dir.c: store_dir_reencrypt's cursor */
-    struct store_ckpt *ckpt;   /* store.c: WAL checkpoints off the loop (NULL: SQLite's own) */
+    db_ckpt_t *ckpt;           /* WAL checkpoints off the loop (db_ckpt_start; NULL: SQLite's own) */
     struct dir_cache *dcache;  /* store_dir.c: users' active endpoints (NULL: none) */
     struct rowid_hint *hints;  /* store.c: notification id -> rowid (NULL: none) */
 };

@@ -3,12 +3,12 @@
  *
  * Why: the hub prints every accepted notification (intake stores and checks
  * the compact text) and the custom data of every push payload. cJSON prints
- * each number with sprintf("%1.15g"), reads it back with sscanf and, when it
+ * each number with the format "%1.15g", reads it back with sscanf and, when it
  * does not round-trip, prints again with "%1.17g": ~3,000 instructions per
  * number, most of a notification's printing. Integers - nearly every number
  * Tidings sees (ttl, priorities, timestamps, counters) - are printed here
  * with plain integer formatting, which gives the same characters; anything
- * else goes through the same sprintf steps as cJSON. The output must stay
+ * else goes through the same formatting steps as cJSON (snprintf here). The output must stay
  * identical because sizes are checked on it (PROTO_MAX_WIRE applies to the
  * text cJSON would write: proto.h) and tests compare payload bytes with
  * golden files; tests/unit/test_json_print.c compares the two printers on
