@@ -81,6 +81,9 @@ static const struct config_entry hub_table[] = {
     {"intake.hold_max", CONFIG_DURATION, "5s", OFF(intake_hold_ms),
      "Longest a batch is held before it is stored and acked anyway (keep it well under the "
      "agents' uplink.ack_timeout)", NULL, 0, 600000},
+    {"intake.parse_thread", CONFIG_BOOL, "true", OFF(intake_parse_thread),
+     "Parse and check uplink batches on a thread of their own, beside the loop that stores, "
+     "plans and sends them (false: on the loop)", NULL, 0, 0},
     {"intake.agent_rate", CONFIG_INT, "0", OFF(agent_rate),
      "Notifications per second one agent may send; more wait un-acked (resent). 0: no limit",
      NULL, 0, 10000000},
@@ -339,6 +342,14 @@ static int engine_start(hub_t *h, char *err, size_t errlen)
 {
     intake_set_limits(h->intake, h->limits);
     intake_set_hold(h->intake, h->loop, (size_t)h->cfg.intake_hold_bytes, h->cfg.intake_hold_ms);
+    if (h->cfg.intake_parse_thread) {
+        int prc = intake_start_parser(h->intake, h->loop);
+        if (prc < 0) {
+            snprintf(err, errlen, "intake.parse_thread: cannot start the thread: %s",
+                     tdg_strerror(prc));
+            return prc;
+        }
+    }
     if (h->cfg.metrics_listen[0]) {
         char herr[256];
         int rc = httpd_create(h->loop, h->cfg.metrics_listen, &h->httpd, herr, sizeof(herr));

@@ -38,6 +38,7 @@ struct hub_config {
     int64_t agent_rate, agent_burst, agent_quota;
     uint64_t intake_hold_bytes; /* intake.hold: backpressure (intake.h) */
     uint64_t intake_hold_ms;
+    bool intake_parse_thread;   /* intake.parse_thread: parse batches off the loop */
     int64_t receipts_batch;
     /* A user and one iOS device created at start (until the admin CLI). */
     char bootstrap_user[64];

@@ -50,6 +50,12 @@ void intake_set_hold(intake_t *in, loop_t *loop, size_t max_bytes, uint64_t max_
 void intake_resume(intake_t *in);
 size_t intake_held_bytes(const intake_t *in);
 
+/* Parse and check batches on a thread of their own (intake.c, "the parse
+ * thread"), leaving the loop the store, the fanout and the sends: every
+ * batch then goes through the hold list, handled by intake_resume in
+ * arrival order. 0, or a negative errno (batches are parsed on the loop). */
+int intake_start_parser(intake_t *in, loop_t *loop);
+
 /* After store_commit: publish the held acks if committed, else forget them
  * (the agent resends after its ack timeout). */
 void intake_flush(intake_t *in, mqtt_t *mqtt, bool committed);

@@ -110,8 +110,37 @@ up gw3 '{"id":"dir-7","to":"user:alice","category":"orders","title":"its categor
 expect_ack gw3 dir-7 true
 wait_until 20 "dir-7 at the fake APNs" apns_has_id dir-7
 
+# Bad input at intake, item by item: each gets its answer and the good item
+# behind it in the same batch still goes through. Run once with batches
+# parsed on the parse thread (the default) and once on the loop (after the
+# restart below), since the two paths differ. LOG: the hub's log file.
+bad_input() { # TAG LOG
+    local t=$1 log=$2
+    mosquitto_pub -V mqttv5 -q 1 -h 127.0.0.1 -p "$BROKER_PORT" -t "tidings/v1/agents/gw1/up" \
+        -m '{"v":1,"agent":"gw1","items":[{"id":'
+    wait_until 20 "bad envelope logged ($t)" grep -q "agent gw1: bad batch" "$log"
+    mosquitto_pub -V mqttv5 -q 1 -h 127.0.0.1 -p "$BROKER_PORT" -t "tidings/v1/agents/gw1/up" \
+        -m '{"v":1,"agent":"gw9","items":[{"id":"'"$t"'-m","to":"user:alice","title":"x"}]}'
+    expect_ack gw1 "$t-m" false bad_value agent
+    grep -q "batch on agent gw1's topic names agent 'gw9': refused" "$log" ||
+        fail "no log of the envelope naming gw9 ($t)"
+    up gw1 '{"id":"'"$t"'-a","to":"user:alice"},{"id":"bad id!","to":"user:alice","title":"x"},
+        {"id":"'"$t"'-b","to":"user:alice","title":"x","priority":"urgent"},
+        {"id":"'"$t"'-c","to":"user:alice","title":"good one behind them"}'
+    expect_ack gw1 "$t-a" false no_content -
+    expect_ack gw1 "$t-b" false bad_value priority
+    expect_ack gw1 "$t-c" true
+    grep -q "agent gw1: item without a valid id dropped" "$log" ||
+        fail "no log of the item without a valid id ($t)"
+    wait_until 20 "$t-c at the fake APNs" apns_has_id "$t-c"
+    [ -z "$(hub_sql "SELECT id FROM notifications WHERE id IN ('$t-a', '$t-b', '$t-m')")" ] ||
+        fail "a rejected item was stored ($t)"
+}
+bad_input thr "$STACK_DIR/hub.log"
+
 # --- 3. key rotation ----------------------------------------------------------
 stack_stop hub
+printf 'intake.parse_thread = false\n' >>"$STACK_DIR/hub.conf" # for bad_input loop below
 n_k1=$(hub_sql "SELECT count(*) FROM devices")
 [ "$n_k1" -ge 3 ] || fail "expected >= 3 sealed endpoints, got $n_k1"
 printf 'key k2 %s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>"$KEYS"
@@ -125,6 +154,7 @@ up gw1 '{"id":"dir-8","to":"user:alice","title":"after rotation"}'
 expect_ack gw1 dir-8 true
 wait_until 20 "dir-8 at the fake APNs" apns_has_id dir-8
 wait_until 20 "dir-8 at the fake SMS" grep -q "after rotation" "$STACK_DIR/sms-record.jsonl"
+bad_input loop "$STACK_DIR/hub2.log"
 
 # A key file others can read is refused with its name.
 stack_stop hub2
