@@ -44,6 +44,41 @@ int channel_add_header(struct channel_request *req, const char *fmt, ...)
     return 0;
 }
 
+int channel_add_header_str(struct channel_request *req, const char *prefix, const char *value)
+{
+    if (req->nheaders >= CHANNEL_MAX_HEADERS) {
+        return -ENOSPC;
+    }
+    char *h = req->headers[req->nheaders];
+    size_t cap = sizeof(req->headers[0]);
+    size_t pn = strnlen(prefix, cap);
+    size_t vn = strnlen(value, cap);
+    if (pn + vn >= cap) {
+        return -ENOSPC;
+    }
+    memcpy(h, prefix, pn);
+    memcpy(h + pn, value, vn);
+    h[pn + vn] = '\0';
+    req->nheaders++;
+    return 0;
+}
+
+int channel_add_header_int(struct channel_request *req, const char *prefix, int64_t v)
+{
+    char d[24];
+    size_t i = sizeof(d) - 1;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    d[i] = '\0';
+    do {
+        d[--i] = (char)('0' + (int)(u % 10));
+        u /= 10;
+    } while (u);
+    if (v < 0) {
+        d[--i] = '-';
+    }
+    return channel_add_header_str(req, prefix, d + i);
+}
+
 void channel_request_reset(struct channel_request *req)
 {
     req->nheaders = 0;

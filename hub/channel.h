@@ -92,6 +92,11 @@ void channel_trim_slash(char *s);
 int channel_add_header(struct channel_request *req, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* channel_add_header(req, "%s%s", prefix, value) and (req, "%s%" PRId64,
+ * prefix, v) without printf: the per-request headers of the hot path. */
+int channel_add_header_str(struct channel_request *req, const char *prefix, const char *value);
+int channel_add_header_int(struct channel_request *req, const char *prefix, int64_t v);
+
 /* Fill out as a permanent drop with reason and device action; returns err
  * (for "return channel_drop(...)" in format). */
 int channel_drop(struct channel_outcome *out, const char *reason, int device_action, int err);

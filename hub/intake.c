@@ -119,6 +119,15 @@ struct item_ctx {
     size_t ack_mark; /* g->n when the batch began */
 };
 
+/* snprintf(dst, cap, "%s", src) without printf (a few per notification):
+ * at most cap - 1 bytes, cut where they end. */
+static void copy_cut(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 static struct ack_group *group_for(intake_t *in, const char *agent)
 {
     for (size_t i = 0; i < in->ngroups; i++) {
@@ -155,10 +164,10 @@ static void add_ack(intake_t *in, struct ack_group *g, const char *id, bool ok,
         in->st.rejected_by[r]++;
     }
     memset(a, 0, sizeof(*a));
-    snprintf(a->id, sizeof(a->id), "%s", id);
+    copy_cut(a->id, sizeof(a->id), id);
     a->ok = ok;
     a->reason = ok ? PROTO_OK : r;
-    snprintf(a->field, sizeof(a->field), "%s", field ? field : "");
+    copy_cut(a->field, sizeof(a->field), field ? field : "");
     in->total++;
 }
 
@@ -179,7 +188,7 @@ static void prepare_item(cJSON *item, struct prep *p, char *json, size_t cap)
     if (!p->id_ok) {
         return;
     }
-    snprintf(p->id, sizeof(p->id), "%s", idj->valuestring);
+    copy_cut(p->id, sizeof(p->id), idj->valuestring);
     long plen = proto_json_print(item, json, cap);
     p->len = plen < 0 ? cap : (size_t)plen;
     p->check = proto_item_check(item, p->len, &p->n, &p->perr);
@@ -262,9 +271,9 @@ static void accept_item(struct item_ctx *c, struct prep *p, const char *json)
                 if (c->nmemo < RCPT_MEMO) {
                     c->nmemo++;
                 }
-                snprintf(m->to, sizeof(m->to), "%s", n.to);
+                copy_cut(m->to, sizeof(m->to), n.to);
                 m->has_category = n.category != NULL;
-                snprintf(m->category, sizeof(m->category), "%s", n.category ? n.category : "");
+                copy_cut(m->category, sizeof(m->category), n.category ? n.category : "");
                 m->known = known;
                 m->ok = ok;
             }

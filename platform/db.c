@@ -3,6 +3,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "memc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -177,160 +178,68 @@ static pthread_once_t global_once = PTHREAD_ONCE_INIT;
  * a statement run (the registers' buffers, the record being built, cursors)
  * goes to malloc and back to free when the statement is reset - about 50
  * pairs per notification in the hub, ~12k instructions in glibc (its
- * per-thread cache holds only 7 blocks per size and overflows here). This
- * allocator keeps up to MEMC_KEEP bytes of freed blocks per power-of-two
- * size class (32 B .. 4 KiB) for the next allocation of that class: a list
- * pop instead of malloc. Larger blocks go to malloc directly.
+ * per-thread cache holds only 7 blocks per size and overflows here). The
+ * small-block allocator of memc.h keeps freed blocks per power-of-two size
+ * class (32 B .. 4 KiB) for the next allocation of that class: a list pop
+ * instead of malloc. Larger blocks go to malloc directly.
  *
- * Only the thread that opened the first database (the event loop: one per
- * process, and the only user of the connections from db_open) uses the
- * lists, so they need no lock; other threads (checkpoint workers) get and
- * return their blocks through malloc and free, with the same header, so a
- * block may be freed on any thread. At most MEMC_CLASSES * MEMC_KEEP bytes
- * (128 KiB) stay allocated for reuse. Left out under AddressSanitizer, so
- * that it still sees each of SQLite's blocks. */
-#if defined(__SANITIZE_ADDRESS__)
-#define MEMC_ENABLED 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MEMC_ENABLED 0
-#endif
-#endif
-#ifndef MEMC_ENABLED
-#define MEMC_ENABLED 1
-#endif
-
-#if MEMC_ENABLED
-#define MEMC_MIN_SHIFT 5                      /* 32 bytes */
-#define MEMC_CLASSES 8                        /* .. 4096 bytes */
-#define MEMC_HDR 8                            /* usable size, before the block (8-aligned) */
-#define MEMC_KEEP (16 * 1024)                 /* bytes kept per class */
-
-struct memc_block {
-    struct memc_block *next;
-};
-
-static struct {
-    struct memc_block *head[MEMC_CLASSES];
-    unsigned count[MEMC_CLASSES];
-} memc; /* the owner thread's only */
-
-static _Thread_local bool memc_owner;
-
-/* The class of a request of n bytes (-1: too large), its size in *cap. */
-static int memc_class(size_t n, size_t *cap)
+ * Only the thread that owns memc's lists uses them (the event loop's: the
+ * first db_open claims it, and it is the only user of the connections from
+ * db_open); other threads (checkpoint workers) get and return their blocks
+ * through malloc and free, so a block may be freed on any thread. Not
+ * installed where memc is off (AddressSanitizer), so that ASan still sees
+ * each of SQLite's blocks. */
+static void *sq_malloc(int n)
 {
-    if (n <= ((size_t)1 << MEMC_MIN_SHIFT)) {
-        *cap = (size_t)1 << MEMC_MIN_SHIFT;
-        return 0;
-    }
-    /* bits needed for n - 1: 2^bits is the smallest power of two >= n */
-    int bits = 64 - __builtin_clzll((unsigned long long)(n - 1));
-    int k = bits - MEMC_MIN_SHIFT;
-    if (k >= MEMC_CLASSES) {
-        *cap = n;
-        return -1;
-    }
-    *cap = (size_t)1 << bits;
-    return k;
+    return n > 0 ? memc_alloc((size_t)n) : NULL;
 }
 
-static void *memc_malloc(int n)
+static void sq_free(void *p)
 {
-    if (n <= 0) {
-        return NULL;
-    }
-    size_t cap;
-    int k = memc_class((size_t)n, &cap);
-    unsigned char *b;
-    if (k >= 0 && memc_owner && memc.head[k]) {
-        b = (unsigned char *)memc.head[k] - MEMC_HDR;
-        memc.head[k] = memc.head[k]->next;
-        memc.count[k]--;
-    } else {
-        if (cap > SIZE_MAX - MEMC_HDR || !(b = malloc(cap + MEMC_HDR))) {
-            return NULL;
-        }
-        uint64_t c64 = cap;
-        memcpy(b, &c64, sizeof(c64));
-    }
-    return b + MEMC_HDR;
+    memc_free(p);
 }
 
-static int memc_size(void *p)
+static void *sq_realloc(void *p, int n)
 {
-    uint64_t cap = 0;
-    if (p) {
-        memcpy(&cap, (unsigned char *)p - MEMC_HDR, sizeof(cap));
-    }
-    return (int)cap;
+    return n > 0 ? memc_realloc(p, (size_t)n) : NULL;
 }
 
-static void memc_free(void *p)
+static int sq_size(void *p)
 {
-    if (!p) {
-        return;
-    }
-    unsigned char *b = (unsigned char *)p - MEMC_HDR;
-    size_t cap;
-    int k = memc_class((size_t)memc_size(p), &cap);
-    if (k >= 0 && memc_owner && (size_t)(memc.count[k] + 1) * cap <= MEMC_KEEP) {
-        struct memc_block *f = p;
-        f->next = memc.head[k];
-        memc.head[k] = f;
-        memc.count[k]++;
-        return;
-    }
-    free(b);
+    size_t n = memc_size(p);
+    return n > INT32_MAX ? INT32_MAX : (int)n;
 }
 
-static void *memc_realloc(void *p, int n)
+static int sq_roundup(int n)
 {
-    if (!p) {
-        return memc_malloc(n);
-    }
-    int old = memc_size(p);
-    if (n <= old) {
-        return p; /* the block already holds n bytes */
-    }
-    void *q = memc_malloc(n);
-    if (q) {
-        memcpy(q, p, (size_t)old);
-        memc_free(p);
-    }
-    return q;
+    size_t r = memc_roundup(n > 0 ? (size_t)n : 1);
+    return r > INT32_MAX ? n : (int)r;
 }
 
-static int memc_roundup(int n)
-{
-    size_t cap;
-    return memc_class(n > 0 ? (size_t)n : 1, &cap) >= 0 ? (int)cap : (n + 7) & ~7;
-}
-
-static int memc_init(void *arg)
+static int sq_init(void *arg)
 {
     (void)arg;
     return SQLITE_OK;
 }
 
-static void memc_shutdown(void *arg)
+static void sq_shutdown(void *arg)
 {
     (void)arg;
 }
-#endif /* MEMC_ENABLED */
 
 static void global_init(void)
 {
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
-#if MEMC_ENABLED
-    static const sqlite3_mem_methods methods = {
-        memc_malloc, memc_free, memc_realloc, memc_size, memc_roundup,
-        memc_init,   memc_shutdown, NULL,
-    };
-    if (sqlite3_config(SQLITE_CONFIG_MALLOC, &methods) == SQLITE_OK) {
-        memc_owner = true;
+    struct memc_stats ms;
+    memc_get_stats(&ms);
+    if (ms.enabled) {
+        static const sqlite3_mem_methods methods = {
+            sq_malloc, sq_free, sq_realloc, sq_size, sq_roundup, sq_init, sq_shutdown, NULL,
+        };
+        if (sqlite3_config(SQLITE_CONFIG_MALLOC, &methods) == SQLITE_OK) {
+            memc_claim();
+        }
     }
-#endif
 }
 
 int db_open(const char *path, enum db_sync sync, const struct db_migration *migrations, size_t n,

@@ -342,56 +342,58 @@ int proto_batch_parse_owned(const char *buf, size_t len, char *agent_out, size_t
 
 /* --- acks ------------------------------------------------------------- */
 
-char *proto_acks_serialize(const struct proto_ack *acks, size_t n, size_t *len)
+/* The ack envelope into w: the bytes cJSON_PrintUnformatted wrote for the
+ * tree this used to build ({"v":1,"acks":[...]}, keys in that order, the
+ * reason and field only when !ok, the field only when not empty). */
+static void write_acks(struct proto_jw *w, const struct proto_ack *acks, size_t n)
 {
-    cJSON *root, *arr;
-    char *s = NULL;
-
-    if (!acks && n > 0) {
-        return NULL;
-    }
-    root = cJSON_CreateObject();
-    if (!root || !cJSON_AddNumberToObject(root, "v", PROTO_VERSION)) {
-        goto out;
-    }
-    arr = cJSON_AddArrayToObject(root, "acks");
-    if (!arr) {
-        goto out;
-    }
+    proto_jw_raw(w, "{\"v\":1,\"acks\":[", sizeof("{\"v\":1,\"acks\":[") - 1);
     for (size_t i = 0; i < n; i++) {
         const struct proto_ack *a = &acks[i];
-        char id[sizeof(a->id)], field[sizeof(a->field)];
-        cJSON *o = cJSON_CreateObject();
-
-        if (!o) {
-            goto out;
-        }
-        cJSON_AddItemToArray(arr, o);
-        /* Bounded copies: the arrays need not be NUL-terminated. */
-        memcpy(id, a->id, sizeof(id));
-        id[sizeof(id) - 1] = '\0';
-        memcpy(field, a->field, sizeof(field));
-        field[sizeof(field) - 1] = '\0';
-        if (!cJSON_AddStringToObject(o, "id", id) || !cJSON_AddBoolToObject(o, "ok", a->ok)) {
-            goto out;
-        }
+        proto_jw_raw(w, i ? ",{\"id\":" : "{\"id\":", i ? 7 : 6);
+        /* Bounded: the arrays need not be NUL-terminated. */
+        proto_jw_str(w, a->id, sizeof(a->id) - 1);
         if (a->ok) {
+            proto_jw_raw(w, ",\"ok\":true}", sizeof(",\"ok\":true}") - 1);
             continue;
         }
-        if (!cJSON_AddStringToObject(o, "reason", proto_reason_code(a->reason))) {
-            goto out;
+        proto_jw_raw(w, ",\"ok\":false,\"reason\":", sizeof(",\"ok\":false,\"reason\":") - 1);
+        proto_jw_str(w, proto_reason_code(a->reason), SIZE_MAX);
+        if (a->field[0]) {
+            proto_jw_raw(w, ",\"field\":", sizeof(",\"field\":") - 1);
+            proto_jw_str(w, a->field, sizeof(a->field) - 1);
         }
-        if (field[0] && !cJSON_AddStringToObject(o, "field", field)) {
-            goto out;
+        proto_jw_raw(w, "}", 1);
+    }
+    proto_jw_raw(w, "]}", 2);
+}
+
+char *proto_acks_serialize(const struct proto_ack *acks, size_t n, size_t *len)
+{
+    if ((!acks && n > 0) || n > (SIZE_MAX - 64) / 128) {
+        return NULL;
+    }
+    /* Written straight into the result, no tree: sized for the usual ack
+     * (an id and "ok"), and written again at the exact size when escapes
+     * or rejections made it longer. */
+    size_t cap = 64 + n * 128;
+    for (int pass = 0; pass < 2; pass++) {
+        char *s = malloc(cap);
+        if (!s) {
+            return NULL;
         }
+        struct proto_jw w = {.p = s, .cap = cap};
+        write_acks(&w, acks, n);
+        if (proto_jw_end(&w)) {
+            if (len) {
+                *len = w.len;
+            }
+            return s;
+        }
+        free(s);
+        cap = w.len + 1;
     }
-    s = cJSON_PrintUnformatted(root);
-    if (s && len) {
-        *len = strlen(s);
-    }
-out:
-    cJSON_Delete(root);
-    return s;
+    return NULL; /* cannot happen: the second pass has the exact size */
 }
 
 static int parse_one_ack(const cJSON *o, int i, struct proto_ack *a, struct proto_error *err)

@@ -23,49 +23,97 @@
 #include <stdint.h>
 #include <string.h>
 
-void proto_jw_raw(struct proto_jw *w, const char *s, size_t n)
+
+const unsigned char proto_json_special[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    ['"'] = 1, ['\\'] = 1,
+};
+
+/* The escape of c (proto_json_special[c]) at e, as cJSON writes it: 2 or 6 bytes. */
+static size_t put_escape(char *e, unsigned char c)
 {
-    if (w->len + 1 < w->cap) {
-        size_t room = w->cap - 1 - w->len;
-        memcpy(w->p + w->len, s, n < room ? n : room);
+    static const char hex[] = "0123456789abcdef";
+    e[0] = '\\';
+    switch (c) {
+    case '"': e[1] = '"'; return 2;
+    case '\\': e[1] = '\\'; return 2;
+    case '\b': e[1] = 'b'; return 2;
+    case '\f': e[1] = 'f'; return 2;
+    case '\n': e[1] = 'n'; return 2;
+    case '\r': e[1] = 'r'; return 2;
+    case '\t': e[1] = 't'; return 2;
+    default:
+        e[1] = 'u';
+        e[2] = '0';
+        e[3] = '0';
+        e[4] = hex[c >> 4];
+        e[5] = hex[c & 15];
+        return 6;
     }
-    w->len += n;
 }
+
+/* The n bytes at s (no NUL among them), escaped, without quotes. */
+static void put_run(struct proto_jw *w, const char *s, size_t n)
+{
+    size_t run = 0, i = 0;
+    while (i < n) {
+        /* Most text needs no escape: skip it a word at a time. */
+        if (n - i >= 8 && !proto_word_special(s + i)) {
+            i += 8;
+            continue;
+        }
+        unsigned char c = (unsigned char)s[i++];
+        if (!proto_json_special[c]) {
+            continue;
+        }
+        proto_jw_raw(w, s + run, i - 1 - run);
+        run = i;
+        char e[6];
+        proto_jw_raw(w, e, put_escape(e, c));
+    }
+    proto_jw_raw(w, s + run, n - run);
+}
+
+/* Bytes written straight into the buffer before the rest of a string is
+ * measured: most strings (keys, ids, names) end within them, so they cost
+ * neither a strnlen nor a memcpy call. */
+#define JW_HEAD 16
 
 void proto_jw_str(struct proto_jw *w, const char *s, size_t max)
 {
-    static const char hex[] = "0123456789abcdef";
-    size_t n = s ? strnlen(s, max) : 0, run = 0;
-    proto_jw_raw(w, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            continue;
+    size_t i = 0;
+    if (!s) {
+        max = 0;
+    } else if (w->len < w->cap && w->cap - w->len > 6 * JW_HEAD + 2) {
+        /* Room for the quotes and the worst case of the head (every byte a
+         * 6-byte escape) before the NUL's place: written without checks. */
+        char *o = w->p + w->len, *o0 = o;
+        size_t head = max < JW_HEAD ? max : JW_HEAD;
+        *o++ = '"';
+        for (; i < head; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (!proto_json_special[c]) {
+                *o++ = (char)c;
+            } else if (c == '\0') {
+                break;
+            } else {
+                o += put_escape(o, c);
+            }
         }
-        proto_jw_raw(w, s + run, i - run);
-        run = i + 1;
-        char e[6] = {'\\', (char)c, '0', '0', 0, 0};
-        size_t en = 2;
-        switch (c) {
-        case '"':
-        case '\\':
-            break;
-        case '\b': e[1] = 'b'; break;
-        case '\f': e[1] = 'f'; break;
-        case '\n': e[1] = 'n'; break;
-        case '\r': e[1] = 'r'; break;
-        case '\t': e[1] = 't'; break;
-        default:
-            e[1] = 'u';
-            e[4] = hex[c >> 4];
-            e[5] = hex[c & 15];
-            en = 6;
-            break;
+        if (i == max || s[i] == '\0') {
+            *o++ = '"';
+            w->len += (size_t)(o - o0);
+            return;
         }
-        proto_jw_raw(w, e, en);
+        w->len += (size_t)(o - o0);
+        put_run(w, s + i, strnlen(s + i, max - i));
+        proto_jw_raw(w, "\"", 1);
+        return;
     }
-    if (n) {
-        proto_jw_raw(w, s + run, n - run);
+    proto_jw_raw(w, "\"", 1);
+    if (max) {
+        put_run(w, s, strnlen(s, max));
     }
     proto_jw_raw(w, "\"", 1);
 }

@@ -325,12 +325,17 @@ const char *policy_action_name(enum policy_action a)
 void prefs_set_rule(struct policy_decision *d, enum policy_action a, const char *rule,
                     const char *arg)
 {
+    /* snprintf's "%s:%s" / "%s", without printf: once per notification. */
+    size_t cap = sizeof(d->rule) - 1, n = strnlen(rule, cap);
     d->action = a;
-    if (arg) {
-        snprintf(d->rule, sizeof(d->rule), "%s:%s", rule, arg);
-    } else {
-        snprintf(d->rule, sizeof(d->rule), "%s", rule);
+    memcpy(d->rule, rule, n);
+    if (arg && n < cap) {
+        d->rule[n++] = ':';
+        size_t an = strnlen(arg, cap - n);
+        memcpy(d->rule + n, arg, an);
+        n += an;
     }
+    d->rule[n] = '\0';
 }
 
 /* The instant the wall clock of tz shows `minutes` on local day `days`

@@ -180,6 +180,11 @@ bool proto_utf8_valid(const unsigned char *s, size_t len, size_t *bad_off)
         size_t need;
         unsigned char lo = 0x80, hi = 0xBF; /* allowed range of the 2nd byte */
 
+        /* Mostly ASCII: a word at a time. */
+        if (len - i >= 8 && !proto_word_non_ascii(s + i)) {
+            i += 8;
+            continue;
+        }
         if (c < 0x80) {
             i++;
             continue;
@@ -288,9 +293,22 @@ static bool scan_string(struct json_scan *js)
     size_t i = js->pos + 1;
 
     while (i < js->len) {
-        unsigned char c = js->s[i];
+        unsigned char c = 0;
         unsigned cp, lo;
 
+        /* Plain text (no quote, backslash or control byte): byte by byte
+         * for up to 8 bytes (most strings end there), then a word at a
+         * time while it lasts. */
+        size_t stop = js->len - i > 8 ? i + 8 : js->len;
+        while (i < stop && !proto_json_special[c = js->s[i]]) {
+            i++;
+        }
+        if (i == stop) {
+            while (js->len - i >= 8 && !proto_word_special(js->s + i)) {
+                i += 8;
+            }
+            continue;
+        }
         if (c == '"') {
             js->pos = i + 1;
             return true;
@@ -300,10 +318,7 @@ static bool scan_string(struct json_scan *js)
             js->pos = i;
             return false;
         }
-        if (c != '\\') {
-            i++;
-            continue;
-        }
+        /* A backslash. */
         if (i + 1 >= js->len) {
             break;
         }
@@ -709,8 +724,18 @@ int proto_check_dup_keys(const cJSON *obj, const char *prefix, struct proto_erro
  */
 static int check_text(const char *s, const char *top, const char *what, struct proto_error *err)
 {
-    size_t len = strlen(s), bad = 0;
+    const char *p = s;
+    size_t len, bad = 0;
 
+    /* ASCII (keys, ids, most values) ends here, without strlen and the
+     * full check: no byte of it can be invalid or the sentinel. */
+    while ((unsigned char)*p - 1u < 0x7Fu) {
+        p++;
+    }
+    if (*p == '\0') {
+        return 0;
+    }
+    len = strlen(s);
     if (!proto_utf8_valid((const unsigned char *)s, len, &bad)) {
         if ((unsigned char)s[bad] == PROTO_NUL_SENTINEL) {
             proto_err_set(err, PROTO_R_BAD_VALUE, top, "%s contains \\u0000", what);
@@ -832,16 +857,14 @@ static int too_long(const char *field, size_t max, size_t got, struct proto_erro
 }
 
 /*
- * Fetch an optional string member. Returns 0 with *out NULL when absent,
- * 0 with *out set when present, non-empty and at most max bytes (max 0: no
- * limit), or TDG_EINVAL_INPUT (wrong_type, empty, too_long).
+ * An optional string member j (NULL: absent) named key. Returns 0 with *out
+ * NULL when absent, 0 with *out set when present, non-empty and at most max
+ * bytes (max 0: no limit), or TDG_EINVAL_INPUT (wrong_type, empty,
+ * too_long).
  */
-static int get_str(const cJSON *obj, const char *key, size_t max, const char **out,
+static int get_str(const cJSON *j, const char *key, size_t max, const char **out,
                    struct proto_error *err)
 {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
-    size_t len;
-
     *out = NULL;
     if (!j) {
         return 0;
@@ -849,24 +872,23 @@ static int get_str(const cJSON *obj, const char *key, size_t max, const char **o
     if (!cJSON_IsString(j)) {
         return wrong_type(j, key, "string", err);
     }
-    len = strlen(j->valuestring);
-    if (len == 0) {
+    if (j->valuestring[0] == '\0') {
         proto_err_set(err, PROTO_R_EMPTY, key, "must not be empty");
         return TDG_EINVAL_INPUT;
     }
-    if (max && len > max) {
-        return too_long(key, max, len, err);
+    if (max && strnlen(j->valuestring, max + 1) > max) {
+        return too_long(key, max, strlen(j->valuestring), err);
     }
     *out = j->valuestring;
     return 0;
 }
 
 /* get_str plus a character set; bad characters are bad_value. */
-static int get_token(const cJSON *obj, const char *key, size_t max, unsigned classes,
+static int get_token(const cJSON *j, const char *key, size_t max, unsigned classes,
                      const char *extra, const char *allowed, const char **out,
                      struct proto_error *err)
 {
-    int rc = get_str(obj, key, max, out, err);
+    int rc = get_str(j, key, max, out, err);
 
     if (rc == 0 && *out && !charset_ok(*out, classes, extra)) {
         *out = NULL;
@@ -890,9 +912,8 @@ bool proto_id_valid(const char *id)
 
 /* --- the fields ------------------------------------------------------- */
 
-static int check_to(const cJSON *obj, struct notification *n, struct proto_error *err)
+static int check_to(const cJSON *j, struct notification *n, struct proto_error *err)
 {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, "to");
     const char *s, *x;
     size_t xlen;
 
@@ -943,10 +964,10 @@ static int check_to(const cJSON *obj, struct notification *n, struct proto_error
     return 0;
 }
 
-static int check_priority(const cJSON *obj, struct notification *n, struct proto_error *err)
+static int check_priority(const cJSON *j, struct notification *n, struct proto_error *err)
 {
     const char *s;
-    int rc = get_str(obj, "priority", 0, &s, err);
+    int rc = get_str(j, "priority", 0, &s, err);
 
     n->priority = PROTO_PRIO_NORMAL;
     if (rc || !s) {
@@ -963,11 +984,9 @@ static int check_priority(const cJSON *obj, struct notification *n, struct proto
 }
 
 /* title / body: any string, "" allowed (counts as absent). */
-static int check_text_field(const cJSON *obj, const char *key, const char **out,
+static int check_text_field(const cJSON *j, const char *key, const char **out,
                             struct proto_error *err)
 {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
-
     *out = NULL;
     if (!j) {
         return 0;
@@ -997,9 +1016,17 @@ static bool data_key_reserved(const char *k)
     return strncmp(k, "google.", 7) == 0 || strncmp(k, "gcm.", 4) == 0;
 }
 
-static int check_data(const cJSON *obj, struct notification *n, struct proto_error *err)
+/* snprintf(dst, cap, "data.%s", key), cap > 5: the field of an error. */
+static void data_field(char *dst, size_t cap, const char *key)
 {
-    const cJSON *d = cJSON_GetObjectItemCaseSensitive(obj, "data");
+    size_t k = strnlen(key, cap - 6);
+    memcpy(dst, "data.", 5);
+    memcpy(dst + 5, key, k);
+    dst[5 + k] = '\0';
+}
+
+static int check_data(const cJSON *d, struct notification *n, struct proto_error *err)
+{
     char field[sizeof(err->field)];
     int rc;
 
@@ -1017,19 +1044,22 @@ static int check_data(const cJSON *obj, struct notification *n, struct proto_err
     for (const cJSON *kv = d->child; kv; kv = kv->next) {
         size_t klen = strlen(kv->string);
 
-        snprintf(field, sizeof(field), "data.%s", kv->string);
+        /* The field ("data.<key>") is only written for an error. */
         if (klen == 0) {
             proto_err_set(err, PROTO_R_EMPTY, "data", "empty key");
             return TDG_EINVAL_INPUT;
         }
         if (klen > PROTO_DATA_KEY_MAX) {
+            data_field(field, sizeof(field), kv->string);
             return too_long(field, PROTO_DATA_KEY_MAX, klen, err);
         }
         if (data_key_reserved(kv->string)) {
+            data_field(field, sizeof(field), kv->string);
             proto_err_set(err, PROTO_R_BAD_VALUE, field, "key reserved by APNs/FCM");
             return TDG_EINVAL_INPUT;
         }
         if (!cJSON_IsString(kv) && !cJSON_IsNumber(kv) && !cJSON_IsBool(kv)) {
+            data_field(field, sizeof(field), kv->string);
             return wrong_type(kv, field, "string, number or boolean", err);
         }
     }
@@ -1037,9 +1067,8 @@ static int check_data(const cJSON *obj, struct notification *n, struct proto_err
     return 0;
 }
 
-static int check_channels(const cJSON *obj, struct notification *n, struct proto_error *err)
+static int check_channels(const cJSON *a, struct notification *n, struct proto_error *err)
 {
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(obj, "channels");
     char field[sizeof(err->field)];
     unsigned mask = 0;
     int i = 0;
@@ -1058,11 +1087,13 @@ static int check_channels(const cJSON *obj, struct notification *n, struct proto
     for (const cJSON *c = a->child; c; c = c->next, i++) {
         size_t k;
 
-        snprintf(field, sizeof(field), "channels[%d]", i);
+        /* The field ("channels[<i>]") is only written for an error. */
         if (!cJSON_IsString(c)) {
+            snprintf(field, sizeof(field), "channels[%d]", i);
             return wrong_type(c, field, "string", err);
         }
         if (c->valuestring[0] == '\0') {
+            snprintf(field, sizeof(field), "channels[%d]", i);
             proto_err_set(err, PROTO_R_EMPTY, field, "must not be empty");
             return TDG_EINVAL_INPUT;
         }
@@ -1072,11 +1103,13 @@ static int check_channels(const cJSON *obj, struct notification *n, struct proto
             }
         }
         if (k == N_CHANNELS) {
+            snprintf(field, sizeof(field), "channels[%d]", i);
             proto_err_set(err, PROTO_R_BAD_VALUE, field,
                           "expected push, sms, email, desktop or local");
             return TDG_EINVAL_INPUT;
         }
         if (mask & (unsigned)channel_rows[k].bit) {
+            snprintf(field, sizeof(field), "channels[%d]", i);
             proto_err_set(err, PROTO_R_BAD_VALUE, field, "channel given twice");
             return TDG_EINVAL_INPUT;
         }
@@ -1086,9 +1119,8 @@ static int check_channels(const cJSON *obj, struct notification *n, struct proto
     return 0;
 }
 
-static int check_ttl(const cJSON *obj, struct notification *n, struct proto_error *err)
+static int check_ttl(const cJSON *j, struct notification *n, struct proto_error *err)
 {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, "ttl");
     double v;
 
     n->ttl_s = 0;
@@ -1111,7 +1143,8 @@ static int check_ttl(const cJSON *obj, struct notification *n, struct proto_erro
     return 0;
 }
 
-static int check_deliver_at(const cJSON *obj, struct notification *n, struct proto_error *err)
+static int check_deliver_at(const cJSON *atj, const cJSON *tzj, struct notification *n,
+                            struct proto_error *err)
 {
     const char *at, *tz;
     int rc;
@@ -1120,11 +1153,11 @@ static int check_deliver_at(const cJSON *obj, struct notification *n, struct pro
     n->deliver_at_ms = 0;
     n->deliver_at_user_tz = false;
     n->deliver_at_local = NULL;
-    rc = get_str(obj, "deliver_at", 0, &at, err);
+    rc = get_str(atj, "deliver_at", 0, &at, err);
     if (rc) {
         return rc;
     }
-    rc = get_str(obj, "tz", 0, &tz, err);
+    rc = get_str(tzj, "tz", 0, &tz, err);
     if (rc) {
         return rc;
     }
@@ -1159,10 +1192,10 @@ static int check_deliver_at(const cJSON *obj, struct notification *n, struct pro
 
 /* "accepted_at" is written by Tidings itself; a malformed one (from an old
  * or foreign sender) is an error like any other time field. */
-static int check_accepted_at(const cJSON *obj, struct notification *n, struct proto_error *err)
+static int check_accepted_at(const cJSON *j, struct notification *n, struct proto_error *err)
 {
     const char *at;
-    int rc = get_str(obj, "accepted_at", 0, &at, err);
+    int rc = get_str(j, "accepted_at", 0, &at, err);
 
     n->accepted_at_ms = 0;
     if (rc || !at) {
@@ -1175,10 +1208,8 @@ static int check_accepted_at(const cJSON *obj, struct notification *n, struct pr
     return 0;
 }
 
-static int check_vars(const cJSON *obj, struct notification *n, struct proto_error *err)
+static int check_vars(const cJSON *v, struct notification *n, struct proto_error *err)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "vars");
-
     n->vars = NULL;
     if (!v) {
         return 0;
@@ -1227,6 +1258,97 @@ static size_t count_numbers(const cJSON *item)
     return c;
 }
 
+/* The known top-level fields, found in one pass over the object's members
+ * (find_fields) instead of one lookup by name per field. */
+enum field_slot {
+    F_ID,
+    F_TO,
+    F_CATEGORY,
+    F_PRIORITY,
+    F_TITLE,
+    F_BODY,
+    F_DATA,
+    F_CHANNELS,
+    F_TTL,
+    F_DELIVER_AT,
+    F_TZ,
+    F_COLLAPSE_KEY,
+    F_ACCEPTED_AT,
+    F_TEMPLATE,
+    F_VARS,
+    F_LOCALE,
+    F_COUNT
+};
+
+/* The slot of a known key, or -1. */
+static int field_slot(const char *k)
+{
+#define IS(lit) (strcmp(k, lit) == 0)
+    switch (k[0]) {
+    case 'a':
+        return IS("accepted_at") ? F_ACCEPTED_AT : -1;
+    case 'b':
+        return IS("body") ? F_BODY : -1;
+    case 'c':
+        return IS("category")       ? F_CATEGORY
+               : IS("channels")     ? F_CHANNELS
+               : IS("collapse_key") ? F_COLLAPSE_KEY
+                                    : -1;
+    case 'd':
+        return IS("data") ? F_DATA : IS("deliver_at") ? F_DELIVER_AT : -1;
+    case 'i':
+        return IS("id") ? F_ID : -1;
+    case 'l':
+        return IS("locale") ? F_LOCALE : -1;
+    case 'p':
+        return IS("priority") ? F_PRIORITY : -1;
+    case 't':
+        return IS("to")         ? F_TO
+               : IS("title")    ? F_TITLE
+               : IS("ttl")      ? F_TTL
+               : IS("tz")       ? F_TZ
+               : IS("template") ? F_TEMPLATE
+                                : -1;
+    case 'v':
+        return IS("vars") ? F_VARS : -1;
+    default:
+        return -1;
+    }
+#undef IS
+}
+
+/*
+ * Point slot[] at the known members of obj (NULL: absent) and check its
+ * keys as proto_check_dup_keys(obj, "") does, with the same error. A key
+ * given twice is either a known key seen again or two unknown keys alike:
+ * only then (or for a member without a key, from a caller's tree) does
+ * proto_check_dup_keys run, to report exactly what it reports.
+ */
+static int find_fields(const cJSON *obj, const cJSON *slot[F_COUNT], struct proto_error *err)
+{
+    unsigned unknown = 0;
+    bool again = false;
+
+    memset(slot, 0, F_COUNT * sizeof(slot[0]));
+    for (const cJSON *m = obj->child; m; m = m->next) {
+        if (!m->string) {
+            return proto_check_dup_keys(obj, "", err);
+        }
+        int f = field_slot(m->string);
+        if (f < 0) {
+            unknown++;
+        } else if (slot[f]) {
+            again = true;
+        } else {
+            slot[f] = m;
+        }
+    }
+    if (again || unknown > 1) {
+        return proto_check_dup_keys(obj, "", err);
+    }
+    return 0;
+}
+
 /*
  * Validate obj (not freed here). raw_len is the wire size when known (0 when
  * the tree came from a caller), used to skip printing in the common case.
@@ -1234,6 +1356,7 @@ static size_t count_numbers(const cJSON *item)
 static int validate(cJSON *obj, size_t raw_len, bool exact, struct notification *n,
                     struct proto_error *err)
 {
+    const cJSON *f[F_COUNT];
     int rc;
 
     memset(n, 0, sizeof(*n));
@@ -1242,7 +1365,7 @@ static int validate(cJSON *obj, size_t raw_len, bool exact, struct notification 
                       obj ? proto_json_type(obj) : "nothing");
         return TDG_EINVAL_INPUT;
     }
-    rc = proto_check_dup_keys(obj, "", err);
+    rc = find_fields(obj, f, err);
     if (rc) {
         return rc;
     }
@@ -1251,54 +1374,55 @@ static int validate(cJSON *obj, size_t raw_len, bool exact, struct notification 
         return rc;
     }
 
-    rc = get_str(obj, "id", PROTO_ID_MAX, &n->id, err);
+    rc = get_str(f[F_ID], "id", PROTO_ID_MAX, &n->id, err);
     if (rc == 0 && n->id && !proto_id_valid(n->id)) {
         proto_err_set(err, PROTO_R_BAD_VALUE, "id", "allowed characters: A-Z a-z 0-9 . _ : -");
         rc = TDG_EINVAL_INPUT;
     }
     if (rc == 0) {
-        rc = check_to(obj, n, err);
+        rc = check_to(f[F_TO], n, err);
     }
     if (rc == 0) {
-        rc = get_token(obj, "category", PROTO_CATEGORY_MAX, CS_LOWER | CS_DIGIT, "_.-",
+        rc = get_token(f[F_CATEGORY], "category", PROTO_CATEGORY_MAX, CS_LOWER | CS_DIGIT, "_.-",
                        "a-z 0-9 _ . -", &n->category, err);
     }
     if (rc == 0) {
-        rc = check_priority(obj, n, err);
+        rc = check_priority(f[F_PRIORITY], n, err);
     }
     if (rc == 0) {
-        rc = check_text_field(obj, "title", &n->title, err);
+        rc = check_text_field(f[F_TITLE], "title", &n->title, err);
     }
     if (rc == 0) {
-        rc = check_text_field(obj, "body", &n->body, err);
+        rc = check_text_field(f[F_BODY], "body", &n->body, err);
     }
     if (rc == 0) {
-        rc = check_data(obj, n, err);
+        rc = check_data(f[F_DATA], n, err);
     }
     if (rc == 0) {
-        rc = check_channels(obj, n, err);
+        rc = check_channels(f[F_CHANNELS], n, err);
     }
     if (rc == 0) {
-        rc = check_ttl(obj, n, err);
+        rc = check_ttl(f[F_TTL], n, err);
     }
     if (rc == 0) {
-        rc = check_deliver_at(obj, n, err);
+        rc = check_deliver_at(f[F_DELIVER_AT], f[F_TZ], n, err);
     }
     if (rc == 0) {
-        rc = get_str(obj, "collapse_key", PROTO_COLLAPSE_MAX, &n->collapse_key, err);
+        rc = get_str(f[F_COLLAPSE_KEY], "collapse_key", PROTO_COLLAPSE_MAX, &n->collapse_key, err);
     }
     if (rc == 0) {
-        rc = check_accepted_at(obj, n, err);
+        rc = check_accepted_at(f[F_ACCEPTED_AT], n, err);
     }
     if (rc == 0) {
-        rc = get_token(obj, "template", PROTO_TEMPLATE_MAX, CS_LOWER | CS_UPPER | CS_DIGIT, "._-",
-                       "A-Z a-z 0-9 . _ -", &n->template_name, err);
+        rc =
+            get_token(f[F_TEMPLATE], "template", PROTO_TEMPLATE_MAX, CS_LOWER | CS_UPPER | CS_DIGIT,
+                      "._-", "A-Z a-z 0-9 . _ -", &n->template_name, err);
     }
     if (rc == 0) {
-        rc = check_vars(obj, n, err);
+        rc = check_vars(f[F_VARS], n, err);
     }
     if (rc == 0) {
-        rc = get_token(obj, "locale", PROTO_LOCALE_MAX, CS_LOWER | CS_UPPER | CS_DIGIT, "-",
+        rc = get_token(f[F_LOCALE], "locale", PROTO_LOCALE_MAX, CS_LOWER | CS_UPPER | CS_DIGIT, "-",
                        "A-Z a-z 0-9 -", &n->locale, err);
     }
     if (rc == 0 && !n->title && !n->body && !n->template_name) {

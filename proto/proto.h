@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct cJSON;
 
@@ -282,7 +283,16 @@ struct proto_jw {
     char *p;
     size_t cap, len;
 };
-void proto_jw_raw(struct proto_jw *w, const char *s, size_t n);
+/* n bytes of s as they are. Inline: the writers call it for every
+ * punctuation mark and key. */
+static inline void proto_jw_raw(struct proto_jw *w, const char *s, size_t n)
+{
+    if (w->len + 1 < w->cap) {
+        size_t room = w->cap - 1 - w->len;
+        memcpy(w->p + w->len, s, n < room ? n : room);
+    }
+    w->len += n;
+}
 /* A JSON string of the first max bytes of s at most (SIZE_MAX: to the NUL):
  * '"' and '\' escaped, \b \f \n \r \t, other bytes below 0x20 as
  * \u00xx (lower-case hex), everything else (0x7f, UTF-8) as is. */

@@ -9,6 +9,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 /*
  * A string escape "\u0000" cannot be represented in a cJSON string (it would
@@ -20,6 +22,35 @@
  * "the sender wrote \u0000 here". proto_from_json() rejects it as bad_value.
  */
 #define PROTO_NUL_SENTINEL 0xFFu
+
+/* 1 for the bytes that are special inside a JSON string: below 0x20, '"'
+ * and '\\' (json_print.c). */
+extern const unsigned char proto_json_special[256];
+
+/* Whether any of the 8 bytes at p is special inside a JSON string: below
+ * 0x20, '"' or '\\' (escaped when written, ends or escapes when read). Exact
+ * for the 8 bytes as a whole, whatever the byte order (the haszero and
+ * hasless tricks of "Bit Twiddling Hacks"); p need not be aligned. For
+ * skipping plain text a word at a time. */
+static inline bool proto_word_special(const void *p)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    uint64_t w;
+    memcpy(&w, p, sizeof(w));
+    uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+    uint64_t low = (w - ones * 0x20) & ~w; /* a byte < 0x20 */
+    uint64_t quote = (q - ones) & ~q;      /* a byte == '"' */
+    uint64_t bslash = (b - ones) & ~b;     /* a byte == '\\' */
+    return ((low | quote | bslash) & highs) != 0;
+}
+
+/* Whether any of the 8 bytes at p is not ASCII (p need not be aligned). */
+static inline bool proto_word_non_ascii(const void *p)
+{
+    uint64_t w;
+    memcpy(&w, p, sizeof(w));
+    return (w & 0x8080808080808080u) != 0;
+}
 
 /* Fill err (which may be NULL) with one rejection. field may be NULL. */
 void proto_err_set(struct proto_error *err, enum proto_reason r, const char *field, const char *fmt,

@@ -159,6 +159,29 @@ static void token_refresh_if_due(struct apns *a, int64_t now_ms)
 
 /* --- format ------------------------------------------------------------ */
 
+/* snprintf(dst, cap, "%s", src) without printf: the first cap - 1 bytes. */
+static void copy_trunc(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* dst = a b c, or false when that does not fit cap (with its NUL). */
+static bool join3(char *dst, size_t cap, const char *a, const char *b, const char *c)
+{
+    size_t an = strnlen(a, cap), bn = strnlen(b, cap), cn = strnlen(c, cap);
+    if (an + bn + cn >= cap) {
+        dst[0] = '\0';
+        return false;
+    }
+    memcpy(dst, a, an);
+    memcpy(dst + an, b, bn);
+    memcpy(dst + an + bn, c, cn);
+    dst[an + bn + cn] = '\0';
+    return true;
+}
+
 static bool device_token_ok(const char *t)
 {
     size_t n = 0;
@@ -303,11 +326,10 @@ static int apns_format(void *state, const struct channel_delivery *d, struct cha
     if (dev->environment && strcmp(dev->environment, "sandbox") == 0 && a->cfg.sandbox_url[0]) {
         base = a->cfg.sandbox_url;
     }
-    int ul = snprintf(req->url, sizeof(req->url), "%s/3/device/%s", base, dev->token);
-    if (ul < 0 || (size_t)ul >= sizeof(req->url)) {
+    if (!join3(req->url, sizeof(req->url), base, "/3/device/", dev->token)) {
         return channel_drop(out, "BadDeviceToken", CHANNEL_DEVICE_FLAG, TDG_EINVAL_INPUT);
     }
-    snprintf(req->method, sizeof(req->method), "POST");
+    memcpy(req->method, "POST", sizeof("POST"));
 
     token_refresh_if_due(a, a->clock(a->clock_arg));
 
@@ -316,17 +338,18 @@ static int apns_format(void *state, const struct channel_delivery *d, struct cha
      * at once, which low-priority alerts should not do. */
     int prio = alert && n->priority != PROTO_PRIO_LOW ? 10 : 5;
     int rc = 0;
+    /* Without printf: this runs once per notification and device. */
     if (!a->cert_auth) {
-        rc |= channel_add_header(req, HDR_AUTH_PREFIX "%s", a->jwt);
+        rc |= channel_add_header_str(req, HDR_AUTH_PREFIX, a->jwt);
     }
-    rc |= channel_add_header(req, "apns-topic: %s", topic);
-    rc |= channel_add_header(req, "apns-push-type: %s", alert ? "alert" : "background");
-    rc |= channel_add_header(req, "apns-priority: %d", prio);
+    rc |= channel_add_header_str(req, "apns-topic: ", topic);
+    rc |= channel_add_header_str(req, "apns-push-type: ", alert ? "alert" : "background");
+    rc |= channel_add_header_int(req, "apns-priority: ", prio);
     if (n->ttl_s > 0) {
-        rc |= channel_add_header(req, "apns-expiration: %" PRId64, d->now_ms / 1000 + n->ttl_s);
+        rc |= channel_add_header_int(req, "apns-expiration: ", d->now_ms / 1000 + n->ttl_s);
     }
     if (n->collapse_key) {
-        rc |= channel_add_header(req, "apns-collapse-id: %s", n->collapse_key);
+        rc |= channel_add_header_str(req, "apns-collapse-id: ", n->collapse_key);
     }
     if (rc != 0) {
         return channel_drop(out, "HeaderTooLong", CHANNEL_DEVICE_NONE, TDG_EINVAL_INPUT);
@@ -355,7 +378,7 @@ void apns_map_answer(int status, const char *body, size_t body_len, const char *
     out->status = status;
     if (status == 200) {
         out->result = CHANNEL_OK;
-        snprintf(out->provider_id, sizeof(out->provider_id), "%s", apns_id ? apns_id : "");
+        copy_trunc(out->provider_id, sizeof(out->provider_id), apns_id ? apns_id : "");
         return;
     }
 
@@ -494,7 +517,7 @@ static int apns_send(void *state, const struct channel_delivery *d, channel_done
     }
     channel_call_init(&a->calls, &c->base, done, ctx);
     c->a = a;
-    snprintf(c->tok, sizeof(c->tok), "%.*s", TOKEN_LOG_LEN, d->dev->token ? d->dev->token : "");
+    copy_trunc(c->tok, sizeof(c->tok), d->dev->token ? d->dev->token : "");
 
     struct channel_outcome o;
     int rc = apns_format(a, d, &a->req, &o);

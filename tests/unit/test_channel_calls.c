@@ -304,6 +304,43 @@ static void test_read_secret(void **state)
     assert_int_equal(channel_read_secret_line(path, buf, sizeof(buf)), -ENOENT);
 }
 
+/* The printf-free header helpers write what channel_add_header writes, and
+ * refuse what it refuses (a line that does not fit a slot, no free slot). */
+static void test_header_helpers(void **state)
+{
+    (void)state;
+    static struct channel_request a, b;
+    char value[300];
+    for (size_t vn = 0; vn < sizeof(value); vn += 7) {
+        memset(value, 'v', vn);
+        value[vn] = '\0';
+        channel_request_reset(&a);
+        channel_request_reset(&b);
+        int ra = channel_add_header(&a, "apns-topic: %s", value);
+        int rb = channel_add_header_str(&b, "apns-topic: ", value);
+        assert_int_equal(ra, rb);
+        assert_int_equal(a.nheaders, b.nheaders);
+        if (ra == 0) {
+            assert_string_equal(a.headers[0], b.headers[0]);
+        }
+    }
+    static const int64_t nums[] = {0, 5, 10, -1, 1763779200, INT64_MAX, INT64_MIN, -987654321};
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        channel_request_reset(&a);
+        channel_request_reset(&b);
+        assert_int_equal(channel_add_header(&a, "apns-expiration: %lld", (long long)nums[i]), 0);
+        assert_int_equal(channel_add_header_int(&b, "apns-expiration: ", nums[i]), 0);
+        assert_string_equal(a.headers[0], b.headers[0]);
+    }
+    channel_request_reset(&b);
+    for (unsigned i = 0; i < CHANNEL_MAX_HEADERS; i++) {
+        assert_int_equal(channel_add_header_str(&b, "x: ", "y"), 0);
+    }
+    assert_int_equal(channel_add_header_str(&b, "x: ", "y"), -ENOSPC);
+    assert_int_equal(channel_add_header_int(&b, "x: ", 1), -ENOSPC);
+    assert_int_equal(b.nheaders, CHANNEL_MAX_HEADERS);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -315,6 +352,7 @@ int main(void)
         cmocka_unit_test(test_no_tenant),
         cmocka_unit_test(test_check_claims),
         cmocka_unit_test(test_read_secret),
+        cmocka_unit_test(test_header_helpers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -140,6 +141,49 @@ static void test_strings_and_nesting(void **state)
     cJSON_Delete(n);
 }
 
+/* The first 16 bytes of a string are written directly, the rest skipped a
+ * word (8 bytes) at a time until a byte needs an escape: every byte value
+ * at every position of strings up to 16 bytes and 3 words long, and pairs
+ * of them, written as cJSON writes them. */
+static void test_escape_positions(void **state)
+{
+    (void)state;
+    char s[48];
+    for (int c = 1; c < 256; c++) {
+        for (size_t len = 1; len <= 41; len++) {
+            for (size_t at = 0; at < len; at++) {
+                memset(s, 'a', len);
+                s[len] = '\0';
+                s[at] = (char)c;
+                cJSON *str = cJSON_CreateString(s);
+                assert_non_null(str);
+                same_as_cjson(str);
+                /* A second one further on (a quote, a control character). */
+                if (at + 9 < len) {
+                    str->valuestring[at + 9] = c % 2 ? '"' : '\n';
+                    same_as_cjson(str);
+                }
+                cJSON_Delete(str);
+            }
+        }
+    }
+    /* proto_jw_str with a bound: the first max bytes, escaped. */
+    const char *text = "0123456789\"abcdefghij\\klmnop";
+    for (size_t max = 0; max <= strlen(text) + 2; max++) {
+        char want_s[64];
+        snprintf(want_s, sizeof(want_s), "%.*s", (int)max, text);
+        cJSON *str = cJSON_CreateString(want_s);
+        char *want = cJSON_PrintUnformatted(str);
+        char got[128];
+        struct proto_jw w = {.p = got, .cap = sizeof(got)};
+        proto_jw_str(&w, text, max);
+        assert_true(proto_jw_end(&w));
+        assert_string_equal(got, want);
+        free(want);
+        cJSON_Delete(str);
+    }
+}
+
 static void test_bounds(void **state)
 {
     (void)state;
@@ -172,6 +216,7 @@ int main(void)
         cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_long_integers),
         cmocka_unit_test(test_strings_and_nesting),
+        cmocka_unit_test(test_escape_positions),
         cmocka_unit_test(test_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -396,10 +396,40 @@ static void test_deliver_at(void **state)
     tz_free(berlin);
 }
 
+/* prefs_set_rule writes "rule:arg" (or "rule") as snprintf would, cut at
+ * the field's size. */
+static void test_set_rule(void **state)
+{
+    (void)state;
+    /* want: room for the whole text, then cut where the field ends. */
+    char rule[POLICY_RULE_MAX + 10], arg[POLICY_RULE_MAX + 10], want[3 * POLICY_RULE_MAX];
+    for (size_t rn = 1; rn < sizeof(rule); rn += 3) {
+        memset(rule, 'r', rn);
+        rule[rn] = '\0';
+        for (size_t an = 0; an < sizeof(arg); an += 5) {
+            memset(arg, 'a', an);
+            arg[an] = '\0';
+            struct policy_decision d;
+            memset(&d, 0x55, sizeof(d));
+            prefs_set_rule(&d, POLICY_SUPPRESS, rule, arg);
+            snprintf(want, sizeof(want), "%s:%s", rule, arg);
+            want[POLICY_RULE_MAX - 1] = '\0';
+            assert_string_equal(d.rule, want);
+            assert_int_equal(d.action, POLICY_SUPPRESS);
+            prefs_set_rule(&d, POLICY_ALLOW, rule, NULL);
+            snprintf(want, sizeof(want), "%s", rule);
+            want[POLICY_RULE_MAX - 1] = '\0';
+            assert_string_equal(d.rule, want);
+            assert_int_equal(d.action, POLICY_ALLOW);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hhmm),
+        cmocka_unit_test(test_set_rule),
         cmocka_unit_test(test_category_fields),
         cmocka_unit_test(test_strict_and_lenient),
         cmocka_unit_test(test_quiet_fields),

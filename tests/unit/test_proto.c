@@ -351,6 +351,60 @@ static void test_utf8(void **state)
 
 /* --- JSON syntax ------------------------------------------------------ */
 
+/* Strings are scanned a word at a time past their first 8 bytes: every
+ * offending byte is still found at its exact offset, wherever it falls. */
+static void test_scan_positions(void **state)
+{
+    (void)state;
+    static const char pre[] = "{\"to\":\"local\",\"title\":\"";
+    static const struct {
+        const char *bad;
+        const char *why;
+    } cases[] = {
+        {"\x01", "control character in string"},
+        {"\x1f", "control character in string"},
+        {"\n", "control character in string"},
+        {"\\x", "bad escape"},
+        {"\\u12G4", "bad \\u escape"},
+        {"\\udc00", "lone low surrogate"},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        for (size_t at = 0; at < 40; at++) {
+            char doc[256], want[96];
+            size_t k = 0;
+            memcpy(doc, pre, sizeof(pre) - 1);
+            k = sizeof(pre) - 1;
+            memset(doc + k, 'a', at);
+            k += at;
+            size_t bl = strlen(cases[c].bad);
+            memcpy(doc + k, cases[c].bad, bl);
+            k += bl;
+            memset(doc + k, 'b', 20);
+            k += 20;
+            memcpy(doc + k, "\"}", 3);
+            struct notification n;
+            struct proto_error e;
+            memset(&e, 0, sizeof(e));
+            assert_int_not_equal(proto_parse(doc, strlen(doc), &n, &e), 0);
+            assert_int_equal(e.reason, PROTO_R_MALFORMED_JSON);
+            snprintf(want, sizeof(want), "%s at byte %zu", cases[c].why, sizeof(pre) - 1 + at);
+            assert_string_equal(e.detail, want);
+        }
+    }
+    /* And escapes anywhere are taken (the text around them is plain). */
+    for (size_t at = 0; at < 40; at++) {
+        char doc[256];
+        snprintf(doc, sizeof(doc), "%s%.*s\\\"\\u00e9%.*s\"}", pre, (int)at,
+                 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", (int)(39 - at),
+                 "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+        struct notification n;
+        struct proto_error e;
+        assert_int_equal(proto_parse(doc, strlen(doc), &n, &e), 0);
+        assert_int_equal(strlen(n.title), 39 + 1 + 2);
+        notification_free(&n);
+    }
+}
+
 static void test_malformed_json(void **state)
 {
     static const char *const bad[] = {
@@ -462,6 +516,94 @@ static void test_duplicate_key(void **state)
     }
     REJECT("{\"to\":\"local\",\"title\":\"t\",\"data\":{\"a\":1,\"a\":2}}", PROTO_R_DUPLICATE_KEY,
            "data.a");
+    /* Two keys given twice: the one whose first use comes first is named,
+     * known fields and unknown ones alike (up to 16 members). */
+    REJECT("{\"x\":1,\"to\":\"local\",\"title\":\"a\",\"title\":\"b\",\"x\":2}",
+           PROTO_R_DUPLICATE_KEY, "x");
+    REJECT("{\"title\":\"a\",\"x\":1,\"x\":2,\"to\":\"local\",\"title\":\"b\"}",
+           PROTO_R_DUPLICATE_KEY, "title");
+    REJECT("{\"y\":1,\"to\":\"local\",\"x\":1,\"title\":\"a\",\"x\":2,\"y\":3}",
+           PROTO_R_DUPLICATE_KEY, "y");
+    REJECT("{\"to\":\"local\",\"ttl\":1,\"tz\":\"user\",\"title\":\"a\",\"tz\":\"user\",\"ttl\":2}",
+           PROTO_R_DUPLICATE_KEY, "ttl");
+    /* Several unknown keys, all different: accepted. */
+    OK("{\"to\":\"local\",\"title\":\"a\",\"x\":1,\"y\":2,\"z\":3,\"t\":4,\"tit\":5}");
+    /* More than 16 members: the smallest key given twice (sorted). */
+    {
+        char *s = fmt("{\"to\":\"local\",\"title\":\"t\",\"k0\":0,\"k1\":1,\"k2\":2,\"k3\":3,"
+                      "\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,\"k9\":9,\"ka\":0,\"kb\":0,"
+                      "\"kc\":0,\"kd\":0,\"to\":\"local\",\"kf\":0,\"kg\":0,\"k5\":0}");
+        REJECT(s, PROTO_R_DUPLICATE_KEY, "k5");
+        free(s);
+    }
+}
+
+/* The field lookup of validate finds duplicate keys in one pass over the
+ * members; what it reports must be what proto_check_dup_keys reports (the
+ * order of the checks is pinned by test_duplicate_key and test_order).
+ * Every object of 2..6 members over a small key alphabet (known fields,
+ * prefixes of them, unknown keys), as a tree handed to proto_from_json. */
+static void test_duplicate_key_exhaustive(void **state)
+{
+    (void)state;
+    static const char *const keys[] = {"to", "title", "t", "x", "tz", "ttl", "titles"};
+    enum { K = sizeof(keys) / sizeof(keys[0]) };
+    unsigned long checked = 0;
+    for (int len = 2; len <= 6; len++) {
+        unsigned long total = 1;
+        for (int i = 0; i < len; i++) {
+            total *= K;
+        }
+        for (unsigned long code = 0; code < total; code++) {
+            cJSON *o = cJSON_CreateObject();
+            assert_non_null(o);
+            unsigned long c = code;
+            for (int i = 0; i < len; i++, c /= K) {
+                const char *k = keys[c % K];
+                cJSON *v = strcmp(k, "to") == 0      ? cJSON_CreateString("local")
+                           : strcmp(k, "title") == 0 ? cJSON_CreateString("a")
+                           : strcmp(k, "tz") == 0    ? cJSON_CreateString("user")
+                                                     : cJSON_CreateNumber(1);
+                assert_non_null(v);
+                cJSON_AddItemToObject(o, k, v);
+            }
+            char text[512];
+            assert_true(cJSON_PrintPreallocated(o, text, (int)sizeof(text), 0));
+            /* The rule for up to 16 members: the first key that comes again. */
+            const char *want = NULL;
+            for (const cJSON *x = o->child; x && !want; x = x->next) {
+                for (const cJSON *y = x->next; y; y = y->next) {
+                    if (strcmp(x->string, y->string) == 0) {
+                        want = x->string;
+                        break;
+                    }
+                }
+            }
+            char wantbuf[16] = "";
+            if (want) {
+                snprintf(wantbuf, sizeof(wantbuf), "%s", want);
+            }
+            struct notification n;
+            struct proto_error got;
+            memset(&got, 0, sizeof(got));
+            int rc = proto_from_json(o, &n, &got); /* frees o when it fails */
+            if (want) {
+                if (rc == 0 || got.reason != PROTO_R_DUPLICATE_KEY ||
+                    strcmp(got.field, wantbuf) != 0) {
+                    print_error("%s: want duplicate_key '%s', got rc %d %s '%s'\n", text,
+                                wantbuf, rc, proto_reason_code(got.reason), got.field);
+                    fail();
+                }
+            } else if (rc != 0) {
+                assert_int_not_equal(got.reason, PROTO_R_DUPLICATE_KEY);
+            }
+            if (rc == 0) {
+                notification_free(&n);
+            }
+            checked++;
+        }
+    }
+    assert_true(checked > 100000);
 }
 
 static void test_nul_escape(void **state)
@@ -1637,6 +1779,82 @@ static void test_batch_parse(void **state)
 
 /* --- acks ------------------------------------------------------------- */
 
+/* The ack envelope as the cJSON tree proto_acks_serialize used to print. */
+static char *acks_via_cjson(const struct proto_ack *acks, size_t n)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddNumberToObject(root, "v", 1);
+    cJSON *arr = cJSON_AddArrayToObject(root, "acks");
+    for (size_t i = 0; i < n; i++) {
+        const struct proto_ack *a = &acks[i];
+        char id[sizeof(a->id)], field[sizeof(a->field)];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToArray(arr, o);
+        memcpy(id, a->id, sizeof(id));
+        id[sizeof(id) - 1] = '\0';
+        memcpy(field, a->field, sizeof(field));
+        field[sizeof(field) - 1] = '\0';
+        cJSON_AddStringToObject(o, "id", id);
+        cJSON_AddBoolToObject(o, "ok", a->ok);
+        if (a->ok) {
+            continue;
+        }
+        cJSON_AddStringToObject(o, "reason", proto_reason_code(a->reason));
+        if (field[0]) {
+            cJSON_AddStringToObject(o, "field", field);
+        }
+    }
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return s;
+}
+
+/* proto_acks_serialize writes the envelope directly: byte for byte what the
+ * cJSON tree printed, for ok and rejected items, escaped fields, arrays
+ * without a NUL, and envelopes longer than its first guess at the size. */
+static void test_acks_bytes(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    struct proto_ack *in = calloc(N, sizeof(*in));
+    assert_non_null(in);
+    for (size_t i = 0; i < N; i++) {
+        struct proto_ack *a = &in[i];
+        snprintf(a->id, sizeof(a->id), "gw-%zu", i);
+        a->ok = i % 3 == 0;
+        a->reason = (enum proto_reason)(1 + i % (PROTO_REASON_COUNT - 1));
+        switch (i % 5) {
+        case 0:
+            break; /* no field */
+        case 1:
+            snprintf(a->field, sizeof(a->field), "data.\"k\\%zu\"\n\t\x01", i);
+            break;
+        case 2:
+            memset(a->field, '"', sizeof(a->field)); /* no NUL: 47 are printed */
+            break;
+        case 3:
+            memset(a->id, 'i', sizeof(a->id)); /* no NUL in the id either */
+            snprintf(a->field, sizeof(a->field), "channels[%zu]", i);
+            break;
+        default:
+            snprintf(a->field, sizeof(a->field), "data.\xc3\xa9t\xc3\xa9");
+            break;
+        }
+    }
+    for (size_t n = 0; n <= N; n += (n < 10 ? 1 : 29)) {
+        size_t len = 0;
+        char *got = proto_acks_serialize(in, n, &len);
+        char *want = acks_via_cjson(in, n);
+        assert_non_null(got);
+        assert_non_null(want);
+        assert_string_equal(got, want);
+        assert_int_equal(len, strlen(want));
+        free(got);
+        free(want);
+    }
+    free(in);
+}
+
 static void test_acks(void **state)
 {
     struct proto_ack in[4], *out = NULL;
@@ -1992,8 +2210,10 @@ int main(void)
         cmocka_unit_test(test_size_limit),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_malformed_json),
+        cmocka_unit_test(test_scan_positions),
         cmocka_unit_test(test_not_object),
         cmocka_unit_test(test_duplicate_key),
+        cmocka_unit_test(test_duplicate_key_exhaustive),
         cmocka_unit_test(test_nul_escape),
         cmocka_unit_test(test_id_field),
         cmocka_unit_test(test_to_field),
@@ -2019,6 +2239,7 @@ int main(void)
         cmocka_unit_test(test_batch_parse),
         cmocka_unit_test(test_item_check),
         cmocka_unit_test(test_acks),
+        cmocka_unit_test(test_acks_bytes),
         cmocka_unit_test(test_receipts_parse),
         cmocka_unit_test(test_error_text),
         cmocka_unit_test(test_accepted_at),
