@@ -2127,6 +2127,35 @@ static int req_fill(h2_t *h, struct h2_req *r, const struct origin *o, const str
     return 0;
 }
 
+int h2_check(const struct channel_request *req, const struct http_req_opts *ropts)
+{
+    struct target t;
+    int rc = parse_url(req->url, &t);
+    if (rc != 0) {
+        return rc;
+    }
+    if (ropts && ropts->capture) {
+        for (unsigned i = 0; ropts->capture[i]; i++) {
+            if (i >= HTTP_CAPTURE_MAX || strlen(ropts->capture[i]) > 255) {
+                return -EINVAL;
+            }
+        }
+    }
+    /* req_fill's header rules: a name, trimmed, is not empty and holds no
+     * blank (http.c checked the colon and CR/LF) */
+    for (unsigned i = 0; i < req->nheaders; i++) {
+        const char *line = req->headers[i];
+        size_t nlen = strcspn(line, ":");
+        while (nlen > 0 && (line[nlen - 1] == ' ' || line[nlen - 1] == '\t')) {
+            nlen--;
+        }
+        if (nlen == 0 || memchr(line, ' ', nlen) || memchr(line, '\t', nlen)) {
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 int h2_request(h2_t *h, const struct channel_request *req, const struct http_req_opts *ropts,
                http_done_cb done, void *ctx)
 {

@@ -7,7 +7,9 @@
  * captured headers into fixed buffers; bodies bounded by HTTP_BODY_MAX.
  * See docs/channels.md ("HTTP client") for the design.
  *
- * Single-threaded: every function runs on the loop's thread.
+ * Every function runs on the thread of its loop (hub/http.c's worker
+ * thread by default), except h2_check and http_client_cert_check (any
+ * thread). The nghttp2 sessions never leave that thread.
  */
 #ifndef TIDINGS_H2_H
 #define TIDINGS_H2_H
@@ -44,6 +46,13 @@ void h2_destroy(h2_t *c);
  * origins in use), -EINVAL (URL not usable), -ENOMEM. */
 int h2_request(h2_t *c, const struct channel_request *req, const struct http_req_opts *ropts,
                http_done_cb done, void *ctx);
+
+/* What h2_request would refuse with -EINVAL whatever its state, checked
+ * without touching the client (pure; any thread): 0 (an https request h2
+ * takes), H2_NOT_MINE (for the HTTP/1.1 client), or -EINVAL (the URL, a
+ * capture name over 255 bytes, a header name that is empty or holds a
+ * blank). req is already checked as h2_request expects. */
+int h2_check(const struct channel_request *req, const struct http_req_opts *ropts);
 
 /* Requests accepted and not yet completed (or handed over). */
 unsigned h2_inflight(const h2_t *c);

@@ -9,15 +9,24 @@
  * stream. An origin that does not negotiate h2 gets HTTP/1.1 over libcurl
  * (hub/http1.c) for requests that allow it (require_h2 false); so do
  * http:// URLs. Nothing blocks except the host name lookup (getaddrinfo),
- * done once per new connection and skipped for IP literals; no threads.
+ * done once per new connection and skipped for IP literals.
+ *
+ * Threads: by default each client runs those two on a worker thread of its
+ * own, with a private loop; http_request checks and copies the request on
+ * the caller's thread and hands it over, and the answers come back to the
+ * caller's loop (see http.c). http_opts.same_thread runs everything on the
+ * caller's loop instead. Either way the caller sees the same contract:
  *
  * Contract of http_request: when it returns 0, done(ctx, response) is called
- * exactly once, later, from the loop (never from inside http_request). When
- * it returns an error, done is never called. http_destroy aborts every
- * in-flight request without calling its done.
+ * exactly once, later, from the caller's loop, on its thread (never from
+ * inside http_request). When it returns an error, done is never called.
+ * Every error that depends only on the request (-EINVAL) is returned here,
+ * not through done. http_destroy aborts every in-flight request without
+ * calling its done.
  *
- * Single-threaded: every function must be called on the loop's thread. A done
- * callback may start new requests, but must not call http_destroy.
+ * Every function must be called on the thread of the loop given to
+ * http_create (http_client_cert_check: any thread). A done callback may
+ * start new requests, but must not call http_destroy.
  */
 #ifndef TIDINGS_HTTP_H
 #define TIDINGS_HTTP_H
@@ -60,6 +69,9 @@ struct http_opts {
                                     PKCS#12 file; NULL/"" = none */
     const char *client_key;      /* PEM key when client_cert holds none; NULL/"" = in cert */
     const char *client_password; /* PKCS#12 / encrypted PEM key password; NULL/"" = none */
+    /* false (the default): the HTTP/2 and HTTP/1.1 clients run on a worker
+     * thread with its own loop; true: on the caller's loop, no thread. */
+    bool same_thread;
 };
 
 /*
@@ -111,12 +123,14 @@ struct http_response {
 typedef void (*http_done_cb)(void *ctx, const struct http_response *resp);
 
 /* Create a client on loop. opts may be NULL (all defaults). Returns 0 and
- * *out, -ENOMEM, or TDG_EHTTP if TLS cannot be set up (e.g. ca_file cannot
- * be read: logged with the reason). */
+ * *out, -ENOMEM, TDG_EHTTP if TLS cannot be set up (e.g. ca_file cannot
+ * be read: logged with the reason), or -errno when the worker thread or its
+ * loop cannot be started. */
 int http_create(loop_t *loop, const struct http_opts *opts, http_t **out);
 
-/* Abort everything in flight (no callbacks) and free. NULL is fine. Must not
- * be called from inside a done callback. */
+/* Abort everything in flight (no callbacks), stop and join the worker
+ * thread, and free. NULL is fine. Must not be called from inside a done
+ * callback. */
 void http_destroy(http_t *h);
 
 /*
@@ -124,7 +138,10 @@ void http_destroy(http_t *h);
  * copied: it may be reused as soon as this returns. ropts may be NULL.
  * Returns 0 (done will be called once), -EBUSY when max_inflight requests
  * are already in flight, -EINVAL for a malformed request (a header without
- * ':' or with CR/LF, an unsupported method), -ENOMEM, or TDG_EHTTP.
+ * ':' or with CR/LF, an unsupported method, an https URL no server could
+ * take), -ENOMEM, or TDG_EHTTP. With the worker thread, what can only fail
+ * later (too many origins, out of memory there) comes back through done
+ * with that error.
  */
 int http_request(http_t *h, const struct channel_request *req, const struct http_req_opts *ropts,
                  http_done_cb done, void *ctx);
@@ -132,7 +149,7 @@ int http_request(http_t *h, const struct channel_request *req, const struct http
 /* Value of captured header name (case-insensitive), or NULL. */
 const char *http_response_header(const struct http_response *r, const char *name);
 
-/* Requests in flight now. */
+/* Requests in flight now: accepted, done not yet called. */
 unsigned http_inflight(const http_t *h);
 
 /* Counters since http_create, for tests, benchmarks and status pages. */
@@ -149,8 +166,12 @@ struct http_stats {
                                   for a stream that finished normally */
     uint64_t pings_sent, pings_acked;
     unsigned connections; /* HTTP/2 connections open now (any state) */
-    unsigned queued;      /* requests waiting for a stream now */
+    unsigned queued;      /* requests waiting for a stream now (with the worker
+                             thread: also those not yet handed to it) */
 };
+/* With the worker thread, every counter but requests is the snapshot it
+ * published before it last went to sleep: up to date by the time the done
+ * callbacks of what it did run. */
 void http_get_stats(const http_t *h, struct http_stats *out);
 
 #endif

@@ -30,6 +30,7 @@
 #include "http1.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,9 +109,34 @@ struct http1 {
 
 static const char expect_off[] = "Expect:"; /* never wait for 100-continue */
 
-/* curl_global_init is not reentrant; the hub is single-threaded and creates
- * clients from the loop thread, so a plain counter is enough. */
+/* curl_global_init is not reentrant in every curl; clients are created on
+ * the HTTP client threads (one per hub/http.c client), so the count and the
+ * calls are serialised here. */
+static pthread_mutex_t global_mu = PTHREAD_MUTEX_INITIALIZER;
 static unsigned global_refs;
+
+/* 0, or TDG_EHTTP when curl cannot be initialised. */
+static int global_ref(void)
+{
+    int rc = 0;
+    pthread_mutex_lock(&global_mu);
+    if (global_refs == 0 && curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        rc = TDG_EHTTP;
+    } else {
+        global_refs++;
+    }
+    pthread_mutex_unlock(&global_mu);
+    return rc;
+}
+
+static void global_unref(void)
+{
+    pthread_mutex_lock(&global_mu);
+    if (global_refs > 0 && --global_refs == 0) {
+        curl_global_cleanup();
+    }
+    pthread_mutex_unlock(&global_mu);
+}
 
 /* --- errors ---------------------------------------------------------- */
 
@@ -552,15 +578,12 @@ int http1_create(loop_t *loop, const struct http_opts *opts, http1_t **out)
     if (opts) {
         o = *opts;
     }
-    if (global_refs == 0 && curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    if (global_ref() < 0) {
         return TDG_EHTTP;
     }
-    global_refs++;
     http1_t *h = calloc(1, sizeof(*h));
     if (!h) {
-        if (--global_refs == 0) {
-            curl_global_cleanup();
-        }
+        global_unref();
         return -ENOMEM;
     }
     h->loop = loop;
@@ -629,9 +652,7 @@ void http1_destroy(http1_t *h)
     free(h->ca_file);
     free(h->user_agent);
     free(h);
-    if (global_refs > 0 && --global_refs == 0) {
-        curl_global_cleanup();
-    }
+    global_unref();
 }
 
 unsigned http1_inflight(const http1_t *h)

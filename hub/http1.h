@@ -6,7 +6,9 @@
  *
  * The contracts are those of http.h (done exactly once, later, never from
  * inside http1_request; http1_destroy aborts without callbacks; -EBUSY at
- * max_inflight; captured headers; HTTP_BODY_MAX). Single-threaded.
+ * max_inflight; captured headers; HTTP_BODY_MAX). Every function runs on
+ * the thread of its loop (hub/http.c's worker thread by default); several
+ * clients may live on different threads.
  */
 #ifndef TIDINGS_HTTP1_H
 #define TIDINGS_HTTP1_H

@@ -172,6 +172,18 @@ static int query_int(sqlite3 *db, const char *sql, int *out)
  * heap limit, which are all they serve. */
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 
+/* Statement journals kept in memory up to this many bytes (SQLite's default:
+ * 64 KiB). A statement inside a larger transaction that may fail half-way
+ * (constraints, triggers, several rows) journals every page it changes so
+ * it can be undone alone; past the threshold the journal moves to a temp
+ * file, and stays a file, written with a pwrite per page, for every later
+ * statement of that transaction. The hub's one transaction per loop
+ * iteration crossed 64 KiB under load (hub-fanout: ~3 pwrite64 per
+ * notification, the loop slowed, its iterations and so its transactions
+ * grew: a cliff). In memory the journal is emptied at the end of each
+ * statement, so this bounds what one statement holds. */
+#define STMTJRNL_SPILL (1024 * 1024)
+
 /* --- SQLite's allocator: freed small blocks kept for reuse ----------------
  *
  * Debian's SQLite is built with SQLITE_OMIT_LOOKASIDE: every allocation of
@@ -230,6 +242,7 @@ static void sq_shutdown(void *arg)
 static void global_init(void)
 {
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, STMTJRNL_SPILL);
     struct memc_stats ms;
     memc_get_stats(&ms);
     if (ms.enabled) {

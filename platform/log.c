@@ -2,23 +2,27 @@
 #include "log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-static enum log_level current_level = LOG_LVL_INFO;
+/* Read by every thread that logs (the hub's HTTP client thread, db.c's
+ * checkpoint worker), set by the main one: atomic, relaxed (a level change
+ * reaching another thread a little late is fine). */
+static atomic_int current_level = LOG_LVL_INFO;
 
 static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
 void log_set_level(enum log_level level)
 {
-    current_level = level;
+    atomic_store_explicit(&current_level, (int)level, memory_order_relaxed);
 }
 
 enum log_level log_get_level(void)
 {
-    return current_level;
+    return (enum log_level)atomic_load_explicit(&current_level, memory_order_relaxed);
 }
 
 int log_level_parse(const char *s, enum log_level *out)
@@ -35,7 +39,7 @@ int log_level_parse(const char *s, enum log_level *out)
 
 void log_msg(enum log_level level, const char *module, const char *fmt, ...)
 {
-    if (level > current_level) {
+    if ((int)level > atomic_load_explicit(&current_level, memory_order_relaxed)) {
         return;
     }
     char line[1024];

@@ -3,8 +3,10 @@
  *
  * One line per event: "2026-11-21T22:49:47.123Z INFO  outbox: message".
  * Messages should carry numbers as key=value pairs so they can be grepped.
- * Not thread-safe beyond what a single write(2) per line gives: each line is
- * formatted into a bounded buffer and written with one call.
+ * Thread-safe: any thread may log. Each line is formatted into a bounded
+ * buffer on the caller's stack (gmtime_r, no static state) and written with
+ * one write(2), so lines of different threads never interleave; the level is
+ * an atomic.
  */
 #ifndef TIDINGS_LOG_H
 #define TIDINGS_LOG_H

@@ -1,9 +1,13 @@
 /*
- * loop.h - the one event loop of a process (epoll + a timer heap + signalfd).
+ * loop.h - an event loop (epoll + a timer heap + signalfd).
  *
- * Single-threaded: every callback runs on the thread that called loop_run().
- * The MQTT client (platform/mqtt.c) and the HTTP/2 clients are driven from it through fd
- * watches and timers. A loop with nothing to do sleeps in epoll_wait with no
+ * Single-threaded: a loop belongs to the thread that calls loop_run(); every
+ * callback runs there, and no function may be called on it from another
+ * thread (hand work over through an eventfd the loop watches). A process
+ * has one main loop; a worker thread may run a private loop of its own (the
+ * hub's HTTP client thread, hub/http.c). The MQTT client (platform/mqtt.c)
+ * is driven from the main loop, the HTTP/2 clients from theirs, through fd
+ * watches and timers. Signals (loop_signal) belong on the main loop only. A loop with nothing to do sleeps in epoll_wait with no
  * timeout: no timers are armed by the loop itself, so an idle process does
  * not wake up.
  *
