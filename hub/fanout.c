@@ -86,6 +86,8 @@ struct fanout {
     } ready[FANOUT_MAX_ROUTES];
     struct fanout_stats st;
     sched_t *sched;        /* NULL: no policy timers (holds, deliver_at, fallback) */
+    fanout_release_fn release; /* frees a finished job's tree; NULL: cJSON_Delete here */
+    void *release_arg;
     struct pref_entry *prefs; /* PREF_CACHE_SLOTS, policy section */
     struct replan *replan;    /* users to re-plan after a preference change */
     /* Parked: notifications intake stored as taken ('sending') while every
@@ -162,8 +164,12 @@ static void job_free(struct job *j)
             loop_timer_cancel(j->f->loop, j->dv[i].timer);
         }
     }
-    notification_free(&j->n);
     fanout_t *f = j->f;
+    if (f->release && j->n.json) {
+        f->release(f->release_arg, j->n.json); /* a root: the whole tree */
+        j->n.json = NULL;
+    }
+    notification_free(&j->n);
     if (j->prev) {
         j->prev->next = j->next;
     } else {
@@ -438,6 +444,12 @@ void fanout_policy_changed(fanout_t *f, const char *user_id)
 void fanout_set_sched(fanout_t *f, sched_t *s)
 {
     f->sched = s;
+}
+
+void fanout_set_release(fanout_t *f, fanout_release_fn fn, void *arg)
+{
+    f->release = fn;
+    f->release_arg = arg;
 }
 
 static const struct fanout_route *route_for(const fanout_t *f, const char *platform)

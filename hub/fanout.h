@@ -89,6 +89,13 @@ void fanout_flush(fanout_t *f);
  * holds, deliver_at and fallback steps as durable timers of s. */
 struct sched;
 void fanout_set_sched(fanout_t *f, struct sched *s);
+
+/* Who frees the tree of a finished job (its notification's root): fn takes
+ * ownership (intake_release: the parse thread frees what it built). NULL:
+ * freed here, on the loop. fn must stay valid until fanout_destroy. */
+struct cJSON;
+typedef void (*fanout_release_fn)(void *arg, struct cJSON *root);
+void fanout_set_release(fanout_t *f, fanout_release_fn fn, void *arg);
 /* A timer of the scheduler came due: resume that notification's recipient.
  * 0 or a negative error (the work is lost only for ENOMEM; logged). */
 struct store_timer;

@@ -993,6 +993,9 @@ int hub_create(loop_t *loop, const hub_settings_t *s, hub_t **out, char *err, si
     }
     fanout_set_sched(h->fanout, h->sched);
     intake_set_fanout(h->intake, h->fanout); /* new notifications skip the queue when they can */
+    if (h->cfg.intake_parse_thread) {
+        fanout_set_release(h->fanout, intake_release, h->intake); /* freed by the parse thread */
+    }
     if ((rc = sched_start(h->sched)) < 0) {
         snprintf(err, errlen, "scheduler: %s", tdg_strerror(rc));
         hub_destroy(h);

@@ -71,6 +71,7 @@ struct parser {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct held *todo, *todo_tail, *done, *done_tail;
+    cJSON *graveyard; /* trees to free, chained through ->next (intake_release) */
     size_t todo_bytes; /* payload bytes sent and not yet back (the loop's count) */
     bool stop;
     int efd;
@@ -90,6 +91,7 @@ struct intake {
     size_t held_bytes, hold_bytes;
     uint64_t hold_ms, hold_timer;
     struct parser *parser; /* NULL: batches are parsed on the loop */
+    cJSON *rel_head, *rel_tail; /* released this iteration, for the parse thread */
 };
 
 /* Recipient checks already made in this batch: the directory cannot change
@@ -525,11 +527,19 @@ static void *parser_main(void *arg)
     struct parser *ps = arg;
     pthread_mutex_lock(&ps->mu);
     for (;;) {
-        while (!ps->todo && !ps->stop) {
+        while (!ps->todo && !ps->graveyard && !ps->stop) {
             pthread_cond_wait(&ps->cv, &ps->mu);
         }
         if (ps->stop) {
             break;
+        }
+        if (ps->graveyard) {
+            cJSON *dead = ps->graveyard;
+            ps->graveyard = NULL;
+            pthread_mutex_unlock(&ps->mu);
+            cJSON_Delete(dead); /* the chain: cJSON_Delete follows ->next */
+            pthread_mutex_lock(&ps->mu);
+            continue;
         }
         struct held *h = ps->todo;
         ps->todo = h->next;
@@ -614,6 +624,9 @@ static void parser_stop(intake_t *in)
         next = h->next;
         held_free(h);
     }
+    cJSON_Delete(ps->graveyard);
+    cJSON_Delete(in->rel_head);
+    in->rel_head = in->rel_tail = NULL;
     pthread_cond_destroy(&ps->cv);
     pthread_mutex_destroy(&ps->mu);
     free(ps);
@@ -796,8 +809,44 @@ void intake_set_hold(intake_t *in, loop_t *loop, size_t max_bytes, uint64_t max_
     in->hold_ms = max_ms;
 }
 
+void intake_release(void *arg, cJSON *root)
+{
+    intake_t *in = arg;
+    if (!root) {
+        return;
+    }
+    if (!in->parser) {
+        cJSON_Delete(root);
+        return;
+    }
+    root->next = NULL; /* a root has no siblings: the link is ours */
+    root->prev = NULL;
+    if (in->rel_tail) {
+        in->rel_tail->next = root;
+    } else {
+        in->rel_head = root;
+    }
+    in->rel_tail = root;
+}
+
+/* The trees released in this iteration go to the parse thread at once. */
+static void release_flush(intake_t *in)
+{
+    struct parser *ps = in->parser;
+    if (!ps || !in->rel_head) {
+        return;
+    }
+    pthread_mutex_lock(&ps->mu);
+    in->rel_tail->next = ps->graveyard; /* order does not matter */
+    ps->graveyard = in->rel_head;
+    pthread_cond_signal(&ps->cv);
+    pthread_mutex_unlock(&ps->mu);
+    in->rel_head = in->rel_tail = NULL;
+}
+
 void intake_flush(intake_t *in, mqtt_t *mqtt, bool committed)
 {
+    release_flush(in);
     for (size_t i = 0; i < in->ngroups; i++) {
         struct ack_group *g = &in->groups[i];
         if (committed && g->n > 0) {

@@ -56,6 +56,14 @@ size_t intake_held_bytes(const intake_t *in);
  * arrival order. 0, or a negative errno (batches are parsed on the loop). */
 int intake_start_parser(intake_t *in, loop_t *loop);
 
+/* Free a notification's tree (a root, owned by the caller until now) on
+ * the parse thread, which built most of them: glibc frees a block fastest
+ * on the thread whose arena it came from, and the loop is the hub's busiest
+ * thread. Handed over at intake_flush; without the thread, freed now. A
+ * fanout_release_fn (fanout.h). */
+struct cJSON;
+void intake_release(void *in, struct cJSON *root);
+
 /* After store_commit: publish the held acks if committed, else forget them
  * (the agent resends after its ack timeout). */
 void intake_flush(intake_t *in, mqtt_t *mqtt, bool committed);
