@@ -635,6 +635,9 @@ int admin_stats(struct admin_call *c)
         return admin_fail_store(c, rc, "", "stats");
     }
     if (c->env->fanout) {
+        /* the rows being delivered are the fanout's (store_queue_depth) */
+        cJSON_ReplaceItemInObjectCaseSensitive(sc.queues, "sending",
+                                               cJSON_CreateNumber(fanout_jobs(c->env->fanout)));
         admin_add_int(sc.queues, "in_memory", fanout_jobs(c->env->fanout));
     }
     if (c->env->intake) {

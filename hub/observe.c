@@ -87,11 +87,13 @@ static void collect(void *arg)
     SET(o->m_parked, fs.parked);
     SET(o->m_jobs, fanout_jobs(s->fanout));
     SET(o->m_inflight, dispatch_inflight(s->dispatch));
-    int64_t queued = 0, sending = 0;
-    if (store_queue_depth(s->store, &queued, &sending) == 0) {
+    int64_t queued = 0;
+    if (store_queue_depth(s->store, &queued) == 0) {
         SET(o->m_queued, queued);
-        SET(o->m_sending, sending);
     }
+    /* 'sending' rows are the fanout's deliveries (jobs and parked), in
+     * memory; the store does not index them (schema v9) */
+    SET(o->m_sending, fanout_jobs(s->fanout));
     int64_t scheduled = 0;
     if (store_count_scheduled(s->store, &scheduled) == 0) {
         SET(o->m_scheduled, scheduled);

@@ -499,7 +499,8 @@ typedef void (*store_admin_audit_cb)(void *arg, const struct store_admin_audit *
 int store_admin_audit_of(store_t *s, const char *target, unsigned max, store_admin_audit_cb cb,
                          void *arg);
 
-/* Queue depths by state (queued, sending, failed, dropped), from indexes. */
+/* Queue depths by state (queued, scheduled, failed, dropped), from indexes;
+ * 'sending' is not indexed (schema v9): the fanout counts it (fanout_jobs). */
 typedef void (*store_admin_count_cb)(void *arg, const char *state, int64_t n);
 int store_admin_queue_counts(store_t *s, store_admin_count_cb cb, void *arg);
 /* Attempts started since since_ms by channel and state, with the mean

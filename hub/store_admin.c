@@ -348,9 +348,10 @@ int store_admin_audit_of(store_t *s, const char *target, unsigned max, store_adm
 }
 
 /* Counts that use an index: the work queue (partial index
- * notifications_work) and the dead letters (notifications_dlq). */
-static const char SQL_COUNT_WORK[] = "SELECT state, count(*) FROM notifications"
-                                     " WHERE state IN ('queued', 'sending') GROUP BY state";
+ * notifications_work: 'queued' only since v9; the caller has 'sending' from
+ * the fanout) and the dead letters (notifications_dlq). */
+static const char SQL_COUNT_WORK[] = "SELECT 'queued', count(*) FROM notifications"
+                                     " WHERE state = 'queued'";
 static const char SQL_COUNT_DLQ[] = "SELECT state, count(*) FROM notifications"
                                     " WHERE state IN ('failed', 'dropped') GROUP BY state";
 static const char SQL_CHANNEL_STATS[] =

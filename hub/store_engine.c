@@ -127,9 +127,8 @@ static const char SQL_COUNTS[] =
     "SELECT state, sum(n) FROM (SELECT state, n FROM engine_counts"
     " UNION ALL SELECT state, count(*) AS n FROM receipts GROUP BY state)"
     " GROUP BY state ORDER BY state";
-/* The IN term lets SQLite use the partial index notifications_work. */
-static const char SQL_DEPTH[] = "SELECT state, count(*) FROM notifications"
-                                " WHERE state IN ('queued', 'sending') GROUP BY state";
+/* The partial index notifications_work holds exactly these rows. */
+static const char SQL_DEPTH[] = "SELECT count(*) FROM notifications WHERE state = 'queued'";
 static const char SQL_QUOTA_GET[] = "SELECT n FROM agent_quota WHERE agent = ?1 AND day = ?2";
 static const char SQL_QUOTA_ADD[] = "INSERT INTO agent_quota(agent, day, n) VALUES (?1, ?2, ?3)"
                                     " ON CONFLICT(agent, day) DO UPDATE SET n = n + excluded.n";
@@ -357,22 +356,17 @@ int store_terminal_counts(store_t *s, store_state_count_cb cb, void *arg)
     return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "terminal counts");
 }
 
-int store_queue_depth(store_t *s, int64_t *queued, int64_t *sending)
+int store_queue_depth(store_t *s, int64_t *queued)
 {
-    *queued = *sending = 0;
+    *queued = 0;
     sqlite3_stmt *st = store_stmt(s, SQL_DEPTH);
     if (!st) {
         return TDG_EDB;
     }
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *state = (const char *)sqlite3_column_text(st, 0);
-        int64_t n = sqlite3_column_int64(st, 1);
-        if (state && state[0] == 'q') {
-            *queued = n;
-        } else if (state) {
-            *sending = n;
-        }
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *queued = sqlite3_column_int64(st, 0);
+        rc = SQLITE_DONE;
     }
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "queue depth");

@@ -67,8 +67,10 @@ int store_receipts_pending(store_t *s, int64_t *n);
 typedef void (*store_state_count_cb)(void *arg, const char *state, int64_t n);
 int store_terminal_counts(store_t *s, store_state_count_cb cb, void *arg);
 
-/* Notifications waiting ('queued') and being delivered ('sending'). */
-int store_queue_depth(store_t *s, int64_t *queued, int64_t *sending);
+/* Notifications waiting in the queue ('queued'), by the work index. Those
+ * being delivered ('sending') are not indexed (schema v9): the fanout
+ * counts them in memory (fanout_jobs). */
+int store_queue_depth(store_t *s, int64_t *queued);
 
 /* Per-agent count of accepted notifications on UTC day `day`. */
 int store_quota_get(store_t *s, const char *agent, int64_t day, int64_t *n);

@@ -301,8 +301,8 @@ int store_timer_delete(store_t *s, int64_t id)
 
 static const char sql_hold_retries[] =
     "UPDATE notifications SET state = 'scheduled', reason = ''"
-    " WHERE state IN ('queued', 'sending')"
-    " AND id IN (SELECT notification_id FROM timers WHERE kind = 'retry')";
+    " WHERE id IN (SELECT notification_id FROM timers WHERE kind = 'retry')"
+    " AND state IN ('queued', 'sending')";
 
 int store_timer_hold_retries(store_t *s)
 {
