@@ -65,18 +65,8 @@ int channel_add_header_str(struct channel_request *req, const char *prefix, cons
 
 int channel_add_header_int(struct channel_request *req, const char *prefix, int64_t v)
 {
-    char d[24];
-    size_t i = sizeof(d) - 1;
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    d[i] = '\0';
-    do {
-        d[--i] = (char)('0' + (int)(u % 10));
-        u /= 10;
-    } while (u);
-    if (v < 0) {
-        d[--i] = '-';
-    }
-    return channel_add_header_str(req, prefix, d + i);
+    char d[PROTO_I64_BUF];
+    return channel_add_header_str(req, prefix, proto_i64_str(v, d));
 }
 
 void channel_request_reset(struct channel_request *req)

@@ -118,19 +118,26 @@ void proto_jw_str(struct proto_jw *w, const char *s, size_t max)
     proto_jw_raw(w, "\"", 1);
 }
 
-void proto_jw_int(struct proto_jw *w, int64_t v)
+const char *proto_i64_str(int64_t v, char buf[PROTO_I64_BUF])
 {
-    char d[24];
-    size_t i = sizeof(d);
+    size_t i = PROTO_I64_BUF - 1;
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    buf[i] = '\0';
     do {
-        d[--i] = (char)('0' + (int)(u % 10));
+        buf[--i] = (char)('0' + (int)(u % 10));
         u /= 10;
     } while (u);
     if (v < 0) {
-        d[--i] = '-';
+        buf[--i] = '-';
     }
-    proto_jw_raw(w, d + i, sizeof(d) - i);
+    return buf + i;
+}
+
+void proto_jw_int(struct proto_jw *w, int64_t v)
+{
+    char d[PROTO_I64_BUF];
+    const char *p = proto_i64_str(v, d);
+    proto_jw_raw(w, p, (size_t)(d + sizeof(d) - 1 - p));
 }
 
 bool proto_jw_end(struct proto_jw *w)

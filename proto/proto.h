@@ -299,6 +299,11 @@ static inline void proto_jw_raw(struct proto_jw *w, const char *s, size_t n)
 void proto_jw_str(struct proto_jw *w, const char *s, size_t max);
 /* An integer as cJSON prints one (below 1e15: its decimal digits). */
 void proto_jw_int(struct proto_jw *w, int64_t v);
+
+/* v in decimal, without printf: written at the end of buf (PROTO_I64_BUF
+ * bytes), NUL-terminated; returns where it starts in buf. */
+#define PROTO_I64_BUF 24
+const char *proto_i64_str(int64_t v, char buf[PROTO_I64_BUF]);
 /* NUL-terminate what was written; true when all of it fit. */
 bool proto_jw_end(struct proto_jw *w);
 

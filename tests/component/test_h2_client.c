@@ -579,16 +579,27 @@ static void mini_serve(int lfd, const struct mini_opts *o, const char *result)
     }
 }
 
-/* Start the mini server on 127.0.0.1:0; sets port. */
-static void mini_start(const struct mini_opts *o)
+/* A TCP listener on 127.0.0.1 at a free port (its address in *a). A test
+ * that never accepts on it gets connections whose TCP handshake the backlog
+ * completes and whose TLS nobody answers: connections stuck in set-up. The
+ * caller closes the fd. */
+static int loopback_listener(struct sockaddr_in *a, int backlog)
 {
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(lfd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(lfd, 16), 0);
-    socklen_t al = sizeof(a);
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+    *a = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(lfd, (struct sockaddr *)a, sizeof(*a)), 0);
+    assert_int_equal(listen(lfd, backlog), 0);
+    socklen_t al = sizeof(*a);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)a, &al), 0);
+    return lfd;
+}
+
+/* Start the mini server on 127.0.0.1:0; sets port. */
+static void mini_start(const struct mini_opts *o)
+{
+    struct sockaddr_in a;
+    int lfd = loopback_listener(&a, 16);
     port = ntohs(a.sin_port);
     snprintf(record_path, sizeof(record_path), "%s/mini.txt", dir);
     unlink(record_path);
@@ -719,23 +730,30 @@ static void test_peer_stream_limit(void **state)
     assert_int_equal(requests, 30);
 }
 
+/* Start the mini server with mo, open a client with the default options,
+ * send n requests (ids 0..n-1) and wait until each was answered 200. */
+static void mini_send_all_ok(const struct mini_opts *mo, int n)
+{
+    mini_start(mo);
+    struct http_opts o = default_opts();
+    client_open(&o);
+    reset_calls(n);
+    struct channel_request q;
+    for (int i = 0; i < n; i++) {
+        build(&q, "127.0.0.1", port, i, i);
+        send_one(&q, i, NULL);
+    }
+    run_until_done();
+    expect_all_ok(n);
+}
+
 /* REFUSED_STREAM from the server: not processed, so sent again (and the
  * request that is refused more than MAX_REPLAYS times fails). */
 static void test_refused_stream_replayed(void **state)
 {
     (void)state;
     struct mini_opts mo = {.max_streams = 100, .refuse = 2};
-    mini_start(&mo);
-    struct http_opts o = default_opts();
-    client_open(&o);
-    reset_calls(5);
-    struct channel_request q;
-    for (int i = 0; i < 5; i++) {
-        build(&q, "127.0.0.1", port, i, i);
-        send_one(&q, i, NULL);
-    }
-    run_until_done();
-    expect_all_ok(5);
+    mini_send_all_ok(&mo, 5);
     struct http_stats s = stats();
     assert_true(s.replayed == 2);
     assert_true(s.resets_sent == 0);
@@ -793,12 +811,8 @@ static void test_several_connections(void **state)
 static void test_connect_timeout_tls_black_hole(void **state)
 {
     (void)state;
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(lfd, 16), 0); /* never accepted */
-    socklen_t al = sizeof(a);
-    getsockname(lfd, (struct sockaddr *)&a, &al);
+    struct sockaddr_in a;
+    int lfd = loopback_listener(&a, 16); /* never accepted */
     struct http_opts o = default_opts();
     o.connect_timeout_ms = 300;
     client_open(&o);
@@ -825,12 +839,8 @@ static void test_connect_timeout_tls_black_hole(void **state)
 static void test_connect_timeout_tcp_black_hole(void **state)
 {
     (void)state;
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(lfd, 0), 0);
-    socklen_t al = sizeof(a);
-    getsockname(lfd, (struct sockaddr *)&a, &al);
+    struct sockaddr_in a;
+    int lfd = loopback_listener(&a, 0);
     int fill[4];
     for (int i = 0; i < 4; i++) {
         fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -1014,12 +1024,8 @@ static void test_destroy_with_everything_in_flight(void **state)
 {
     (void)state;
     fake_start("token * delay 5000\n");
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(lfd, 16), 0);
-    socklen_t al = sizeof(a);
-    getsockname(lfd, (struct sockaddr *)&a, &al);
+    struct sockaddr_in a;
+    int lfd = loopback_listener(&a, 16);
     struct http_opts o = default_opts();
     o.max_host_connections = 1;
     o.max_concurrent_streams = 3;
@@ -1393,17 +1399,7 @@ static void test_big_body_intact(void **state)
     (void)state;
     const size_t len = 20000;
     struct mini_opts mo = {.max_streams = 100, .body_len = len};
-    mini_start(&mo);
-    struct http_opts o = default_opts();
-    client_open(&o);
-    reset_calls(5);
-    struct channel_request q;
-    for (int i = 0; i < 5; i++) {
-        build(&q, "127.0.0.1", port, i, i);
-        send_one(&q, i, NULL);
-    }
-    run_until_done();
-    expect_all_ok(5);
+    mini_send_all_ok(&mo, 5);
     for (int i = 0; i < 5; i++) {
         assert_string_equal(calls[i].apns_id, "mini");
         assert_int_equal(calls[i].body_len, len);
@@ -1432,12 +1428,8 @@ static void test_destroy_everywhere(void **state)
     token_hex(t7, 7);
     snprintf(script, sizeof(script), "token %s delay 5000\n", t7);
     fake_start(script);
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(lfd, 16), 0);
-    socklen_t al = sizeof(a);
-    getsockname(lfd, (struct sockaddr *)&a, &al);
+    struct sockaddr_in a;
+    int lfd = loopback_listener(&a, 16);
     struct http_opts o = default_opts();
     o.max_host_connections = 1;
     o.max_concurrent_streams = 3;
