@@ -17,7 +17,7 @@ SRC=$2
 
 fail() { stack_log "FAIL: $*"; stack_dump_logs; exit 1; }
 AGENT="$BUILD/agent/tidings-agent"
-command -v prlimit >/dev/null || { echo "SKIP: prlimit (util-linux) missing"; exit 77; }
+command -v prlimit >/dev/null || { echo "FAIL: prlimit (util-linux, installed by scripts/deps) is missing" >&2; exit 1; }
 
 stack_init
 stack_broker
