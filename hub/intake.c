@@ -61,7 +61,7 @@ struct held {
 };
 
 /* The parse thread (intake_start_parser). Its only shared state is this
- * struct's two lists: the loop pushes to `todo` and signals `cv`; the
+ * struct's two lists: the loop pushes to `sent` and signals `cv`; the
  * thread parses, pushes to `done` and writes the eventfd when `done` was
  * empty; the loop (on_parsed) takes all of `done`. A batch is in exactly
  * one place at a time. The thread never logs, never touches the loop or
@@ -70,9 +70,9 @@ struct parser {
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct held *todo, *todo_tail, *done, *done_tail;
+    struct held *sent, *sent_tail, *done, *done_tail;
     cJSON *graveyard; /* trees to free, chained through ->next (intake_release) */
-    size_t todo_bytes; /* payload bytes sent and not yet back (the loop's count) */
+    size_t sent_bytes; /* payload bytes sent and not yet back (the loop's count) */
     bool stop;
     int efd;
 };
@@ -88,6 +88,7 @@ struct intake {
     /* Backpressure (intake_set_hold): batches not yet handled, oldest first. */
     loop_t *loop;
     struct held *hhead, *htail;
+    struct held *hcounted; /* held batches up to this one are counted in st.held */
     size_t held_bytes, hold_bytes;
     uint64_t hold_ms, hold_timer;
     struct parser *parser; /* NULL: batches are parsed on the loop */
@@ -527,7 +528,7 @@ static void *parser_main(void *arg)
     struct parser *ps = arg;
     pthread_mutex_lock(&ps->mu);
     for (;;) {
-        while (!ps->todo && !ps->graveyard && !ps->stop) {
+        while (!ps->sent && !ps->graveyard && !ps->stop) {
             pthread_cond_wait(&ps->cv, &ps->mu);
         }
         if (ps->stop) {
@@ -541,10 +542,10 @@ static void *parser_main(void *arg)
             pthread_mutex_lock(&ps->mu);
             continue;
         }
-        struct held *h = ps->todo;
-        ps->todo = h->next;
-        if (!ps->todo) {
-            ps->todo_tail = NULL;
+        struct held *h = ps->sent;
+        ps->sent = h->next;
+        if (!ps->sent) {
+            ps->sent_tail = NULL;
         }
         pthread_mutex_unlock(&ps->mu);
         h->next = NULL;
@@ -596,7 +597,7 @@ static void on_parsed(loop_t *loop, int fd, unsigned events, void *arg)
     pthread_mutex_unlock(&ps->mu);
     while (h) {
         struct held *next = h->next;
-        ps->todo_bytes -= h->len;
+        ps->sent_bytes -= h->len;
         hold_push(in, h);
         h = next;
     }
@@ -616,7 +617,7 @@ static void parser_stop(intake_t *in)
     loop_fd_del(in->loop, ps->efd);
     close(ps->efd);
     /* never acked: their agents resend them */
-    for (struct held *h = ps->todo, *next; h; h = next) {
+    for (struct held *h = ps->sent, *next; h; h = next) {
         next = h->next;
         held_free(h);
     }
@@ -725,7 +726,7 @@ static void hold_arm(intake_t *in, uint64_t now)
 void intake_handle_up(intake_t *in, const char *topic_agent, const char *payload, size_t len)
 {
     struct parser *ps = in->parser;
-    bool to_parser = ps && ps->todo_bytes + len <= PARSER_MAX_BYTES;
+    bool to_parser = ps && ps->sent_bytes + len <= PARSER_MAX_BYTES;
     bool hold = !to_parser && in->fanout && in->hold_bytes > 0 &&
                 len <= in->hold_bytes - in->held_bytes &&
                 (in->hhead || !fanout_ready(in->fanout));
@@ -759,15 +760,15 @@ void intake_handle_up(intake_t *in, const char *topic_agent, const char *payload
         return;
     }
     pthread_mutex_lock(&ps->mu);
-    if (ps->todo_tail) {
-        ps->todo_tail->next = h;
+    if (ps->sent_tail) {
+        ps->sent_tail->next = h;
     } else {
-        ps->todo = h;
+        ps->sent = h;
     }
-    ps->todo_tail = h;
+    ps->sent_tail = h;
     pthread_cond_signal(&ps->cv);
     pthread_mutex_unlock(&ps->mu);
-    ps->todo_bytes += len;
+    ps->sent_bytes += len;
 }
 
 void intake_resume(intake_t *in)
@@ -778,18 +779,23 @@ void intake_resume(intake_t *in)
         bool room = !in->fanout || in->hold_bytes == 0 || fanout_ready(in->fanout) ||
                     now - h->at_ms >= in->hold_ms || in->held_bytes > in->hold_bytes;
         if (!room) {
-            /* held from here on: counted once (the batches behind it too) */
-            for (struct held *x = h; x; x = x->next) {
+            /* held from here on: each counted once, the walk starting after
+             * the last one counted (not over the whole list every time) */
+            for (struct held *x = in->hcounted ? in->hcounted->next : h; x; x = x->next) {
                 if (!x->counted) {
                     x->counted = true;
                     in->st.held++;
                 }
             }
+            in->hcounted = in->htail;
             break;
         }
         in->hhead = h->next;
         if (!in->hhead) {
             in->htail = NULL;
+        }
+        if (in->hcounted == h) {
+            in->hcounted = NULL; /* FIFO: everything counted is handled now */
         }
         in->held_bytes -= h->len;
         handle_up(in, h);
