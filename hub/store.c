@@ -137,7 +137,6 @@ enum {
     Q_TAKE,
     Q_SET_STATE,
     Q_SET_STATE_ROWID,
-    Q_ATT_BEGIN,
     Q_ATT_END,
     Q_COUNT_STATE,
     Q_N
@@ -166,11 +165,21 @@ static const char *const q_sql[Q_N] = {
      * checked: a wrong hint changes nothing and the caller falls back. */
     [Q_SET_STATE_ROWID] = "UPDATE notifications SET state = ?2, reason = ?3, updated_ms = ?4"
                           " WHERE rowid = ?5 AND id = ?1",
-    [Q_ATT_BEGIN] = "INSERT INTO attempts(notification_id, channel, device_id, state, started_ms)"
-                    " VALUES (?1, ?2, ?3, 'sending', ?4)",
     [Q_ATT_END] = "UPDATE attempts SET state = ?2, status = ?3, reason = ?4, provider_id = ?5,"
                   " finished_ms = ?6 WHERE id = ?1",
     [Q_COUNT_STATE] = "SELECT count(*) FROM notifications WHERE state = ?",
+};
+
+/* Attempts are buffered (store_rows.c) and get their ids from the store:
+ * the caller needs the id now, before the row is written. One past the
+ * largest at open; a rolled-back transaction leaves a gap, never a reuse. */
+static const struct store_rows_def att_rows_def = {
+    .head = "INSERT INTO attempts(id, notification_id, channel, device_id, state, started_ms)"
+            " VALUES ",
+    .tuple = "(?, ?, ?, ?, 'sending', ?)",
+    .ncols = 5,
+    .text_mask = 1u << 1 | 1u << 2,
+    .what = "attempt begin",
 };
 
 /* --- rowid hints -----------------------------------------------------------
@@ -267,6 +276,10 @@ sqlite3_stmt *store_stmt(store_t *s, const char *sql)
     for (size_t i = 0; i < STORE_STMT_SLOTS; i++) {
         struct store_stmt_slot *slot = &s->stmts[(h + i) % STORE_STMT_SLOTS];
         if (slot->sql == sql) {
+            if (slot->flush && (s->dec_rows.n > 0 || s->att_rows.n > 0) &&
+                store_pending_flush(s) < 0) {
+                return NULL;
+            }
             return slot->st;
         }
         if (!slot->sql) {
@@ -274,6 +287,14 @@ sqlite3_stmt *store_stmt(store_t *s, const char *sql)
                 return NULL;
             }
             slot->sql = sql;
+            /* Conservative: a column named like the table (notifications.
+             * attempts) only costs a flush that was not needed. */
+            slot->flush = strstr(sql, "attempts") || strstr(sql, "decisions") ||
+                          strstr(sql, "SAVEPOINT") || strstr(sql, "ROLLBACK") ||
+                          strstr(sql, "RELEASE");
+            if (slot->flush && store_pending_flush(s) < 0) {
+                return NULL;
+            }
             return slot->st;
         }
     }
@@ -312,6 +333,18 @@ int store_open(const char *path, enum db_sync sync, store_t **out, char *err, si
             return rc;
         }
     }
+    s->dec_rows.def = &store_dec_rows_def;
+    s->att_rows.def = &att_rows_def;
+    sqlite3_stmt *max_id = NULL;
+    if ((rc = db_prepare(s->db, "SELECT coalesce(max(id), 0) + 1 FROM attempts", &max_id)) < 0 ||
+        sqlite3_step(max_id) != SQLITE_ROW) {
+        sqlite3_finalize(max_id);
+        snprintf(err, errlen, "%s: cannot read the attempts' ids", path);
+        store_close(s);
+        return rc < 0 ? rc : TDG_EDB;
+    }
+    s->next_attempt_id = sqlite3_column_int64(max_id, 0);
+    sqlite3_finalize(max_id);
     s->hints = calloc(HINT_SLOTS, sizeof(*s->hints)); /* NULL: no hints, only slower */
     if (store_dir_open(s) < 0) {
         LOG_WARN("store", "no cache of users' endpoints: out of memory");
@@ -329,6 +362,8 @@ void store_close(store_t *s)
         return;
     }
     store_commit(s);
+    store_rows_close(&s->dec_rows);
+    store_rows_close(&s->att_rows);
     store_dir_close(s);
     db_ckpt_stop(s->ckpt);
     s->ckpt = NULL;
@@ -349,7 +384,11 @@ int store_commit(store_t *s)
         return 0;
     }
     s->in_tx = false;
-    int rc = db_commit(s->db);
+    int rc = store_pending_flush(s);
+    s->pend_err = 0;
+    if (rc == 0) {
+        rc = db_commit(s->db);
+    }
     if (rc < 0) {
         db_rollback(s->db);
     }
@@ -556,15 +595,13 @@ int store_attempt_begin(store_t *s, const char *id, const char *channel, int64_t
     if (rc < 0) {
         return rc;
     }
-    sqlite3_stmt *st = s->q[Q_ATT_BEGIN];
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, device_id);
-    sqlite3_bind_int64(st, 4, now_ms);
-    if ((rc = store_run(s, st, "attempt begin")) < 0) {
+    const struct store_rows_in row[] = {
+        {.i = s->next_attempt_id}, {.s = id}, {.s = channel}, {.i = device_id}, {.i = now_ms},
+    };
+    if ((rc = store_rows_add(s, &s->att_rows, row)) < 0) {
         return rc;
     }
-    *attempt_id = sqlite3_last_insert_rowid(s->db);
+    *attempt_id = s->next_attempt_id++;
     return 0;
 }
 
@@ -573,6 +610,11 @@ int store_attempt_end(store_t *s, int64_t attempt_id, const char *state, int sta
 {
     int rc = store_tx(s);
     if (rc < 0) {
+        return rc;
+    }
+    /* Its row may still be in the buffer (a send that ended in the
+     * iteration that began it). */
+    if (s->att_rows.n > 0 && (rc = store_pending_flush(s)) < 0) {
         return rc;
     }
     sqlite3_stmt *st = s->q[Q_ATT_END];
@@ -591,6 +633,9 @@ int store_recover(store_t *s, int64_t now_ms)
 {
     int rc = store_tx(s);
     if (rc < 0) {
+        return rc;
+    }
+    if ((rc = store_pending_flush(s)) < 0) {
         return rc;
     }
     char sql_att[160];

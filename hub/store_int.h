@@ -21,24 +21,85 @@
 
 #include <sqlite3.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #define STORE_STMT_SLOTS 256 /* open addressing; far more than there are queries */
 
 struct store_stmt_slot {
     const char *sql;
     sqlite3_stmt *st;
+    bool flush; /* reads or writes a table with buffered rows, or a savepoint: flush first */
 };
+
+/* --- Buffered rows (store_rows.c) ------------------------------------------
+ *
+ * The rows of one INSERT, kept in the iteration and written up to
+ * STORE_ROWS_MAX per statement (INSERT ... VALUES (...), (...)): decisions
+ * and attempts, the two rows every notification adds that nothing reads
+ * back in the same iteration. They are written before the COMMIT
+ * (store_commit), before any statement store_stmt hands out that names
+ * their tables or a savepoint (so a read sees them, and a ROLLBACK TO
+ * undoes exactly what was added after its SAVEPOINT), and by
+ * store_pending_flush wherever SQL bypasses store_stmt. A failed write
+ * fails the transaction (store_commit rolls it back), as the failed
+ * statement would have. */
+#define STORE_ROWS_MAX 16
+#define STORE_ROWS_SIZES 5 /* statements for 1, 2, 4, 8, 16 rows */
+#define STORE_ROWS_COLS 8
+
+struct store_rows_def {
+    const char *head;   /* "INSERT INTO t(a, b, c) VALUES " */
+    const char *tuple;  /* "(?, ?, 'constant', ?)": ncols placeholders */
+    unsigned ncols;     /* <= STORE_ROWS_COLS */
+    unsigned text_mask; /* bit c: column c is text, else an integer */
+    const char *what;   /* for errors */
+};
+
+struct store_rows_in {
+    const char *s; /* text columns (NULL: "") */
+    int64_t i;     /* integer columns */
+};
+
+struct store_rows_val {
+    int64_t i;
+    uint32_t off, len; /* text: in arena */
+};
+
+struct store_rows {
+    const struct store_rows_def *def;
+    unsigned n; /* rows buffered */
+    struct store_rows_val v[STORE_ROWS_MAX][STORE_ROWS_COLS];
+    size_t used;
+    char arena[8192]; /* the texts of the buffered rows */
+    sqlite3_stmt *st[STORE_ROWS_SIZES];
+};
+
+/* Buffer one row (in: def->ncols values); writes the buffer first when it
+ * is full. 0 or a negative error. */
+int store_rows_add(store_t *s, struct store_rows *r, const struct store_rows_in *in);
+/* Write the buffered rows; the buffer is empty afterwards, written or not. */
+int store_rows_flush(store_t *s, struct store_rows *r);
+void store_rows_drop(struct store_rows *r);
+void store_rows_close(struct store_rows *r);
+/* Write every buffer of the store (decisions, attempts). A failure sticks
+ * (s->pend_err) until the transaction ends. */
+int store_pending_flush(store_t *s);
 
 struct store {
     sqlite3 *db;
     sqlite3_stmt *q[16]; /* store.c's own hot statements */
     struct store_stmt_slot stmts[STORE_STMT_SLOTS];
     bool in_tx;
-    struct pii *pii;           /* store_dir.c: the keyring (not owned) */
-    int64_t reencrypt_after;   /* store_dir.c: store_dir_reencrypt's cursor */
-    db_ckpt_t *ckpt;           /* WAL checkpoints off the loop (db_ckpt_start; NULL: SQLite's own) */
-    struct dir_cache *dcache;  /* store_dir.c: users' active endpoints (NULL: none) */
-    struct rowid_hint *hints;  /* store.c: notification id -> rowid (NULL: none) */
+    struct pii *pii;          /* store_dir.c: the keyring (not owned) */
+    int64_t reencrypt_after;  /* store_dir.c: store_dir_reencrypt's cursor */
+    db_ckpt_t *ckpt;          /* WAL checkpoints off the loop (db_ckpt_start; NULL: SQLite's own) */
+    struct dir_cache *dcache; /* store_dir.c: users' active endpoints (NULL: none) */
+    struct rowid_hint *hints; /* store.c: notification id -> rowid (NULL: none) */
+    struct store_rows dec_rows; /* store_policy.c: decisions (store_rows.c) */
+    struct store_rows att_rows; /* store.c: attempts */
+    int64_t next_attempt_id;    /* store.c: attempts get their ids here, not from SQLite */
+    int pend_err;               /* a buffered write failed: the transaction must roll back */
 };
 
 /* The migrations of the other domains (store.c lists them in order). */
@@ -48,6 +109,8 @@ extern const char store_sql_sched[];     /* v4, store_sched.c */
 extern const char store_sql_engine[];    /* v5, store_engine.c */
 extern const char store_sql_channels[];  /* v6, store_channels.c */
 extern const char store_sql_admin[];     /* v7, store_admin.c */
+
+extern const struct store_rows_def store_dec_rows_def; /* store_policy.c: decisions */
 
 /* store_dir.c: the cache of store_user_devices. store_dir_open installs
  * the connection's update, commit and rollback hooks (they keep the cache

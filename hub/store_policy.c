@@ -56,9 +56,15 @@ static const char sql_pref_put[] =
     " ON CONFLICT(user_id) DO UPDATE SET json = excluded.json, updated_ms = excluded.updated_ms";
 static const char sql_pref_del[] = "DELETE FROM prefs WHERE user_id = ?";
 static const char sql_user_exists[] = "SELECT 1 FROM users WHERE id = ?";
-static const char sql_dec_add[] =
-    "INSERT INTO decisions(notification_id, user_id, channel, action, rule, until_ms, at_ms)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/* Decisions are buffered (store_rows.c, store_int.h). */
+const struct store_rows_def store_dec_rows_def = {
+    .head = "INSERT INTO decisions(notification_id, user_id, channel, action, rule, until_ms, at_ms)"
+            " VALUES ",
+    .tuple = "(?, ?, ?, ?, ?, ?, ?)",
+    .ncols = 7,
+    .text_mask = 0x1f,
+    .what = "decision add",
+};
 static const char sql_dec_of[] =
     "SELECT notification_id, user_id, channel, action, rule, until_ms, at_ms FROM decisions"
     " WHERE notification_id = ? ORDER BY id";
@@ -174,18 +180,11 @@ int store_decision_add(store_t *s, const struct store_decision *d)
     if (rc < 0) {
         return rc;
     }
-    sqlite3_stmt *st = store_stmt(s, sql_dec_add);
-    if (!st) {
-        return TDG_EDB;
-    }
-    sqlite3_bind_text(st, 1, d->notification_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, d->user_id ? d->user_id : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, d->channel ? d->channel : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, d->action, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, d->rule, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 6, d->until_ms);
-    sqlite3_bind_int64(st, 7, d->at_ms);
-    return step_done(s, st, "decision add");
+    const struct store_rows_in row[] = {
+        {.s = d->notification_id}, {.s = d->user_id}, {.s = d->channel}, {.s = d->action},
+        {.s = d->rule},            {.i = d->until_ms}, {.i = d->at_ms},
+    };
+    return store_rows_add(s, &s->dec_rows, row);
 }
 
 int store_decisions_of(store_t *s, const char *notification_id, store_decision_cb cb, void *arg)

@@ -2,7 +2,8 @@
  * (attempts and decisions without AUTOINCREMENT, migrated with their rows
  * and ids), schema v9 (the work index holds the queue only, still used by
  * what reads it), the rowid hints of store_set_state (a stale hint never touches
- * another row), and SQLite's allocator from platform/db.c. */
+ * another row), SQLite's allocator from platform/db.c, and the buffered
+ * decision and attempt rows of hub/store_rows.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -398,6 +399,88 @@ static void test_allocator(void **state)
     assert_int_equal(store_commit(S), 0);
 }
 
+/* Decisions and attempts are buffered and written several rows per
+ * statement (hub/store_rows.c): a read in the same transaction sees them,
+ * in order; an attempt can end in the iteration that began it; a savepoint
+ * rolled back takes exactly what was added after it; ids continue after a
+ * reopen. */
+struct dec_seen {
+    int n;
+    char last[32];
+    bool ordered;
+};
+
+static void dec_cb(void *arg, const struct store_decision *d)
+{
+    struct dec_seen *ds = arg;
+    char want[32];
+    snprintf(want, sizeof(want), "r%d", ds->n);
+    if (strncmp(d->rule, "r", 1) == 0 && strcmp(d->rule, want) != 0) {
+        ds->ordered = false;
+    }
+    snprintf(ds->last, sizeof(ds->last), "%s", d->rule);
+    ds->n++;
+}
+
+static void test_buffered_rows(void **state)
+{
+    (void)state;
+    assert_int_equal(add("buf-1"), 1);
+    char rule[32];
+    for (int i = 0; i < 37; i++) { /* two full statements and a remainder of 5 */
+        snprintf(rule, sizeof(rule), "r%d", i);
+        struct store_decision d = {.notification_id = "buf-1", .user_id = "alice",
+                                   .channel = "push", .action = "allow", .rule = rule,
+                                   .at_ms = NOW + i};
+        assert_int_equal(store_decision_add(S, &d), 0);
+    }
+    struct dec_seen ds = {.ordered = true};
+    assert_int_equal(store_decisions_of(S, "buf-1", dec_cb, &ds), 37);
+    assert_int_equal(ds.n, 37);
+    assert_true(ds.ordered);
+    assert_string_equal(ds.last, "r36");
+
+    int64_t first = 0, id = 0;
+    for (int i = 0; i < 21; i++) {
+        assert_int_equal(store_attempt_begin(S, "buf-1", "push", 7, NOW, &id), 0);
+        if (i == 0) {
+            first = id;
+        }
+        assert_int_equal(id, first + i);
+    }
+    /* ended before any commit: its row was still buffered */
+    assert_int_equal(store_attempt_end(S, id, "ok", 200, "", "p-1", NOW + 5), 0);
+    assert_int_equal(store_commit(S), 0);
+
+    /* a savepoint rolled back: the row before it stays, the one inside goes */
+    struct store_decision before = {.notification_id = "buf-1", .user_id = "alice",
+                                    .action = "hold", .rule = "before", .at_ms = NOW};
+    struct store_decision inside = before;
+    inside.rule = "inside";
+    assert_int_equal(store_decision_add(S, &before), 0);
+    assert_int_equal(store_admin_begin(S), 0);
+    assert_int_equal(store_decision_add(S, &inside), 0);
+    assert_int_equal(store_admin_end(S, false), 0);
+    assert_int_equal(store_commit(S), 0);
+    close_store();
+
+    assert_int_equal(raw_int("SELECT count(*) FROM decisions WHERE notification_id = 'buf-1'"), 38);
+    assert_int_equal(raw_int("SELECT count(*) FROM decisions WHERE rule = 'before'"), 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM decisions WHERE rule = 'inside'"), 0);
+    assert_int_equal(raw_int("SELECT count(*) FROM attempts WHERE notification_id = 'buf-1'"), 21);
+    assert_int_equal(raw_int("SELECT count(*) FROM attempts WHERE state = 'ok'"
+                             " AND provider_id = 'p-1' AND finished_ms > 0"),
+                     1);
+    assert_int_equal(raw_int("SELECT id FROM attempts WHERE provider_id = 'p-1'"), id);
+
+    /* a new connection continues after the highest id */
+    open_store();
+    int64_t next = 0;
+    assert_int_equal(store_attempt_begin(S, "buf-1", "push", 7, NOW, &next), 0);
+    assert_int_equal(next, id + 1);
+    assert_int_equal(store_commit(S), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -406,6 +489,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_work_index_v9, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hints_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allocator, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_buffered_rows, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
