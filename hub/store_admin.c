@@ -11,8 +11,8 @@
 /* Schema v7 (store.c's migration list).
  * - admin_audit: every change made through the admin API, e.g. a dead
  *   letter sent again; `tidingsctl status` shows those of a notification.
- * - attempts_by_time: per-channel stats over a window. Attempts are
- *   inserted once and started_ms never changes: no cost on updates.
+ * - attempts_by_time: per-channel stats over a window (dropped in v10:
+ *   store_admin_channel_stats finds the window by the ids instead).
  * - notifications_dlq: the dead letters (failed, dropped) by time. A
  *   partial index holds only those rows, so the hot path (queued ->
  *   sending -> delivered) pays one WHERE evaluation per update, no insert.
@@ -354,10 +354,62 @@ static const char SQL_COUNT_WORK[] = "SELECT 'queued', count(*) FROM notificatio
                                      " WHERE state = 'queued'";
 static const char SQL_COUNT_DLQ[] = "SELECT state, count(*) FROM notifications"
                                     " WHERE state IN ('failed', 'dropped') GROUP BY state";
+/* The attempts from id ?2 on (a range of the table's own b-tree) that
+ * started at or after ?1. */
 static const char SQL_CHANNEL_STATS[] =
     "SELECT channel, state, count(*), coalesce(avg(CASE WHEN finished_ms IS NOT NULL"
-    " THEN finished_ms - started_ms END), 0) FROM attempts WHERE started_ms >= ?1"
+    " THEN finished_ms - started_ms END), 0) FROM attempts WHERE id >= ?2 AND started_ms >= ?1"
     " GROUP BY channel, state ORDER BY channel, state";
+static const char SQL_ATTEMPT_AT[] =
+    "SELECT id, started_ms FROM attempts WHERE id >= ?1 ORDER BY id LIMIT 1";
+static const char SQL_ATTEMPT_MAX[] = "SELECT coalesce(max(id), 0) FROM attempts";
+
+/* A window may start this long before since_ms in the ids' order: attempts
+ * written after the wall clock stepped back by up to this much are still
+ * found (started_ms >= since_ms still filters them). */
+#define STATS_CLOCK_SLACK_MS 300000
+
+/* The first attempt id whose started_ms >= since_ms (max + 1 when none),
+ * by a binary search over the ids: ids are handed out in the order attempts
+ * start (store.c), so started_ms grows with them, save for wall-clock steps
+ * back (STATS_CLOCK_SLACK_MS). About 2 log2(rows) point reads instead of an
+ * index every attempt would pay for. */
+static int first_attempt_since(store_t *s, int64_t since_ms, int64_t *first)
+{
+    sqlite3_stmt *mx = store_stmt(s, SQL_ATTEMPT_MAX), *at = store_stmt(s, SQL_ATTEMPT_AT);
+    if (!mx || !at) {
+        return TDG_EDB;
+    }
+    int rc = sqlite3_step(mx);
+    int64_t hi = rc == SQLITE_ROW ? sqlite3_column_int64(mx, 0) + 1 : 0;
+    sqlite3_reset(mx);
+    if (rc != SQLITE_ROW) {
+        return store_fail(s, rc, "attempts max");
+    }
+    int64_t lo = 0, bound = since_ms - STATS_CLOCK_SLACK_MS;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        sqlite3_bind_int64(at, 1, mid);
+        rc = sqlite3_step(at);
+        bool after = true; /* no row at or past mid: as if it were after */
+        int64_t id = 0;
+        if (rc == SQLITE_ROW) {
+            id = sqlite3_column_int64(at, 0);
+            after = sqlite3_column_int64(at, 1) >= bound;
+        }
+        sqlite3_reset(at);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            return store_fail(s, rc, "attempts search");
+        }
+        if (after) {
+            hi = mid; /* ids in [mid, id) do not exist */
+        } else {
+            lo = id + 1;
+        }
+    }
+    *first = lo;
+    return 0;
+}
 
 static void count_row(sqlite3_stmt *st, void *cb, void *arg)
 {
@@ -393,11 +445,17 @@ static void channel_row(sqlite3_stmt *st, void *cb, void *arg)
 
 int store_admin_channel_stats(store_t *s, int64_t since_ms, store_admin_channel_cb cb, void *arg)
 {
+    int64_t first = 0;
+    int rc = first_attempt_since(s, since_ms, &first);
+    if (rc < 0) {
+        return rc;
+    }
     sqlite3_stmt *st = store_stmt(s, SQL_CHANNEL_STATS);
     if (!st) {
         return TDG_EDB;
     }
     sqlite3_bind_int64(st, 1, since_ms);
+    sqlite3_bind_int64(st, 2, first);
     return each_row(s, st, "admin channel stats", channel_row, (void *)cb, arg);
 }
 

@@ -46,7 +46,8 @@ const char store_sql_policy[] =
     /* Notifications waiting on a timer (deliver_at, hold, fallback), for
      * the queue depth metric: a partial index holds only those rows, so
      * the count reads no other row, and the hot path (queued -> sending ->
-     * delivered) pays one WHERE evaluation per update, no index write. */
+     * delivered) pays one WHERE evaluation per update, no index write.
+     * Schema v10 (store.c) folds it into notifications_work. */
     "CREATE INDEX notifications_scheduled ON notifications(state)"
     "  WHERE state = 'scheduled';";
 

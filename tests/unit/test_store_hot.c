@@ -160,7 +160,7 @@ static void test_migration_v8(void **state)
                      2);
     open_store();
     close_store();
-    assert_int_equal(raw_int("PRAGMA user_version"), 9); /* the newest, through v8 */
+    assert_int_equal(raw_int("PRAGMA user_version"), 10); /* the newest, through v8 */
     assert_int_equal(raw_int("SELECT count(*) FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'"
                              " AND name IN ('attempts', 'decisions')"),
                      0);
@@ -176,11 +176,12 @@ static void test_migration_v8(void **state)
                      1);
     assert_int_equal(raw_int("SELECT until_ms FROM decisions WHERE id = 7 AND rule = 'quiet_hours'"),
                      99);
-    /* The indexes are back. */
+    /* The indexes are back; attempts_by_time only until v10 dropped it. */
     assert_int_equal(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN"
-                             " ('attempts_by_notification', 'attempts_by_time',"
-                             " 'decisions_by_notification')"),
-                     3);
+                             " ('attempts_by_notification', 'decisions_by_notification')"),
+                     2);
+    assert_int_equal(raw_int("SELECT count(*) FROM sqlite_master WHERE name = 'attempts_by_time'"),
+                     0);
     open_store();
     int64_t att;
     assert_int_equal(store_attempt_begin(S, "n3", "apns", 3, NOW, &att), 0);
@@ -399,6 +400,100 @@ static void test_allocator(void **state)
     assert_int_equal(store_commit(S), 0);
 }
 
+/* Schema v10: attempts_by_time and notifications_scheduled are gone; the
+ * work index holds 'queued' and 'scheduled' rows and still serves the take
+ * and both counts. */
+static void test_v10_indexes(void **state)
+{
+    (void)state;
+    assert_int_equal(raw_int("SELECT count(*) FROM sqlite_master WHERE name IN"
+                             " ('attempts_by_time', 'notifications_scheduled')"),
+                     0);
+    assert_int_equal(raw_int("SELECT count(*) FROM sqlite_master WHERE name = 'notifications_work'"
+                             " AND sql LIKE '%state = ''queued'' OR state = ''scheduled''%'"),
+                     1);
+    char plan[512];
+    plan_of("SELECT count(*) FROM notifications WHERE state = 'scheduled'", plan, sizeof(plan));
+    assert_non_null(strstr(plan, "notifications_work"));
+    assert_int_equal(add("s1"), 1);
+    assert_int_equal(add("s2"), 1);
+    assert_int_equal(add("s3"), 1);
+    assert_int_equal(store_set_state(S, "s2", "scheduled", "", NOW), 0);
+    assert_int_equal(store_commit(S), 0);
+    int64_t n = -1;
+    assert_int_equal(store_count_scheduled(S, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_queue_depth(S, &n), 0);
+    assert_int_equal(n, 2);
+    taken_n = 0;
+    assert_int_equal(store_take_queued(S, 10, on_taken, NULL), 2); /* not the scheduled one */
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(store_count_scheduled(S, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications INDEXED BY notifications_work"
+                             " WHERE state = 'scheduled'"),
+                     1);
+}
+
+struct stats_sum {
+    int64_t n;
+    int rows;
+};
+
+static void stats_cb(void *arg, const char *channel, const char *st, int64_t n, double mean_ms)
+{
+    (void)st;
+    (void)mean_ms;
+    struct stats_sum *ss = arg;
+    if (strcmp(channel, "apns") == 0) {
+        ss->n += n;
+        ss->rows++;
+    }
+}
+
+static int64_t stats_since(int64_t since)
+{
+    struct stats_sum ss = {0};
+    int rows = store_admin_channel_stats(S, since, stats_cb, &ss);
+    assert_int_equal(rows, ss.rows); /* the count of rows, one per (channel, state) */
+    return ss.n;
+}
+
+/* Per-channel stats over a window find the window by the attempts' ids
+ * (no index on started_ms since v10): exact at every boundary, and still
+ * right after the wall clock stepped back by less than the slack. */
+static void test_channel_stats_window(void **state)
+{
+    (void)state;
+    assert_int_equal(stats_since(NOW), 0); /* no attempts at all */
+    assert_int_equal(add("st-1"), 1);
+    int64_t att = 0;
+    const int64_t step = 10000; /* 300 attempts 10 s apart: 50 minutes */
+    for (int i = 0; i < 300; i++) {
+        assert_int_equal(store_attempt_begin(S, "st-1", "apns", 1, NOW + i * step, &att), 0);
+        if (i % 3 == 0) {
+            assert_int_equal(store_attempt_end(S, att, "ok", 200, "", "", NOW + i * step + 5), 0);
+        }
+    }
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(stats_since(NOW - 1), 300);
+    assert_int_equal(stats_since(NOW), 300);
+    assert_int_equal(stats_since(NOW + 1), 299);
+    assert_int_equal(stats_since(NOW + 100 * step), 200);
+    assert_int_equal(stats_since(NOW + 100 * step + 1), 199);
+    assert_int_equal(stats_since(NOW + 299 * step), 1);
+    assert_int_equal(stats_since(NOW + 299 * step + 1), 0);
+    /* the wall clock stepped back 200 s (less than the search's slack):
+     * ten more attempts, the newest ids, with earlier times than the last */
+    for (int k = 0; k < 10; k++) {
+        assert_int_equal(store_attempt_begin(S, "st-1", "apns", 1, NOW + 279 * step + k, &att), 0);
+    }
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(stats_since(NOW + 278 * step), 22 + 10);
+    assert_int_equal(stats_since(NOW + 290 * step), 10);
+    assert_int_equal(stats_since(NOW + 100 * step), 200 + 10);
+}
+
 /* Decisions and attempts are buffered and written several rows per
  * statement (hub/store_rows.c): a read in the same transaction sees them,
  * in order; an attempt can end in the iteration that began it; a savepoint
@@ -490,6 +585,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hints_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allocator, setup, teardown),
         cmocka_unit_test_setup_teardown(test_buffered_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v10_indexes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_channel_stats_window, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
