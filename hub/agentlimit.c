@@ -145,6 +145,11 @@ enum agentlimit_verdict agentlimit_check(agentlimit_t *al, const char *agent, bo
     return AGENTLIMIT_OK;
 }
 
+bool agentlimit_counts(const agentlimit_t *al)
+{
+    return al->quota > 0;
+}
+
 void agentlimit_accepted(agentlimit_t *al, const char *agent, int64_t wall_ms)
 {
     if (al->quota == 0) {

@@ -53,4 +53,8 @@ enum agentlimit_verdict agentlimit_check(agentlimit_t *al, const char *agent, bo
  * quota, in the iteration's transaction. */
 void agentlimit_accepted(agentlimit_t *al, const char *agent, int64_t wall_ms);
 
+/* True when agentlimit_accepted counts (a quota is set): agentlimit_check
+ * then depends on every earlier agentlimit_accepted. */
+bool agentlimit_counts(const agentlimit_t *al);
+
 #endif

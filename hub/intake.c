@@ -19,6 +19,8 @@
 
 #define INTAKE_MAX_GROUPS 256     /* distinct agents acked per iteration */
 #define INTAKE_MAX_ACKS 65536     /* acks held per iteration */
+#define PRINT_CAP (PROTO_MAX_WIRE + 64) /* an item printed back (prepare_item) */
+#define NO_ACK SIZE_MAX
 
 struct ack_group {
     char agent[PROTO_AGENT_MAX + 1];
@@ -92,6 +94,7 @@ struct intake {
     size_t held_bytes, hold_bytes;
     uint64_t hold_ms, hold_timer;
     struct parser *parser; /* NULL: batches are parsed on the loop */
+    char *slots; /* STORE_ADD_MAX texts of PRINT_CAP for batches parsed on the loop (lazy) */
     cJSON *rel_head, *rel_tail; /* released this iteration, for the parse thread */
 };
 
@@ -120,6 +123,19 @@ struct item_ctx {
      * it must, rather than send its tail through the store's queue). */
     bool direct;
     size_t ack_mark; /* g->n when the batch began */
+    /* Accepted items not stored yet (pend_add, pend_flush): stored by
+     * multi-row INSERTs, STORE_ADD_MAX at a time and at the batch's end,
+     * then counted and handed to the fanout in order. Their acks are
+     * placed (ok) when they are accepted, so acks keep the items' order,
+     * and withdrawn if the store fails them. */
+    unsigned npend;
+    struct notification pend_n[STORE_ADD_MAX]; /* owned until flushed */
+    size_t pend_ack[STORE_ADD_MAX];            /* index in g->acks, or NO_ACK */
+    struct store_new rows[STORE_ADD_MAX];
+    /* A batch parsed on the loop: the pending items' texts, one PRINT_CAP
+     * slot each (slot i for pending item i). NULL: each item is stored as
+     * it is accepted (no memory for the slots, or a quota is set). */
+    char *slots;
 };
 
 /* snprintf(dst, cap, "%s", src) without printf (a few per notification):
@@ -147,17 +163,19 @@ static struct ack_group *group_for(intake_t *in, const char *agent)
     return g;
 }
 
-static void add_ack(intake_t *in, struct ack_group *g, const char *id, bool ok,
+/* Queue an ack for the iteration's commit. False when there was no room:
+ * the agent's ack timeout resends the item. */
+static bool add_ack(intake_t *in, struct ack_group *g, const char *id, bool ok,
                     enum proto_reason r, const char *field)
 {
     if (in->total >= INTAKE_MAX_ACKS) {
-        return; /* the agent's ack timeout resends it */
+        return false;
     }
     if (g->n == g->cap) {
         size_t cap = g->cap ? g->cap * 2 : 64;
         struct proto_ack *a = realloc(g->acks, cap * sizeof(*a));
         if (!a) {
-            return;
+            return false;
         }
         g->acks = a;
         g->cap = cap;
@@ -172,6 +190,77 @@ static void add_ack(intake_t *in, struct ack_group *g, const char *id, bool ok,
     a->reason = ok ? PROTO_OK : r;
     copy_cut(a->field, sizeof(a->field), field ? field : "");
     in->total++;
+    return true;
+}
+
+/* Store the pending items (one to four multi-row INSERTs), then for each
+ * in order what storing one used to do at once: count it (accepted or
+ * duplicate; the quota), hand a taken one to the fanout, or log the
+ * store's error and withdraw its ack (no ack: the agent resends). Runs
+ * before anything else can read the notifications table on this
+ * connection: when full, before a quota check, at the end of every batch. */
+static void pend_flush(struct item_ctx *c)
+{
+    unsigned n = c->npend;
+    if (n == 0) {
+        return;
+    }
+    c->npend = 0;
+    intake_t *in = c->in;
+    store_add_notifications(in->store, c->agent, c->now, c->rows, n);
+    bool withdrawn = false;
+    for (unsigned i = 0; i < n; i++) {
+        const struct store_new *r = &c->rows[i];
+        struct notification *nt = &c->pend_n[i];
+        if (r->rc < 0) {
+            LOG_ERROR("intake", "agent %s: cannot store id=%s: %s", c->agent, nt->id,
+                      tdg_strerror(r->rc));
+            if (c->pend_ack[i] != NO_ACK) {
+                c->g->acks[c->pend_ack[i]].id[0] = '\0'; /* no valid id is empty */
+                withdrawn = true;
+            }
+        } else if (r->inserted) {
+            if (in->limits) {
+                agentlimit_accepted(in->limits, c->agent, c->now);
+            }
+            in->st.accepted++;
+            LOG_DEBUG("intake", "agent %s: stored id=%s", c->agent, nt->id);
+        } else {
+            in->st.duplicates++;
+        }
+        if (r->rc == 0 && r->taken) {
+            fanout_take(in->fanout, nt, proto_expires_ms(nt, c->now)); /* nt moved */
+        }
+        notification_free(nt);
+    }
+    if (withdrawn) {
+        /* Only this batch's acks can be withdrawn; later ones move up. */
+        struct ack_group *g = c->g;
+        size_t w = c->ack_mark;
+        for (size_t k = c->ack_mark; k < g->n; k++) {
+            if (g->acks[k].id[0]) {
+                g->acks[w++] = g->acks[k];
+            }
+        }
+        in->total -= g->n - w;
+        g->n = w;
+    }
+}
+
+/* An accepted item (n moved in; json, len bytes, valid until the batch is
+ * freed) joins the pending ones; stored when STORE_ADD_MAX are pending. */
+static void pend_add(struct item_ctx *c, struct notification *n, const char *json, size_t len)
+{
+    unsigned i = c->npend++;
+    c->pend_n[i] = *n;
+    memset(n, 0, sizeof(*n));
+    c->rows[i] = (struct store_new){.n = &c->pend_n[i], .json = json, .len = len,
+                                    .take = c->direct};
+    c->pend_ack[i] = add_ack(c->in, c->g, c->pend_n[i].id, true, PROTO_OK, NULL) ? c->g->n - 1
+                                                                                 : NO_ACK;
+    if (c->npend == STORE_ADD_MAX) {
+        pend_flush(c);
+    }
 }
 
 /* The checks of an item that need neither the store nor the loop, so the
@@ -316,7 +405,13 @@ static void accept_item(struct item_ctx *c, struct prep *p, const char *json)
     }
     if (in->limits) {
         /* Per-agent limits (agentlimit.h): over the rate, no ack (resent
-         * later); over the day's quota, rejected - unless already stored. */
+         * later); over the day's quota, rejected - unless already stored.
+         * The quota counts stored items: those pending are stored first.
+         * (Nothing is pending at the batch's first check, where the rate
+         * may withdraw the batch's acks.) */
+        if (c->npend > 0 && agentlimit_counts(in->limits)) {
+            pend_flush(c);
+        }
         bool first = c->rate == 0;
         enum agentlimit_verdict v =
             c->rate == 2 ? AGENTLIMIT_DELAY
@@ -342,42 +437,25 @@ static void accept_item(struct item_ctx *c, struct prep *p, const char *json)
             return;
         }
     }
-    bool inserted = false, taken = false;
     /* Straight to delivery when the fanout has room and nothing is queued
-     * ahead: stored as taken and planned now, in this transaction, instead
-     * of queued, taken by the next pull and parsed again. */
-    int rc = c->direct
-                 ? store_add_notification_taken(in->store, &n, c->agent, json, len, c->now,
-                                                &inserted, &taken)
-                 : store_add_notification(in->store, &n, c->agent, json, len, c->now,
-                                          &inserted);
-    if (rc == 0 && taken) {
-        fanout_take(in->fanout, &n, proto_expires_ms(&n, c->now)); /* n moved */
-    }
-    notification_free(&n);
-    if (rc < 0) {
-        LOG_ERROR("intake", "agent %s: cannot store id=%s: %s", c->agent, id, tdg_strerror(rc));
-        return;
-    }
-    if (inserted && in->limits) {
-        agentlimit_accepted(in->limits, c->agent, c->now);
-    }
-    if (inserted) {
-        in->st.accepted++;
-        LOG_DEBUG("intake", "agent %s: stored id=%s", c->agent, id);
-    } else {
-        in->st.duplicates++;
-    }
-    add_ack(in, c->g, id, true, PROTO_OK, NULL);
+     * ahead (c->direct): stored as taken and planned at the flush, in this
+     * transaction, instead of queued, taken by the next pull and parsed
+     * again. Either way a duplicate id is acked too, and stored once. */
+    pend_add(c, &n, json, len);
 }
 
-/* An item straight from the batch parse, on the loop. */
+/* An item straight from the batch parse, on the loop: printed into its
+ * pending slot (kept until stored), or stored at once. */
 static void on_item(cJSON *item, struct item_ctx *c)
 {
-    char json[PROTO_MAX_WIRE + 64];
+    char json[PRINT_CAP];
+    char *buf = c->slots ? c->slots + (size_t)c->npend * PRINT_CAP : json;
     struct prep p;
-    prepare_item(item, &p, json, sizeof(json));
-    accept_item(c, &p, json);
+    prepare_item(item, &p, buf, PRINT_CAP);
+    accept_item(c, &p, buf);
+    if (!c->slots) {
+        pend_flush(c);
+    }
 }
 
 /* proto_batch_parse has copied the envelope's agent before the first item;
@@ -445,6 +523,12 @@ static void handle_up(intake_t *in, struct held *h)
      * envelope naming another agent is refused item by item. */
     struct item_pre pre = {.c = &c, .env_agent = h->env_agent};
     if (!h->parsed) {
+        /* Pending items' texts need a slot each until stored; with a quota
+         * every item is stored before the next is checked anyway. */
+        if (!in->slots) {
+            in->slots = malloc((size_t)STORE_ADD_MAX * PRINT_CAP); /* NULL: one at a time */
+        }
+        c.slots = in->limits && agentlimit_counts(in->limits) ? NULL : in->slots;
         h->env_rc = proto_batch_parse_owned(h->payload, h->len, h->env_agent,
                                             sizeof(h->env_agent), on_item_pre, &pre, &h->env_err);
     } else {
@@ -453,6 +537,7 @@ static void handle_up(intake_t *in, struct held *h)
             accept_item(&c, &h->items[i], h->text ? h->text + h->items[i].off : "");
         }
     }
+    pend_flush(&c); /* before the batch (its texts, its trees) is freed */
     if (h->env_rc < 0) {
         const struct proto_error *perr = &h->env_err;
         in->st.bad_envelopes++;
@@ -489,7 +574,7 @@ static void on_prep_item(cJSON *item, void *arg)
         h->cap = cap;
     }
     struct prep *p = &h->items[h->n++];
-    char json[PROTO_MAX_WIRE + 64];
+    char json[PRINT_CAP];
     prepare_item(item, p, json, sizeof(json));
     if (!p->id_ok || p->check < 0) {
         return;
@@ -906,6 +991,7 @@ void intake_destroy(intake_t *in)
         in->hhead = h->next;
         held_free(h);
     }
+    free(in->slots);
     free(in);
 }
 

@@ -44,6 +44,30 @@ int store_add_notification_taken(store_t *s, const struct notification *n, const
                                  const char *json, size_t len, int64_t now_ms, bool *inserted,
                                  bool *taken);
 
+/* One notification for store_add_notifications: in, then out. */
+struct store_new {
+    const struct notification *n; /* n->id, ->to, ->category: read during the call only */
+    const char *json;             /* the text stored, len bytes (no NUL needed) */
+    size_t len;
+    bool take;     /* as store_add_notification_taken (else as store_add_notification) */
+    int rc;        /* out: 0, or the error of the statement that held this row (not stored) */
+    bool inserted; /* out: false when the id was known: stored before, or earlier in rows */
+    bool taken;    /* out: with take, inserted and not expired */
+};
+
+/* Rows per statement of store_add_notifications. */
+#define STORE_ADD_MAX 16
+
+/* Record n notifications of one agent, as store_add_notification(_taken)
+ * would one after another, but with multi-row INSERTs of up to
+ * STORE_ADD_MAX rows (half the cost per row of one statement each). An id
+ * that appears twice in rows is stored once: the first is inserted, the
+ * later ones are duplicates. A statement that fails stores none of its
+ * rows (each gets rc < 0) and the others still run. Returns 0, or the
+ * first error (also in the rows it concerns). */
+int store_add_notifications(store_t *s, const char *agent, int64_t now_ms, struct store_new *rows,
+                            size_t n);
+
 typedef void (*store_notification_cb)(void *arg, const char *id, const char *json, size_t len,
                                       int64_t expires_ms);
 /* Move up to max (at most 1024 per call) queued notifications (priority first, then oldest) to

@@ -6,6 +6,8 @@
 #     unbound agent gets not_allowed (field to) in its ack, a category outside
 #     the binding gets not_allowed (field category), an unknown user or group
 #     still gets unknown_recipient;
+#     bad input and duplicates item by item, with the parse thread and
+#     without: every item answered in order, each id stored and sent once;
 #  3. key rotation: a key appended to the file, the hub restarted: every value
 #     is re-encrypted with it and delivery goes on.
 #   usage: test_directory.sh BUILD_DIR SRC_DIR
@@ -135,6 +137,59 @@ bad_input() { # TAG LOG
     wait_until 20 "$t-c at the fake APNs" apns_has_id "$t-c"
     [ -z "$(hub_sql "SELECT id FROM notifications WHERE id IN ('$t-a', '$t-b', '$t-m')")" ] ||
         fail "a rejected item was stored ($t)"
+    dupes "$t"
+}
+
+# Intake stores accepted items 16 to a statement (docs/hub.md): duplicates
+# inside one batch (in one statement and in the next), in the batch right
+# behind it (published together: usually the same iteration), and a bad
+# item between good ones. Every item with an id is acked, in the order of
+# the items; each id is stored and delivered once.
+dupes_delivered() {
+    [ "$(hub_sql "SELECT count(*) FROM notifications WHERE id LIKE '$DUPES_TAG-d%'
+        AND state = 'delivered'")" = 19 ]
+}
+dupes() { # TAG
+    local t=$1 i d1="" d2="" want=""
+    it() { printf '{"id":"%s-d%s","to":"user:alice","title":"dupes %s","channels":["push"]}' "$t" "$1" "$2"; }
+    for i in 01 02 03 04 05 03 06 07 08 x 09 10 11 12 13 14 15 16 17 18 02; do
+        if [ "$i" = x ]; then
+            d1+='{"id":"'"$t"'-dx","to":"user:alice"},'
+        else
+            d1+="$(it "$i" "$i"),"
+        fi
+        want+="$t-d$i "
+    done
+    d2="$(it 18 "18 again"),$(it 19 19),$(it 19 "19 again")"
+    want+="$t-d18 $t-d19 $t-d19 "
+    printf '%s\n%s\n' "{\"v\":1,\"agent\":\"gw1\",\"items\":[${d1%,}]}" \
+        "{\"v\":1,\"agent\":\"gw1\",\"items\":[$d2]}" |
+        mosquitto_pub -V mqttv5 -q 1 -h 127.0.0.1 -p "$BROKER_PORT" -t tidings/v1/agents/gw1/up -l
+    expect_ack gw1 "$t-d19" true
+    expect_ack gw1 "$t-dx" false no_content -
+    # the acks of these items, in the order published (ok or the reason)
+    local got
+    got=$(grep "^tidings/v1/agents/gw1/ack " "$STACK_DIR/acks.log" | sed 's/^[^ ]* //' |
+        /usr/bin/python3 -c '
+import json, sys
+out = []
+for line in sys.stdin:
+    for a in json.loads(line)["acks"]:
+        if a["id"].startswith(sys.argv[1] + "-d"):
+            out.append(a["id"] if a["ok"] else a["id"] + ":" + a.get("reason", "?"))
+print(" ".join(out))' "$t")
+    [ "$got " = "${want/$t-dx /$t-dx:no_content }" ] || fail "acks ($t): '$got', want '$want'"
+    [ "$(hub_sql "SELECT count(*) FROM notifications WHERE id LIKE '$t-d%'")" = 19 ] ||
+        fail "not 19 stored ($t): $(hub_sql "SELECT id FROM notifications WHERE id LIKE '$t-d%'")"
+    [ "$(hub_sql "SELECT count(*) FROM notifications WHERE id LIKE '$t-d%' AND body LIKE '%again%'")" = 0 ] ||
+        fail "a duplicate replaced the first ($t)"
+    for i in 01 02 03 04 05 06 07 08 09 10 11 12 13 14 15 16 17 18 19; do
+        wait_until 20 "$t-d$i at the fake APNs" apns_has_id "$t-d$i"
+    done
+    DUPES_TAG=$t wait_until 20 "19 delivered ($t)" dupes_delivered
+    for i in 01 02 03 04 05 06 07 08 09 10 11 12 13 14 15 16 17 18 19; do
+        [ "$(apns_count_id "$t-d$i")" = 1 ] || fail "$t-d$i sent $(apns_count_id "$t-d$i") times"
+    done
 }
 bad_input thr "$STACK_DIR/hub.log"
 

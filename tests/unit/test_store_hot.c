@@ -2,8 +2,11 @@
  * (attempts and decisions without AUTOINCREMENT, migrated with their rows
  * and ids), schema v9 (the work index holds the queue only, still used by
  * what reads it), the rowid hints of store_set_state (a stale hint never touches
- * another row), SQLite's allocator from platform/db.c, and the buffered
- * decision and attempt rows of hub/store_rows.c. */
+ * another row), multi-row inserts (store_add_notifications: duplicates in
+ * one statement and across statements, expired rows and their receipts,
+ * schema v11 without the insert trigger), SQLite's allocator from
+ * platform/db.c, the buffered decision and attempt rows of
+ * hub/store_rows.c, and schema v10 (two indexes fewer). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -160,7 +163,7 @@ static void test_migration_v8(void **state)
                      2);
     open_store();
     close_store();
-    assert_int_equal(raw_int("PRAGMA user_version"), 10); /* the newest, through v8 */
+    assert_int_equal(raw_int("PRAGMA user_version"), 11); /* the newest, through v8 */
     assert_int_equal(raw_int("SELECT count(*) FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'"
                              " AND name IN ('attempts', 'decisions')"),
                      0);
@@ -327,6 +330,136 @@ static void test_hints_many(void **state)
     assert_int_equal(n, N / 2);
     assert_int_equal(store_count_state(S, "sending", &n), 0);
     assert_int_equal(n, 0);
+}
+
+/* Rows for store_add_notifications: ids[i], parsed into ns[i]; ttl 1 s
+ * accepted long ago (expired at NOW) where expired[i]. */
+#define ADD_N 40
+static char add_json[ADD_N][256];
+static struct notification add_ns[ADD_N];
+
+static void make_rows(struct store_new *rows, const char *const *ids, const bool *expired,
+                      size_t n, bool take)
+{
+    assert_true(n <= ADD_N);
+    for (size_t i = 0; i < n; i++) {
+        int len = snprintf(add_json[i], sizeof(add_json[i]),
+                           "{\"id\":\"%s\",\"to\":\"user:alice\",\"title\":\"t%zu\"%s}",
+                           ids[i], i,
+                           expired && expired[i] ? ",\"ttl\":1,\"accepted_at\":\"2020-01-01T00:00:00Z\"" : "");
+        struct proto_error pe;
+        assert_int_equal(proto_parse(add_json[i], (size_t)len, &add_ns[i], &pe), 0);
+        rows[i] = (struct store_new){
+            .n = &add_ns[i], .json = add_json[i], .len = (size_t)len, .take = take};
+    }
+}
+
+static void free_rows(size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        notification_free(&add_ns[i]);
+    }
+}
+
+/* Multi-row inserts: 21 rows (statements of 16, 4 and 1) with a row stored
+ * before, an id twice in the first statement, an id of the first statement
+ * again in the second and third, and expired rows: each id stored once, the
+ * first of its rows inserted, the others duplicates; taken only when
+ * inserted and not expired; an expired row gets its receipt (schema v11
+ * dropped the insert trigger that wrote it); new rows get consecutive
+ * rowids in the order given (what the hints assume). */
+static void test_add_many(void **state)
+{
+    (void)state;
+    assert_int_equal(add("old"), 1);
+    assert_int_equal(store_commit(S), 0);
+    static const char *const ids[21] = {
+        "m0",  "m1",  "old", "m3",  "m1",  "m5",  "m6",  "m7", "m8",  "m9",  "m10",
+        "m11", "m12", "m13", "m14", "m15", "m16", "m3",  "m18", "m19", "m18"};
+    bool expired[21] = {false};
+    expired[6] = expired[19] = true;
+    /* duplicates: index 2 (stored before), 4 (= 1), 17 (= 3), 20 (= 18) */
+    struct store_new rows[21];
+    make_rows(rows, ids, expired, 21, true);
+    assert_int_equal(store_add_notifications(S, "gw1", NOW, rows, 21), 0);
+    for (size_t i = 0; i < 21; i++) {
+        bool dup = i == 2 || i == 4 || i == 17 || i == 20;
+        assert_int_equal(rows[i].rc, 0);
+        assert_int_equal(rows[i].inserted, !dup);
+        assert_int_equal(rows[i].taken, !dup && !expired[i]);
+    }
+    assert_int_equal(store_commit(S), 0);
+    free_rows(21);
+    close_store();
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications"), 18); /* 17 + old */
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications WHERE state = 'sending'"), 15);
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications WHERE state = 'queued'"), 1);
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications WHERE state = 'expired'"
+                             " AND reason != ''"),
+                     2);
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications WHERE id = 'm1'"
+                             " AND body LIKE '%\"t1\"%'"),
+                     1); /* the first row of m1, not the second */
+    assert_int_equal(raw_int("SELECT count(*) FROM receipts WHERE state = 'expired' AND agent = 'gw1'"
+                             " AND notification_id IN ('m6', 'm19') AND at_ms = 1700000000000"),
+                     2);
+    assert_int_equal(raw_int("SELECT count(*) FROM receipts"), 2);
+    assert_int_equal(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+                             " AND tbl_name = 'notifications' AND sql LIKE '%AFTER INSERT%'"),
+                     0);
+    /* rowids in the order given, the duplicates skipped */
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications AS a JOIN notifications AS b"
+                             " ON b.rowid = a.rowid + 1 WHERE a.id = 'm0' AND b.id = 'm1'"),
+                     1);
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications AS a JOIN notifications AS b"
+                             " ON b.rowid = a.rowid + 1 WHERE a.id = 'm16' AND b.id = 'm18'"),
+                     1);
+    open_store();
+    /* Every row found again by its (hinted) rowid and by id. */
+    for (size_t i = 0; i < 21; i++) {
+        assert_int_equal(store_set_state(S, ids[i], "delivered", "", NOW), 0);
+    }
+    assert_int_equal(store_commit(S), 0);
+    int64_t n;
+    assert_int_equal(store_count_state(S, "delivered", &n), 0);
+    assert_int_equal(n, 18);
+    /* All duplicates: nothing inserted, nothing taken. */
+    make_rows(rows, ids, NULL, 5, true);
+    assert_int_equal(store_add_notifications(S, "gw1", NOW, rows, 5), 0);
+    for (size_t i = 0; i < 5; i++) {
+        assert_false(rows[i].inserted);
+        assert_false(rows[i].taken);
+    }
+    free_rows(5);
+    assert_int_equal(store_commit(S), 0);
+}
+
+/* A statement that fails stores none of its rows and says so in each; the
+ * other statements of the call still run. */
+static void test_add_fails(void **state)
+{
+    (void)state;
+    close_store();
+    raw_exec("CREATE TRIGGER boom BEFORE INSERT ON notifications WHEN NEW.id = 'f-boom'"
+             " BEGIN SELECT RAISE(ABORT, 'boom'); END;");
+    open_store();
+    static const char *const ids[6] = {"f-0", "f-1", "f-boom", "f-3", "f-4", "f-5"};
+    struct store_new rows[6]; /* statements of 4 and 2 rows */
+    make_rows(rows, ids, NULL, 6, false);
+    assert_true(store_add_notifications(S, "gw1", NOW, rows, 6) < 0);
+    for (size_t i = 0; i < 6; i++) {
+        assert_int_equal(rows[i].rc < 0, i < 4);
+        assert_int_equal(rows[i].inserted, i >= 4);
+        assert_false(rows[i].taken);
+    }
+    free_rows(6);
+    assert_int_equal(store_commit(S), 0);
+    close_store();
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications"), 2);
+    assert_int_equal(raw_int("SELECT count(*) FROM notifications WHERE id IN ('f-4', 'f-5')"
+                             " AND state = 'queued'"),
+                     2);
+    open_store();
 }
 
 /* SQLite's allocator from db_open (platform/db.c): every size class and
@@ -583,6 +716,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stale_hint, setup, teardown),
         cmocka_unit_test_setup_teardown(test_work_index_v9, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hints_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_add_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_add_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allocator, setup, teardown),
         cmocka_unit_test_setup_teardown(test_buffered_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v10_indexes, setup, teardown),
