@@ -24,7 +24,9 @@
  *   AFTER DELETE trigger cost a trigger program per receipt). Bounded by
  *   age and row count: store_receipts_delete prunes it too (its
  *   SQL_LOG_PRUNE; no trigger, whose program ran for every row inserted).
- *   One row and one index entry per receipt: its cost on the confirm path. */
+ *   One row and one index entry per receipt: its cost on the confirm path.
+ *   Schema v12 (store_engine.c) replaces the index on the text id with one
+ *   on the notification's received_ms, which grows at its end. */
 #define STORE_SQL_RECEIPT_LOG                                                                      \
     "CREATE TABLE receipt_log ("                                                                   \
     "  notification_id TEXT NOT NULL,"                                                             \
@@ -33,7 +35,7 @@
     "  queued_ms INTEGER NOT NULL,"   /* the receipt row's at_ms: the terminal state's time */     \
     "  confirmed_ms INTEGER NOT NULL" /* deleted from the outbox: the broker had it */             \
     ");"                                                                                           \
-    "CREATE INDEX receipt_log_by_id ON receipt_log(notification_id);"
+    "CREATE INDEX receipt_log_by_id ON receipt_log(notification_id);" /* v12: by received_ms */
 
 const char store_sql_admin[] = "CREATE TABLE admin_audit ("
                                "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -179,11 +181,14 @@ int store_admin_attempts(store_t *s, const char *id, unsigned max, store_admin_a
 
 /* Receipts still in the outbox (a scan of it: no index on the hot path's
  * table; it is small unless a backlog waits for the broker), then those
- * confirmed (receipt_log, by index). */
+ * confirmed (receipt_log, by its index on the notification's received_ms,
+ * schema v12: store_engine.c; the id picks this notification's among the
+ * rows of that millisecond). */
 static const char SQL_RECEIPTS_OF[] =
     "SELECT agent, state, at_ms, 0 FROM receipts WHERE notification_id = ?1"
     " UNION ALL SELECT agent, state, queued_ms, confirmed_ms FROM receipt_log"
-    " WHERE notification_id = ?1 ORDER BY 3, 4 LIMIT ?2";
+    " WHERE received_ms = (SELECT received_ms FROM notifications WHERE id = ?1)"
+    " AND notification_id = ?1 ORDER BY 3, 4 LIMIT ?2";
 
 static void receipt_row(sqlite3_stmt *st, void *cb, void *arg)
 {

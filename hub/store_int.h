@@ -109,6 +109,7 @@ extern const char store_sql_sched[];     /* v4, store_sched.c */
 extern const char store_sql_engine[];    /* v5, store_engine.c */
 extern const char store_sql_channels[];  /* v6, store_channels.c */
 extern const char store_sql_admin[];     /* v7, store_admin.c */
+extern const char store_sql_receipts_v12[]; /* v12, store_engine.c */
 
 extern const struct store_rows_def store_dec_rows_def; /* store_policy.c: decisions */
 

@@ -411,6 +411,215 @@ static void test_next_batches(void **state)
     confirm_all(NULL);
 }
 
+/* Receipts of id, pending and confirmed (what `tidingsctl status` lists). */
+static int receipts_of(const char *id, struct seen *s)
+{
+    memset(s, 0, sizeof(*s));
+    return store_admin_receipts(S, id, 50, on_receipt, s);
+}
+
+static void add_one(const char *id, const char *to, int64_t now, int64_t accepted_at_ms)
+{
+    char json[200];
+    int len = snprintf(json, sizeof(json), "{\"id\":\"%s\",\"to\":\"%s\",\"title\":\"t\"%s}", id,
+                       to, accepted_at_ms ? ",\"ttl\":1" : "");
+    struct notification n;
+    struct proto_error perr;
+    assert_int_equal(proto_parse(json, (size_t)len, &n, &perr), 0);
+    n.accepted_at_ms = accepted_at_ms;
+    bool inserted = false;
+    assert_int_equal(store_add_notification(S, &n, "gw1", json, (size_t)len, now, &inserted), 0);
+    assert_true(inserted);
+    notification_free(&n);
+}
+
+/* Exactly one receipt per change into a terminal state, on every path that
+ * sets one: store_set_state by its rowid hint and by id (a row the store
+ * never saw inserted), a state set again to what it is (no new receipt,
+ * the row still updated), stored already expired, and the GDPR erasure's
+ * 'dropped' (only for what was still pending). Confirmed receipts stay
+ * counted in the history. */
+static void test_one_receipt_per_terminal_state(void **state)
+{
+    (void)state;
+    confirm_all(NULL);
+    int64_t now = wall_ms();
+    struct seen s;
+    add_one("o-1", "user:u1", now, 0);
+    assert_int_equal(store_set_state(S, "o-1", "sending", "", now + 1), 0);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(receipts_of("o-1", &s), 0);
+    assert_int_equal(store_set_state(S, "o-1", "delivered", "", now + 2), 0);
+    assert_int_equal(store_set_state(S, "o-1", "delivered", "again", now + 3), 0);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(receipts_of("o-1", &s), 1);
+    assert_int_equal(s.queued_ms, now + 2);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM notifications WHERE id = 'o-1' AND updated_ms = %lld"
+             " AND reason = 'again'",
+             (long long)(now + 3));
+    assert_int_equal(count(db, sql), 1); /* the row did change */
+    assert_int_equal(store_set_state(S, "o-1", "queued", "", now + 4), 0);
+    assert_int_equal(store_set_state(S, "o-1", "failed", "x", now + 5), 0);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(receipts_of("o-1", &s), 2);
+    assert_string_equal(s.state, "failed");
+
+    /* by id: inserted behind the store's back, so it has no rowid hint */
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO notifications(id, agent, recipient, priority, received_ms, body, state,"
+             " updated_ms) VALUES ('o-2', 'gw2', 'user:u1', 2, %lld, '{}', 'sending', %lld)",
+             (long long)now, (long long)now);
+    exec(db, sql);
+    assert_int_equal(store_set_state(S, "o-2", "expired", "ttl", now + 6), 0);
+    assert_int_equal(store_set_state(S, "o-2", "expired", "ttl", now + 7), 0);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(receipts_of("o-2", &s), 1);
+    assert_string_equal(s.agent, "gw2");
+    assert_string_equal(s.state, "expired");
+
+    /* stored already expired (the ttl passed before the hub saw it) */
+    add_one("o-3", "user:u1", now, now - 10000);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(receipts_of("o-3", &s), 1);
+    assert_string_equal(s.state, "expired");
+
+    /* erasure: o-4 pending -> dropped (one receipt), o-5 ended already */
+    add_one("o-4", "user:u9", now, 0);
+    add_one("o-5", "user:u9", now, 0);
+    assert_int_equal(store_set_state(S, "o-5", "delivered", "", now + 1), 0);
+    assert_int_equal(store_admin_erase_notifications(S, "u9", now + 2, NULL), 0);
+    assert_int_equal(store_commit(S), 0);
+    assert_int_equal(receipts_of("o-4", &s), 1);
+    assert_string_equal(s.state, "dropped");
+    assert_int_equal(receipts_of("o-5", &s), 1);
+    assert_string_equal(s.state, "delivered");
+
+    /* confirmed: the same receipts, now from the history */
+    int64_t top = 0;
+    assert_int_equal(store_receipts_top(S, &top), 0);
+    assert_int_equal(store_receipts_delete(S, "gw2", 1, top, NULL), 0);
+    confirm_all(NULL);
+    const char *ids[] = {"o-1", "o-2", "o-3", "o-4", "o-5"};
+    const int want[] = {2, 1, 1, 1, 1};
+    for (unsigned i = 0; i < 5; i++) {
+        assert_int_equal(receipts_of(ids[i], &s), want[i]);
+        assert_true(s.confirmed_ms > 0);
+    }
+    sqlite3_close(db);
+}
+
+/* receipt_log is found by the notification's received_ms (schema v12):
+ * notifications received in the same millisecond each see only their own
+ * receipts, and the old index on the text id is gone. */
+static void test_log_by_received_ms(void **state)
+{
+    (void)state;
+    confirm_all(NULL);
+    int64_t now = wall_ms();
+    char id[16];
+    for (unsigned i = 0; i < 6; i++) {
+        snprintf(id, sizeof(id), "same-%u", i);
+        add_one(id, "user:u1", now, 0);
+        assert_int_equal(store_set_state(S, id, i % 2 ? "failed" : "delivered", "", now + i), 0);
+    }
+    assert_int_equal(store_set_state(S, "same-0", "queued", "", now + 9), 0);
+    assert_int_equal(store_set_state(S, "same-0", "failed", "", now + 10), 0);
+    assert_int_equal(store_commit(S), 0);
+    confirm_all(NULL);
+    struct seen s;
+    for (unsigned i = 0; i < 6; i++) {
+        snprintf(id, sizeof(id), "same-%u", i);
+        assert_int_equal(receipts_of(id, &s), i == 0 ? 2 : 1);
+        assert_int_equal(s.queued_ms, i == 0 ? now + 10 : now + (int64_t)i);
+        assert_string_equal(s.state, i % 2 || i == 0 ? "failed" : "delivered");
+    }
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM receipt_log WHERE notification_id LIKE 'same-%%'"
+             " AND received_ms = %lld",
+             (long long)now);
+    assert_int_equal(count(db, sql), 7);
+    assert_int_equal(count(db, "SELECT count(*) FROM sqlite_master WHERE type = 'index'"
+                               " AND name = 'receipt_log_by_received'"),
+                     1);
+    assert_int_equal(count(db, "SELECT count(*) FROM sqlite_master WHERE type = 'index'"
+                               " AND name = 'receipt_log_by_id'"),
+                     0);
+    sqlite3_close(db);
+}
+
+/* A database as version 9 left it (receipt_log by text id, outbox rows
+ * without received_ms, the v5 triggers) opens as version 12 (v11 drops the
+ * insert trigger, v12 keys the log by received_ms): its log rows
+ * and pending receipts get their notification's received_ms, are found by
+ * it, and the new triggers write receipts as before. */
+static void test_migration_v12(void **state)
+{
+    (void)state;
+    confirm_all(NULL);
+    store_close(S);
+    S = NULL;
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    exec(db, "BEGIN;"
+             "DROP TRIGGER receipts_on_state; DROP TRIGGER IF EXISTS receipts_on_insert;"
+             "DROP INDEX receipt_log_by_received;"
+             /* before the triggers: their receipts are set below */
+             "INSERT INTO notifications(id, agent, recipient, priority, received_ms, body, state,"
+             " updated_ms) VALUES ('m-1', 'gw1', 'user:u1', 2, 1234, '{}', 'delivered', 1300),"
+             " ('m-2', 'gw1', 'user:u1', 2, 1234, '{}', 'failed', 1400);"
+             "ALTER TABLE receipt_log DROP COLUMN received_ms;"
+             "ALTER TABLE receipts DROP COLUMN received_ms;"
+             "CREATE INDEX receipt_log_by_id ON receipt_log(notification_id);"
+             "CREATE TRIGGER receipts_on_state AFTER UPDATE OF state ON notifications"
+             "  WHEN (NEW.state = 'delivered' OR NEW.state = 'failed' OR NEW.state = 'suppressed'"
+             "  OR NEW.state = 'expired' OR NEW.state = 'dropped') AND OLD.state IS NOT NEW.state"
+             " BEGIN INSERT INTO receipts(notification_id, agent, state, reason, at_ms)"
+             " VALUES (NEW.id, NEW.agent, NEW.state, NEW.reason, NEW.updated_ms); END;"
+             "CREATE TRIGGER receipts_on_insert AFTER INSERT ON notifications"
+             "  WHEN (NEW.state = 'delivered' OR NEW.state = 'failed' OR NEW.state = 'suppressed'"
+             "  OR NEW.state = 'expired' OR NEW.state = 'dropped')"
+             " BEGIN INSERT INTO receipts(notification_id, agent, state, reason, at_ms)"
+             " VALUES (NEW.id, NEW.agent, NEW.state, NEW.reason, NEW.updated_ms); END;"
+             "INSERT INTO receipt_log(notification_id, agent, state, queued_ms, confirmed_ms)"
+             " VALUES ('m-1', 'gw1', 'delivered', 1300, 1350);"
+             "INSERT INTO receipts(notification_id, agent, state, reason, at_ms)"
+             " VALUES ('m-2', 'gw1', 'failed', 'x', 1400);"
+             "PRAGMA user_version = 9;"
+             "COMMIT;");
+    char err[256];
+    assert_int_equal(store_open(dbpath, DB_SYNC_NORMAL, &S, err, sizeof(err)), 0);
+    assert_int_equal(count(db, "PRAGMA user_version"), 12);
+    assert_int_equal(count(db, "SELECT received_ms FROM receipt_log WHERE notification_id = 'm-1'"),
+                     1234);
+    assert_int_equal(count(db, "SELECT received_ms FROM receipts WHERE notification_id = 'm-2'"),
+                     1234);
+    struct seen s;
+    assert_int_equal(receipts_of("m-1", &s), 1);
+    assert_int_equal(s.confirmed_ms, 1350);
+    assert_int_equal(receipts_of("m-2", &s), 1);
+    assert_int_equal(s.confirmed_ms, 0);
+    /* the v12 trigger: a new terminal state, one more receipt */
+    assert_int_equal(store_set_state(S, "m-1", "queued", "", 1500), 0);
+    assert_int_equal(store_set_state(S, "m-1", "failed", "y", 1600), 0);
+    assert_int_equal(store_commit(S), 0);
+    confirm_all(NULL);
+    assert_int_equal(receipts_of("m-1", &s), 2);
+    assert_int_equal(s.queued_ms, 1600);
+    assert_true(s.confirmed_ms > 0);
+    assert_int_equal(receipts_of("m-2", &s), 1);
+    assert_true(s.confirmed_ms > 0);
+    assert_int_equal(count(db, "SELECT count(*) FROM receipt_log WHERE received_ms = 1234"), 3);
+    sqlite3_close(db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -419,6 +628,9 @@ int main(void)
         cmocka_unit_test(test_pruned),
         cmocka_unit_test(test_tally),
         cmocka_unit_test(test_next_batches),
+        cmocka_unit_test(test_one_receipt_per_terminal_state),
+        cmocka_unit_test(test_log_by_received_ms),
+        cmocka_unit_test(test_migration_v12),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
