@@ -19,6 +19,7 @@
 #include "loop.h"
 #include "proto.h"
 #include "store.h"
+#include "testdb.h"
 
 #include <sqlite3.h>
 #include <stdbool.h>
@@ -44,25 +45,12 @@ static void open_store(void)
 
 static int64_t raw_int(const char *sql)
 {
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    int64_t v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
+    return testdb_int(dbpath, sql);
 }
 
 static void raw_exec(const char *sql)
 {
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
-    char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        fail_msg("%s: %s", sql, msg ? msg : "?");
-    }
-    sqlite3_close(db);
+    testdb_exec(dbpath, sql);
 }
 
 static int setup_common(bool thread)
@@ -112,13 +100,7 @@ static int teardown(void **state)
     L = NULL;
     store_close(S);
     S = NULL;
-    const char *suffix[] = {"", "-wal", "-shm"};
-    char p[160];
-    for (int i = 0; i < 3; i++) {
-        snprintf(p, sizeof(p), "%s%s", dbpath, suffix[i]);
-        unlink(p);
-    }
-    rmdir(dir);
+    testdb_remove(dbpath, dir);
     return 0;
 }
 

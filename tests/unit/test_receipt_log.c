@@ -15,6 +15,7 @@
 #include "proto.h"
 #include "store.h"
 #include "store_engine.h"
+#include "testdb.h"
 
 #include <sqlite3.h>
 #include <stdbool.h>
@@ -50,13 +51,7 @@ static int teardown(void **state)
 {
     (void)state;
     store_close(S);
-    const char *suffix[] = {"", "-wal", "-shm"};
-    char p[160];
-    for (int i = 0; i < 3; i++) {
-        snprintf(p, sizeof(p), "%s%s", dbpath, suffix[i]);
-        unlink(p);
-    }
-    rmdir(dir);
+    testdb_remove(dbpath, dir);
     return 0;
 }
 

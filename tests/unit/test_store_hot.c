@@ -18,6 +18,7 @@
 #include "proto.h"
 #include "store.h"
 #include "store_engine.h"
+#include "testdb.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -63,13 +64,7 @@ static int teardown(void **state)
     if (S) {
         close_store();
     }
-    const char *suffix[] = {"", "-wal", "-shm"};
-    char p[160];
-    for (int i = 0; i < 3; i++) {
-        snprintf(p, sizeof(p), "%s%s", dbpath, suffix[i]);
-        unlink(p);
-    }
-    rmdir(dir);
+    testdb_remove(dbpath, dir);
     return 0;
 }
 
@@ -104,26 +99,12 @@ static void state_of(const char *id, char *state, size_t len)
 /* Run SQL on a second connection (the store closed); one integer back. */
 static int64_t raw_int(const char *sql)
 {
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    int64_t v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
+    return testdb_int(dbpath, sql);
 }
 
 static void raw_exec(const char *sql)
 {
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
-    char *msg = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
-    if (rc != SQLITE_OK) {
-        fail_msg("%s: %s", sql, msg ? msg : "?");
-    }
-    sqlite3_close(db);
+    testdb_exec(dbpath, sql);
 }
 
 /* A database as version 7 left it (AUTOINCREMENT, a sqlite_sequence ahead
