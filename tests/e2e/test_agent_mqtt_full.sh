@@ -42,8 +42,13 @@ wait_until 30 "a failed commit" grep -q "commit of .* failed" "$STACK_DIR/agentf
 wait_until 30 "the local connection closed without PUBACKs" \
     grep -q "local: connection to .* lost: closed by the application" "$STACK_DIR/agentfull.log"
 kill -0 "$(stack_pid agentfull)" || fail "the agent died under the file-size limit"
+# Logged once per change of state, not per failed commit: a small commit
+# may still fit after a failure ("commits work again"), and the next
+# failure is a new change, logged again. Never two in a row.
 logged=$(grep -c "commit of .* failed" "$STACK_DIR/agentfull.log" || true)
-[ "$logged" = 1 ] || fail "commit failure logged $logged times, want once"
+recovered=$(grep -c "commits work again" "$STACK_DIR/agentfull.log" || true)
+[ "$logged" -ge 1 ] && { [ "$logged" = "$recovered" ] || [ "$logged" = $((recovered + 1)) ]; } ||
+    fail "commit failure logged $logged times with $recovered recoveries: want one per failure episode"
 stored=$(sqlite3 -readonly "$DB" "SELECT count(*) FROM outbox WHERE id LIKE 'f-%'")
 stack_stop agentfull
 reconnects=$(grep -o '[0-9]* reconnects after a failed commit' "$STACK_DIR/agentfull.log" |

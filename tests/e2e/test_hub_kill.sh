@@ -51,6 +51,12 @@ wait_until 120 "a fifth delivered" at_least delivered $((N / 5))
 # How far the buffers filled depends on the machine's speed (printed, not
 # asserted; e2e_intake_hold asserts parking and holding on a fixed setup).
 buffers="direct $(hub_metric tidings_hub_fanout_direct_total), parked $(hub_metric tidings_hub_fanout_parked_total), batches held $(hub_metric tidings_hub_intake_held_total)"
+# The load reaches the hub in the agent's batches: when the hub is faster
+# than the agent (a slow machine, a sanitizer build) it may have delivered
+# all it got and wait for the next batch. Kill while requests are out: the
+# attempts recorded 'sending' (each held 50 ms by the fake).
+in_flight() { [ "$(hub_sql "SELECT count(*) FROM attempts WHERE state = 'sending'")" -gt 0 ]; }
+wait_until 60 "requests in flight" in_flight
 kill -KILL "$(stack_pid hub)"
 wait "$(stack_pid hub)" 2>/dev/null || true
 sending=$(hub_sql "SELECT count(*) FROM attempts WHERE state = 'sending'")
