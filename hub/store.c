@@ -210,8 +210,8 @@ static const char *const q_sql[Q_N] = {
  * the caller needs the id now, before the row is written. One past the
  * largest at open; a rolled-back transaction leaves a gap, never a reuse. */
 static const struct store_rows_def att_rows_def = {
-    .head = "INSERT INTO attempts(id, notification_id, channel, device_id, state, started_ms)"
-            " VALUES ",
+    .head = "INSERT OR IGNORE INTO attempts(id, notification_id, channel, device_id, state,"
+            " started_ms) VALUES ",
     .tuple = "(?, ?, ?, ?, 'sending', ?)",
     .ncols = 5,
     .text_mask = 1u << 1 | 1u << 2,

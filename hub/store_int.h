@@ -43,7 +43,14 @@ struct store_stmt_slot {
  * undoes exactly what was added after its SAVEPOINT), and by
  * store_pending_flush wherever SQL bypasses store_stmt. A failed write
  * fails the transaction (store_commit rolls it back), as the failed
- * statement would have. */
+ * statement would have.
+ *
+ * The statements are INSERT OR IGNORE: with ABORT, a statement of several
+ * rows must be undoable alone, so SQLite journals every page it changes
+ * (a statement journal, a temp file past 64 KiB: ~0.3 pwrite per
+ * notification at full load). No row can be ignored (every NOT NULL column
+ * is bound; attempt ids are new); store_rows_flush checks that every row
+ * was written and fails the transaction if one was not. */
 #define STORE_ROWS_MAX 16
 #define STORE_ROWS_SIZES 5 /* statements for 1, 2, 4, 8, 16 rows */
 #define STORE_ROWS_COLS 8

@@ -59,8 +59,8 @@ static const char sql_pref_del[] = "DELETE FROM prefs WHERE user_id = ?";
 static const char sql_user_exists[] = "SELECT 1 FROM users WHERE id = ?";
 /* Decisions are buffered (store_rows.c, store_int.h). */
 const struct store_rows_def store_dec_rows_def = {
-    .head = "INSERT INTO decisions(notification_id, user_id, channel, action, rule, until_ms, at_ms)"
-            " VALUES ",
+    .head = "INSERT OR IGNORE INTO decisions(notification_id, user_id, channel, action, rule,"
+            " until_ms, at_ms) VALUES ",
     .tuple = "(?, ?, ?, ?, ?, ?, ?)",
     .ncols = 7,
     .text_mask = 0x1f,

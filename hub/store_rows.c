@@ -83,6 +83,14 @@ int store_rows_flush(store_t *s, struct store_rows *r)
             bind_row(r, st, (int)(i * r->def->ncols) + 1, done + i);
         }
         rc = store_run(s, st, r->def->what);
+        /* OR IGNORE (store_int.h): a row left out would be lost silently;
+         * none can be (every NOT NULL column is bound, ids are new), and
+         * if one ever is, the transaction fails instead. */
+        if (rc == 0 && sqlite3_changes(s->db) != (int)(1u << k)) {
+            LOG_ERROR("store", "%s: %d of %u rows written", r->def->what, sqlite3_changes(s->db),
+                      1u << k);
+            rc = TDG_EDB;
+        }
         done += 1u << k;
     }
     store_rows_drop(r);

@@ -172,17 +172,20 @@ static int query_int(sqlite3 *db, const char *sql, int *out)
  * heap limit, which are all they serve. */
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 
-/* Statement journals kept in memory up to this many bytes (SQLite's default:
- * 64 KiB). A statement inside a larger transaction that may fail half-way
+/* Statement journals: SQLite's default (in memory up to 64 KiB, then a temp
+ * file). A statement inside a larger transaction that may fail half-way
  * (constraints, triggers, several rows) journals every page it changes so
- * it can be undone alone; past the threshold the journal moves to a temp
- * file, and stays a file, written with a pwrite per page, for every later
- * statement of that transaction. The hub's one transaction per loop
- * iteration crossed 64 KiB under load (hub-fanout: ~3 pwrite64 per
- * notification, the loop slowed, its iterations and so its transactions
- * grew: a cliff). In memory the journal is emptied at the end of each
- * statement, so this bounds what one statement holds. */
-#define STMTJRNL_SPILL (1024 * 1024)
+ * it can be undone alone. This was raised to 1 MiB once, to keep the hub's
+ * hot statements off the temp file (~3 pwrite64 per notification at full
+ * load), but Debian 12's SQLite (3.40.1) fails a large statement with
+ * SQLITE_FULL ("database or disk is full") when the threshold is above
+ * about 128 KiB and the journal spills (reproduced: an UPDATE of 50,000
+ * rows with a correlated subquery; schema v12's migration of a 400,000-row
+ * receipt_log failed and the hub could not start; test_platform
+ * test_big_statement). The hub's hot statements no longer need a journal
+ * instead: its multi-row inserts are INSERT OR IGNORE and the final-state
+ * UPDATE is OR IGNORE (hub/store_int.h, hub/store.c), ~1.1 pwrite64 per
+ * notification with the default, all but a few of them the WAL's. */
 
 /* --- SQLite's allocator: freed small blocks kept for reuse ----------------
  *
@@ -242,7 +245,6 @@ static void sq_shutdown(void *arg)
 static void global_init(void)
 {
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
-    sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, STMTJRNL_SPILL);
     struct memc_stats ms;
     memc_get_stats(&ms);
     if (ms.enabled) {

@@ -346,6 +346,51 @@ static void test_db_checkpoint_worker(void **state)
     rmdir(dir);
 }
 
+/* A statement that changes many pages inside a transaction (its statement
+ * journal spills to a temp file) succeeds on db_open's connections. With
+ * the statement-journal threshold raised to 1 MiB, SQLite 3.40.1 failed
+ * this UPDATE with SQLITE_FULL (platform/db.c): schema v12's migration of
+ * a large receipt_log did that, and the hub could not start. */
+static void test_big_statement(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/tidings-db-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64], wal[72], shm[72];
+    snprintf(path, sizeof(path), "%s/big.db", dir);
+    snprintf(wal, sizeof(wal), "%s-wal", path);
+    snprintf(shm, sizeof(shm), "%s-shm", path);
+    static const struct db_migration mig[] = {
+        {1, "CREATE TABLE n(id TEXT PRIMARY KEY, at INTEGER NOT NULL, body TEXT NOT NULL);"
+            "CREATE TABLE log(id TEXT NOT NULL, state TEXT NOT NULL, at INTEGER NOT NULL);"
+            "CREATE INDEX log_by_id ON log(id);"
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 60000)"
+            " INSERT INTO n SELECT printf('%08x-%d', (i * 2654435761) % 4294967296, i),"
+            " 1700000000000 + i, '{\"title\":\"x\",\"body\":\"some body text\"}' FROM c;"
+            "INSERT INTO log SELECT id, 'delivered', at + 5 FROM n;"}};
+    sqlite3 *db = NULL;
+    char err[256];
+    assert_int_equal(db_open(path, DB_SYNC_NORMAL, mig, 1, &db, err, sizeof(err)), 0);
+    assert_int_equal(db_begin(db), 0);
+    assert_int_equal(db_exec(db, "ALTER TABLE log ADD COLUMN received INTEGER NOT NULL DEFAULT 0;"
+                                 "UPDATE log SET received = coalesce((SELECT n.at FROM n"
+                                 " WHERE n.id = log.id), 0)"),
+                     0);
+    assert_int_equal(db_commit(db), 0);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM log WHERE received > 0", -1, &st, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 60000);
+    sqlite3_finalize(st);
+    db_close(db);
+    unlink(path);
+    unlink(wal);
+    unlink(shm);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -354,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_config_set_and_units), cmocka_unit_test(test_errors),
         cmocka_unit_test(test_loop_timers),      cmocka_unit_test(test_loop_fds),
         cmocka_unit_test(test_backoff),          cmocka_unit_test(test_db_checkpoint_worker),
+        cmocka_unit_test(test_big_statement),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

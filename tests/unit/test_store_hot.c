@@ -694,6 +694,29 @@ static void test_buffered_rows(void **state)
     assert_int_equal(store_attempt_begin(S, "buf-1", "push", 7, NOW, &next), 0);
     assert_int_equal(next, id + 1);
     assert_int_equal(store_commit(S), 0);
+
+    /* The inserts are OR IGNORE: a row that would be ignored (here an id
+     * taken behind the store's back) fails the commit instead of being
+     * lost silently, and the store goes on. */
+    char sql[200];
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO attempts(id, notification_id, channel, state, started_ms)"
+             " VALUES (%lld, 'other', 'apns', 'ok', 1)",
+             (long long)(next + 1));
+    raw_exec(sql);
+    int64_t clash = 0;
+    assert_int_equal(store_attempt_begin(S, "buf-1", "push", 7, NOW, &clash), 0);
+    assert_int_equal(clash, next + 1);
+    assert_true(store_commit(S) < 0);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM attempts WHERE id = %lld"
+             " AND notification_id = 'other'", (long long)clash);
+    assert_int_equal(raw_int(sql), 1);
+    int64_t after = 0;
+    assert_int_equal(store_attempt_begin(S, "buf-1", "push", 7, NOW, &after), 0);
+    assert_int_equal(store_commit(S), 0);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM attempts WHERE id = %lld"
+             " AND notification_id = 'buf-1'", (long long)after);
+    assert_int_equal(raw_int(sql), 1);
 }
 
 int main(void)
