@@ -2,6 +2,7 @@
 #include "error.h"
 #include "hub.h"
 #include "log.h"
+#include "db.h"
 #include "memc.h"
 #include "proto.h"
 
@@ -101,6 +102,8 @@ int main(int argc, char **argv)
      * per-thread cache holds. 256 KiB kept per class (2 MiB at most) covers
      * the trees of a few batches of 256. Blocks stay plain malloc blocks, so
      * any thread may free them, with cJSON_free or free. */
+    /* Before any database is opened (platform/db.h). */
+    db_stmt_journals_in_memory();
     if (memc_claim()) {
         memc_set_keep(256 * 1024);
         cJSON_Hooks hooks = {.malloc_fn = memc_alloc, .free_fn = memc_free};

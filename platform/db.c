@@ -171,21 +171,20 @@ static int query_int(sqlite3 *db, const char *sql, int *out)
  * instructions. Nothing here reads sqlite3_memory_used() or sets a soft
  * heap limit, which are all they serve. */
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static bool global_done;        /* set by global_init */
+static bool stmt_journal_mem;   /* db_stmt_journals_in_memory() */
 
 /* Statement journals: SQLite's default (in memory up to 64 KiB, then a temp
- * file). A statement inside a larger transaction that may fail half-way
- * (constraints, triggers, several rows) journals every page it changes so
- * it can be undone alone. This was raised to 1 MiB once, to keep the hub's
- * hot statements off the temp file (~3 pwrite64 per notification at full
- * load), but Debian 12's SQLite (3.40.1) fails a large statement with
- * SQLITE_FULL ("database or disk is full") when the threshold is above
- * about 128 KiB and the journal spills (reproduced: an UPDATE of 50,000
- * rows with a correlated subquery; schema v12's migration of a 400,000-row
- * receipt_log failed and the hub could not start; test_platform
- * test_big_statement). The hub's hot statements no longer need a journal
- * instead: its multi-row inserts are INSERT OR IGNORE and the final-state
- * UPDATE is OR IGNORE (hub/store_int.h, hub/store.c), ~1.1 pwrite64 per
- * notification with the default, all but a few of them the WAL's. */
+ * file), or always in memory (db_stmt_journals_in_memory: the hub). A
+ * statement inside a larger transaction that may fail half-way
+ * (constraints, triggers, several rows), and a savepoint, journals every
+ * page it changes so that it can be undone alone. The threshold must not
+ * be raised: Debian 12's SQLite (3.40.1) fails a large statement with
+ * SQLITE_FULL ("database or disk is full") once its journal spills past a
+ * threshold above about 128 KiB (SQLITE_CONFIG_STMTJRNL_SPILL of 1 MiB, as
+ * the hub had: schema v12's migration of a 400,000-row receipt_log failed
+ * and the hub could not start; test_platform test_big_statement). A
+ * negative threshold (never spill) does not take that path. */
 
 /* --- SQLite's allocator: freed small blocks kept for reuse ----------------
  *
@@ -244,7 +243,11 @@ static void sq_shutdown(void *arg)
 
 static void global_init(void)
 {
+    global_done = true;
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    if (stmt_journal_mem) {
+        sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, -1);
+    }
     struct memc_stats ms;
     memc_get_stats(&ms);
     if (ms.enabled) {
@@ -255,6 +258,15 @@ static void global_init(void)
             memc_claim();
         }
     }
+}
+
+int db_stmt_journals_in_memory(void)
+{
+    if (global_done) {
+        return -EBUSY;
+    }
+    stmt_journal_mem = true;
+    return 0;
 }
 
 int db_open(const char *path, enum db_sync sync, const struct db_migration *migrations, size_t n,

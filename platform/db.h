@@ -30,6 +30,15 @@ struct db_migration {
     const char *sql;
 };
 
+/* Keep every statement journal in memory (SQLite's default: a temp file
+ * past 64 KiB), process-wide. For the hub: its transactions hold thousands
+ * of notifications, and a journal that spilled was written with a pwrite
+ * per page for the rest of the transaction; in memory, a statement holds
+ * at most the pages it changes, freed when it ends. Not for the agent
+ * (one statement may change much of a large outbox on a small box). Call
+ * before the first db_open: 0, or -EBUSY once SQLite is set up. */
+int db_stmt_journals_in_memory(void);
+
 /* Open (creating if needed) path. 0 and *out, or a negative error
  * (TDG_EDB_CORRUPT, TDG_ESCHEMA, TDG_EDB, -errno) with err set to a sentence
  * naming the file. */
