@@ -11,6 +11,7 @@
 #include "db.h"
 #include "error.h"
 #include "loop.h"
+#include "testdb.h"
 
 #include <errno.h>
 #include <sqlite3.h>
@@ -307,10 +308,8 @@ static void test_db_checkpoint_worker(void **state)
     (void)state;
     char dir[] = "/tmp/tidings-db-XXXXXX";
     assert_non_null(mkdtemp(dir));
-    char path[64], wal[72], shm[72];
+    char path[64];
     snprintf(path, sizeof(path), "%s/t.db", dir);
-    snprintf(wal, sizeof(wal), "%s-wal", path);
-    snprintf(shm, sizeof(shm), "%s-shm", path);
     static const struct db_migration mig[] = {{1, "CREATE TABLE t(a INTEGER PRIMARY KEY, b BLOB)"}};
     sqlite3 *db = NULL;
     char err[256];
@@ -340,10 +339,7 @@ static void test_db_checkpoint_worker(void **state)
     assert_true(sqlite3_column_int(st, 0) >= 400);
     sqlite3_finalize(st);
     db_close(db);
-    unlink(path);
-    unlink(wal);
-    unlink(shm);
-    rmdir(dir);
+    testdb_remove(path, dir);
 }
 
 /* A statement that changes many pages inside a transaction (its statement
@@ -356,10 +352,8 @@ static void test_big_statement(void **state)
     (void)state;
     char dir[] = "/tmp/tidings-db-XXXXXX";
     assert_non_null(mkdtemp(dir));
-    char path[64], wal[72], shm[72];
+    char path[64];
     snprintf(path, sizeof(path), "%s/big.db", dir);
-    snprintf(wal, sizeof(wal), "%s-wal", path);
-    snprintf(shm, sizeof(shm), "%s-shm", path);
     static const struct db_migration mig[] = {
         {1, "CREATE TABLE n(id TEXT PRIMARY KEY, at INTEGER NOT NULL, body TEXT NOT NULL);"
             "CREATE TABLE log(id TEXT NOT NULL, state TEXT NOT NULL, at INTEGER NOT NULL);"
@@ -385,10 +379,7 @@ static void test_big_statement(void **state)
     assert_int_equal(sqlite3_column_int(st, 0), 60000);
     sqlite3_finalize(st);
     db_close(db);
-    unlink(path);
-    unlink(wal);
-    unlink(shm);
-    rmdir(dir);
+    testdb_remove(path, dir);
 }
 
 int main(void)

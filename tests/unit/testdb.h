@@ -1,6 +1,7 @@
-/* testdb.h - what the hub store's unit tests do to their database from
- * outside the store: a query on a connection of its own, and the files
- * removed afterwards. Header-only; include after <cmocka.h>. */
+/* testdb.h - what unit tests do to a SQLite database from outside the code
+ * under test (the hub's store, platform/db.c): a query on a connection of
+ * its own, and the files removed afterwards. Header-only; include after
+ * <cmocka.h>. */
 #ifndef TIDINGS_TESTDB_H
 #define TIDINGS_TESTDB_H
 
