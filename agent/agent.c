@@ -7,6 +7,7 @@
 #include "ingest.h"
 #include "localq.h"
 #include "log.h"
+#include "memc.h"
 #include "mqtt.h"
 #include "outbox.h"
 #include "policy.h"
@@ -117,7 +118,7 @@ const struct config_entry agent_config_table[] = {
      "Over budget: reject new notifications, or drop_oldest_lowest: drop the oldest of the "
      "lowest priority <= the new one's (recorded, counted in status queue.dropped)",
      full_policies, 0, 0},
-    {"outbox.cache_size", CONFIG_SIZE, "256K", OFF(outbox_cache_size),
+    {"outbox.cache_size", CONFIG_SIZE, "128K", OFF(outbox_cache_size),
      "SQLite page cache of the outbox (PRAGMA cache_size); it is written at its end and read at "
      "its front, so a small cache keeps memory flat however deep the queue",
      NULL, 32 * 1024, 1024 * 1024 * 1024},
@@ -256,6 +257,12 @@ static void on_trim(loop_t *loop, uint64_t timer_id, void *arg)
         a->trim_timer = loop_timer_add(loop, TRIM_QUIET_MS - quiet, on_trim, a);
         return;
     }
+    /* The blocks memc keeps for SQLite's next statement run (up to 128
+     * KiB) go back to malloc first, so that the trim can return their
+     * pages: after a burst they are what keeps it from finding whole free
+     * pages (docs/agent.md, "Memory"). The next burst takes them from
+     * malloc again. */
+    memc_trim();
 #ifdef __GLIBC__
     malloc_trim(0);
 #endif

@@ -42,8 +42,11 @@ struct outbox_limits {
     uint64_t cache_bytes;
 };
 
-/* Default page cache: 256 KiB (SQLite's own default is 2 MiB per connection). */
-#define OUTBOX_CACHE_DEFAULT (256u * 1024u)
+/* Default page cache: 128 KiB (SQLite's own default is 2 MiB per connection;
+ * 256 KiB until session 6: filling 1M rows ran at the same rate with 128 KiB,
+ * and the aarch64 agent's VmRSS with 1M queued came under 4 MiB; docs/bench.md,
+ * agent-footprint). */
+#define OUTBOX_CACHE_DEFAULT (128u * 1024u)
 /* The WAL file is truncated back to this size after a checkpoint resets it
  * (PRAGMA journal_size_limit); a worker thread checkpoints every
  * OUTBOX_CKPT_PAGES new pages (~4 MiB), and the loop itself only if the WAL

@@ -372,7 +372,12 @@ int policy_store_open(const char *path, enum db_sync sync, policy_store_t **out,
         free(st);
         return rc;
     }
-    if ((rc = db_prepare(st->db, "SELECT version, json FROM policy_snapshot WHERE id = 1",
+    /* One row of at most 1 MiB, read at start and written when the hub
+     * publishes a new snapshot: a page cache would only keep that megabyte
+     * resident (SQLite's default ceiling is 2 MiB). 32 KiB holds the
+     * b-tree's top pages; the row's overflow pages come from the OS. */
+    if ((rc = db_exec(st->db, "PRAGMA cache_size=-32")) < 0 ||
+        (rc = db_prepare(st->db, "SELECT version, json FROM policy_snapshot WHERE id = 1",
                          &st->get)) < 0 ||
         (rc = db_prepare(st->db,
                          "INSERT OR REPLACE INTO policy_snapshot (id, version, received_ms, json)"

@@ -245,6 +245,13 @@ static void global_init(void)
 {
     global_done = true;
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    /* No bulk page-cache allocation: SQLite's default sets aside 20 pages
+     * (~87 KiB of 4 KiB pages) per connection at its first read, and
+     * links them into a free list, which touches every one: resident
+     * memory for a connection whose database has 3 pages (the agent's
+     * policy.db, the checkpoint workers'). Pages are then allocated one
+     * at a time as a cache fills (docs/agent.md, "Memory"). */
+    sqlite3_config(SQLITE_CONFIG_PAGECACHE, (void *)NULL, 0, 0);
     if (stmt_journal_mem) {
         sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, -1);
     }
