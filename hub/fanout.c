@@ -6,6 +6,7 @@
 #include "log.h"
 #include "policy.h"
 #include "scheduler.h"
+#include "store_engine.h"
 #include "tz.h"
 
 #include <errno.h>
@@ -29,6 +30,7 @@ struct park {
     struct park *next;
     int64_t expires_ms;
     struct notification n;
+    char agent[PROTO_AGENT_MAX + 1];
 };
 
 /* One notification to one device. */
@@ -43,6 +45,12 @@ struct delivery {
     uint64_t timer;
     bool done;
     bool fallback;               /* the user has a channel order: a success ends it */
+    /* This delivery's attempt rows as written (store_attempt_begin/_end),
+     * for the receipt from memory (job_receipt). */
+    int64_t first_att, last_att; /* attempt ids, 0: none yet */
+    unsigned ended;              /* attempts whose outcome is recorded */
+    int last_result, last_status;
+    char last_reason[sizeof(((struct proto_receipt_channel *)0)->reason)];
     char user[STORE_USER_ID_MAX + 1];
     struct delivery *next_ready; /* in the ready list while waiting for commit */
 };
@@ -64,6 +72,11 @@ struct job {
     char drop_rule[POLICY_RULE_MAX], suppress_rule[POLICY_RULE_MAX];
     unsigned dcap;
     struct delivery *dv;   /* ndev used of dcap; fixed once attempts start */
+    /* Fresh from intake (fanout_take): every attempt of the notification is
+     * one of this job's, so its receipt can be kept in memory for the
+     * publisher (store_set_state_receipt) instead of read back. */
+    bool rcpt_mem;
+    char agent[PROTO_AGENT_MAX + 1];
 };
 
 struct fanout {
@@ -193,6 +206,79 @@ static void job_free(struct job *j)
 static void finish_planned(struct job *j);
 static void fallback_success(struct job *j, const struct delivery *d);
 
+/* Which of two deliveries of one channel decides its result in the receipt:
+ * the last success, else the last attempt (receipts.c, add_attempt). */
+static bool decides_over(const struct delivery *d, const struct delivery *p)
+{
+    bool dok = d->last_result == CHANNEL_OK, pok = p->last_result == CHANNEL_OK;
+    return dok != pok ? dok : d->last_att > p->last_att;
+}
+
+/* The receipt's channels as the publisher sums up the notification's attempt
+ * rows (receipts.c: per channel in the order of its first attempt, attempts
+ * counted, the deciding one's result, status and reason), from this job's
+ * deliveries: for a fresh job (rcpt_mem) they made every attempt row there
+ * is. false when an attempt has no outcome recorded (the table answers). */
+static bool job_receipt(const struct job *j, struct proto_receipt_channel *ch, unsigned *nch)
+{
+    static const char *const res[] = {"ok", "retry", "drop"};
+    const struct delivery *pick[PROTO_RECEIPT_MAX_CHANNELS];
+    int64_t first[PROTO_RECEIPT_MAX_CHANNELS];
+    unsigned n = 0;
+    for (unsigned k = 0; k < j->ndev; k++) {
+        const struct delivery *d = &j->dv[k];
+        if (d->attempts == 0) {
+            continue;
+        }
+        if (d->ended != d->attempts || d->last_result < 0 || d->last_result > CHANNEL_DROP) {
+            return false;
+        }
+        unsigned i = 0;
+        while (i < n && strcmp(ch[i].channel, d->route->channel) != 0) {
+            i++;
+        }
+        if (i == n) {
+            if (n == PROTO_RECEIPT_MAX_CHANNELS) {
+                return false; /* cannot be: one channel per route, at most 8 */
+            }
+            store_copy_text(ch[i].channel, sizeof(ch[i].channel), d->route->channel);
+            ch[i].attempts = 0;
+            first[i] = d->first_att;
+            pick[i] = d;
+            n++;
+        }
+        ch[i].attempts += d->attempts;
+        if (d->first_att < first[i]) {
+            first[i] = d->first_att;
+        }
+        if (decides_over(d, pick[i])) {
+            pick[i] = d;
+        }
+    }
+    /* In the order of each channel's first attempt (attempt ids grow). */
+    for (unsigned i = 1; i < n; i++) {
+        for (unsigned k = i; k > 0 && first[k] < first[k - 1]; k--) {
+            struct proto_receipt_channel tc = ch[k];
+            ch[k] = ch[k - 1];
+            ch[k - 1] = tc;
+            int64_t tf = first[k];
+            first[k] = first[k - 1];
+            first[k - 1] = tf;
+            const struct delivery *tp = pick[k];
+            pick[k] = pick[k - 1];
+            pick[k - 1] = tp;
+        }
+    }
+    for (unsigned i = 0; i < n; i++) {
+        const struct delivery *d = pick[i];
+        store_copy_text(ch[i].result, sizeof(ch[i].result), res[d->last_result]);
+        memcpy(ch[i].reason, d->last_reason, sizeof(ch[i].reason));
+        ch[i].status = d->last_status;
+    }
+    *nch = n;
+    return true;
+}
+
 /* Terminal state for the whole notification once no delivery is open. */
 static void job_finish_if_done(struct job *j)
 {
@@ -206,7 +292,13 @@ static void job_finish_if_done(struct job *j)
     }
     int64_t now = clock_wall_ms();
     const char *state = j->delivered > 0 ? "delivered" : "failed";
-    int rc = store_set_state(f->store, j->id, state, j->delivered ? "" : j->last_reason, now);
+    const char *reason = j->delivered ? "" : j->last_reason;
+    struct proto_receipt_channel ch[PROTO_RECEIPT_MAX_CHANNELS];
+    struct store_rcpt_ctx c = {
+        .id = j->id, .state = state, .reason = reason, .at_ms = now, .agent = j->agent, .ch = ch};
+    int rc = j->rcpt_mem && job_receipt(j, ch, &c.nch)
+                 ? store_set_state_receipt(f->store, &c)
+                 : store_set_state(f->store, j->id, state, reason, now);
     if (rc < 0) {
         LOG_ERROR("fanout", "id=%s: cannot record %s: %s", j->id, state, tdg_strerror(rc));
     }
@@ -249,6 +341,10 @@ static void attempt(struct delivery *d)
         return;
     }
     d->attempts++;
+    if (!d->first_att) {
+        d->first_att = d->attempt_id;
+    }
+    d->last_att = d->attempt_id;
     f->st.attempts++;
     ready_push(f, d);
 }
@@ -270,8 +366,15 @@ static void on_outcome(void *ctx, const struct channel_outcome *o)
     int64_t now = clock_wall_ms();
     f->st.inflight--;
     static const char *const att_state[] = {"ok", "retry", "drop"};
-    store_attempt_end(f->store, d->attempt_id, att_state[o->result], o->status, o->reason,
-                      o->provider_id, now);
+    if (store_attempt_end(f->store, d->attempt_id, att_state[o->result], o->status, o->reason,
+                          o->provider_id, now) == 0) {
+        d->ended++;
+        d->last_result = (int)o->result;
+        d->last_status = o->status;
+        store_copy_text(d->last_reason, sizeof(d->last_reason), o->reason);
+    } else {
+        j->rcpt_mem = false; /* the row may not say what memory would */
+    }
     if (o->result == CHANNEL_OK) {
         LOG_INFO("fanout", "id=%s %s accepted by provider: status=%d provider_id=%s", j->id,
                  d->route->channel, o->status, o->provider_id);
@@ -975,7 +1078,7 @@ bool fanout_ready(fanout_t *f)
 }
 
 /* A job for a parsed notification stored as taken; n is moved in. */
-static void job_from(fanout_t *f, struct notification *n, int64_t expires_ms)
+static void job_from(fanout_t *f, struct notification *n, int64_t expires_ms, const char *agent)
 {
     struct job *j = calloc(1, sizeof(*j));
     if (!j) {
@@ -986,17 +1089,21 @@ static void job_from(fanout_t *f, struct notification *n, int64_t expires_ms)
         return;
     }
     copy_str(j->id, sizeof(j->id), n->id);
+    if (agent && agent[0]) {
+        copy_str(j->agent, sizeof(j->agent), agent);
+        j->rcpt_mem = true;
+    }
     j->n = *n;
     memset(n, 0, sizeof(*n));
     job_link(f, j, expires_ms);
     job_begin(f, j, true);
 }
 
-void fanout_take(fanout_t *f, struct notification *n, int64_t expires_ms)
+void fanout_take(fanout_t *f, struct notification *n, int64_t expires_ms, const char *agent)
 {
     f->st.direct++;
     if (f->jobs < f->o.max_jobs && f->nparked == 0) {
-        job_from(f, n, expires_ms);
+        job_from(f, n, expires_ms, agent);
         return;
     }
     struct park *p = malloc(sizeof(*p));
@@ -1008,6 +1115,7 @@ void fanout_take(fanout_t *f, struct notification *n, int64_t expires_ms)
     }
     p->next = NULL;
     p->expires_ms = expires_ms;
+    copy_str(p->agent, sizeof(p->agent), agent ? agent : "");
     p->n = *n;
     memset(n, 0, sizeof(*n));
     unsigned prio = p->n.priority <= PROTO_PRIO_CRITICAL ? (unsigned)p->n.priority
@@ -1364,7 +1472,7 @@ void fanout_pull(fanout_t *f)
     unsigned moved = 0;
     struct park *p;
     while (f->jobs < f->o.max_jobs && moved < FANOUT_TAKE_MAX && (p = park_pop(f))) {
-        job_from(f, &p->n, p->expires_ms);
+        job_from(f, &p->n, p->expires_ms, p->agent);
         free(p);
         moved++;
     }

@@ -77,8 +77,10 @@ bool fanout_ready(fanout_t *f);
  * transaction (its sends start after the commit: fanout_flush), or parked
  * parsed until a job slot frees (fanout_pull plans parked ones first, by
  * priority, then oldest). n is moved in: n->json must be owned (not a
- * borrowed batch item) and the caller must not free n. */
-void fanout_take(fanout_t *f, struct notification *n, int64_t expires_ms);
+ * borrowed batch item) and the caller must not free n. agent: the agent
+ * it came from (its row's `agent`), for its receipt kept in memory
+ * (store_set_state_receipt; NULL or "": read back from the table). */
+void fanout_take(fanout_t *f, struct notification *n, int64_t expires_ms, const char *agent);
 /* Start the sends whose attempts are now committed. */
 void fanout_flush(fanout_t *f);
 

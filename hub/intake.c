@@ -229,7 +229,7 @@ static void pend_flush(struct item_ctx *c)
             in->st.duplicates++;
         }
         if (r->rc == 0 && r->taken) {
-            fanout_take(in->fanout, nt, proto_expires_ms(nt, c->now)); /* nt moved */
+            fanout_take(in->fanout, nt, proto_expires_ms(nt, c->now), c->agent); /* nt moved */
         }
         notification_free(nt);
     }

@@ -7,6 +7,7 @@
 #include "store_engine.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +56,8 @@ struct receipts {
     struct pending pend[MAX_PENDING];
     unsigned npend;
     bool store_err_logged, pub_err_logged;
-    struct metric *m_published, *m_confirmed, *m_pending;
+    uint64_t from_memory; /* receipts taken from the store's memory (tests) */
+    struct metric *m_published, *m_confirmed, *m_pending, *m_memory;
 };
 
 /* At scrape time only: a count over the outbox is too dear per iteration
@@ -90,6 +92,10 @@ receipts_t *receipts_create(store_t *store, metrics_t *metrics, unsigned batch)
         r->m_confirmed =
             metrics_series(metrics, METRIC_COUNTER, "tidings_hub_receipts_confirmed_total",
                            "Receipts acknowledged by the broker and deleted", "");
+        r->m_memory = metrics_series(metrics, METRIC_COUNTER,
+                                     "tidings_hub_receipts_from_memory_total",
+                                     "Receipts published from the store's memory, not read back",
+                                     "");
         r->m_pending = metrics_series(metrics, METRIC_GAUGE, "tidings_hub_receipts_pending",
                                       "Receipts in the outbox, published or not", "");
         if (metrics_on_collect(metrics, collect, r) < 0) {
@@ -111,20 +117,9 @@ void receipts_destroy(receipts_t *r)
     free(r);
 }
 
-/* Copy src into dst (size bytes), cut at a UTF-8 character boundary when
- * too long: the agent rejects an envelope whose text is not valid UTF-8. */
-static void copy_text(char *dst, size_t size, const char *src)
-{
-    size_t n = strnlen(src, size);
-    if (n == size) {
-        n = size - 1;
-        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80) {
-            n--; /* src[n] continues a character that would be cut */
-        }
-    }
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
+/* Texts from the store, cut at a UTF-8 character boundary when too long:
+ * the agent rejects an envelope whose text is not valid UTF-8. */
+#define copy_text store_copy_text
 
 /* Count attempt a into item t's per-channel outcome. */
 static void add_attempt(struct item *t, const struct store_attempt_row *a)
@@ -155,6 +150,34 @@ static void add_attempt(struct item *t, const struct store_attempt_row *a)
     }
 }
 
+/* A new item for the receipt with this seq, in agent's group; NULL (and
+ * r->stop) when the batch or the groups are full: the rest waits. */
+static struct item *new_item(receipts_t *r, int64_t seq, const char *agent)
+{
+    if (r->nitems == r->batch) {
+        r->stop = true;
+        return NULL;
+    }
+    unsigned g = 0;
+    while (g < r->ngroups && strcmp(r->groups[g].agent, agent) != 0) {
+        g++;
+    }
+    if (g == r->ngroups) {
+        if (r->ngroups == MAX_GROUPS) {
+            r->stop = true; /* this receipt and later ones: next flush */
+            return NULL;
+        }
+        copy_text(r->groups[g].agent, sizeof(r->groups[g].agent), agent);
+        r->groups[g].n = 0;
+        r->ngroups++;
+    }
+    struct item *t = &r->items[r->nitems++];
+    t->seq = seq;
+    t->group = g;
+    r->groups[g].n++;
+    return t;
+}
+
 static void on_row(void *arg, const struct store_receipt *row, const struct store_attempt_row *a)
 {
     receipts_t *r = arg;
@@ -163,30 +186,12 @@ static void on_row(void *arg, const struct store_receipt *row, const struct stor
     }
     struct item *t = r->nitems ? &r->items[r->nitems - 1] : NULL;
     if (!t || t->seq != row->seq) {
-        if (r->nitems == r->batch) {
-            r->stop = true;
+        if (!(t = new_item(r, row->seq, row->agent))) {
             return;
-        }
-        unsigned g = 0;
-        while (g < r->ngroups && strcmp(r->groups[g].agent, row->agent) != 0) {
-            g++;
-        }
-        if (g == r->ngroups) {
-            if (r->ngroups == MAX_GROUPS) {
-                r->stop = true; /* this receipt and later ones: next flush */
-                return;
-            }
-            copy_text(r->groups[g].agent, sizeof(r->groups[g].agent), row->agent);
-            r->groups[g].n = 0;
-            r->ngroups++;
         }
         /* Field by field: the item is large (every channel's buffers) and
          * only what nch covers is read. */
-        t = &r->items[r->nitems++];
-        t->seq = row->seq;
-        t->group = g;
         t->state = store_terminal_index(row->state);
-        r->groups[g].n++;
         copy_text(t->x.id, sizeof(t->x.id), row->id);
         copy_text(t->x.state, sizeof(t->x.state), row->state);
         copy_text(t->x.reason, sizeof(t->x.reason), row->reason);
@@ -196,6 +201,24 @@ static void on_row(void *arg, const struct store_receipt *row, const struct stor
     if (a->channel) {
         add_attempt(t, a);
     }
+}
+
+/* A receipt kept in memory by the store: the same item as its rows give. */
+static bool on_mem(void *arg, int64_t seq, const char *agent, const struct proto_receipt *x)
+{
+    receipts_t *r = arg;
+    struct item *t = new_item(r, seq, agent);
+    if (!t) {
+        return false;
+    }
+    t->state = store_terminal_index(x->state);
+    /* Only what nch covers: the channels' buffers are most of it. */
+    memcpy(&t->x, x, offsetof(struct proto_receipt, ch) + x->nch * sizeof(x->ch[0]));
+    r->from_memory++;
+    if (r->m_memory) {
+        r->m_memory->v++;
+    }
+    return true;
 }
 
 /* Write the group's receipts into r->buf (grown when too small). Length,
@@ -275,7 +298,17 @@ void receipts_flush(receipts_t *r, mqtt_t *mqtt)
     r->nitems = 0;
     r->ngroups = 0;
     r->stop = false;
-    int n = store_receipts_next(r->store, r->cursor, r->batch, on_row, r);
+    /* From memory as far as the store holds the receipts after the cursor
+     * there (committed, consecutive seqs), then the table from where memory
+     * ended: usually no row, one index seek. */
+    int64_t after = r->cursor;
+    int n = store_receipts_mem_next(r->store, after, r->batch, on_mem, r);
+    if (n > 0) {
+        after = r->items[r->nitems - 1].seq;
+    }
+    if (!r->stop && r->nitems < r->batch) {
+        n = store_receipts_next(r->store, after, r->batch - r->nitems, on_row, r);
+    }
     if (n < 0) {
         if (!r->store_err_logged) {
             LOG_ERROR(MOD, "cannot read receipts: %s", tdg_strerror(n));
@@ -361,4 +394,9 @@ void receipts_on_connect(receipts_t *r)
 unsigned receipts_inflight(const receipts_t *r)
 {
     return r->npend;
+}
+
+uint64_t receipts_from_memory(const receipts_t *r)
+{
+    return r->from_memory;
 }

@@ -37,5 +37,7 @@ void receipts_on_connect(receipts_t *r);
 
 /* Messages published and not yet acknowledged. */
 unsigned receipts_inflight(const receipts_t *r);
+/* Receipts published from the store's memory rather than read back. */
+uint64_t receipts_from_memory(const receipts_t *r);
 
 #endif

@@ -1,6 +1,7 @@
 /* store.c - SQLite backend of the hub store (see store.h). */
 #include "store.h"
 #include "store_int.h"
+#include "store_engine.h"
 
 #include "error.h"
 #include "log.h"
@@ -316,6 +317,9 @@ sqlite3_stmt *store_stmt(store_t *s, const char *sql)
                 store_pending_flush(s) < 0) {
                 return NULL;
             }
+            if (slot->rollback) {
+                store_rmem_undo(s); /* what it undoes is not known here */
+            }
             return slot->st;
         }
         if (!slot->sql) {
@@ -328,6 +332,10 @@ sqlite3_stmt *store_stmt(store_t *s, const char *sql)
             slot->flush = strstr(sql, "attempts") || strstr(sql, "decisions") ||
                           strstr(sql, "SAVEPOINT") || strstr(sql, "ROLLBACK") ||
                           strstr(sql, "RELEASE");
+            slot->rollback = strstr(sql, "ROLLBACK") != NULL;
+            if (slot->rollback) {
+                store_rmem_undo(s);
+            }
             if (slot->flush && store_pending_flush(s) < 0) {
                 return NULL;
             }
@@ -411,6 +419,7 @@ void store_close(store_t *s)
     }
     db_close(s->db);
     free(s->hints);
+    store_rmem_free(s);
     free(s);
 }
 
@@ -428,6 +437,8 @@ int store_commit(store_t *s)
     if (rc < 0) {
         db_rollback(s->db);
     }
+    /* Only now may receipts kept in memory be published. */
+    store_rmem_committed(s, rc == 0);
     return rc;
 }
 
@@ -811,6 +822,23 @@ int store_set_state(store_t *s, const char *id, const char *state, const char *r
         }
     }
     return 0;
+}
+
+int store_set_state_receipt(store_t *s, const struct store_rcpt_ctx *c)
+{
+    /* The trigger's insert reaches the update hook during the UPDATE: the
+     * ring takes it with c's content (store_engine.c). */
+    store_rmem_capture(s, c);
+    int rc = store_set_state(s, c->id, c->state, c->reason, c->at_ms);
+    bool took = store_rmem_captured(s);
+    store_rmem_capture(s, NULL);
+    if (rc < 0 && took) {
+        /* The statement failed after its trigger ran (it has no statement
+         * journal: SQLite rolled the transaction back, or will at the
+         * commit): nothing it wrote may be published. */
+        store_rmem_undo(s);
+    }
+    return rc;
 }
 
 int store_attempt_begin(store_t *s, const char *id, const char *channel, int64_t device_id,

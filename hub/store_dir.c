@@ -767,13 +767,14 @@ void store_dir_cache_clear(store_t *s)
     }
 }
 
+/* The connection's hooks, one set for the endpoints cache and the receipts
+ * kept in memory (store_engine.c); arg is the store. */
 static void dcache_on_update(void *arg, int op, const char *dbname, const char *table,
                              sqlite3_int64 rowid)
 {
-    (void)op;
     (void)dbname;
-    (void)rowid;
-    struct dir_cache *c = arg;
+    store_t *s = arg;
+    struct dir_cache *c = s->dcache;
     /* first letters first: the hot path writes notifications, attempts,
      * decisions, receipts - this is called for each of those rows */
     if ((table[0] == 'd' && strcmp(table, "devices") == 0) ||
@@ -781,22 +782,26 @@ static void dcache_on_update(void *arg, int op, const char *dbname, const char *
         c->dirty = true;
         c->gen++;
         dcache_clear(c);
+        return;
     }
+    store_rmem_on_update(s, op, table, rowid);
 }
 
 static int dcache_on_commit(void *arg)
 {
-    struct dir_cache *c = arg;
-    c->dirty = false;
+    store_t *s = arg;
+    s->dcache->dirty = false;
     return 0; /* 0: go on with the commit */
 }
 
 static void dcache_on_rollback(void *arg)
 {
-    struct dir_cache *c = arg;
+    store_t *s = arg;
+    struct dir_cache *c = s->dcache;
     c->dirty = false;
     c->gen++;
     dcache_clear(c);
+    store_rmem_undo(s);
 }
 
 int store_dir_open(store_t *s)
@@ -809,9 +814,9 @@ int store_dir_open(store_t *s)
      * cheap to get right): what it wrote is not known, so dirty. */
     c->dirty = !sqlite3_get_autocommit(s->db);
     s->dcache = c;
-    sqlite3_update_hook(s->db, dcache_on_update, c);
-    sqlite3_commit_hook(s->db, dcache_on_commit, c);
-    sqlite3_rollback_hook(s->db, dcache_on_rollback, c);
+    sqlite3_update_hook(s->db, dcache_on_update, s);
+    sqlite3_commit_hook(s->db, dcache_on_commit, s);
+    sqlite3_rollback_hook(s->db, dcache_on_rollback, s);
     return 0;
 }
 

@@ -7,6 +7,7 @@
 #include "loop.h"
 
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The WHEN clauses spell the terminal states out as = ... OR = ...: with
@@ -453,4 +454,200 @@ int store_notification_known(store_t *s, const char *id)
         return 1;
     }
     return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "notification known");
+}
+
+/* --- receipts from memory (store_engine.h) ---------------------------------
+ *
+ * A ring of receipt rows with consecutive seqs, oldest first: the first
+ * `committed` are durable (their transaction's COMMIT returned), the rest
+ * were written in the open transaction. What keeps the ring equal to the
+ * table, whatever else writes it:
+ * - a row enters only through the update hook, with the seq SQLite gave it
+ *   and the content of the store_set_state_receipt call that wrote it, and
+ *   only right behind the last one (seq + 1): once a row is not taken (not
+ *   captured, the ring full, a seq that does not follow) the ring is
+ *   `frozen` until the publisher has taken all of it; the table answers
+ *   from the first row not kept;
+ * - a delete (or update) of a receipts row with a seq inside the ring
+ *   empties it (the publisher deletes only published rows, which the ring
+ *   has dropped already: this is the unexpected case);
+ * - a rollback or a ROLLBACK TO drops the uncommitted part (and freezes
+ *   what is left: rows behind it may stay); a failed COMMIT
+ *   turns the ring off for good: the fanout's memory of attempts may then
+ *   disagree with the rolled-back table.
+ * The ring is allocated on first use. */
+struct rmem_entry {
+    int64_t seq;
+    char agent[PROTO_AGENT_MAX + 1];
+    struct proto_receipt x;
+};
+
+struct rmem {
+    struct rmem_entry *e; /* STORE_RMEM_MAX */
+    unsigned head, n, committed;
+    bool frozen; /* a row behind the last entry is not here: append nothing */
+    bool off;
+    const struct store_rcpt_ctx *ctx; /* the statement running captures for it */
+    bool captured;
+};
+
+void store_copy_text(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size);
+    if (n == size) {
+        n = size - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80) {
+            n--; /* src[n] continues a character that would be cut */
+        }
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static struct rmem_entry *rmem_at(struct rmem *m, unsigned i)
+{
+    return &m->e[(m->head + i) % STORE_RMEM_MAX];
+}
+
+static void rmem_clear(struct rmem *m)
+{
+    m->n = m->committed = 0;
+    m->frozen = false;
+}
+
+void store_rmem_capture(store_t *s, const struct store_rcpt_ctx *ctx)
+{
+    struct rmem *m = s->rmem;
+    if (!m && ctx) {
+        m = calloc(1, sizeof(*m));
+        if (m) {
+            m->e = malloc(STORE_RMEM_MAX * sizeof(*m->e));
+        }
+        if (!m || !m->e) {
+            free(m);
+            return; /* the table answers */
+        }
+        s->rmem = m;
+    }
+    if (m) {
+        m->ctx = m->off ? NULL : ctx;
+        m->captured = false;
+    }
+}
+
+bool store_rmem_captured(store_t *s)
+{
+    return s->rmem && s->rmem->captured;
+}
+
+static void rmem_insert(struct rmem *m, int64_t seq)
+{
+    const struct store_rcpt_ctx *c = m->ctx;
+    m->ctx = NULL; /* one row per capture; another one is not ours */
+    if (m->n == 0) {
+        m->head = 0;
+        m->frozen = false;
+    } else if (m->frozen || m->n == STORE_RMEM_MAX || rmem_at(m, m->n - 1)->seq + 1 != seq) {
+        m->frozen = true;
+        return; /* the table answers from the first row not kept */
+    }
+    if (!c) {
+        m->frozen = m->n > 0;
+        return; /* not ours: the table answers from this seq on */
+    }
+    struct rmem_entry *e = rmem_at(m, m->n);
+    e->seq = seq;
+    store_copy_text(e->agent, sizeof(e->agent), c->agent);
+    struct proto_receipt *x = &e->x;
+    store_copy_text(x->id, sizeof(x->id), c->id);
+    store_copy_text(x->state, sizeof(x->state), c->state);
+    store_copy_text(x->reason, sizeof(x->reason), c->reason ? c->reason : "");
+    x->at_ms = c->at_ms;
+    x->nch = c->nch < PROTO_RECEIPT_MAX_CHANNELS ? c->nch : PROTO_RECEIPT_MAX_CHANNELS;
+    if (x->nch) {
+        memcpy(x->ch, c->ch, x->nch * sizeof(x->ch[0]));
+    }
+    m->n++;
+    m->captured = true;
+}
+
+void store_rmem_on_update(store_t *s, int op, const char *table, int64_t rowid)
+{
+    struct rmem *m = s->rmem;
+    /* called for every row the hot path writes: one comparison for most */
+    if (!m || table[0] != 'r' || strcmp(table, "receipts") != 0) {
+        return;
+    }
+    if (op == SQLITE_INSERT) {
+        rmem_insert(m, rowid);
+    } else if (m->n > 0 && rowid >= rmem_at(m, 0)->seq && rowid <= rmem_at(m, m->n - 1)->seq) {
+        rmem_clear(m);
+    }
+}
+
+void store_rmem_undo(store_t *s)
+{
+    struct rmem *m = s->rmem;
+    if (m && m->n > m->committed) {
+        m->n = m->committed;
+        m->frozen = m->n > 0;
+    }
+}
+
+void store_rmem_committed(store_t *s, bool ok)
+{
+    struct rmem *m = s->rmem;
+    if (!m) {
+        return;
+    }
+    if (ok) {
+        m->committed = m->n;
+    } else {
+        rmem_clear(m);
+        m->off = true;
+    }
+}
+
+void store_rmem_free(store_t *s)
+{
+    if (s->rmem) {
+        free(s->rmem->e);
+        free(s->rmem);
+        s->rmem = NULL;
+    }
+}
+
+int store_receipts_mem_next(store_t *s, int64_t after, unsigned max, store_receipt_mem_cb cb,
+                            void *arg)
+{
+    struct rmem *m = s->rmem;
+    if (!m) {
+        return 0;
+    }
+    while (m->committed > 0 && rmem_at(m, 0)->seq <= after) {
+        m->head = (m->head + 1) % STORE_RMEM_MAX;
+        m->n--;
+        m->committed--;
+    }
+    if (m->n == 0) {
+        m->frozen = false;
+    }
+    if (m->committed == 0 || rmem_at(m, 0)->seq != after + 1) {
+        return 0;
+    }
+    unsigned k = 0;
+    while (k < m->committed && k < max) {
+        const struct rmem_entry *e = rmem_at(m, k);
+        if (!cb(arg, e->seq, e->agent, &e->x)) {
+            break;
+        }
+        k++;
+    }
+    return (int)k;
+}
+
+void store_receipts_mem_held(store_t *s, unsigned *committed, unsigned *open)
+{
+    *committed = s->rmem ? s->rmem->committed : 0;
+    *open = s->rmem ? s->rmem->n - s->rmem->committed : 0;
 }

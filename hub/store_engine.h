@@ -13,6 +13,8 @@
 #ifndef TIDINGS_STORE_ENGINE_H
 #define TIDINGS_STORE_ENGINE_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "store.h"
@@ -37,6 +39,46 @@ typedef void (*store_receipt_cb)(void *arg, const struct store_receipt *r,
  * statement for the whole batch, read only as far as needed (no sort).
  * Rows (calls) or a negative error. */
 int store_receipts_next(store_t *s, int64_t after, unsigned max, store_receipt_cb cb, void *arg);
+
+/* --- Receipts from memory (docs/engine.md, "Receipts from memory") -------
+ *
+ * The publisher reads receipts back from the outbox joined with attempts
+ * unless the store can answer from memory: a receipt row written by
+ * store_set_state_receipt is captured (the row's seq from the connection's
+ * update hook, the content from the caller) and kept once its transaction
+ * commits, in a bounded ring of rows with consecutive seqs. Anything the
+ * ring cannot vouch for (a receipt written by another path, a full ring, a
+ * rollback, a deleted row) leaves a gap that the table read fills. */
+struct store_rcpt_ctx {
+    const char *id, *state, *reason; /* as store_set_state */
+    int64_t at_ms;                   /* its now_ms: the row's updated_ms */
+    const char *agent;               /* the notification's agent (its row's) */
+    /* Every attempt of the notification summed up per channel as the
+     * publisher does from the attempts table (receipts.c): the caller must
+     * know all of them, else it calls store_set_state. */
+    const struct proto_receipt_channel *ch;
+    unsigned nch;
+};
+#define STORE_RMEM_MAX 1024 /* receipts kept in memory at most (~1.9 KB each) */
+/* store_set_state, and the receipt the trigger writes (if any) kept in
+ * memory with c's content once committed. */
+int store_set_state_receipt(store_t *s, const struct store_rcpt_ctx *c);
+/* cb gets one receipt kept in memory; false: stop before it (not taken). */
+typedef bool (*store_receipt_mem_cb)(void *arg, int64_t seq, const char *agent,
+                                     const struct proto_receipt *x);
+/* The receipts with seq > after, oldest first, at most max, from memory:
+ * only committed ones, and only when memory holds seq after + 1 (rows are
+ * kept with consecutive seqs, so then every row up to the last one passed
+ * is exactly what the table holds there). Drops what it holds at or below
+ * after (published). How many cb took; 0: read the table from after. */
+int store_receipts_mem_next(store_t *s, int64_t after, unsigned max, store_receipt_mem_cb cb,
+                            void *arg);
+/* Receipts kept in memory: committed, and not yet committed. */
+void store_receipts_mem_held(store_t *s, unsigned *committed, unsigned *open);
+/* Copy src into dst (size bytes), cut at a UTF-8 character boundary when
+ * too long (the agent rejects an envelope with invalid UTF-8): how the
+ * publisher copies the store's texts into a receipt. */
+void store_copy_text(char *dst, size_t size, const char *src);
 
 /* The terminal states, in this order: an index into a tally. */
 #define STORE_TERMINAL_N 5

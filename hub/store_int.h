@@ -30,6 +30,7 @@ struct store_stmt_slot {
     const char *sql;
     sqlite3_stmt *st;
     bool flush; /* reads or writes a table with buffered rows, or a savepoint: flush first */
+    bool rollback; /* a ROLLBACK TO: receipts captured in memory may be undone (store_rmem_undo) */
 };
 
 /* --- Buffered rows (store_rows.c) ------------------------------------------
@@ -107,6 +108,7 @@ struct store {
     struct store_rows att_rows; /* store.c: attempts */
     int64_t next_attempt_id;    /* store.c: attempts get their ids here, not from SQLite */
     int pend_err;               /* a buffered write failed: the transaction must roll back */
+    struct rmem *rmem;          /* store_engine.c: receipts kept in memory (NULL until used) */
 };
 
 /* The migrations of the other domains (store.c lists them in order). */
@@ -122,12 +124,27 @@ extern const struct store_rows_def store_dec_rows_def; /* store_policy.c: decisi
 
 /* store_dir.c: the cache of store_user_devices. store_dir_open installs
  * the connection's update, commit and rollback hooks (they keep the cache
- * right whatever writes `devices` or `users`: nothing else may install
- * those hooks); -ENOMEM leaves the store without a cache. store_dir_close
+ * right whatever writes `devices` or `users`, and pass every row to the
+ * receipts kept in memory, store_rmem_on_update: nothing else may install
+ * those hooks); -ENOMEM leaves the store without a cache and without
+ * receipts in memory (the table answers). store_dir_close
  * removes them and zeroes the cache; store_dir_cache_clear empties it. */
 int store_dir_open(store_t *s);
 void store_dir_close(store_t *s);
 void store_dir_cache_clear(store_t *s);
+
+/* store_engine.c: receipts kept in memory for the publisher (docs/engine.md,
+ * "Receipts from memory"). The connection's update hook (store_dir.c
+ * installs the hooks, one set for both) passes every row written;
+ * store_rmem_on_update looks at `receipts` only. A rollback, a ROLLBACK TO
+ * (store_stmt hands one out) and a commit tell it what became durable. */
+struct store_rcpt_ctx;
+void store_rmem_on_update(store_t *s, int op, const char *table, int64_t rowid);
+void store_rmem_undo(store_t *s);                 /* rollback, ROLLBACK TO: drop uncommitted */
+void store_rmem_committed(store_t *s, bool ok);   /* after store_commit's COMMIT */
+void store_rmem_capture(store_t *s, const struct store_rcpt_ctx *ctx); /* NULL: stop */
+bool store_rmem_captured(store_t *s);             /* the last capture took a row */
+void store_rmem_free(store_t *s);
 
 /* The statement for sql, prepared on first use. NULL on error (logged). */
 sqlite3_stmt *store_stmt(store_t *s, const char *sql);

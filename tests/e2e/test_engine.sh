@@ -84,6 +84,10 @@ grep '"id":"e-1"' "$STACK_DIR/receipts.txt" | grep -q '"channels":\[{"channel":"
     fail "receipt without the channel outcome: $(grep '"id":"e-1"' "$STACK_DIR/receipts.txt")"
 receipts_gone() { [ "$(hub_sql 'SELECT count(*) FROM receipts')" = 0 ]; }
 wait_until 10 "confirmed receipts deleted" receipts_gone
+# Straight from intake: its receipt went out from the store's memory, not
+# read back (docs/engine.md, "Receipts from memory"), with the bytes above.
+[ "$(hub_metric tidings_hub_receipts_from_memory_total)" -ge 1 ] ||
+    fail "receipt of e-1 not published from memory"
 
 # --- 2. provider token bucket ----------------------------------------------
 publish_ids r 1 300

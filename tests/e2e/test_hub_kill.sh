@@ -8,7 +8,10 @@
 #  - every id reached the fake APNs at least once; the duplicates there are
 #    at most the attempts the hub could not confirm ('interrupted' by the
 #    kill, or 'retry' after a transport error); every id's receipt reached
-#    the agent's receipts topic (the outbox survived the kill).
+#    the agent's receipts topic (the outbox survived the kill), receipts
+#    seen more than once are at most those still in the outbox at the kill
+#    (published from memory or not: at least once, never more than the
+#    re-sends), and each receipt row was confirmed exactly once.
 # The counts are printed.
 #   usage: test_hub_kill.sh BUILD_DIR SRC_DIR
 set -euo pipefail
@@ -65,6 +68,7 @@ delivered_at_kill=$(count_state delivered)
 parked=$(hub_sql "SELECT count(*) FROM notifications AS n WHERE id LIKE 'k-%' AND state = 'sending'
                   AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.notification_id = n.id)")
 queued=$(count_state queued)
+outbox_at_kill=$(hub_sql "SELECT count(*) FROM receipts WHERE notification_id LIKE 'k-%'")
 echo "killed: $stored stored, $delivered_at_kill delivered, $sending attempt(s) recorded 'sending' (in flight or about to be)," \
     "$parked parked (taken, not yet planned), $queued queued; before the kill: $buffers"
 
@@ -86,6 +90,16 @@ dups=$((lines - unique))
 receipt_ids() { grep -o '"id":"k-[0-9]*","state":"delivered"' "$STACK_DIR/receipts.txt" | sort -u | wc -l; }
 all_receipts() { [ "$(receipt_ids)" -eq "$N" ]; }
 wait_until 60 "a receipt for each of the $N" all_receipts
+outbox_empty() { [ "$(hub_sql 'SELECT count(*) FROM receipts')" = 0 ]; }
+wait_until 60 "every receipt confirmed" outbox_empty
+receipts_seen=$(grep -o '"id":"k-[0-9]*","state":' "$STACK_DIR/receipts.txt" | wc -l)
+receipt_dups=$((receipts_seen - N))
+logged=$(hub_sql "SELECT count(*) FROM receipt_log WHERE notification_id LIKE 'k-%'")
+echo "receipts: $receipts_seen seen for $N, $receipt_dups again; $outbox_at_kill in the outbox at the kill;" \
+    "$logged confirmed, from memory after the restart: $(hub_metric tidings_hub_receipts_from_memory_total)"
+[ "$receipt_dups" -le "$outbox_at_kill" ] ||
+    fail "$receipt_dups receipts seen twice but only $outbox_at_kill were unconfirmed at the kill"
+[ "$logged" -eq "$N" ] || fail "$logged receipt rows confirmed for $N notifications"
 echo "hub kill -9 under load: $N sent, $unique unique at APNs, $lines requests, $dups duplicate(s);" \
     "$interrupted attempt(s) interrupted by the kill, $unconfirmed unconfirmed in all;" \
     "$(receipt_ids) receipts"
