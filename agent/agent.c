@@ -77,10 +77,17 @@ const struct config_entry agent_config_table[] = {
     {"uplink.certfile", CONFIG_STRING, "", OFF(uplink_certfile), "Client certificate (TLS)",
      NULL, 0, 0},
     {"uplink.keyfile", CONFIG_STRING, "", OFF(uplink_keyfile), "Client key (TLS)", NULL, 0, 0},
-    {"uplink.keepalive", CONFIG_DURATION, "60s", OFF(uplink_keepalive_ms),
-     "MQTT keepalive to the central broker: one PINGREQ/PINGRESP per period when idle (two "
-     "wake-ups); the broker marks the agent offline after 1.5x this without a packet",
-     NULL, 5000, 65535000},
+    {"uplink.keepalive", CONFIG_DURATION, "0", OFF(uplink_keepalive_ms),
+     "MQTT keepalive asked of the central broker (0: none, so an idle agent is never woken; "
+     "an MQTT 5 broker may impose its own, e.g. mosquitto's max_keepalive, and the agent "
+     "follows it); else one PINGREQ/PINGRESP per period when idle (two wake-ups), at least "
+     "5s, and the broker marks the agent offline after 1.5x this without a packet",
+     NULL, 0, 65535000},
+    {"uplink.busy_keepalive", CONFIG_DURATION, "60s", OFF(uplink_busy_keepalive_ms),
+     "While batches await the broker's PUBACK: a PINGREQ after this long without a packet "
+     "from the broker, and a reconnect if its PINGRESP does not come within as long (finds a "
+     "broker that hangs with its socket open; no timer when nothing is in flight; 0: off)",
+     NULL, 0, 65535000},
     {"uplink.tcp_keepalive", CONFIG_DURATION, "30s", OFF(uplink_tcp_keepalive_ms),
      "TCP keepalive idle time on the uplink (probes every third of it, 3 of them; also the "
      "TCP_USER_TIMEOUT for unacknowledged data): the kernel finds a dead link without waking "

@@ -39,7 +39,8 @@ struct agent_config {
     char uplink_cafile[256];
     char uplink_certfile[256];
     char uplink_keyfile[256];
-    uint64_t uplink_keepalive_ms;
+    uint64_t uplink_keepalive_ms;      /* 0: off (the broker may impose one) */
+    uint64_t uplink_busy_keepalive_ms; /* 0: off */
     uint64_t uplink_tcp_keepalive_ms; /* 0: off */
     uint64_t reconnect_min_ms, reconnect_max_ms;
     int64_t batch_max;

@@ -416,6 +416,7 @@ uplink_t *uplink_create(loop_t *loop, const struct agent_config *cfg, outbox_t *
         .certfile = cfg->uplink_certfile,
         .keyfile = cfg->uplink_keyfile,
         .keepalive_s = (int)(cfg->uplink_keepalive_ms / 1000),
+        .busy_keepalive_s = (int)((cfg->uplink_busy_keepalive_ms + 999) / 1000),
         .tcp_keepalive_s = (int)((cfg->uplink_tcp_keepalive_ms + 999) / 1000),
         .will_topic = u->topic_status,
         .will_payload = "offline",

@@ -79,6 +79,8 @@ struct mqtt {
     bool will_retain;
     int keepalive;     /* seconds; 0 = off (what the broker granted, once connected) */
     int keepalive_req; /* what we ask for in CONNECT */
+    int busy_keepalive; /* seconds; 0 = off (mqtt_opts.busy_keepalive_s) */
+    uint64_t busy_since; /* monotonic ms: the first of the unacknowledged QoS 1 publishes */
     int tcp_keepalive; /* seconds; 0 = off */
     uint32_t session_expiry;
     uint16_t receive_max;
@@ -339,8 +341,19 @@ static void flush_tx(mqtt_t *m)
  * connect deadline; when up with keepalive on, the moment a PINGREQ is due
  * (keepalive after the last packet either way) or, with one unanswered,
  * the moment its PINGRESP is overdue. Up with keepalive 0: no timer, so an
- * idle connection never wakes the process.
+ * idle connection never wakes the process. While our QoS 1 publishes are
+ * unacknowledged, busy_keepalive (when shorter than the keepalive) makes a
+ * PINGREQ due that long after the later of the broker's last packet and
+ * the first of them.
  */
+/* The busy keepalive applies: publishes await their PUBACK and it is
+ * shorter than the keepalive (off, or the broker's Server Keep Alive). */
+static bool busy_rule(const mqtt_t *m)
+{
+    return m->busy_keepalive > 0 && m->sent + m->queued > 0 &&
+           (m->keepalive <= 0 || m->busy_keepalive < m->keepalive);
+}
+
 static bool misc_deadline(const mqtt_t *m, uint64_t *due)
 {
     if (m->fd < 0 || m->destroying) {
@@ -348,6 +361,15 @@ static bool misc_deadline(const mqtt_t *m, uint64_t *due)
     }
     if (m->st != ST_UP) {
         *due = m->conn_started + MQTT_CONNECT_TIMEOUT_MS;
+        return true;
+    }
+    if (busy_rule(m)) {
+        uint64_t ka = (uint64_t)m->busy_keepalive * 1000u;
+        if (m->ping_sent) {
+            *due = m->ping_sent + ka;
+        } else {
+            *due = (m->last_in > m->busy_since ? m->last_in : m->busy_since) + ka;
+        }
         return true;
     }
     if (m->keepalive <= 0) {
@@ -389,8 +411,14 @@ static void on_misc(loop_t *loop, uint64_t id, void *arg)
         return;
     }
     if (m->ping_sent) {
-        char what[64];
-        snprintf(what, sizeof(what), "no PINGRESP within the keepalive (%ds)", m->keepalive);
+        char what[96];
+        if (!busy_rule(m)) {
+            snprintf(what, sizeof(what), "no PINGRESP within the keepalive (%ds)", m->keepalive);
+        } else {
+            snprintf(what, sizeof(what),
+                     "no PINGRESP within %ds while %u publish(es) await their PUBACK",
+                     m->busy_keepalive, m->sent + m->queued);
+        }
         conn_failed(m, -ETIMEDOUT, what);
         return;
     }
@@ -445,6 +473,7 @@ static void on_connack(mqtt_t *m, const struct mqtt_pkt *p)
     m->st = ST_UP;
     m->connected = true;
     m->up_since = clock_mono_ms();
+    m->busy_since = m->up_since; /* a persistent session's publishes go out again */
     m->ping_sent = 0;
     m->broker_max_packet = p->max_packet;
     unsigned win = m->max_inflight_opt ? m->max_inflight_opt : 65535u;
@@ -591,6 +620,13 @@ static void on_puback(mqtt_t *m, const struct mqtt_pkt *p)
     bit_set(m->mid_used, p->id, false);
     m->sent--;
     fill_window(m);
+    if (m->busy_keepalive > 0 && m->sent + m->queued == 0 && m->misc_timer) {
+        /* Nothing awaited any more: back to the keepalive, or no timer
+         * (arm_misc would keep the earlier busy one and wake for it). */
+        loop_timer_cancel(m->loop, m->misc_timer);
+        m->misc_timer = 0;
+        arm_misc(m);
+    }
     if (p->reason >= 0x80) {
         LOG_DEBUG(MOD, "%s: publish mid %u refused: %s", m->name, (unsigned)p->id,
                   mqtt_reason_string(p->reason));
@@ -1254,6 +1290,9 @@ mqtt_t *mqtt_create(loop_t *loop, const struct mqtt_opts *o, const struct mqtt_h
                        : o->keepalive_s > 65535 ? 65535
                                                 : o->keepalive_s;
     m->keepalive = m->keepalive_req;
+    m->busy_keepalive = o->busy_keepalive_s <= 0       ? 0
+                        : o->busy_keepalive_s > 65535 ? 65535
+                                                      : o->busy_keepalive_s;
     m->tcp_keepalive = o->tcp_keepalive_s > 0 ? o->tcp_keepalive_s : 0;
     m->backoff_base = o->backoff_base_ms ? o->backoff_base_ms : 500;
     m->backoff_cap = o->backoff_cap_ms ? o->backoff_cap_ms : 60000;
@@ -1390,6 +1429,7 @@ int mqtt_publish(mqtt_t *m, const char *topic, const void *payload, size_t len, 
     }
     pp.id = id;
     int rc;
+    bool was_idle = m->sent + m->queued == 0;
     if (m->sent < m->window && !m->wait_head) {
         rc = mqtt_enc_publish(&m->tx, &pp);
         if (rc == 0) {
@@ -1421,6 +1461,10 @@ int mqtt_publish(mqtt_t *m, const char *topic, const void *payload, size_t len, 
     if (rc < 0) {
         bit_set(m->mid_used, id, false);
         return rc;
+    }
+    if (was_idle && m->busy_keepalive > 0) {
+        m->busy_since = clock_mono_ms();
+        arm_misc(m);
     }
     if (mid) {
         *mid = id;

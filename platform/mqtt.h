@@ -55,6 +55,15 @@ struct mqtt_opts {
      * it on: it is how both ends find a dead link (one PINGREQ/PINGRESP per
      * period; the broker drops us after 1.5 x keepalive of silence). */
     int keepalive_s;
+    /* > 0: while QoS 1 messages we published are unacknowledged, and when
+     * it is shorter than the keepalive in force (off, or a long Server Keep
+     * Alive from the broker): a PINGREQ once the broker has sent nothing
+     * for this many seconds (counted from its last packet, or from when the
+     * first of them was published), and the connection closed when the
+     * PINGRESP does not come within as long. A broker that hangs with its
+     * socket open is found while there is something to deliver; an idle
+     * connection keeps only the keepalive (none when off). 0 = off. */
+    int busy_keepalive_s;
     /* > 0: TCP keepalive (SO_KEEPALIVE, TCP_KEEPIDLE = this, TCP_KEEPINTVL =
      * a third of it, TCP_KEEPCNT 3) and TCP_USER_TIMEOUT (the same total):
      * the kernel probes an idle link without waking the process, and fails

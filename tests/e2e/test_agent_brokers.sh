@@ -3,9 +3,12 @@
 # without MQTT keepalive (local.keepalive = 0: an idle agent is never woken);
 # a dead local broker must still be noticed (the socket closes) and the agent
 # must reconnect to its restart and take notifications again. The uplink
-# keeps its keepalive (uplink.keepalive) and must notice a killed central
-# broker and reconnect. Also: with uplink.host empty the agent runs without
-# an uplink (local delivery only) and says so in its status.
+# asks for no keepalive either (uplink.keepalive = 0, the default) and must
+# notice a killed central broker and reconnect; a central broker that hangs
+# with its socket open (SIGSTOP) is found while a batch awaits its PUBACK
+# (uplink.busy_keepalive: PINGREQ, no PINGRESP, reconnect), and the batch is
+# delivered once it runs again. Also: with uplink.host empty the agent runs
+# without an uplink (local delivery only) and says so in its status.
 #   usage: test_agent_brokers.sh BUILD_DIR SRC_DIR
 set -euo pipefail
 BUILD=$1
@@ -16,7 +19,8 @@ fail() { stack_log "FAIL: $*"; stack_dump_logs; exit 1; }
 
 PY=/usr/bin/python3
 AGENT="$BUILD/agent/tidings-agent"
-AGENT_EXTRA="uplink.reconnect_max = 500ms"
+AGENT_EXTRA="uplink.reconnect_max = 500ms
+uplink.busy_keepalive = 2s"
 stack_init
 stack_broker central
 UPLINK_PORT=$BROKER_PORT
@@ -28,12 +32,12 @@ stack_agent
 CONF="$STACK_DIR/agent.conf"
 count() { grep -c "$1" "$STACK_DIR/agent.log" || true; }
 
-# The keepalives the brokers were asked for: 0 locally, 60 on the uplink
-# (mosquitto logs "(p5, cN, kK)" per client).
+# The keepalives the brokers were asked for: 0 on both (mosquitto logs
+# "(p5, cN, kK)" per client).
 grep -q "tidings-agent-gw1-local (p5, c0, k0)" "$STACK_DIR/broker.log" ||
     fail "local connection not made with keepalive 0: $(grep gw1-local "$STACK_DIR/broker.log")"
-grep -q "tidings-agent-gw1 (p5, c1, k60)" "$STACK_DIR/central.log" ||
-    fail "uplink not made with keepalive 60: $(grep tidings-agent-gw1 "$STACK_DIR/central.log")"
+grep -q "tidings-agent-gw1 (p5, c1, k0)" "$STACK_DIR/central.log" ||
+    fail "uplink not made with keepalive 0: $(grep tidings-agent-gw1 "$STACK_DIR/central.log")"
 
 # 1. The local broker is killed: noticed at once, reconnected after its restart.
 stack_publish '{"id":"kb-1","to":"user:alice","title":"before"}'
@@ -58,7 +62,20 @@ more_up() { [ "$(count "uplink: connected to")" -gt "$before" ]; }
 wait_until 20 "agent reconnected to the central broker" more_up
 wait_until 30 "kb-3 at the fake APNs" apns_has_id kb-3
 
-# 3. No uplink configured: local delivery only, nothing sent anywhere.
+# 3. The central broker hangs (SIGSTOP): its socket stays open and the
+# kernel still acknowledges what the agent writes, so only the missing
+# PUBACK tells. The agent pings after busy_keepalive (2 s) and reconnects
+# when no PINGRESP comes; once the broker runs again, kb-4 is delivered.
+hung_before=$(count "no PINGRESP within 2s while")
+kill -STOP "$(stack_pid central)"
+stack_publish '{"id":"kb-4","to":"user:alice","title":"while the central broker hangs"}'
+more_hung() { [ "$(count "no PINGRESP within 2s while")" -gt "$hung_before" ]; }
+wait_until 20 "agent gave up on the hung central broker" more_hung
+kill -CONT "$(stack_pid central)"
+echo "hung central broker: $(grep "no PINGRESP within 2s while" "$STACK_DIR/agent.log" | tail -n 1)"
+wait_until 30 "kb-4 at the fake APNs" apns_has_id kb-4
+
+# 4. No uplink configured: local delivery only, nothing sent anywhere.
 stack_stop agent
 cat >"$STACK_DIR/agent-solo.conf" <<CONF
 agent.id = solo1
