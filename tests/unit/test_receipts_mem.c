@@ -25,6 +25,7 @@
 #include "proto.h"
 #include "store.h"
 #include "store_engine.h"
+#include "testchannel.h"
 #include "testdb.h"
 
 #include <stdbool.h>
@@ -373,40 +374,16 @@ static void test_gaps_bound_deletes(void **state)
 
 /* --- the fanout's receipts ------------------------------------------------- */
 
-struct sent {
-    char platform[16], id[PROTO_ID_MAX + 1];
-    channel_done_cb done;
-    void *ctx;
-};
-
 struct fx {
     loop_t *loop;
     fanout_t *fanout;
     pii_t *pii;
-    struct sent sent[64];
-    int nsent;
+    struct testchannel ch; /* holds each send until the test answers it */
 };
-
-static int fake_send(void *state, const struct channel_delivery *d, channel_done_cb done,
-                     void *ctx)
-{
-    struct fx *x = state;
-    assert_true(x->nsent < 64);
-    struct sent *s = &x->sent[x->nsent++];
-    snprintf(s->platform, sizeof(s->platform), "%s", d->dev->platform);
-    snprintf(s->id, sizeof(s->id), "%s", d->n->id);
-    s->done = done;
-    s->ctx = ctx;
-    return 0;
-}
-
-static const struct channel_ops fake_ops = {.name = "fake", .send = fake_send};
 
 static void answer(struct fx *x, int i, enum channel_result r, int status, const char *reason)
 {
-    struct channel_outcome o = {.result = r, .status = status};
-    snprintf(o.reason, sizeof(o.reason), "%s", reason);
-    x->sent[i].done(x->sent[i].ctx, &o);
+    testchannel_answer(&x->ch, i, r, status, reason);
 }
 
 static void iterate(struct fx *x)
@@ -456,10 +433,10 @@ static void test_fanout_receipts(void **state)
     x.loop = loop_create();
     assert_non_null(x.loop);
     struct fanout_route routes[] = {
-        {.platform = "ios", .proto_class = PROTO_CH_PUSH, .channel = "apns", .ops = &fake_ops,
-         .state = &x},
-        {.platform = "android", .proto_class = PROTO_CH_PUSH, .channel = "fcm", .ops = &fake_ops,
-         .state = &x},
+        {.platform = "ios", .proto_class = PROTO_CH_PUSH, .channel = "apns", .ops = &testchannel_ops,
+         .state = &x.ch},
+        {.platform = "android", .proto_class = PROTO_CH_PUSH, .channel = "fcm", .ops = &testchannel_ops,
+         .state = &x.ch},
     };
     struct fanout_opts fo = {.max_jobs = 16, .max_attempts = 2, .retry_base_ms = 1,
                              .retry_cap_ms = 2};
@@ -484,9 +461,9 @@ static void test_fanout_receipts(void **state)
     take(&x, "n2");
     take(&x, "n3");
     iterate(&x);
-    assert_int_equal(x.nsent, 9);
+    assert_int_equal(x.ch.nsent, 9);
     for (int i = 0; i < 9; i++) {
-        const char *id = x.sent[i].id, *pf = x.sent[i].platform;
+        const char *id = x.ch.sent[i].id, *pf = x.ch.sent[i].platform;
         if (strcmp(id, "n1") == 0) {
             bool ios = strcmp(pf, "ios") == 0;
             answer(&x, i, ios ? CHANNEL_OK : CHANNEL_DROP, ios ? 200 : 404,
@@ -501,16 +478,16 @@ static void test_fanout_receipts(void **state)
     assert_int_equal(held_committed(), 2); /* n1, n3; n2 waits for retries */
     /* n2's retries come due on loop timers. */
     int guard = 0;
-    while (x.nsent < 12 && guard++ < 100) {
+    while (x.ch.nsent < 12 && guard++ < 100) {
         loop_timer_add(x.loop, 5, on_stop, NULL);
         loop_run(x.loop);
         iterate(&x);
     }
-    assert_int_equal(x.nsent, 12);
+    assert_int_equal(x.ch.nsent, 12);
     bool first_ios = true;
     for (int i = 9; i < 12; i++) {
-        assert_string_equal(x.sent[i].id, "n2");
-        if (strcmp(x.sent[i].platform, "ios") == 0) {
+        assert_string_equal(x.ch.sent[i].id, "n2");
+        if (strcmp(x.ch.sent[i].platform, "ios") == 0) {
             answer(&x, i, first_ios ? CHANNEL_OK : CHANNEL_DROP, first_ios ? 200 : 410,
                    first_ios ? "" : "Unregistered");
             first_ios = false;

@@ -18,6 +18,7 @@
 #include "proto.h"
 #include "scheduler.h"
 #include "store.h"
+#include "testchannel.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -242,35 +243,12 @@ static void test_batches(void **state)
 
 /* --- the fanout's fallback through the scheduler, on the injected clock --- */
 
-struct sent { /* a send the fake channel holds until the test answers it */
-    char platform[16];
-    char id[PROTO_ID_MAX + 1];
-    channel_done_cb done;
-    void *ctx;
-};
-
 struct ffx {
     struct fixture *f;
     fanout_t *fanout;
     pii_t *pii;
-    struct sent sent[16];
-    int nsent;
+    struct testchannel ch; /* holds each send until the test answers it */
 };
-
-static int fake_send(void *state, const struct channel_delivery *d, channel_done_cb done,
-                     void *ctx)
-{
-    struct ffx *x = state;
-    assert_true(x->nsent < 16);
-    struct sent *s = &x->sent[x->nsent++];
-    snprintf(s->platform, sizeof(s->platform), "%s", d->dev->platform);
-    snprintf(s->id, sizeof(s->id), "%s", d->n->id);
-    s->done = done;
-    s->ctx = ctx;
-    return 0;
-}
-
-static const struct channel_ops fake_ops = {.name = "fake", .send = fake_send};
 
 static void fire_fanout(void *arg, const struct store_timer *t)
 {
@@ -281,9 +259,8 @@ static void fire_fanout(void *arg, const struct store_timer *t)
 
 static void answer(struct ffx *x, int i, enum channel_result r)
 {
-    struct channel_outcome o = {.result = r, .status = r == CHANNEL_OK ? 200 : 400};
-    snprintf(o.reason, sizeof(o.reason), "%s", r == CHANNEL_OK ? "" : "BadPriority");
-    x->sent[i].done(x->sent[i].ctx, &o);
+    testchannel_answer(&x->ch, i, r, r == CHANNEL_OK ? 200 : 400,
+                       r == CHANNEL_OK ? "" : "BadPriority");
 }
 
 /* One loop iteration as hub.c runs it: pull, commit, send. */
@@ -358,10 +335,10 @@ static void test_fanout_fallback_clock(void **state)
     f->sched = sched_create(f->loop, f->store, fire_fanout, &x, &so);
     assert_non_null(f->sched);
     struct fanout_route routes[] = {
-        {.platform = "ios", .proto_class = PROTO_CH_PUSH, .channel = "apns", .ops = &fake_ops,
-         .state = &x},
-        {.platform = "sms", .proto_class = PROTO_CH_SMS, .channel = "sms", .ops = &fake_ops,
-         .state = &x},
+        {.platform = "ios", .proto_class = PROTO_CH_PUSH, .channel = "apns", .ops = &testchannel_ops,
+         .state = &x.ch},
+        {.platform = "sms", .proto_class = PROTO_CH_SMS, .channel = "sms", .ops = &testchannel_ops,
+         .state = &x.ch},
     };
     struct fanout_opts fo = {.max_jobs = 16, .max_attempts = 1, .retry_base_ms = 100,
                              .retry_cap_ms = 1000, .clock = fake_now, .clock_arg = f};
@@ -386,8 +363,8 @@ static void test_fanout_fallback_clock(void **state)
     /* n1: push first, the SMS step waits for t0 + 10 min. */
     add_notification(&x, "{\"id\":\"n1\",\"to\":\"user:alice\",\"title\":\"one\"}");
     iterate(&x);
-    assert_int_equal(x.nsent, 1);
-    assert_string_equal(x.sent[0].platform, "ios");
+    assert_int_equal(x.ch.nsent, 1);
+    assert_string_equal(x.ch.sent[0].platform, "ios");
     assert_int_equal(sched_armed(f->sched), t0 + 600000);
     answer(&x, 0, CHANNEL_DROP); /* the push failed: the SMS step still waits */
     iterate(&x);
@@ -395,13 +372,13 @@ static void test_fanout_fallback_clock(void **state)
     f->clock = t0 + 599999;
     assert_int_equal(sched_run_due(f->sched), 0);
     iterate(&x);
-    assert_int_equal(x.nsent, 1);
+    assert_int_equal(x.ch.nsent, 1);
     f->clock = t0 + 600000;
     assert_int_equal(sched_run_due(f->sched), 1);
     iterate(&x);
-    assert_int_equal(x.nsent, 2);
-    assert_string_equal(x.sent[1].platform, "sms");
-    assert_string_equal(x.sent[1].id, "n1");
+    assert_int_equal(x.ch.nsent, 2);
+    assert_string_equal(x.ch.sent[1].platform, "sms");
+    assert_string_equal(x.ch.sent[1].id, "n1");
     assert_true(has_decision(f->store, "n1", "fallback|fallback:sms"));
     answer(&x, 1, CHANNEL_OK);
     iterate(&x);
@@ -411,8 +388,8 @@ static void test_fanout_fallback_clock(void **state)
     int64_t t1 = f->clock;
     add_notification(&x, "{\"id\":\"n2\",\"to\":\"user:alice\",\"title\":\"two\"}");
     iterate(&x);
-    assert_int_equal(x.nsent, 3);
-    assert_string_equal(x.sent[2].platform, "ios");
+    assert_int_equal(x.ch.nsent, 3);
+    assert_string_equal(x.ch.sent[2].platform, "ios");
     int64_t left = 0;
     assert_int_equal(store_timer_count_of(f->store, "n2", &left), 0);
     assert_int_equal(left, 1);
@@ -426,7 +403,7 @@ static void test_fanout_fallback_clock(void **state)
     f->clock = t1 + 600000;
     assert_int_equal(sched_run_due(f->sched), 0);
     iterate(&x);
-    assert_int_equal(x.nsent, 3);
+    assert_int_equal(x.ch.nsent, 3);
 
     fanout_destroy(x.fanout);
     close_all(f);
@@ -437,7 +414,7 @@ static void test_fanout_fallback_clock(void **state)
 /* --- fanout on a store with fake channels: set-up shared by the tests below */
 
 struct bulk { /* a fake channel that keeps every send until the test answers */
-    struct sent *s;
+    struct testchannel_sent *s;
     unsigned n, cap;
 };
 
@@ -450,7 +427,7 @@ static int bulk_send(void *state, const struct channel_delivery *d, channel_done
         b->s = realloc(b->s, b->cap * sizeof(*b->s));
         assert_non_null(b->s);
     }
-    struct sent *s = &b->s[b->n++];
+    struct testchannel_sent *s = &b->s[b->n++];
     snprintf(s->platform, sizeof(s->platform), "%s", d->dev->token); /* token, for counting */
     snprintf(s->id, sizeof(s->id), "%s", d->n->id);
     s->done = done;
@@ -584,7 +561,8 @@ static void test_fanout_410_reregistered(void **state)
 
 static int cmp_str(const void *a, const void *b)
 {
-    return strcmp(((const struct sent *)a)->platform, ((const struct sent *)b)->platform);
+    return strcmp(((const struct testchannel_sent *)a)->platform,
+                  ((const struct testchannel_sent *)b)->platform);
 }
 
 /* A group of 2,500 members, each with a device: planned a page of 1000 at a
