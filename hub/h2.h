@@ -47,12 +47,24 @@ void h2_destroy(h2_t *c);
 int h2_request(h2_t *c, const struct channel_request *req, const struct http_req_opts *ropts,
                http_done_cb done, void *ctx);
 
+/* The scheme and authority ("https://host:port", no path) of the last URL
+ * h2_check accepted: a URL with the same bytes and then '/' has the same
+ * scheme, host and port, so h2_check only checks its path (the caller's
+ * requests all go to a few origins). Zeroed = empty. Owned by one thread. */
+struct h2_check_memo {
+    size_t len; /* bytes of origin in use; 0 = none */
+    char origin[272];
+};
+
 /* What h2_request would refuse with -EINVAL whatever its state, checked
- * without touching the client (pure; any thread): 0 (an https request h2
- * takes), H2_NOT_MINE (for the HTTP/1.1 client), or -EINVAL (the URL, a
- * capture name over 255 bytes, a header name that is empty or holds a
- * blank). req is already checked as h2_request expects. */
-int h2_check(const struct channel_request *req, const struct http_req_opts *ropts);
+ * without touching the client (pure but for memo; any thread): 0 (an https
+ * request h2 takes), H2_NOT_MINE (for the HTTP/1.1 client), or -EINVAL (the
+ * URL, a capture name over 255 bytes, a header name that is empty or holds a
+ * blank). req is already checked as h2_request expects. memo (NULL: none)
+ * remembers the last accepted origin; the answer is the same with or
+ * without it. */
+int h2_check(struct h2_check_memo *memo, const struct channel_request *req,
+             const struct http_req_opts *ropts);
 
 /* Requests accepted and not yet completed (or handed over). */
 unsigned h2_inflight(const h2_t *c);

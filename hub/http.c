@@ -110,6 +110,7 @@ struct http {
     char *user_agent;
     unsigned max_inflight;
     bool threaded;
+    struct h2_check_memo check_memo; /* the caller's thread: enqueue's h2_check */
 
     /* The clients, on wloop (the worker's loop, or the caller's when not
      * threaded): touched only by the thread that runs wloop. */
@@ -518,7 +519,7 @@ static int enqueue(http_t *h, const struct channel_request *req, const struct ht
 {
     /* What h2_request would refuse synchronously is refused here too, so
      * callers keep telling a bad request (drop) from a busy client (retry). */
-    int rc = h2_check(req, ropts);
+    int rc = h2_check(&h->check_memo, req, ropts);
     if (rc < 0) {
         return rc;
     }

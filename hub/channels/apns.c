@@ -72,6 +72,7 @@ static const struct config_entry apns_config_table[] = {
 #define TOKEN_LOG_LEN 8               /* never log more of a device token */
 #define CLOCK_BACK_TOLERANCE_MS 60000 /* token "from the future": clock went back */
 #define HDR_AUTH_PREFIX "authorization: bearer "
+#define FREE_CALLS_MAX 256 /* finished calls kept for reuse (no calloc per send) */
 
 static const char *const capture_headers[] = {"apns-id", "retry-after", NULL};
 
@@ -103,6 +104,8 @@ struct apns {
     unsigned ntopics;
 
     struct channel_calls calls;
+    struct apns_call *free_calls; /* finished calls for reuse, linked by base.next */
+    unsigned nfree;
     struct channel_request req; /* scratch for send; single-threaded */
     uint64_t sent, ok, retry, drop;
 
@@ -215,15 +218,18 @@ static void jw_str(struct proto_jw *w, const char *s)
     proto_jw_str(w, s, SIZE_MAX);
 }
 
-/* "key":"value" with a leading comma unless first. */
-static void jw_kv(struct proto_jw *w, bool *first, const char *k, const char *v)
+/* "key":"value" with a leading comma unless first. The keys are our own
+ * constants with nothing to escape: KV writes `"key":` as one literal (its
+ * length known at compile time) instead of escaping it on every send. */
+#define KV(w, first, key, v) jw_kv((w), (first), "\"" key "\":", sizeof("\"" key "\":") - 1, (v))
+
+static void jw_kv(struct proto_jw *w, bool *first, const char *qk, size_t qklen, const char *v)
 {
     if (!*first) {
-        jw_lit(w, ",");
+        proto_jw_raw(w, ",", 1);
     }
     *first = false;
-    jw_str(w, k);
-    jw_lit(w, ":");
+    proto_jw_raw(w, qk, qklen);
     jw_str(w, v);
 }
 
@@ -236,21 +242,21 @@ static int build_payload(const struct notification *n, bool alert, struct channe
     if (alert) {
         jw_lit(&w, "\"alert\":{");
         if (n->title) {
-            jw_kv(&w, &first, "title", n->title);
+            KV(&w, &first, "title", n->title);
         }
         if (n->body) {
-            jw_kv(&w, &first, "body", n->body);
+            KV(&w, &first, "body", n->body);
         }
         jw_lit(&w, "}");
         first = false;
         if (n->priority >= PROTO_PRIO_HIGH) {
-            jw_kv(&w, &first, "sound", "default");
+            KV(&w, &first, "sound", "default");
         }
         if (n->priority == PROTO_PRIO_CRITICAL) {
-            jw_kv(&w, &first, "interruption-level", "time-sensitive");
+            KV(&w, &first, "interruption-level", "time-sensitive");
         }
         if (n->category) {
-            jw_kv(&w, &first, "thread-id", n->category);
+            KV(&w, &first, "thread-id", n->category);
         }
     } else {
         jw_lit(&w, "\"content-available\":1");
@@ -283,9 +289,7 @@ static int build_payload(const struct notification *n, bool alert, struct channe
         }
     }
     if (n->id) {
-        jw_lit(&w, ",");
-        jw_str(&w, "tidings_id");
-        jw_lit(&w, ":");
+        jw_lit(&w, ",\"tidings_id\":");
         jw_str(&w, n->id);
     }
     jw_lit(&w, "}");
@@ -505,13 +509,40 @@ static void on_answer(void *ctx, const struct http_response *resp)
     channel_call_finish(&c->base, &o);
 }
 
+/* channel_calls' release hook: keep up to FREE_CALLS_MAX finished calls. */
+static void call_release(struct channel_call *base)
+{
+    struct apns_call *c = (struct apns_call *)base;
+    struct apns *a = c->a;
+    if (a->nfree >= FREE_CALLS_MAX) {
+        free(c);
+        return;
+    }
+    c->base.next = (struct channel_call *)a->free_calls;
+    a->free_calls = c;
+    a->nfree++;
+}
+
+/* A zeroed call, from the free list when it has one. */
+static struct apns_call *call_new(struct apns *a)
+{
+    struct apns_call *c = a->free_calls;
+    if (!c) {
+        return calloc(1, sizeof(*c));
+    }
+    a->free_calls = (struct apns_call *)c->base.next;
+    a->nfree--;
+    memset(c, 0, sizeof(*c));
+    return c;
+}
+
 static int apns_send(void *state, const struct channel_delivery *d, channel_done_cb done, void *ctx)
 {
     struct apns *a = state;
     if (!a->http) {
         return -ENOTCONN; /* created without a loop: format only */
     }
-    struct apns_call *c = calloc(1, sizeof(*c));
+    struct apns_call *c = call_new(a);
     if (!c) {
         return -ENOMEM;
     }
@@ -524,7 +555,7 @@ static int apns_send(void *state, const struct channel_delivery *d, channel_done
     if (rc < 0) {
         /* The outcome is known now, but done must not run inside send. */
         if (channel_call_defer(&c->base, &o) < 0) {
-            free(c);
+            call_release(&c->base);
             return -ENOMEM;
         }
         return 0;
@@ -533,7 +564,7 @@ static int apns_send(void *state, const struct channel_delivery *d, channel_done
     struct http_req_opts ro = {.require_h2 = true, .capture = capture_headers};
     rc = http_request(a->http, &a->req, &ro, on_answer, c);
     if (rc < 0) {
-        free(c);
+        call_release(&c->base);
         return rc;
     }
     channel_call_link(&c->base);
@@ -550,6 +581,11 @@ static void tenant_destroy(void *state)
     }
     http_destroy(a->http); /* aborts requests; their on_answer never runs */
     channel_calls_abort(&a->calls);
+    while (a->free_calls) {
+        struct apns_call *c = a->free_calls;
+        a->free_calls = (struct apns_call *)c->base.next;
+        free(c);
+    }
     jwt_signer_destroy(a->signer);
     free(a);
 }
@@ -569,7 +605,7 @@ static int tenant_init(const struct channel_env *env, const void *config, void *
     channel_trim_slash(a->cfg.sandbox_url);
     a->clock = channel_wall_clock;
     a->loop = env ? env->loop : NULL;
-    channel_calls_init(&a->calls, a->loop, &a->sent, &a->ok, &a->retry, &a->drop, NULL);
+    channel_calls_init(&a->calls, a->loop, &a->sent, &a->ok, &a->retry, &a->drop, call_release);
 
     int rc = TDG_ECONFIG;
     if (!channel_https_url_ok(a->cfg.url)) {

@@ -323,6 +323,59 @@ static void test_golden_data_keys(void **state)
     fixture_free(&f);
 }
 
+/* The payload is written by hand (constant keys as literals, strings through
+ * proto_jw_str): byte for byte what cJSON prints for the same tree, for
+ * titles, bodies, thread ids and data keys holding every byte 0x01..0xff,
+ * at lengths around the writer's 16-byte head and its 8-byte steps. */
+static void test_payload_escaping_matches_cjson(void **state)
+{
+    static char text[3][400];
+    static struct channel_request req;
+    for (unsigned len = 1; len <= 300; len += (len < 40 ? 1 : 37)) {
+        for (unsigned k = 0; k < 3; k++) {
+            for (unsigned i = 0; i < len; i++) {
+                /* every byte value 1..255 appears, shifted per string */
+                text[k][i] = (char)(1 + (i * 7 + k * 85 + len) % 255);
+            }
+            text[k][len] = '\0';
+        }
+        struct fixture f;
+        fixture_init(&f, "01HF6Y1M6Z8Q3R4S5T6V7W8XB0");
+        f.n.title = text[0];
+        f.n.body = text[1];
+        f.n.category = text[2];
+        f.n.priority = PROTO_PRIO_CRITICAL;
+        cJSON *data = cJSON_CreateObject();
+        assert_non_null(cJSON_AddStringToObject(data, text[2], text[0]));
+        f.data = data;
+        f.n.data = data;
+
+        cJSON *want = cJSON_CreateObject();
+        cJSON *aps = cJSON_AddObjectToObject(want, "aps");
+        cJSON *alert = cJSON_AddObjectToObject(aps, "alert");
+        cJSON_AddStringToObject(alert, "title", text[0]);
+        cJSON_AddStringToObject(alert, "body", text[1]);
+        cJSON_AddStringToObject(aps, "sound", "default");
+        cJSON_AddStringToObject(aps, "interruption-level", "time-sensitive");
+        cJSON_AddStringToObject(aps, "thread-id", text[2]);
+        cJSON_AddStringToObject(want, text[2], text[0]);
+        cJSON_AddStringToObject(want, "tidings_id", f.n.id);
+        char *w = cJSON_PrintUnformatted(want);
+        assert_non_null(w);
+
+        struct channel_outcome o;
+        assert_int_equal(run_format(*state, &f, &req, &o), 0);
+        assert_int_equal(req.body_len, strlen(w));
+        if (memcmp(req.body, w, req.body_len) != 0) {
+            fail_msg("length %u: payload differs from cJSON's\n--- want\n%s\n--- got\n%.*s", len,
+                     w, (int)req.body_len, req.body);
+        }
+        cJSON_free(w);
+        cJSON_Delete(want);
+        fixture_free(&f);
+    }
+}
+
 static void test_golden_low_priority(void **state)
 {
     struct fixture f;
@@ -774,6 +827,7 @@ int main(void)
         cmocka_unit_test(test_golden_critical_ttl_collapse),
         cmocka_unit_test(test_golden_data_keys),
         cmocka_unit_test(test_golden_low_priority),
+        cmocka_unit_test(test_payload_escaping_matches_cjson),
         cmocka_unit_test(test_golden_oversize),
         cmocka_unit_test(test_oversize_boundary),
         cmocka_unit_test(test_bad_inputs_drop),
