@@ -351,12 +351,12 @@ sqlite3_stmt *store_stmt(store_t *s, const char *sql)
  * SQLite's automatic checkpoint runs inside the COMMIT that crosses 1000 WAL
  * pages (copy + fdatasync on the loop: measured as the hub's largest single
  * stall under load). db_ckpt_start (platform/db.h, shared with the agent)
- * moves it to a worker with its own connection running PASSIVE checkpoints;
- * the loop checkpoints itself only once the WAL holds CKPT_RESTART_PAGES,
- * so that the WAL starts over: one short in-loop checkpoint per 64 MiB
- * instead of a full one per 1000 pages. */
+ * moves it to a worker with its own connection running PASSIVE checkpoints,
+ * which also starts the WAL over once it holds CKPT_RESTART_PAGES (the loop
+ * waits for that at one commit; it checkpoints itself only past 4 x, the
+ * worker stuck). */
 #define CKPT_PAGES 1000          /* wake the worker every this many new pages */
-#define CKPT_RESTART_PAGES 16384 /* 64 MiB of 4 KiB pages: rewind the WAL */
+#define CKPT_RESTART_PAGES 16384 /* 64 MiB of 4 KiB pages: the worker rewinds the WAL */
 
 int store_open(const char *path, enum db_sync sync, store_t **out, char *err, size_t errlen)
 {

@@ -17,7 +17,11 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
+
+/* db_open's busy timeout (ms): how long a commit waits for another writer. */
+#define DB_BUSY_MS 5000
 
 int db_err(int rc)
 {
@@ -304,7 +308,7 @@ int db_open(const char *path, enum db_sync sync, const struct db_migration *migr
         return db_err(rc) ? db_err(rc) : TDG_EDB;
     }
     sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, 5000);
+    sqlite3_busy_timeout(db, DB_BUSY_MS);
 
     /* The first statement that reads the header finds out whether this is a
      * database at all; report it with the path instead of starting over. */
@@ -430,21 +434,133 @@ void db_close(sqlite3 *db)
     }
 }
 
-/* --- WAL checkpoints on a worker thread (db.h) ---------------------------- */
+/* --- WAL checkpoints on a worker thread (db.h) ----------------------------
+ *
+ * Why the worker restarts the WAL (measured, docs/bench.md e2e-latency):
+ * SQLite starts the WAL over only in a write transaction that begins when
+ * every frame has been copied into the database (nBackfill == mxFrame). A
+ * PASSIVE checkpoint copies what the WAL held when it began; under a steady
+ * writer more frames arrive while it copies and syncs (at 5,000/s in the
+ * agent, 50-100 pages during a 5-10 ms checkpoint), so the WAL was never
+ * fully copied when the next transaction began, reached the restart bound,
+ * and the caller's thread checkpointed itself: a WAL sync, a database sync
+ * and the new WAL header's sync in its commits, every ~200 ms. Restarting
+ * needs the writer held off for the last copy; the worker now does it
+ * itself: a RESTART checkpoint (it takes the writer's lock, copies the few
+ * pages left since its PASSIVE round, syncs, and waits for readers to leave
+ * the WAL), then a one-page write transaction of its own (user_version
+ * rewritten unchanged) that starts the WAL over and pays the header's
+ * sync. A caller that commits all the time would keep taking the writer's
+ * lock back, so while the worker restarts, the caller's WAL hook (after a
+ * commit, outside any transaction) waits for it to finish: the caller's
+ * wait is the worker's last copy and syncs, and it never syncs for a
+ * checkpoint itself. */
+
+/* How long the worker waits for the writer's lock (and for readers to leave
+ * the WAL) in a RESTART before trying again at its next wake-up. */
+#define CKPT_RESTART_WAIT_MS 250
+/* The caller checkpoints itself only past this many times restart_pages
+ * (the worker stuck or failing): the WAL stays bounded regardless. */
+#define CKPT_HARD_FACTOR 4
 
 struct db_ckpt {
     pthread_t th;
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool want, stop; /* under mu */
-    int last_rc;     /* under mu: the worker's last result */
-    sqlite3 *wdb;    /* the worker's connection */
+    pthread_cond_t cv;      /* wakes the worker */
+    pthread_cond_t done_cv; /* restarting went false */
+    pthread_cond_t park_cv; /* parked went true */
+    bool want, stop;        /* under mu */
+    bool restarting;        /* under mu: the worker holds or wants the writer's lock */
+    bool parked;            /* under mu: the caller waits in its hook, outside a transaction */
+    int last_rc;            /* under mu: the worker's last result */
+    struct db_ckpt_stats st; /* under mu (the caller's fields too) */
+    sqlite3 *wdb;           /* the worker's connection */
+    int wpages;             /* the worker's thread: WAL pages after its last commit */
+    struct timespec wbusy_t0; /* the worker's thread: start of its busy wait */
     /* the caller's side only */
     sqlite3 *db;
-    int pages, restart_pages;
-    int mark; /* WAL pages when the worker was last woken */
+    int pages, restart_pages, hard_pages;
+    int mark;  /* WAL pages when the worker was last woken */
+    int last;  /* WAL pages after the previous commit */
     int logged_rc;
+    bool hard_logged;
+    struct timespec busy_t0; /* the caller's busy handler: start of this wait */
 };
+
+static int64_t ms_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)(now.tv_sec - t0->tv_sec) * 1000 + (now.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/* The worker connection's WAL hook: only records the size (and, being set,
+ * keeps SQLite's automatic checkpoint off on this connection too). */
+static int ckpt_worker_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    (void)db;
+    (void)name;
+    ((struct db_ckpt *)arg)->wpages = pages;
+    return SQLITE_OK;
+}
+
+/* The worker connection's busy handler: the caller's writer's lock is
+ * released at its next commit, where the caller parks (ckpt_hook) while
+ * restarting is set; wait for that rather than polling a lock the caller
+ * takes again at once. Gives up after CKPT_RESTART_WAIT_MS. */
+static int ckpt_worker_busy(void *arg, int count)
+{
+    struct db_ckpt *c = arg;
+    if (count == 0) {
+        clock_gettime(CLOCK_MONOTONIC, &c->wbusy_t0);
+    }
+    if (ms_since(&c->wbusy_t0) >= CKPT_RESTART_WAIT_MS) {
+        return 0;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    int64_t ns = until.tv_nsec + 1000000; /* 1 ms: a holder other than the caller is polled */
+    until.tv_sec += (time_t)(ns / 1000000000);
+    until.tv_nsec = (long)(ns % 1000000000);
+    pthread_mutex_lock(&c->mu);
+    if (!c->parked) {
+        pthread_cond_timedwait(&c->park_cv, &c->mu, &until);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return 1;
+}
+
+/* Start the WAL over (see above). Called by the worker with mu unlocked,
+ * restarting set. */
+static int ckpt_restart(struct db_ckpt *c)
+{
+    int rc = sqlite3_wal_checkpoint_v2(c->wdb, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        return rc;
+    }
+    /* Every frame is in the database and no reader uses the WAL: the next
+     * write transaction starts it over. Be that one. Rewriting user_version
+     * unchanged is a one-page transaction that no schema or statement of
+     * the caller notices. */
+    int v = 0;
+    rc = sqlite3_exec(c->wdb, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc == SQLITE_OK) {
+        rc = query_int(c->wdb, "PRAGMA user_version", &v);
+    }
+    if (rc == SQLITE_OK) {
+        char sql[48];
+        snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", v);
+        rc = sqlite3_exec(c->wdb, sql, NULL, NULL, NULL);
+    }
+    if (rc == SQLITE_OK) {
+        c->wpages = -1;
+        rc = sqlite3_exec(c->wdb, "COMMIT", NULL, NULL, NULL);
+    }
+    if (rc != SQLITE_OK && !sqlite3_get_autocommit(c->wdb)) {
+        sqlite3_exec(c->wdb, "ROLLBACK", NULL, NULL, NULL);
+    }
+    return rc;
+}
 
 static void *ckpt_main(void *arg)
 {
@@ -459,52 +575,170 @@ static void *ckpt_main(void *arg)
         }
         c->want = false;
         pthread_mutex_unlock(&c->mu);
+        /* The bulk of the copy, without the writer's lock. */
         int nlog = 0;
         int rc = sqlite3_wal_checkpoint_v2(c->wdb, NULL, SQLITE_CHECKPOINT_PASSIVE, &nlog, NULL);
+        bool restart = rc == SQLITE_OK && nlog >= c->restart_pages;
+        int rrc = SQLITE_OK;
+        if (restart) {
+            pthread_mutex_lock(&c->mu);
+            c->restarting = true;
+            pthread_mutex_unlock(&c->mu);
+            rrc = ckpt_restart(c);
+        }
         pthread_mutex_lock(&c->mu);
-        /* BUSY: another checkpoint was running; the next wake-up retries.
+        c->st.passive++;
+        if (restart) {
+            c->restarting = false;
+            pthread_cond_broadcast(&c->done_cv);
+            if (rrc == SQLITE_OK && c->wpages == 1) {
+                c->st.restarts++;
+            } else {
+                c->st.restart_busy++; /* the caller got there first, or busy: next time */
+            }
+        }
+        /* BUSY: another checkpoint was running, or the writer's lock or a
+         * reader did not come free in time; the next wake-up retries.
          * nlog -1: the connection does not see a WAL (cannot happen after
          * the read in db_ckpt_start; reported rather than silently idle). */
         c->last_rc = rc == SQLITE_BUSY ? SQLITE_OK : rc == SQLITE_OK && nlog < 0 ? SQLITE_MISUSE : rc;
+        if (c->last_rc == SQLITE_OK && (rrc & 0xff) != SQLITE_BUSY) {
+            c->last_rc = rrc;
+        }
     }
     pthread_mutex_unlock(&c->mu);
     return NULL;
 }
 
+/* The caller's connection's busy handler while the worker runs: a commit
+ * that finds the writer's lock taken by the worker's restart waits for the
+ * worker to say it is done (a few milliseconds) instead of SQLite's
+ * stepped sleeps (1, 2, 5, 10 ... ms); any other holder (another process)
+ * is polled in short steps. Gives up after DB_BUSY_MS, as db_open's. */
+static int ckpt_busy(void *arg, int count)
+{
+    struct db_ckpt *c = arg;
+    if (count == 0) {
+        clock_gettime(CLOCK_MONOTONIC, &c->busy_t0);
+    }
+    int64_t left = DB_BUSY_MS - ms_since(&c->busy_t0);
+    if (left <= 0) {
+        return 0;
+    }
+    int64_t step_ms = count < 10 ? 1 : count < 100 ? 5 : 20;
+    if (step_ms > left) {
+        step_ms = left;
+    }
+    pthread_mutex_lock(&c->mu);
+    if (c->restarting) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        int64_t ns = until.tv_nsec + (step_ms > 20 ? step_ms : 20) * 1000000;
+        until.tv_sec += (time_t)(ns / 1000000000);
+        until.tv_nsec = (long)(ns % 1000000000);
+        while (c->restarting &&
+               pthread_cond_timedwait(&c->done_cv, &c->mu, &until) == 0) {
+        }
+        pthread_mutex_unlock(&c->mu);
+        return 1;
+    }
+    pthread_mutex_unlock(&c->mu);
+    struct timespec ts = {0, (long)(step_ms * 1000000)};
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
+static void wake_worker(struct db_ckpt *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->want = true;
+    int wrc = c->last_rc;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    if (wrc != c->logged_rc) {
+        c->logged_rc = wrc;
+        if (wrc != SQLITE_OK) {
+            LOG_WARN("db", "background checkpoint: %s (the WAL grows to %d pages, then the "
+                     "loop checkpoints)", sqlite3_errstr(wrc), c->hard_pages);
+        } else {
+            LOG_INFO("db", "background checkpoint works again");
+        }
+    }
+}
+
 /* sqlite3_wal_hook: after each commit of the caller's connection, outside
- * its transaction, with the WAL's size in pages. */
+ * its transaction, with the WAL's size in pages. Never checkpoints unless
+ * the WAL is past hard_pages (the worker stuck or failing). */
 static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     struct db_ckpt *c = arg;
-    if (pages < c->mark) {
-        c->mark = 0; /* the WAL started over */
+    pthread_mutex_lock(&c->mu);
+    if (c->restarting) {
+        /* The worker wants the writer's lock for its restart, which a
+         * caller that commits all the time would keep taking back: wait
+         * here, between transactions, until it is done (its copy of the
+         * last pages and its syncs: the wait a commit would have had on
+         * the lock). Bounded by db_open's busy timeout. */
+        struct timespec until, t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += DB_BUSY_MS / 1000;
+        c->parked = true;
+        pthread_cond_signal(&c->park_cv);
+        while (c->restarting && pthread_cond_timedwait(&c->done_cv, &c->mu, &until) == 0) {
+        }
+        c->parked = false;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        int64_t us = (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+        c->st.parked++;
+        c->st.parked_us_max = us > c->st.parked_us_max ? us : c->st.parked_us_max;
     }
-    if (pages >= c->restart_pages) {
+    if (pages < c->last) {
+        c->mark = 0; /* the WAL started over */
+        c->st.wal_restarts++;
+    }
+    c->st.wal_pages = pages;
+    pthread_mutex_unlock(&c->mu);
+    c->last = pages;
+    if (pages >= c->hard_pages) {
+        if (!c->hard_logged) {
+            c->hard_logged = true;
+            LOG_WARN("db", "checkpoint worker behind: the WAL holds %d pages; checkpointing in "
+                     "the commit until it starts over", pages);
+        }
+        /* BUSY (the worker is in a checkpoint): returns at once; the next
+         * commit tries again. */
         int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
             LOG_WARN("db", "checkpoint: %s", sqlite3_errstr(rc));
         }
-        c->mark = 0;
+        if (rc != SQLITE_BUSY) {
+            pthread_mutex_lock(&c->mu);
+            c->st.caller_ckpts++;
+            pthread_mutex_unlock(&c->mu);
+        }
         return SQLITE_OK;
     }
-    if (pages - c->mark >= c->pages) {
+    if (c->hard_logged && pages < c->restart_pages) {
+        c->hard_logged = false;
+        LOG_INFO("db", "checkpoint worker caught up: the WAL started over");
+    }
+    if (pages - c->mark >= c->pages || (pages >= c->restart_pages && c->mark < c->restart_pages)) {
         c->mark = pages;
-        pthread_mutex_lock(&c->mu);
-        c->want = true;
-        int wrc = c->last_rc;
-        pthread_cond_signal(&c->cv);
-        pthread_mutex_unlock(&c->mu);
-        if (wrc != c->logged_rc) {
-            c->logged_rc = wrc;
-            if (wrc != SQLITE_OK) {
-                LOG_WARN("db", "background checkpoint: %s (the WAL grows to %d pages, then the "
-                         "loop checkpoints)", sqlite3_errstr(wrc), c->restart_pages);
-            } else {
-                LOG_INFO("db", "background checkpoint works again");
-            }
-        }
+        wake_worker(c);
     }
     return SQLITE_OK;
+}
+
+void db_ckpt_stats(db_ckpt_t *c, struct db_ckpt_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!c) {
+        return;
+    }
+    pthread_mutex_lock(&c->mu);
+    *out = c->st;
+    pthread_mutex_unlock(&c->mu);
 }
 
 db_ckpt_t *db_ckpt_start(sqlite3 *db, const char *path, int pages, int restart_pages)
@@ -517,9 +751,31 @@ db_ckpt_t *db_ckpt_start(sqlite3 *db, const char *path, int pages, int restart_p
     c->db = db;
     c->pages = pages > 0 ? pages : 1000;
     c->restart_pages = restart_pages > c->pages ? restart_pages : c->pages * 4;
+    c->hard_pages = c->restart_pages > INT32_MAX / CKPT_HARD_FACTOR
+                        ? INT32_MAX
+                        : c->restart_pages * CKPT_HARD_FACTOR;
+    /* The worker commits (ckpt_restart) with the caller's synchronous
+     * setting, so its commit is as durable as the caller's would be. */
+    int sync = 1;
+    if (query_int(db, "PRAGMA synchronous", &sync) != SQLITE_OK || sync < 0 || sync > 3) {
+        sync = 2;
+    }
+    /* Its commit starts the WAL over, so it is the one that cuts the file
+     * back to the caller's journal_size_limit. */
+    int jlimit = -1;
+    if (query_int(db, "PRAGMA journal_size_limit", &jlimit) != SQLITE_OK) {
+        jlimit = -1;
+    }
     int rc = sqlite3_open_v2(path, &c->wdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK) {
-        sqlite3_busy_timeout(c->wdb, 1000);
+        sqlite3_extended_result_codes(c->wdb, 1);
+        sqlite3_busy_timeout(c->wdb, CKPT_RESTART_WAIT_MS);
+        char pragma[96];
+        snprintf(pragma, sizeof(pragma), "PRAGMA synchronous=%d; PRAGMA journal_size_limit=%d",
+                 sync, jlimit);
+        rc = sqlite3_exec(c->wdb, pragma, NULL, NULL, NULL);
+    }
+    if (rc == SQLITE_OK) {
         /* A connection opens the WAL only in its first read transaction;
          * until then SQLite (3.40) takes the file for a rollback-journal
          * database and a checkpoint returns OK having done nothing. A small
@@ -542,6 +798,18 @@ db_ckpt_t *db_ckpt_start(sqlite3 *db, const char *path, int pages, int restart_p
         free(c);
         return NULL;
     }
+    bool done_ok = pthread_cond_init(&c->done_cv, NULL) == 0;
+    if (!done_ok || pthread_cond_init(&c->park_cv, NULL) != 0) {
+        LOG_WARN("db", "%s: checkpoints stay in commits: no condition variable", path);
+        if (done_ok) {
+            pthread_cond_destroy(&c->done_cv);
+        }
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->mu);
+        sqlite3_close_v2(c->wdb);
+        free(c);
+        return NULL;
+    }
     /* A small stack: the worker only runs sqlite3_wal_checkpoint_v2, and
      * touched stack pages count as RSS (docs/bench.md, agent-footprint). */
     pthread_attr_t attr;
@@ -555,13 +823,18 @@ db_ckpt_t *db_ckpt_start(sqlite3 *db, const char *path, int pages, int restart_p
     }
     if (rc != 0) {
         LOG_WARN("db", "%s: checkpoints stay in commits: %s", path, strerror(rc));
+        pthread_cond_destroy(&c->park_cv);
+        pthread_cond_destroy(&c->done_cv);
         pthread_cond_destroy(&c->cv);
         pthread_mutex_destroy(&c->mu);
         sqlite3_close_v2(c->wdb);
         free(c);
         return NULL;
     }
+    sqlite3_wal_hook(c->wdb, ckpt_worker_hook, c);
+    sqlite3_busy_handler(c->wdb, ckpt_worker_busy, c);
     sqlite3_wal_hook(db, ckpt_hook, c); /* replaces the automatic checkpoint */
+    sqlite3_busy_handler(db, ckpt_busy, c);
     return c;
 }
 
@@ -570,13 +843,24 @@ void db_ckpt_stop(db_ckpt_t *c)
     if (!c) {
         return;
     }
+    struct db_ckpt_stats st;
+    db_ckpt_stats(c, &st);
+    LOG_INFO("db", "checkpoints: %llu passive and %llu restarts by the worker (%llu tried again "
+             "later); the loop waited for %llu restarts (at most %lld us) and checkpointed %llu "
+             "times itself",
+             (unsigned long long)st.passive, (unsigned long long)st.restarts,
+             (unsigned long long)st.restart_busy, (unsigned long long)st.parked,
+             (long long)st.parked_us_max, (unsigned long long)st.caller_ckpts);
     sqlite3_wal_autocheckpoint(c->db, 1000); /* SQLite's own again (also drops our hook) */
+    sqlite3_busy_timeout(c->db, DB_BUSY_MS);  /* db_open's again (drops ckpt_busy) */
     pthread_mutex_lock(&c->mu);
     c->stop = true;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
     pthread_join(c->th, NULL);
     sqlite3_close_v2(c->wdb);
+    pthread_cond_destroy(&c->park_cv);
+    pthread_cond_destroy(&c->done_cv);
     pthread_cond_destroy(&c->cv);
     pthread_mutex_destroy(&c->mu);
     free(c);

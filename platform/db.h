@@ -79,18 +79,27 @@ int db_commit_quiet(struct sqlite3 *db);
 
 /* WAL checkpoints off the caller's thread (docs/agent.md, "Checkpoints").
  *
- * SQLite's automatic checkpoint runs inside the COMMIT that crosses 1000
- * WAL pages: it copies them into the database file and fdatasync()s it, in
+ * SQLite's automatic checkpoint runs inside the COMMIT that crosses 1000 WAL
+ * pages: it copies them into the database file and fdatasync()s it, in
  * the middle of the caller's event loop (measured: 5-10 ms on the agent,
  * several times a second under load). db_ckpt_start replaces it: a WAL
  * hook on db counts pages, and every `pages` new ones wakes a thread that
  * runs PASSIVE checkpoints on its own connection to path (they never take
- * the writer's lock, so the loop keeps committing meanwhile). Once the WAL
- * holds `restart_pages`, the caller's connection checkpoints itself after
- * that commit (by then the worker has copied all but the last few
- * commits, so this is short) so that the WAL starts over and stays bounded
- * even if the worker falls behind. Durability is unchanged: checkpoints
- * only move committed data; the WAL is the record.
+ * the writer's lock, so the caller keeps committing meanwhile). Once the
+ * WAL holds `restart_pages`, the worker also starts it over: a RESTART
+ * checkpoint copies what came in during its PASSIVE one (the caller's
+ * commits wait on the writer's lock for that, but never sync), then a
+ * one-page transaction of the worker's own begins the WAL afresh. The
+ * caller's thread checkpoints itself only if the WAL reaches 4 x
+ * `restart_pages` (the worker stuck or failing; logged once), so the WAL
+ * stays bounded whatever happens to the worker. Durability is unchanged:
+ * checkpoints only move committed data; the WAL is the record, and the
+ * worker's own transaction uses db's `synchronous`.
+ *
+ * While the worker restarts the WAL, the hook makes the caller wait after
+ * its commit (outside any transaction) until it is done, and db has a busy
+ * handler of the worker's that wakes a commit when it is (the limit stays
+ * db_open's 5 s); db_ckpt_stop puts db_open's busy timeout back.
  *
  * The worker never logs; its errors are logged by the caller's thread from
  * the hook, once per change. Returns NULL (logged) when the thread or its
@@ -100,5 +109,20 @@ int db_commit_quiet(struct sqlite3 *db);
 typedef struct db_ckpt db_ckpt_t;
 db_ckpt_t *db_ckpt_start(struct sqlite3 *db, const char *path, int pages, int restart_pages);
 void db_ckpt_stop(db_ckpt_t *c);
+
+/* Counts since db_ckpt_start, for tests and diagnostics. */
+struct db_ckpt_stats {
+    uint64_t passive;      /* PASSIVE checkpoints the worker ran */
+    uint64_t restarts;     /* times the worker started the WAL over */
+    uint64_t restart_busy; /* restarts tried and not done by the worker (busy; retried) */
+    uint64_t wal_restarts; /* times the caller's commits saw the WAL start over */
+    uint64_t parked;       /* commits after which the caller waited for a restart */
+    int64_t parked_us_max; /* the longest of those waits (microseconds) */
+    uint64_t caller_ckpts; /* checkpoints the caller's thread ran (past 4 x restart_pages) */
+    int wal_pages;         /* WAL pages after the caller's last commit */
+};
+/* A copy of c's counts (all 0 for NULL). Any thread. db_ckpt_stop logs
+ * them (INFO). */
+void db_ckpt_stats(db_ckpt_t *c, struct db_ckpt_stats *out);
 
 #endif
