@@ -487,11 +487,28 @@ struct db_ckpt {
     struct timespec busy_t0; /* the caller's busy handler: start of this wait */
 };
 
-static int64_t ms_since(const struct timespec *t0)
+/* The CLOCK_REALTIME moment ms from now: pthread_cond_timedwait's deadline. */
+static struct timespec realtime_in(int64_t ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    int64_t ns = t.tv_nsec + (ms % 1000) * 1000000;
+    t.tv_sec += (time_t)(ms / 1000 + ns / 1000000000);
+    t.tv_nsec = (long)(ns % 1000000000);
+    return t;
+}
+
+/* Microseconds and milliseconds on CLOCK_MONOTONIC since t0. */
+static int64_t us_since(const struct timespec *t0)
 {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)(now.tv_sec - t0->tv_sec) * 1000 + (now.tv_nsec - t0->tv_nsec) / 1000000;
+    return (int64_t)(now.tv_sec - t0->tv_sec) * 1000000 + (now.tv_nsec - t0->tv_nsec) / 1000;
+}
+
+static int64_t ms_since(const struct timespec *t0)
+{
+    return us_since(t0) / 1000;
 }
 
 /* The worker connection's WAL hook: only records the size (and, being set,
@@ -517,11 +534,7 @@ static int ckpt_worker_busy(void *arg, int count)
     if (ms_since(&c->wbusy_t0) >= CKPT_RESTART_WAIT_MS) {
         return 0;
     }
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    int64_t ns = until.tv_nsec + 1000000; /* 1 ms: a holder other than the caller is polled */
-    until.tv_sec += (time_t)(ns / 1000000000);
-    until.tv_nsec = (long)(ns % 1000000000);
+    struct timespec until = realtime_in(1); /* 1 ms: a holder other than the caller is polled */
     pthread_mutex_lock(&c->mu);
     if (!c->parked) {
         pthread_cond_timedwait(&c->park_cv, &c->mu, &until);
@@ -631,11 +644,7 @@ static int ckpt_busy(void *arg, int count)
     }
     pthread_mutex_lock(&c->mu);
     if (c->restarting) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        int64_t ns = until.tv_nsec + (step_ms > 20 ? step_ms : 20) * 1000000;
-        until.tv_sec += (time_t)(ns / 1000000000);
-        until.tv_nsec = (long)(ns % 1000000000);
+        struct timespec until = realtime_in(step_ms > 20 ? step_ms : 20);
         while (c->restarting &&
                pthread_cond_timedwait(&c->done_cv, &c->mu, &until) == 0) {
         }
@@ -679,17 +688,15 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
          * here, between transactions, until it is done (its copy of the
          * last pages and its syncs: the wait a commit would have had on
          * the lock). Bounded by db_open's busy timeout. */
-        struct timespec until, t0, t1;
+        struct timespec t0;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += DB_BUSY_MS / 1000;
+        struct timespec until = realtime_in(DB_BUSY_MS);
         c->parked = true;
         pthread_cond_signal(&c->park_cv);
         while (c->restarting && pthread_cond_timedwait(&c->done_cv, &c->mu, &until) == 0) {
         }
         c->parked = false;
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        int64_t us = (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+        int64_t us = us_since(&t0);
         c->st.parked++;
         c->st.parked_us_max = us > c->st.parked_us_max ? us : c->st.parked_us_max;
     }
@@ -785,48 +792,47 @@ db_ckpt_t *db_ckpt_start(sqlite3 *db, const char *path, int pages, int restart_p
                           " SELECT count(*) FROM sqlite_master",
                           NULL, NULL, NULL);
     }
-    if (rc != SQLITE_OK || pthread_mutex_init(&c->mu, NULL) != 0) {
-        LOG_WARN("db", "%s: checkpoints stay in commits: %s", path, sqlite3_errstr(rc));
-        sqlite3_close_v2(c->wdb);
-        free(c);
-        return NULL;
-    }
-    if (pthread_cond_init(&c->cv, NULL) != 0) {
-        LOG_WARN("db", "%s: checkpoints stay in commits: no condition variable", path);
-        pthread_mutex_destroy(&c->mu);
-        sqlite3_close_v2(c->wdb);
-        free(c);
-        return NULL;
-    }
-    bool done_ok = pthread_cond_init(&c->done_cv, NULL) == 0;
-    if (!done_ok || pthread_cond_init(&c->park_cv, NULL) != 0) {
-        LOG_WARN("db", "%s: checkpoints stay in commits: no condition variable", path);
-        if (done_ok) {
-            pthread_cond_destroy(&c->done_cv);
+    /* What is set up so far, undone in reverse on failure. */
+    int stage = 0; /* 1: the mutex; then one more per condition variable */
+    const char *why = NULL;
+    pthread_cond_t *const cvs[] = {&c->cv, &c->done_cv, &c->park_cv};
+    if (rc != SQLITE_OK) {
+        why = sqlite3_errstr(rc);
+    } else if (pthread_mutex_init(&c->mu, NULL) != 0) {
+        why = "no mutex";
+    } else {
+        stage = 1;
+        while (stage < 4 && pthread_cond_init(cvs[stage - 1], NULL) == 0) {
+            stage++;
         }
-        pthread_cond_destroy(&c->cv);
-        pthread_mutex_destroy(&c->mu);
-        sqlite3_close_v2(c->wdb);
-        free(c);
-        return NULL;
+        if (stage < 4) {
+            why = "no condition variable";
+        }
     }
-    /* A small stack: the worker only runs sqlite3_wal_checkpoint_v2, and
-     * touched stack pages count as RSS (docs/bench.md, agent-footprint). */
-    pthread_attr_t attr;
-    bool have_attr = pthread_attr_init(&attr) == 0;
-    if (have_attr) {
-        pthread_attr_setstacksize(&attr, 256 * 1024);
+    if (!why) {
+        /* A small stack: the worker only runs checkpoints, and touched
+         * stack pages count as RSS (docs/bench.md, agent-footprint). */
+        pthread_attr_t attr;
+        bool have_attr = pthread_attr_init(&attr) == 0;
+        if (have_attr) {
+            pthread_attr_setstacksize(&attr, 256 * 1024);
+        }
+        rc = pthread_create(&c->th, have_attr ? &attr : NULL, ckpt_main, c);
+        if (have_attr) {
+            pthread_attr_destroy(&attr);
+        }
+        if (rc != 0) {
+            why = strerror(rc);
+        }
     }
-    rc = pthread_create(&c->th, have_attr ? &attr : NULL, ckpt_main, c);
-    if (have_attr) {
-        pthread_attr_destroy(&attr);
-    }
-    if (rc != 0) {
-        LOG_WARN("db", "%s: checkpoints stay in commits: %s", path, strerror(rc));
-        pthread_cond_destroy(&c->park_cv);
-        pthread_cond_destroy(&c->done_cv);
-        pthread_cond_destroy(&c->cv);
-        pthread_mutex_destroy(&c->mu);
+    if (why) {
+        LOG_WARN("db", "%s: checkpoints stay in commits: %s", path, why);
+        for (; stage > 1; stage--) {
+            pthread_cond_destroy(cvs[stage - 2]);
+        }
+        if (stage == 1) {
+            pthread_mutex_destroy(&c->mu);
+        }
         sqlite3_close_v2(c->wdb);
         free(c);
         return NULL;
