@@ -101,7 +101,7 @@ def main():
     out, sysroot, readelf = sys.argv[1:4]
     with gzip.open(out, "wb", compresslevel=1) as f:
         c = Cpio(f)
-        todo = []
+        pending = []
         for e in sys.argv[4:]:
             if "->" in e:
                 d, t = e.split("->", 1)
@@ -112,16 +112,16 @@ def main():
                 d, s = e.split("=", 1)
                 c.file(d, s)
                 if is_elf(s):
-                    todo.append(s)
+                    pending.append(s)
         done = set()
-        while todo:
-            for so in needed(readelf, todo.pop()):
+        while pending:
+            for so in needed(readelf, pending.pop()):
                 if so in done:
                     continue
                 done.add(so)
                 dest, src = resolve(sysroot, so)
                 c.file(dest, src)
-                todo.append(src)
+                pending.append(src)
         c.end()
 
 

@@ -13,6 +13,7 @@
 #include "proto.h"
 #include "snapshot.h"
 #include "store.h"
+#include "testdb.h"
 
 #include <sqlite3.h>
 #include <stdbool.h>
@@ -50,11 +51,9 @@ static void close_all(void)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof(dir), "/tmp/tidings-dir-XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (testdb_tmpdir(dir, sizeof(dir), "/tmp/tidings-dir-XXXXXX", dbpath, sizeof(dbpath), "hub.db") < 0) {
         return -1;
     }
-    snprintf(dbpath, sizeof(dbpath), "%s/hub.db", dir);
     snprintf(keyfile, sizeof(keyfile), "%s/pii.keys", dir);
     char err[256];
     if (pii_generate(keyfile, err, sizeof(err)) != 0) {

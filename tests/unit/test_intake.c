@@ -55,11 +55,9 @@ static void raw_exec(const char *sql)
 
 static int setup_common(bool thread)
 {
-    snprintf(dir, sizeof(dir), "/tmp/tidings-intake-XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (testdb_tmpdir(dir, sizeof(dir), "/tmp/tidings-intake-XXXXXX", dbpath, sizeof(dbpath), "hub.db") < 0) {
         return -1;
     }
-    snprintf(dbpath, sizeof(dbpath), "%s/hub.db", dir);
     open_store();
     int64_t now = clock_wall_ms();
     if (store_user_upsert(S, "alice", "UTC", now) < 0 ||

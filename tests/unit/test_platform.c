@@ -297,6 +297,24 @@ static void write_pages(sqlite3 *db, int commits)
     sqlite3_finalize(st);
 }
 
+static const struct db_migration ck_mig[] = {{1, "CREATE TABLE t(a INTEGER PRIMARY KEY, b BLOB)"}};
+
+/* A fresh directory (dir: a mkdtemp template, made in place), the path of
+ * name in it, and a database there with one table t(a, b) under a
+ * checkpoint worker (db_ckpt_start with pages and restart_pages). */
+static sqlite3 *ck_open(char *dir, char *path, size_t pathlen, const char *name, int pages,
+                        int restart_pages, db_ckpt_t **c)
+{
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, pathlen, "%s/%s", dir, name);
+    sqlite3 *db = NULL;
+    char err[256];
+    assert_int_equal(db_open(path, DB_SYNC_NORMAL, ck_mig, 1, &db, err, sizeof(err)), 0);
+    *c = db_ckpt_start(db, path, pages, restart_pages);
+    assert_non_null(*c);
+    return db;
+}
+
 /* db_ckpt_start: a worker thread's PASSIVE checkpoints copy the WAL into the
  * database file while the writer only commits (SQLite's automatic
  * checkpoint is off: the hook replaces it), and data survives a reopen.
@@ -306,16 +324,9 @@ static void write_pages(sqlite3 *db, int commits)
 static void test_db_checkpoint_worker(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/tidings-db-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char path[64];
-    snprintf(path, sizeof(path), "%s/t.db", dir);
-    static const struct db_migration mig[] = {{1, "CREATE TABLE t(a INTEGER PRIMARY KEY, b BLOB)"}};
-    sqlite3 *db = NULL;
-    char err[256];
-    assert_int_equal(db_open(path, DB_SYNC_NORMAL, mig, 1, &db, err, sizeof(err)), 0);
-    db_ckpt_t *c = db_ckpt_start(db, path, 100, 1000000);
-    assert_non_null(c);
+    char dir[] = "/tmp/tidings-db-XXXXXX", path[64];
+    db_ckpt_t *c = NULL;
+    sqlite3 *db = ck_open(dir, path, sizeof(path), "t.db", 100, 1000000, &c);
     long long before = file_size(path);
     write_pages(db, 400); /* ~400 x 3 KB rows, well over 100 pages */
     /* Wait (at most 20 s) for the worker: the rows reach the main file. */
@@ -332,7 +343,8 @@ static void test_db_checkpoint_worker(void **state)
     db_ckpt_stop(NULL);
     db_close(db);
     /* Everything is still there. */
-    assert_int_equal(db_open(path, DB_SYNC_NORMAL, mig, 1, &db, err, sizeof(err)), 0);
+    char err[256];
+    assert_int_equal(db_open(path, DB_SYNC_NORMAL, ck_mig, 1, &db, err, sizeof(err)), 0);
     sqlite3_stmt *st = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM t", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
@@ -387,17 +399,10 @@ static void pause_1ms(void)
 static void test_db_checkpoint_restart(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/tidings-db-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char path[64], wal[72];
-    snprintf(path, sizeof(path), "%s/r.db", dir);
+    char dir[] = "/tmp/tidings-db-XXXXXX", path[64], wal[72];
+    db_ckpt_t *c = NULL;
+    sqlite3 *db = ck_open(dir, path, sizeof(path), "r.db", CK_PAGES, CK_RESTART, &c);
     snprintf(wal, sizeof(wal), "%s-wal", path);
-    static const struct db_migration mig[] = {{1, "CREATE TABLE t(a INTEGER PRIMARY KEY, b BLOB)"}};
-    sqlite3 *db = NULL;
-    char err[256];
-    assert_int_equal(db_open(path, DB_SYNC_NORMAL, mig, 1, &db, err, sizeof(err)), 0);
-    db_ckpt_t *c = db_ckpt_start(db, path, CK_PAGES, CK_RESTART);
-    assert_non_null(c);
     sqlite3_stmt *ins = NULL, *del = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO t(a, b) VALUES (?, ?)", -1, &ins, NULL),
                      SQLITE_OK);
@@ -449,16 +454,9 @@ static void test_db_checkpoint_restart(void **state)
 static void test_db_checkpoint_hard_bound(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/tidings-db-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char path[64];
-    snprintf(path, sizeof(path), "%s/h.db", dir);
-    static const struct db_migration mig[] = {{1, "CREATE TABLE t(a INTEGER PRIMARY KEY, b BLOB)"}};
-    sqlite3 *db = NULL;
-    char err[256];
-    assert_int_equal(db_open(path, DB_SYNC_NORMAL, mig, 1, &db, err, sizeof(err)), 0);
-    db_ckpt_t *c = db_ckpt_start(db, path, CK_PAGES, CK_RESTART);
-    assert_non_null(c);
+    char dir[] = "/tmp/tidings-db-XXXXXX", path[64];
+    db_ckpt_t *c = NULL;
+    sqlite3 *db = ck_open(dir, path, sizeof(path), "h.db", CK_PAGES, CK_RESTART, &c);
     sqlite3_stmt *ins = NULL, *del = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO t(a, b) VALUES (?, ?)", -1, &ins, NULL),
                      SQLITE_OK);

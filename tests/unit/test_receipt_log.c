@@ -39,11 +39,9 @@ static int64_t wall_ms(void)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof(dir), "/tmp/tidings-rlog-XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (testdb_tmpdir(dir, sizeof(dir), "/tmp/tidings-rlog-XXXXXX", dbpath, sizeof(dbpath), "hub.db") < 0) {
         return -1;
     }
-    snprintf(dbpath, sizeof(dbpath), "%s/hub.db", dir);
     char err[256];
     return store_open(dbpath, DB_SYNC_NORMAL, &S, err, sizeof(err)) == 0 ? 0 : -1;
 }

@@ -40,11 +40,9 @@ static store_t *S;
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof(dir), "/tmp/tidings-rmem-XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (testdb_tmpdir(dir, sizeof(dir), "/tmp/tidings-rmem-XXXXXX", dbpath, sizeof(dbpath), "hub.db") < 0) {
         return -1;
     }
-    snprintf(dbpath, sizeof(dbpath), "%s/hub.db", dir);
     char err[256];
     return store_open(dbpath, DB_SYNC_NORMAL, &S, err, sizeof(err)) == 0 ? 0 : -1;
 }

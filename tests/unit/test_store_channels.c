@@ -11,6 +11,7 @@
 #include "error.h"
 #include "pii.h"
 #include "store.h"
+#include "testdb.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -26,11 +27,9 @@ static const int64_t NOW = 1700000000000;
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof(dir), "/tmp/tidings-stch-XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (testdb_tmpdir(dir, sizeof(dir), "/tmp/tidings-stch-XXXXXX", dbpath, sizeof(dbpath), "hub.db") < 0) {
         return -1;
     }
-    snprintf(dbpath, sizeof(dbpath), "%s/hub.db", dir);
     snprintf(keyfile, sizeof(keyfile), "%s/pii.keys", dir);
     char err[512] = "";
     if (pii_generate(keyfile, err, sizeof(err)) != 0 || pii_load(keyfile, &K, err, sizeof(err)) ||

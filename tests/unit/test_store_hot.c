@@ -49,11 +49,9 @@ static void close_store(void)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof(dir), "/tmp/tidings-hot-XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (testdb_tmpdir(dir, sizeof(dir), "/tmp/tidings-hot-XXXXXX", dbpath, sizeof(dbpath), "hub.db") < 0) {
         return -1;
     }
-    snprintf(dbpath, sizeof(dbpath), "%s/hub.db", dir);
     open_store();
     return 0;
 }

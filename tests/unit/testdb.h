@@ -6,8 +6,10 @@
 #define TIDINGS_TESTDB_H
 
 #include <sqlite3.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 /* Run sql on a second connection to path; its first column's integer
@@ -34,6 +36,19 @@ static inline void testdb_exec(const char *path, const char *sql)
         fail_msg("%s: %s", sql, msg ? msg : "?");
     }
     sqlite3_close(db);
+}
+
+/* Make a fresh directory from tmpl (a mkdtemp template) into dir and put
+ * the path of name in it into path: 0, or -1 when mkdtemp fails. */
+static inline int testdb_tmpdir(char *dir, size_t dirlen, const char *tmpl, char *path,
+                                size_t pathlen, const char *name)
+{
+    snprintf(dir, dirlen, "%s", tmpl);
+    if (!mkdtemp(dir)) {
+        return -1;
+    }
+    snprintf(path, pathlen, "%s/%s", dir, name);
+    return 0;
 }
 
 /* Remove the database at path with its WAL and shared-memory files, then
